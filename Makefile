@@ -1,0 +1,46 @@
+# target-everflow: the two commands of the quick start, and a few more.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast test-e2e bench check-readme clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+## make demo: dry run on the shipped sample Segment events (no Everflow account needed)
+demo: $(VENV)/.installed
+	rm -rf output/demo
+	$(BIN)/target-everflow --config samples/demo_config.json --input samples/segment_events.singer > /dev/null
+	@echo
+	@echo "Planned postbacks: output/demo/everflow_dry_run.jsonl"
+	@echo "Dead letters:      output/demo/dead_letter.jsonl"
+	@echo "Run summary:       output/demo/summary.json"
+
+## make test: the whole suite, the Meltano/warehouse pipelines included
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-fast: everything but the end-to-end pipelines
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
+
+test-e2e: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+## make bench: throughput and memory benchmarks (writes bench/RESULTS.md)
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache

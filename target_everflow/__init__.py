@@ -1,0 +1,1 @@
+"""target-everflow: Segment conversions to Everflow, exactly once."""

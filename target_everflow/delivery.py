@@ -1,0 +1,369 @@
+"""The delivery engine: claim, send concurrently, retry, account; or stop the run cleanly.
+
+For one batch of conversions, ``DeliveryEngine.deliver``:
+
+1. claims every key in the ledger (one transaction): keys already delivered are duplicates,
+   keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys pending under a
+   live run are waited for;
+2. sends the claimed ones over one pooled session, ``max_concurrency`` at a time, each attempt
+   through the global ``RateLimiter``, transient failures retried per the ``RetryPolicy``;
+3. accounts for each: accepted -> marked delivered in the ledger (group-committed); rejected or
+   other permanent answer -> dead letter, claim released; a systemic failure -> the run stops:
+   nothing more is sent, unsent claims are released, ``DeliveryAborted`` is raised.
+
+It returns only when every conversion has its final outcome and the ledger and dead-letter
+file are durable, which is what lets the SDK emit STATE after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import typing as t
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from target_everflow.accounting import DeadLetters, RunSummary, dumps
+from target_everflow.errors import DeliveryAborted
+from target_everflow.ledger import ClaimStatus, Ledger
+from target_everflow.mapping import DEAD_LETTER, DELIVERED, DUPLICATE, SKIPPED, Conversion
+from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
+
+IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again: exponential backoff with full jitter, honouring ``Retry-After``."""
+
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 300.0
+
+    def delay(self, retry: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (retry - 1)))
+        jittered = (rng or random).uniform(0, ceiling)
+        if retry_after is not None:
+            return min(self.retry_after_max, max(retry_after, jittered))
+        return jittered
+
+    def worst_case_seconds(self, timeout: float) -> float:
+        """How long one conversion can take at most: every attempt times out, every wait maxed."""
+        waits = sum(
+            min(self.retry_after_max, max(self.backoff_max, self.backoff_base * 2 ** (i - 1)))
+            for i in range(1, self.max_retries + 1)
+        )
+        return timeout * (self.max_retries + 1) + waits
+
+
+class RateLimiter:
+    """A global token bucket (``rate`` requests/s; 0 = unlimited) with a shared hold.
+
+    ``hold(seconds)`` pauses every sender, which is how a 429 slows the whole engine down,
+    not only the request that got it.
+    """
+
+    def __init__(self, rate: float = 0.0, *, clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_free = clock()
+        self._hold_until = 0.0
+
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Wait for a slot; False when ``stop`` was set meanwhile."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait_for = self._hold_until - now
+                if wait_for <= 0:
+                    if self.rate <= 0:
+                        return True
+                    slot = max(now, self._next_free)
+                    self._next_free = slot + 1.0 / self.rate
+                    wait_for = slot - now
+                    if wait_for <= 0:
+                        return True
+                    # The slot is reserved: sleep until it, then go.
+                    if stop is not None and stop.wait(wait_for):
+                        return False
+                    if stop is None:
+                        time.sleep(wait_for)
+                    return True
+            if stop is not None:
+                if stop.wait(min(wait_for, 1.0)):
+                    return False
+            else:
+                time.sleep(min(wait_for, 1.0))
+
+
+class DryRunWriter:
+    """Dry run's output: one JSON line per planned postback, the token shown as ``***``."""
+
+    def __init__(self, path: Path, client: PostbackClient) -> None:
+        self.path = path
+        self._client = client
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, conversion: Conversion) -> None:
+        params = dict(conversion.params)
+        if self._client._token:  # noqa: SLF001
+            params["verification_token"] = REDACTED
+        line = {
+            "message_id": conversion.message_id,
+            "key": conversion.key,
+            "stream": conversion.stream,
+            "event": conversion.event,
+            "url": self._client.url(conversion, redact=True),
+            "params": params,
+        }
+        self._file.write(dumps(line) + "\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(slots=True)
+class _Result:
+    conversion: Conversion
+    answer: Answer | None
+    """None: never sent (the run was stopping)."""
+    attempts: int
+
+
+class DeliveryEngine:
+    """Delivers batches of conversions; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        client: PostbackClient,
+        ledger: Ledger,
+        summary: RunSummary,
+        dead_letters: DeadLetters,
+        policy: RetryPolicy,
+        limiter: RateLimiter,
+        concurrency: int,
+        in_doubt: str = "resend",
+        dry_run: DryRunWriter | None = None,
+        logger: logging.Logger | None = None,
+        busy_wait: float = 0.5,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.summary = summary
+        self.dead_letters = dead_letters
+        self.policy = policy
+        self.limiter = limiter
+        self.in_doubt = in_doubt
+        self.dry_run = dry_run
+        self.logger = logger or logging.getLogger("target-everflow")
+        self.busy_wait = busy_wait
+        self.stop_grace = stop_grace
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="postback")
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop sending: queued conversions are not sent; in-flight ones get ``stop_grace``."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+        if self.dry_run is not None:
+            self.dry_run.close()
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def deliver(self, conversions: list[Conversion]) -> None:
+        """Deliver a batch (keys unique within it); return when every one has its outcome."""
+        if not conversions:
+            return
+        if self._stop.is_set():
+            raise DeliveryAborted(self._stop_reason or "the run is stopping")
+        to_send = self._claim(conversions)
+        try:
+            if self.dry_run is not None:
+                for conversion in to_send:
+                    self.dry_run.write(conversion)
+                    self.ledger.mark_delivered(conversion.key, 0)
+                    self._count(conversion, DELIVERED)
+                self.dry_run.flush()
+            else:
+                self._send_all(to_send)
+        finally:
+            self.dead_letters.flush()
+            self.ledger.flush()
+        if self._stop.is_set():
+            raise DeliveryAborted(self._stop_reason)
+
+    def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
+        self.summary.count(conversion.stream, conversion.event, kind, reason)
+
+    def _dead_letter(self, conversion: Conversion, reason: str, message: str, status: int | None = None) -> None:
+        self.dead_letters.write(
+            conversion.stream, conversion.record, reason, message, field=None, status=status
+        )
+        self._count(conversion, DEAD_LETTER, reason)
+
+    def _claim(self, conversions: list[Conversion]) -> list[Conversion]:
+        """Claim every key; account for those not to be sent; return those to send."""
+        pending = conversions
+        to_send: list[Conversion] = []
+        deadline: float | None = None
+        while pending:
+            statuses = self.ledger.claim([c.key for c in pending])
+            busy: list[Conversion] = []
+            held: list[str] = []
+            for conversion in pending:
+                status = statuses[conversion.key]
+                if status is ClaimStatus.CLAIMED:
+                    to_send.append(conversion)
+                elif status in (ClaimStatus.DELIVERED, ClaimStatus.HELD):
+                    self._count(conversion, SKIPPED, DUPLICATE)
+                elif status is ClaimStatus.IN_DOUBT:
+                    self.summary.bump(IN_DOUBT)
+                    if self.in_doubt == "resend":
+                        self.logger.warning(
+                            "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
+                            "claimed by a run that stopped before recording Everflow's answer; "
+                            "resending it (in_doubt=resend).",
+                            conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        )
+                        to_send.append(conversion)
+                    else:
+                        self.logger.warning(
+                            "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
+                            "claimed by a run that stopped before recording Everflow's answer; "
+                            "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
+                            conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        )
+                        self._dead_letter(
+                            conversion,
+                            IN_DOUBT,
+                            "a previous run claimed this conversion and stopped before recording "
+                            "Everflow's answer: check Everflow's conversion report for transaction "
+                            f"{conversion.transaction_id} before replaying it",
+                        )
+                        held.append(conversion.key)
+                else:  # BUSY: another live run is sending it right now
+                    busy.append(conversion)
+            if held:
+                self.ledger.mark_held(held)
+            pending = busy
+            if pending:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.policy.worst_case_seconds(self.client.timeout) + 60
+                    self.logger.info(
+                        "%d conversions are being sent by another run right now; waiting for it.",
+                        len(pending),
+                    )
+                if now > deadline or self._stop.wait(self.busy_wait):
+                    self.request_stop(
+                        self._stop_reason
+                        or f"{len(pending)} conversions stayed claimed by another live run"
+                    )
+                    raise DeliveryAborted(self._stop_reason)
+        return to_send
+
+    def _send_all(self, conversions: list[Conversion]) -> None:
+        futures: set[Future[_Result]] = {self._pool.submit(self._send_one, c) for c in conversions}
+        grace_deadline: float | None = None
+        release: list[str] = []
+        try:
+            while futures:
+                done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle(future.result(), release)
+                if self._stop.is_set():
+                    now = time.monotonic()
+                    if grace_deadline is None:
+                        grace_deadline = now + self.stop_grace
+                    elif now > grace_deadline:
+                        # Abandoned in flight: Everflow may have them. Their claims stay
+                        # pending, so the next run treats them as in doubt.
+                        for future in futures:
+                            future.cancel()
+                        self.logger.warning(
+                            "Abandoned %d postbacks still in flight after %.0f s; the next run "
+                            "treats them as in doubt.", len(futures), self.stop_grace,
+                        )
+                        futures = set()
+        finally:
+            if release:
+                self.ledger.release(release)
+
+    def _settle(self, result: _Result, release: list[str]) -> None:
+        conversion, answer = result.conversion, result.answer
+        if answer is None:  # not sent: the run is stopping; a later run sends it
+            release.append(conversion.key)
+            return
+        if answer.verdict is Verdict.ACCEPTED:
+            self.ledger.mark_delivered(conversion.key, answer.status or 0)
+            self._count(conversion, DELIVERED)
+        elif answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):
+            self._dead_letter(conversion, answer.reason, answer.detail, answer.status)
+            release.append(conversion.key)
+        else:  # systemic, or transient after every retry: stop the run, keep the record
+            release.append(conversion.key)
+            tries = f" after {result.attempts} attempts" if result.attempts > 1 else ""
+            self.request_stop(
+                f"Everflow postback failed{tries}: {answer.detail}. Stopping: records not yet "
+                "delivered are not dead-lettered; the next run resumes from the last STATE."
+            )
+
+    def _send_one(self, conversion: Conversion) -> _Result:
+        attempts = 0
+        answer: Answer | None = None
+        while True:
+            if self._stop.is_set() or not self.limiter.acquire(self._stop):
+                return _Result(conversion, None if attempts == 0 else answer, attempts)
+            with self._lock:
+                self.in_flight += 1
+            try:
+                answer = self.client.send(conversion)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            attempts += 1
+            self.summary.bump("requests")
+            if answer.status == 429:
+                self.summary.bump("http_429")
+            if answer.verdict is not Verdict.TRANSIENT or attempts > self.policy.max_retries:
+                return _Result(conversion, answer, attempts)
+            delay = self.policy.delay(attempts, answer.retry_after)
+            if answer.status == 429:
+                self.limiter.hold(delay)  # everyone slows down, not only this request
+            self.summary.bump("retries")
+            self.logger.debug("Retrying %s in %.2f s: %s", conversion.key, delay, answer.detail)
+            if self._stop.wait(delay):
+                return _Result(conversion, answer, attempts)

@@ -1,0 +1,35 @@
+"""Errors a user sees, each with the exit code the run ends with (README lists them)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG = 1  # a setting is wrong, or the Everflow API check failed: nothing was read
+EXIT_INPUT = 2  # the Singer input is broken (not JSON, RECORD before SCHEMA, ...)
+EXIT_DELIVERY = 3  # Everflow or the network failed systemically; the next run resumes
+EXIT_LEDGER = 4  # the idempotency ledger cannot be opened or written
+EXIT_SIGNAL_BASE = 128  # + signal number (130 for SIGINT, 143 for SIGTERM)
+
+
+class TargetEverflowError(Exception):
+    """An error with a clear, secret-free message and an exit code."""
+
+    exit_code = EXIT_CONFIG
+
+
+class InputError(TargetEverflowError):
+    exit_code = EXIT_INPUT
+
+
+class DeliveryAborted(TargetEverflowError):
+    """A systemic delivery failure: the run stops; undelivered records are not dead-lettered."""
+
+    exit_code = EXIT_DELIVERY
+
+
+class Terminated(TargetEverflowError):
+    """SIGTERM/SIGINT: stop reading, settle what is in flight, exit non-zero."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = EXIT_SIGNAL_BASE + signum
+        super().__init__(f"stopped by signal {signum}")

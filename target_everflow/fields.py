@@ -1,0 +1,301 @@
+"""The Segment -> Everflow field table, as data.
+
+``FIELDS`` is the seed's table row for row: the "All Sources" rows, then the "Mobile Sources"
+rows. Each row says where the value is in a Segment event, which Everflow postback parameter it
+becomes, the Everflow type(s) it accepts, whether it is required, and for which sources. The
+mapper, its validation and README's field table are all driven by it: adding a field is adding
+a row.
+
+Two conventions keep the rows declarative:
+
+- ``[i]`` marks a list: ``properties.products[i].quantity`` -> ``order_line_items[i].quantity``
+  builds the JSON array parameter ``order_line_items`` from the list ``properties.products``.
+- ``rule`` names a value rule from ``RULES`` for the three rows whose value is derived rather
+  than copied (``limit_ad_tracking`` is the inverse of ``adTrackingEnabled``; ``connection_type``
+  comes from two booleans). ``fallback`` lists further Segment paths tried when the first is
+  absent (``amount`` falls back to ``properties.revenue``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing as t
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+
+MAX_VALUE_LENGTH = 2048
+"""Longest value sent in one parameter; longer values are a type mismatch, not a 414."""
+
+
+class FieldType(str, enum.Enum):
+    """Everflow's parameter types, as the seed names them."""
+
+    STRING = "String"
+    NUMBER = "Number"
+    BOOLEAN = "Boolean"
+
+
+S, N, B = FieldType.STRING, FieldType.NUMBER, FieldType.BOOLEAN
+
+ALL = "all"
+MOBILE = "mobile"
+PLATFORMS = {ALL: ("web", "mobile"), MOBILE: ("mobile",)}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One row of the seed's table."""
+
+    segment: str
+    """Segment property path, e.g. ``context.userAgent`` or ``properties.products[i].sku``."""
+    param: str
+    """Everflow postback parameter, e.g. ``http_user_agent`` or ``order_line_items[i].sku``."""
+    types: tuple[FieldType, ...]
+    """Everflow types the parameter accepts (the seed's Type column)."""
+    required: bool = False
+    sources: str = ALL
+    """``all`` (every source) or ``mobile`` (mobile sources only): the seed's two tables."""
+    fallback: tuple[str, ...] = ()
+    """More Segment paths, tried in order when ``segment`` is absent."""
+    rule: str | None = None
+    """A value rule from ``RULES`` for a derived value."""
+    note: str = ""
+
+    @property
+    def is_list_item(self) -> bool:
+        return "[i]" in self.segment
+
+
+FIELDS: tuple[Field, ...] = (
+    # --- All sources ---------------------------------------------------------------------
+    Field("context.ip", "conversion_user_ip", (S,)),
+    Field("context.userAgent", "http_user_agent", (S,)),
+    Field("context.traits.email", "email", (S,)),
+    Field("properties.adv1", "adv1", (S, N, B)),
+    Field("properties.adv2", "adv2", (S, N, B)),
+    Field("properties.adv3", "adv3", (S, N, B)),
+    Field("properties.adv4", "adv4", (S, N, B)),
+    Field("properties.adv5", "adv5", (S, N, B)),
+    Field("properties.coupon", "coupon_code", (S, N)),
+    Field("properties.orderId", "order_id", (N,)),
+    Field("properties.affiliateId", "affiliate_id", (N,)),
+    Field("properties.products[i].quantity", "order_line_items[i].quantity", (N,)),
+    Field("properties.products[i].name", "order_line_items[i].name", (S,)),
+    Field("properties.products[i].sku", "order_line_items[i].sku", (S,)),
+    Field(
+        "properties.total",
+        "amount",
+        (N,),
+        fallback=("properties.revenue",),
+        note="falls back to properties.revenue when total is absent",
+    ),
+    # --- Mobile sources ------------------------------------------------------------------
+    Field("context.ip", "conversion_user_ip", (S,), required=True, sources=MOBILE),
+    Field("context.app.namespace", "app_id", (S,), required=True, sources=MOBILE),
+    Field(
+        "context.device.adTrackingEnabled",
+        "limit_ad_tracking",
+        (B,),
+        sources=MOBILE,
+        rule="inverse",
+        note="the inverse: true when ad tracking is disabled",
+    ),
+    Field("context.app.name", "app_name", (S,), sources=MOBILE),
+    Field("context.app.version", "app_version", (S, N), sources=MOBILE),
+    Field("context.device.manufacturer", "device_make", (S,), sources=MOBILE),
+    Field("context.device.model", "device_model", (S,), sources=MOBILE),
+    Field("context.network.carrier", "carrier", (S,), sources=MOBILE),
+    Field("context.os.name", "os", (S,), sources=MOBILE),
+    Field("context.os.version", "os_version", (S, N), sources=MOBILE),
+    Field(
+        "context.network.wifi",
+        "connection_type",
+        (S,),
+        sources=MOBILE,
+        fallback=("context.network.cellular",),
+        rule="connection_type",
+        note="wifi when context.network.wifi is true, else cellular when context.network.cellular is true",
+    ),
+    Field("context.location.latitude", "latitude", (N,), sources=MOBILE),
+    Field("context.location.longitude", "longitude", (N,), sources=MOBILE),
+)
+
+
+# --- Type coercion ----------------------------------------------------------------------
+
+
+class Mismatch(ValueError):
+    """A value that cannot be coerced losslessly to the field's type(s)."""
+
+
+_NUMERIC = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_PLAIN = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+def _describe(value: t.Any) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (dict, list)):
+        return f"a{'n object' if isinstance(value, dict) else ' list'}"
+    return f"{type(value).__name__} {value!r}"[:60]
+
+
+class NumberText(str):
+    """Plain-decimal text of a number: a string that remembers it is a number."""
+
+    __slots__ = ()
+
+
+def _number_text(value: Decimal) -> NumberText:
+    if not value.is_finite():
+        raise Mismatch(f"{value} is not a finite number")
+    text = str(value)
+    if "E" in text or "e" in text:
+        text = format(value, "f")
+    return NumberText(text)
+
+
+def as_number(value: t.Any) -> NumberText:
+    """Plain-decimal text of a number (as given: no exponent, no float rounding)."""
+    if isinstance(value, bool):
+        raise Mismatch(f"{_describe(value)} is not a number")
+    if isinstance(value, int):
+        try:
+            return NumberText(value)
+        except ValueError:  # more digits than Python will print
+            raise Mismatch("the integer is too large") from None
+    if isinstance(value, Decimal):
+        return _number_text(value)
+    if isinstance(value, float):
+        return _number_text(Decimal(repr(value)))
+    if isinstance(value, str):
+        text = value.strip()
+        if _PLAIN.match(text) and len(text) <= 100:
+            return NumberText(text.lstrip("+"))
+        if _NUMERIC.match(text) and len(text) <= 100:
+            try:
+                return _number_text(Decimal(text))
+            except InvalidOperation:
+                pass
+    raise Mismatch(f"{_describe(value)} is not a number")
+
+
+def as_string(value: t.Any) -> str:
+    """Text of a string, or of a number (lossless)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        text = str(as_number(value))
+    elif isinstance(value, (datetime, date)):
+        text = value.isoformat()
+    else:
+        raise Mismatch(f"{_describe(value)} is not a string")
+    if len(text) > MAX_VALUE_LENGTH:
+        raise Mismatch(f"the string is {len(text)} characters long (at most {MAX_VALUE_LENGTH})")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Mismatch("the string is not valid Unicode") from None
+    return text
+
+
+def as_boolean(value: t.Any) -> bool:
+    """A boolean, or the strings "true"/"false" (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise Mismatch(f"{_describe(value)} is not a boolean")
+
+
+_NATIVE: dict[type, FieldType] = {bool: B, int: N, float: N, Decimal: N, str: S}
+_CONVERT: dict[FieldType, t.Callable[[t.Any], t.Any]] = {S: as_string, N: as_number, B: as_boolean}
+
+
+def coerce(value: t.Any, types: tuple[FieldType, ...]) -> str | bool:
+    """Coerce a value to the first of ``types`` it fits losslessly.
+
+    The value's own type wins when the field accepts it (a boolean ``adv1`` stays a boolean);
+    otherwise the lossless coercions are tried in the table's order. Numbers come back as
+    plain-decimal text, strings as text, booleans as ``bool``.
+    """
+    native = _NATIVE.get(type(value))
+    if native in types:
+        return _CONVERT[native](value)
+    for field_type in types:
+        try:
+            return _CONVERT[field_type](value)
+        except Mismatch:
+            continue
+    names = " or ".join(ft.value for ft in types)
+    raise Mismatch(f"{_describe(value)} cannot be sent as {names}")
+
+
+def render(value: str | bool) -> str:
+    """The query-string text of a coerced value."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+def render_json(value: str | bool) -> str:
+    """The JSON text of a coerced value (numbers stay numbers, exactly as given)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, NumberText):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+# --- Value rules for derived fields -------------------------------------------------------
+
+
+def _inverse(values: list[t.Any]) -> str | bool | None:
+    enabled = values[0]
+    if enabled is None:
+        return None
+    return not as_boolean(enabled)
+
+
+def _connection_type(values: list[t.Any]) -> str | bool | None:
+    wifi, cellular = (values + [None, None])[:2]
+    if wifi is not None and as_boolean(wifi):
+        return "wifi"
+    if cellular is not None and as_boolean(cellular):
+        return "cellular"
+    return None
+
+
+RULES: dict[str, t.Callable[[list[t.Any]], str | bool | None]] = {
+    "inverse": _inverse,
+    "connection_type": _connection_type,
+}
+"""A rule takes the values at ``segment`` and each ``fallback`` path (None when absent)."""
+
+
+# --- README table ---------------------------------------------------------------------------
+
+
+def markdown_table() -> str:
+    """README's field table, generated from ``FIELDS`` (a test keeps README in step)."""
+    lines = [
+        "| Segment property | Everflow parameter | Type | Required | Sources | Notes |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in FIELDS:
+        segment = f"`{f.segment}`" + "".join(f" / `{p}`" for p in f.fallback)
+        types = ", ".join(ft.value for ft in f.types)
+        lines.append(
+            f"| {segment} | `{f.param}` | {types} | {'yes' if f.required else 'no'} "
+            f"| {f.sources} | {f.note} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,423 @@
+"""Map one Segment event to one Everflow conversion, or to the reason it is not one.
+
+The mapper is driven by ``fields.FIELDS``: it compiles the table once per platform into a
+list of parameter plans, and for each record walks that list. What is not in the table is the
+conversion's identity: which event it is (``event_mapping``), whose click it is
+(``transaction_id``), when it happened (``timestamp``) and its delivery key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import typing as t
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+from target_everflow.fields import (
+    FIELDS,
+    MOBILE,
+    PLATFORMS,
+    RULES,
+    Field,
+    FieldType,
+    Mismatch,
+    as_string,
+    coerce,
+    render,
+    render_json,
+)
+from target_everflow.records import MISSING, SegmentEvent, compile_path, fold, slug
+
+if t.TYPE_CHECKING:
+    from target_everflow.settings import Settings
+
+# Outcome kinds and reasons (the run summary counts these).
+DELIVERED = "delivered"
+SKIPPED = "skipped"
+DEAD_LETTER = "dead_letter"
+
+NOT_TRACK = "not_track"
+UNMAPPED_EVENT = "unmapped_event"
+NO_TRANSACTION_ID = "no_transaction_id"
+DUPLICATE = "duplicate"
+MISSING_REQUIRED_FIELD = "missing_required_field"
+TYPE_MISMATCH = "type_mismatch"
+INVALID_RECORD = "invalid_record"
+
+NON_TRACK_CALLS = frozenset({"identify", "page", "screen", "group", "alias"})
+MOBILE_LIBRARIES = frozenset(
+    fold(name)
+    for name in (
+        "analytics-ios",
+        "analytics-android",
+        "analytics-swift",
+        "analytics-kotlin",
+        "analytics-react-native",
+        "analytics-flutter",
+        "analytics-xamarin",
+        "analytics-unity",
+    )
+)
+MOBILE_OS = frozenset({"ios", "ipados", "android"})
+
+_P = compile_path
+TYPE = _P("type")
+EVENT_NAME = (_P("event_text"), _P("event"))
+MESSAGE_ID = (_P("messageId"), _P("id"))
+REFERRER_TYPE = _P("context.referrer.type")
+REFERRER_ID = _P("context.referrer.id")
+PROPERTY_TRANSACTION_ID = _P("properties.transaction_id")
+EVENT_TIME = (_P("timestamp"), _P("originalTimestamp"), _P("receivedAt"), _P("sentAt"))
+OS_NAME = _P("context.os.name")
+DEVICE_TYPE = _P("context.device.type")
+LIBRARY_NAME = _P("context.library.name")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The final fate of a record that is not (or not yet) a conversion."""
+
+    kind: str
+    reason: str
+    message: str = ""
+    field: str | None = None
+    event: str = ""
+    """The event name, where it is known (the summary counts per event)."""
+
+
+@dataclass(slots=True)
+class Conversion:
+    """One planned postback."""
+
+    key: str
+    stream: str
+    event: str
+    event_id: int
+    transaction_id: str
+    platform: str
+    message_id: str | None
+    params: list[tuple[str, str]]
+    """Query parameters in order, without ``verification_token`` (the client adds it)."""
+    record: dict = field(repr=False)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """Optional fields left out: (parameter, why)."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One parameter, compiled from one or more rows of the table."""
+
+    param: str
+    paths: tuple  # SegmentPath, ...
+    types: tuple[FieldType, ...]
+    required: bool
+    rule: t.Callable[[list[t.Any]], t.Any] | None
+    items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
+    """For a list parameter: (item key, path inside the item, types)."""
+
+
+def _compile(platform: str) -> list[_Plan]:
+    plans: dict[str, _Plan] = {}
+    for row in FIELDS:
+        if platform not in PLATFORMS[row.sources]:
+            continue
+        if row.is_list_item:
+            _add_item(plans, row)
+            continue
+        plan = plans.get(row.param)
+        if plan is None:
+            plans[row.param] = _Plan(
+                param=row.param,
+                paths=tuple(_P(p) for p in (row.segment, *row.fallback)),
+                types=row.types,
+                required=row.required,
+                rule=RULES[row.rule] if row.rule else None,
+            )
+        else:  # the same parameter in both of the seed's tables: required if either says so
+            plan.required = plan.required or row.required
+    return list(plans.values())
+
+
+def _add_item(plans: dict[str, _Plan], row: Field) -> None:
+    list_path, item_path = row.segment.split("[i].", 1)
+    list_param, item_key = row.param.split("[i].", 1)
+    plan = plans.get(list_param)
+    if plan is None:
+        plan = plans[list_param] = _Plan(list_param, (_P(list_path),), (), row.required, None)
+    plan.items = (*plan.items, (item_key, _P(item_path), row.types))
+
+
+def event_time(value: t.Any) -> int:
+    """Unix seconds of a Segment timestamp (ISO-8601 text, datetime, or epoch number)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        seconds = float(value)
+        if seconds > 1e11:  # epoch milliseconds
+            seconds /= 1000
+        return int(seconds)
+    elif isinstance(value, str):
+        moment = _parse_iso(value)
+    else:
+        raise Mismatch(f"{type(value).__name__} is not a timestamp")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
+
+
+def _parse_iso(text: str) -> datetime:
+    text = text.strip()
+    candidate = text[:-1] + "+00:00" if text[-1:] in {"Z", "z"} else text
+    # Segment libraries also write offsets without a colon: 2013-12-17T15:38:32-0400
+    if len(candidate) > 5 and candidate[-5] in "+-" and candidate[-4:].isdigit():
+        candidate = f"{candidate[:-2]}:{candidate[-2:]}"
+    try:
+        return datetime.fromisoformat(candidate.replace(" ", "T", 1))
+    except ValueError:
+        pass
+    # Python < 3.11 fromisoformat takes only 0, 3 or 6 fraction digits.
+    head, dot, rest = candidate.partition(".")
+    if dot:
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        tail = rest[len(digits) :]
+        try:
+            return datetime.fromisoformat(f"{head}.{(digits + '000000')[:6]}{tail}")
+        except ValueError:
+            pass
+    raise Mismatch(f"{text[:40]!r} is not an ISO-8601 timestamp")
+
+
+class Mapper:
+    """Turns records into ``Conversion``s or ``Outcome``s, per the settings and the table."""
+
+    def __init__(self, settings: Settings, logger: logging.Logger | None = None) -> None:
+        self.settings = settings
+        self.logger = logger or logging.getLogger("target-everflow")
+        self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
+        self._events = dict(settings.event_mapping)
+        self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
+        self._head: list[tuple[str, str]] = []
+        if settings.network_id is not None:
+            self._head.append(("nid", str(settings.network_id)))
+
+    # -- identity ------------------------------------------------------------------------
+
+    def event_id_for(self, name: str) -> int | None:
+        found = self._events.get(name)
+        if found is None:
+            found = self._event_slugs.get(slug(name))
+        return found
+
+    @staticmethod
+    def stream_event(stream: str) -> str:
+        """A database tap's stream ``schema-table`` stands for the event ``table``."""
+        return stream.rsplit("-", 1)[-1]
+
+    def _platform(self, event: SegmentEvent) -> str:
+        if self.settings.platform != "auto":
+            return self.settings.platform
+        os_name = event.get(OS_NAME)
+        if isinstance(os_name, str) and fold(os_name) in MOBILE_OS:
+            return "mobile"
+        device_type = event.get(DEVICE_TYPE)
+        if isinstance(device_type, str) and fold(device_type) in MOBILE_OS:
+            return "mobile"
+        library = event.get(LIBRARY_NAME)
+        if isinstance(library, str) and fold(library) in MOBILE_LIBRARIES:
+            return "mobile"
+        return "web"
+
+    @staticmethod
+    def _transaction_id(event: SegmentEvent) -> t.Any:
+        referrer_type = event.get(REFERRER_TYPE)
+        if isinstance(referrer_type, str) and referrer_type.strip().lower() == "everflow":
+            found = event.get(REFERRER_ID)
+            if found is not MISSING:
+                return found
+        return event.get(PROPERTY_TRANSACTION_ID)
+
+    # -- the mapping -----------------------------------------------------------------------
+
+    def map(self, record: t.Any, stream: str) -> Conversion | Outcome:  # noqa: C901, PLR0912
+        """Map one record. Never raises for bad input: that is an ``Outcome`` too."""
+        if not isinstance(record, dict):
+            return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
+        event = SegmentEvent(record, stream)
+
+        call = event.get(TYPE)
+        if isinstance(call, str) and call.strip().lower() in NON_TRACK_CALLS:
+            kind = call.strip().lower()
+            return Outcome(SKIPPED, NOT_TRACK, f"a {kind} call, not a track", event=f"({kind})")
+
+        name = event.first(*EVENT_NAME)
+        if not isinstance(name, str) or not name.strip():
+            name = self.stream_event(stream)
+        event_id = self.event_id_for(name)
+        if event_id is None:
+            return Outcome(
+                SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
+            )
+
+        raw_tid = self._transaction_id(event)
+        if raw_tid is MISSING:
+            return Outcome(
+                SKIPPED,
+                NO_TRANSACTION_ID,
+                "no Everflow transaction id (context.referrer.id with referrer type everflow, "
+                "or properties.transaction_id)",
+                "transaction_id",
+                event=name,
+            )
+        try:
+            transaction_id = as_string(raw_tid).strip()
+        except Mismatch as exc:
+            return Outcome(
+                DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
+            )
+
+        platform = self._platform(event)
+        strict = self.settings.strict_types
+        params = [*self._head, ("transaction_id", transaction_id)]
+        if self.settings.advertiser_id is not None:
+            params.append(("aid", str(self.settings.advertiser_id)))
+        if event_id:
+            params.append(("adv_event_id", str(event_id)))
+        dropped: list[tuple[str, str]] = []
+
+        when: int | None = None
+        raw_time = event.first(*EVENT_TIME)
+        if raw_time is not MISSING:
+            try:
+                when = event_time(raw_time)
+            except Mismatch as exc:
+                if strict:
+                    return Outcome(
+                        DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
+                    )
+                dropped.append(("timestamp", str(exc)))
+        if when is not None and self.settings.send_timestamp:
+            params.append(("timestamp", str(when)))
+
+        for plan in self._plans[platform]:
+            try:
+                value = self._value(event, plan, dropped)
+            except Mismatch as exc:
+                if plan.required or strict:
+                    return Outcome(
+                        DEAD_LETTER,
+                        TYPE_MISMATCH,
+                        f"{plan.param} ({plan.paths[0].path}): {exc}",
+                        plan.param,
+                        event=name,
+                    )
+                dropped.append((plan.param, str(exc)))
+                continue
+            if value is None:
+                if plan.required:
+                    return Outcome(
+                        DEAD_LETTER,
+                        MISSING_REQUIRED_FIELD,
+                        f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
+                        "conversions",
+                        plan.param,
+                        event=name,
+                    )
+                continue
+            params.append((plan.param, value))
+
+        if strict and dropped:
+            param, why = dropped[0]
+            return Outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
+
+        message_id = event.first(*MESSAGE_ID)
+        message_id = str(message_id) if message_id is not MISSING else None
+        return Conversion(
+            key=self._key(message_id, transaction_id, event_id, event, when),
+            stream=stream,
+            event=name,
+            event_id=event_id,
+            transaction_id=transaction_id,
+            platform=platform,
+            message_id=message_id,
+            params=params,
+            record=record,
+            dropped=dropped,
+        )
+
+    def _value(
+        self, event: SegmentEvent, plan: _Plan, dropped: list[tuple[str, str]]
+    ) -> str | None:
+        if plan.items:
+            return self._line_items(event, plan, dropped)
+        if plan.rule is not None:
+            values = [event.get(p) for p in plan.paths]
+            result = plan.rule([None if v is MISSING else v for v in values])
+            return None if result is None else render(result)
+        found = event.first(*plan.paths)
+        if found is MISSING:
+            return None
+        return render(coerce(found, plan.types))
+
+    @staticmethod
+    def _line_items(
+        event: SegmentEvent, plan: _Plan, dropped: list[tuple[str, str]]
+    ) -> str | None:
+        """``order_line_items``: a JSON array of the item keys the table names."""
+        found = event.get(plan.paths[0])
+        if found is MISSING:
+            return None
+        if isinstance(found, str):
+            try:
+                found = _json_loads(found)
+            except ValueError:
+                raise Mismatch("properties.products is not valid JSON") from None
+        if not isinstance(found, list):
+            raise Mismatch("properties.products is not a list")
+        items: list[str] = []
+        for i, product in enumerate(found):
+            if not isinstance(product, dict):
+                dropped.append((f"{plan.param}[{i}]", "the product is not an object"))
+                continue
+            item = SegmentEvent(product, event.stream)
+            parts: list[str] = []
+            for key, path, types in plan.items:
+                value = item.get(path)
+                if value is MISSING:
+                    continue
+                try:
+                    coerced = coerce(value, types)
+                except Mismatch as exc:
+                    dropped.append((f"{plan.param}[{i}].{key}", str(exc)))
+                    continue
+                parts.append(f'"{key}":{render_json(coerced)}')
+            if parts:
+                items.append("{" + ",".join(parts) + "}")
+        if not items:
+            return None
+        return "[" + ",".join(items) + "]"
+
+    @staticmethod
+    def _key(
+        message_id: str | None,
+        transaction_id: str,
+        event_id: int,
+        event: SegmentEvent,
+        when: int | None,
+    ) -> str:
+        """The delivery key: the Segment message id, else a stable hash of the conversion."""
+        if message_id:
+            return f"m:{message_id}"
+        order_id = event.get("properties.orderId")
+        basis = "\x1f".join(
+            (transaction_id, str(event_id), "" if order_id is MISSING else str(order_id), str(when))
+        )
+        return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _json_loads(text: str) -> t.Any:
+    return json.loads(text, parse_float=Decimal)

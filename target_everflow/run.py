@@ -1,0 +1,264 @@
+"""One run of the target: the resources every sink shares, opened before any record is read.
+
+``Run.open()`` does everything that can fail for a reason other than a record: the Everflow API
+check, the dead-letter file, the ledger. ``Run.finish()`` logs the summary (and writes it to
+``summary_path``) and closes everything, whatever way the run ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+from target_everflow.accounting import DeadLetters, RunSummary, dumps
+from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
+from target_everflow.errors import TargetEverflowError
+from target_everflow.ledger import Ledger, LedgerError, open_ledger
+from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
+from target_everflow.postback import PostbackClient
+from target_everflow.records import MISSING, SegmentEvent
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from target_everflow.mapping import Conversion
+    from target_everflow.settings import Settings
+
+DROPPED_WARNINGS_PER_FIELD = 20
+DRY_RUN_POSTBACK_URL = "https://dry-run.invalid/"
+
+
+class LedgerUnavailable(TargetEverflowError):
+    exit_code = 4
+
+
+class Run:
+    """Shared resources and bookkeeping of one run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        logger: logging.Logger,
+        schemas: Callable[[str], dict | None],
+    ) -> None:
+        self.settings = settings
+        self.logger = logger
+        self.mapper = Mapper(settings, logger)
+        self.summary = RunSummary()
+        self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
+        self.ledger: Ledger | None = None
+        self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
+        self.opened = False
+        self._active_batches = 0
+        self._lock = threading.Lock()
+        self._dropped_warned: dict[tuple[str, str], int] = {}
+        self._scratch_dir: str | None = None
+        self._progress_stop = threading.Event()
+        self._progress: threading.Thread | None = None
+
+    # -- start -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Everything that must work before the first record is read."""
+        if self.opened:
+            return
+        s = self.settings
+        if s.preflight:
+            self.check_api()
+        try:
+            self.dead_letters.check_writable()
+        except OSError as exc:
+            raise TargetEverflowError(
+                f"Setting 'dead_letter_path': cannot write {s.dead_letter_path}: {exc.strerror}"
+            ) from None
+        policy = RetryPolicy(max_retries=s.max_retries)
+        lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
+        try:
+            if s.dry_run:
+                # Dry run never touches the real ledger: a scratch one dedupes within the run.
+                self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
+                self.ledger = open_ledger(
+                    None, default_dir=Path(self._scratch_dir), lease_seconds=lease,
+                    retention_days=s.ledger_retention_days, logger=self.logger,
+                )
+            else:
+                self.ledger = open_ledger(
+                    s.ledger_url, default_dir=s.state_dir, lease_seconds=lease,
+                    retention_days=s.ledger_retention_days, logger=self.logger,
+                )
+        except LedgerError as exc:
+            raise LedgerUnavailable(str(exc)) from None
+        client = PostbackClient(
+            s.postback_url or DRY_RUN_POSTBACK_URL,
+            verification_token=s.verification_token,
+            timeout=s.request_timeout,
+            pool_size=s.max_concurrency,
+        )
+        dry_run = DryRunWriter(s.dry_run_output, client) if s.dry_run else None
+        self.engine = DeliveryEngine(
+            client=client,
+            ledger=self.ledger,
+            summary=self.summary,
+            dead_letters=self.dead_letters,
+            policy=policy,
+            limiter=RateLimiter(s.max_requests_per_second),
+            concurrency=s.max_concurrency,
+            in_doubt=s.in_doubt,
+            dry_run=dry_run,
+            logger=self.logger,
+            stop_grace=min(s.request_timeout, 10.0),
+        )
+        self.logger.info(
+            "target-everflow: %s, ledger %s, dead letters in %s",
+            f"dry run, planned postbacks go to {s.dry_run_output}" if s.dry_run
+            else f"sending to {_host(s.postback_url)} with up to {s.max_concurrency} requests in flight",
+            "scratch (dry run)" if s.dry_run else self.ledger.description,
+            s.dead_letter_path,
+        )
+        if s.progress_interval > 0:
+            self._progress = threading.Thread(target=self._report_progress, name="progress", daemon=True)
+            self._progress.start()
+        self.opened = True
+
+    def check_api(self) -> list[str]:
+        """The Everflow API check; returns the lines saying what was verified."""
+        from target_everflow.everflow_api import PreflightError, run_preflight  # noqa: PLC0415
+
+        try:
+            report = run_preflight(self.settings_mapping(), logger=self.logger)
+        except PreflightError as exc:
+            raise TargetEverflowError(f"Everflow API check failed: {exc}") from None
+        lines = report.lines()
+        for line in lines:
+            self.logger.info("%s", line)
+        return lines
+
+    def settings_mapping(self) -> dict[str, t.Any]:
+        s = self.settings
+        return {
+            "api_key": s.api_key,
+            "api_url": s.api_url,
+            "advertiser_id": s.advertiser_id,
+            "event_mapping": s.event_mapping,
+            "request_timeout": s.request_timeout,
+        }
+
+    # -- during the run --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._lock:
+            self._active_batches += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active_batches -= 1
+
+    @property
+    def in_batch(self) -> bool:
+        return self._active_batches > 0
+
+    def warn_dropped(self, stream: str, conversion: Conversion, param: str, why: str) -> None:
+        key = (stream, param)
+        seen = self._dropped_warned.get(key, 0)
+        self._dropped_warned[key] = seen + 1
+        if seen < DROPPED_WARNINGS_PER_FIELD:
+            self.logger.warning(
+                "Left out optional field %s of a record of stream %s (message id %s, event %r): %s",
+                param, stream, conversion.message_id, conversion.event, why,
+            )
+            if seen + 1 == DROPPED_WARNINGS_PER_FIELD:
+                self.logger.warning(
+                    "Further dropped %s fields on stream %s are counted in the run summary only.",
+                    param, stream,
+                )
+
+    @staticmethod
+    def event_label(record: t.Any, stream: str) -> str:
+        if not isinstance(record, dict):
+            return "(unknown)"
+        event = SegmentEvent(record, stream)
+        name = event.first("event_text", "event")
+        if isinstance(name, str) and name.strip():
+            return name
+        call = event.get("type")
+        if isinstance(call, str) and call.strip() and call.strip().lower() != "track":
+            return f"({call.strip().lower()})"
+        return Mapper.stream_event(stream)
+
+    @staticmethod
+    def message_id(record: t.Any) -> str:
+        if not isinstance(record, dict):
+            return "unknown"
+        found = SegmentEvent(record, "").first("messageId", "id")
+        return "unknown" if found is MISSING else str(found)[:100]
+
+    def _report_progress(self) -> None:
+        last_requests, last_at = 0, time.monotonic()
+        while not self._progress_stop.wait(self.settings.progress_interval):
+            totals = self.summary.totals()
+            requests = self.summary.delivery.get("requests", 0)
+            now = time.monotonic()
+            rate = (requests - last_requests) / max(now - last_at, 1e-9)
+            last_requests, last_at = requests, now
+            self.logger.info(
+                "Progress: %d records read, %d %s, %d skipped, %d dead-lettered, %d in flight, "
+                "%.1f requests/s",
+                self.summary.records_read, totals[DELIVERED],
+                "planned" if self.settings.dry_run else "delivered",
+                totals[SKIPPED], totals[DEAD_LETTER],
+                self.engine.in_flight if self.engine else 0, rate,
+            )
+
+    # -- end -------------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, t.Any]:
+        """Log the summary, write ``summary_path``, close everything. Safe to call twice."""
+        self._progress_stop.set()
+        errors: list[str] = []
+        for closer in (
+            self.dead_letters.close,
+            self.engine.close if self.engine else None,
+            self.ledger.close if self.ledger else None,
+        ):
+            if closer is None:
+                continue
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - report every failure, close the rest
+                errors.append(str(exc))
+        self.engine = None  # type: ignore[assignment]
+        self.ledger = None
+        if self._scratch_dir:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+            self._scratch_dir = None
+        data = self.summary.as_dict(dry_run=self.settings.dry_run)
+        for line in self.summary.lines(dry_run=self.settings.dry_run):
+            self.logger.info("%s", line)
+        if self.settings.dry_run:
+            self.logger.info("Planned postbacks were written to %s", self.settings.dry_run_output)
+        if self.dead_letters.count:
+            self.logger.info(
+                "%d records were kept in %s (replay: see README, 'Dead letters')",
+                self.dead_letters.count, self.settings.dead_letter_path,
+            )
+        if self.settings.summary_path:
+            path = self.settings.summary_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dumps(data) + "\n", encoding="utf-8")
+        for error in errors:
+            self.logger.error("While closing: %s", error)
+        return data
+
+
+def _host(url: str | None) -> str:
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    return urlsplit(url or "").netloc or "?"

@@ -1,0 +1,345 @@
+"""The target's settings: the typed config schema and a validated, frozen view of it.
+
+The JSON schema (``CONFIG_SCHEMA``) is what ``--about``, Meltano and the SDK's own validation
+see. ``Settings.from_config`` adds the rules a JSON schema cannot say well (live mode needs a
+postback URL, a remote URL must be https, event ids are integers >= 0) and fails with a
+``ConfigError`` that names the setting, before any record is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from singer_sdk import typing as th
+
+from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
+
+DEFAULT_EVENT_MAPPING: dict[str, int] = {"Order Completed": 0}
+DEFAULT_API_URL = "https://api.eflow.team/v1"
+STATE_DIR = ".target-everflow"
+
+CONFIG_SCHEMA = th.PropertiesList(
+    # --- Everflow postback -------------------------------------------------------------
+    th.Property(
+        "postback_url",
+        th.StringType,
+        description=(
+            "Everflow S2S postback base URL (your tracking domain), e.g. "
+            "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
+            "(loopback hosts excepted, for tests)."
+        ),
+    ),
+    th.Property(
+        "network_id",
+        th.IntegerType(minimum=1),
+        description="Everflow network id, sent as `nid`. Required unless dry_run.",
+    ),
+    th.Property(
+        "advertiser_id",
+        th.IntegerType(minimum=1),
+        description=(
+            "Everflow advertiser (brand) id, sent as `aid`; needed by the API check when "
+            "event_mapping has non-zero event ids."
+        ),
+    ),
+    th.Property(
+        "verification_token",
+        th.StringType,
+        secret=True,
+        description="The advertiser's postback verification token, sent as `verification_token`.",
+    ),
+    th.Property(
+        "event_mapping",
+        th.ObjectType(additional_properties=th.IntegerType(minimum=0)),
+        default=DEFAULT_EVENT_MAPPING,
+        description=(
+            "Segment event name -> Everflow advertiser event id (integer >= 0). 0 is the base "
+            "conversion. Names also match by Segment's slug (Order Completed = order_completed)."
+        ),
+    ),
+    th.Property(
+        "platform",
+        th.StringType(allowed_values=["auto", "web", "mobile"]),
+        default="auto",
+        description=(
+            "auto: a record is mobile when its context says so (os, device type or a Segment "
+            "mobile library); web/mobile: treat every record as that platform."
+        ),
+    ),
+    th.Property(
+        "strict_types",
+        th.BooleanType,
+        default=False,
+        description=(
+            "Dead-letter a record (type_mismatch) when an optional field cannot be coerced to "
+            "its Everflow type, instead of leaving the field out with a warning."
+        ),
+    ),
+    th.Property(
+        "send_timestamp",
+        th.BooleanType,
+        default=True,
+        description="Send the event time as `timestamp` (Unix seconds).",
+    ),
+    # --- Everflow API check ------------------------------------------------------------
+    th.Property(
+        "api_key",
+        th.StringType,
+        secret=True,
+        description=(
+            "Everflow network API key (Control Center > Security). Enables the pre-flight check "
+            "of the key and of every mapped event id."
+        ),
+    ),
+    th.Property(
+        "api_url",
+        th.StringType,
+        default=DEFAULT_API_URL,
+        description="Everflow REST API base URL (EU accounts: https://api-eu.eflow.team/v1).",
+    ),
+    th.Property(
+        "preflight",
+        th.BooleanType,
+        description=(
+            "Check the API key and event mapping before reading records. Default: true when "
+            "api_key is set."
+        ),
+    ),
+    # --- Outputs -------------------------------------------------------------------------
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        description="Send nothing: write each planned postback to dry_run_output instead.",
+    ),
+    th.Property(
+        "dry_run_output",
+        th.StringType,
+        default="everflow_dry_run.jsonl",
+        description="Where dry run writes its planned postbacks (JSON lines).",
+    ),
+    th.Property(
+        "dead_letter_path",
+        th.StringType,
+        default=f"{STATE_DIR}/dead_letter.jsonl",
+        description=(
+            "Where records that could not be delivered are kept, with the reason (a Singer "
+            "stream you can replay with --input)."
+        ),
+    ),
+    th.Property(
+        "summary_path",
+        th.StringType,
+        description="Also write the run summary as JSON to this file.",
+    ),
+    th.Property(
+        "progress_interval",
+        th.NumberType(minimum=0),
+        default=10,
+        description="Seconds between progress log lines on long runs (0 turns them off).",
+    ),
+    # --- Delivery engine -----------------------------------------------------------------
+    th.Property(
+        "max_concurrency",
+        th.IntegerType(minimum=1, maximum=512),
+        default=16,
+        description="Postbacks in flight at once (one pooled keep-alive session).",
+    ),
+    th.Property(
+        "max_requests_per_second",
+        th.NumberType(minimum=0),
+        default=0,
+        description="Global request rate limit over all streams and retries (0 = unlimited).",
+    ),
+    th.Property(
+        "max_retries",
+        th.IntegerType(minimum=0, maximum=50),
+        default=5,
+        description="Retries of a transient failure (timeout, connection error, 429, 5xx).",
+    ),
+    th.Property(
+        "request_timeout",
+        th.NumberType(exclusive_minimum=0),
+        default=30,
+        description="Seconds per request attempt.",
+    ),
+    # --- Idempotency ledger --------------------------------------------------------------
+    th.Property(
+        "ledger_url",
+        th.StringType,
+        secret=True,
+        description=(
+            "Where delivered conversions are recorded: sqlite:///path (default: "
+            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db (shared by "
+            "parallel runs), or none (no protection against re-sends)."
+        ),
+    ),
+    th.Property(
+        "in_doubt",
+        th.StringType(allowed_values=["resend", "dead_letter"]),
+        default="resend",
+        description=(
+            "What to do with a conversion claimed by a run that died before recording "
+            "Everflow's answer: resend it (at-least-once) or dead-letter it (at-most-once)."
+        ),
+    ),
+    th.Property(
+        "ledger_retention_days",
+        th.IntegerType(minimum=1),
+        default=400,
+        description="Delivered keys older than this are pruned at start-up.",
+    ),
+).to_dict()
+
+SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
+
+
+class ConfigError(TargetEverflowError):
+    """A setting is wrong. ``str()`` names the setting; it never contains a secret value."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        super().__init__(f"Setting '{setting}': {problem}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_postback_url(url: str) -> str:
+    """Return the URL if it is an acceptable postback base, else raise ``ConfigError``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        raise ConfigError("postback_url", f"is not a valid URL ({exc})") from None
+    if parts.scheme not in {"http", "https"} or not host:
+        raise ConfigError("postback_url", "must be an https:// URL with a host")
+    if parts.scheme != "https" and not _is_loopback(host):
+        raise ConfigError(
+            "postback_url",
+            "must use https (the verification token travels in the query string); "
+            "plain http is only accepted for loopback hosts",
+        )
+    if parts.username or parts.password:
+        raise ConfigError("postback_url", "must not contain credentials")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings one run works with."""
+
+    postback_url: str | None
+    network_id: int | None
+    advertiser_id: int | None
+    verification_token: str | None = field(repr=False)
+    api_key: str | None = field(repr=False)
+    api_url: str
+    preflight: bool
+    event_mapping: dict[str, int]
+    platform: str
+    strict_types: bool
+    send_timestamp: bool
+    dry_run: bool
+    dry_run_output: Path
+    dead_letter_path: Path
+    summary_path: Path | None
+    progress_interval: float
+    max_concurrency: int
+    max_requests_per_second: float
+    max_retries: int
+    request_timeout: float
+    ledger_url: str | None = field(repr=False)
+    in_doubt: str
+    ledger_retention_days: int
+
+    @property
+    def state_dir(self) -> Path:
+        """Directory for the embedded ledger: next to the dead letters."""
+        return self.dead_letter_path.parent
+
+    @classmethod
+    def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
+        """Validate the cross-setting rules; raise ``ConfigError`` naming the setting."""
+        dry_run = bool(config.get("dry_run", False))
+
+        postback_url = config.get("postback_url") or None
+        network_id = config.get("network_id")
+        if postback_url is not None:
+            check_postback_url(postback_url)
+        elif not dry_run:
+            raise ConfigError("postback_url", "is required unless dry_run is true")
+        if network_id is None and not dry_run:
+            raise ConfigError("network_id", "is required unless dry_run is true")
+
+        mapping = config.get("event_mapping")
+        if mapping is None:
+            mapping = DEFAULT_EVENT_MAPPING
+        if not isinstance(mapping, t.Mapping) or not mapping:
+            raise ConfigError(
+                "event_mapping",
+                'must be a non-empty object of Segment event name -> event id, e.g. {"Order Completed": 0}',
+            )
+        event_mapping: dict[str, int] = {}
+        for name, event_id in mapping.items():
+            if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 0:
+                raise ConfigError(
+                    "event_mapping",
+                    f"the id for event {name!r} must be an integer >= 0 (0 = base conversion)",
+                )
+            event_mapping[str(name)] = int(event_id)
+
+        api_key = config.get("api_key") or None
+        preflight = config.get("preflight")
+        preflight = bool(api_key) if preflight is None else bool(preflight)
+        if preflight and not api_key:
+            raise ConfigError("preflight", "is true but api_key is not set")
+
+        in_doubt = config.get("in_doubt", "resend")
+        if in_doubt not in {"resend", "dead_letter"}:
+            raise ConfigError("in_doubt", "must be resend or dead_letter")
+
+        summary_path = config.get("summary_path")
+        return cls(
+            postback_url=postback_url,
+            network_id=network_id,
+            advertiser_id=config.get("advertiser_id"),
+            verification_token=config.get("verification_token") or None,
+            api_key=api_key,
+            api_url=(config.get("api_url") or DEFAULT_API_URL).rstrip("/"),
+            preflight=preflight,
+            event_mapping=event_mapping,
+            platform=config.get("platform", "auto"),
+            strict_types=bool(config.get("strict_types", False)),
+            send_timestamp=bool(config.get("send_timestamp", True)),
+            dry_run=dry_run,
+            dry_run_output=Path(config.get("dry_run_output") or "everflow_dry_run.jsonl"),
+            dead_letter_path=Path(
+                config.get("dead_letter_path") or f"{STATE_DIR}/dead_letter.jsonl"
+            ),
+            summary_path=Path(summary_path) if summary_path else None,
+            progress_interval=float(config.get("progress_interval", 10)),
+            max_concurrency=int(config.get("max_concurrency", 16)),
+            max_requests_per_second=float(config.get("max_requests_per_second", 0)),
+            max_retries=int(config.get("max_retries", 5)),
+            request_timeout=float(config.get("request_timeout", 30)),
+            ledger_url=config.get("ledger_url") or None,
+            in_doubt=in_doubt,
+            ledger_retention_days=int(config.get("ledger_retention_days", 400)),
+        )
+
+    def secrets(self) -> list[str]:
+        """Secret values of this run, for redaction."""
+        return [s for s in (self.api_key, self.verification_token) if s]

@@ -1,0 +1,62 @@
+"""The sink: wires mapping, delivery and accounting for the records of one stream."""
+
+from __future__ import annotations
+
+import typing as t
+
+from singer_sdk.sinks import BatchSink
+
+from target_everflow.mapping import DEAD_LETTER, DUPLICATE, SKIPPED, Conversion, Outcome
+
+if t.TYPE_CHECKING:
+    from target_everflow.run import Run
+    from target_everflow.target import TargetEverflow
+
+
+class EverflowSink(BatchSink):
+    """Maps each record as it arrives; delivers the batch's conversions when drained.
+
+    Skips are final at once; dead letters are written at once and made durable before the
+    batch returns; conversions wait for ``process_batch``. The SDK emits STATE only after every
+    sink's ``process_batch`` returned, so STATE never covers a record without its outcome.
+    """
+
+    MAX_SIZE_DEFAULT = 5000  # records per batch; the `batch_size_rows` setting overrides it
+
+    def __init__(self, target: TargetEverflow, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(target, *args, **kwargs)
+        self.run: Run = target.run
+
+    def process_record(self, record: dict, context: dict) -> None:
+        run = self.run
+        run.summary.read()
+        result = run.mapper.map(record, self.stream_name)
+        if isinstance(result, Outcome):
+            self._account(result, record)
+            return
+        for param, why in result.dropped:
+            run.summary.drop(self.stream_name, result.event, param)
+            run.warn_dropped(self.stream_name, result, param, why)
+        batch: dict[str, Conversion] = context.setdefault("conversions", {})
+        if result.key in batch:  # the same conversion twice in one batch
+            run.summary.count(self.stream_name, result.event, SKIPPED, DUPLICATE)
+            return
+        batch[result.key] = result
+
+    def _account(self, outcome: Outcome, record: dict) -> None:
+        run = self.run
+        event = outcome.event or run.event_label(record, self.stream_name)
+        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
+        if outcome.kind == DEAD_LETTER:
+            run.dead_letters.write(
+                self.stream_name, record, outcome.reason, outcome.message, field=outcome.field
+            )
+            run.logger.warning(
+                "Dead-lettered a record of stream %s (message id %s): %s: %s",
+                self.stream_name, run.message_id(record), outcome.reason, outcome.message,
+            )
+
+    def process_batch(self, context: dict) -> None:
+        conversions: dict[str, Conversion] = context.get("conversions", {})
+        with self.run.batch():
+            self.run.engine.deliver(list(conversions.values()))

@@ -1,0 +1,214 @@
+"""target-everflow: the Singer target, its settings and its command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing as t
+
+import click
+from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
+from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
+from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.target_base import Target
+
+from target_everflow.errors import (
+    EXIT_INPUT,
+    EXIT_OK,
+    InputError,
+    TargetEverflowError,
+    Terminated,
+)
+from target_everflow.run import Run
+from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
+from target_everflow.sinks import EverflowSink
+
+if t.TYPE_CHECKING:
+    from types import FrameType
+
+
+def _describe_schema_error(error: t.Any) -> str:
+    """A config schema error that names the setting and never echoes a secret value."""
+    path = ".".join(str(p) for p in error.absolute_path) or "config"
+    setting = str(error.absolute_path[0]) if error.absolute_path else ""
+    kind, expected = error.validator, error.validator_value
+    if kind == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        problem = "must be " + " or ".join(
+            {"integer": "an integer", "number": "a number", "boolean": "true or false",
+             "string": "a string", "object": "an object", "array": "a list",
+             "null": "null"}.get(n, n) for n in names
+        )
+    elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        problem = f"must be {sign[kind]} {expected}"
+    elif kind == "enum":
+        problem = "must be one of " + ", ".join(str(v) for v in expected)
+    elif kind == "required":
+        problem = error.message
+    else:
+        problem = "is not valid" if setting in SECRET_SETTINGS else error.message
+    return f"Setting '{path}': {problem}"
+
+
+class TargetEverflow(Target):
+    """Sends the conversions among Segment track events to Everflow, exactly once."""
+
+    name = "target-everflow"
+    config_jsonschema = CONFIG_SCHEMA
+    default_sink_class = EverflowSink
+
+    def __init__(
+        self,
+        *,
+        config: dict | str | list | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        setup_mapper: bool = True,
+        message_reader: t.Any = None,
+    ) -> None:
+        super().__init__(
+            config=config,
+            parse_env_config=parse_env_config,
+            validate_config=validate_config,
+            setup_mapper=setup_mapper,
+            message_reader=message_reader,
+        )
+        # Sinks are drained one at a time: the engine is the concurrency, and one drain at a
+        # time means two streams carrying the same event (tracks + order_completed) never
+        # claim the same key at once.
+        self.max_parallelism = 1
+        try:
+            self.settings = Settings.from_config(self.config)
+        except ConfigError as exc:
+            raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
+        self.run = Run(self.settings, self.logger, self._schema_of)
+        self._terminating: int | None = None
+        self._state_written: str | None = None
+
+    # -- config validation that never prints a secret ---------------------------------------
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        validator = JSONSchemaValidator(schema)  # also fills in defaults
+        errors = [_describe_schema_error(e) for e in validator.iter_errors(self._config)]
+        if errors and raise_errors:
+            raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
+        for error in errors:
+            self.logger.warning("%s", error)
+        return errors
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _schema_of(self, stream: str) -> dict | None:
+        sink = self._sinks_active.get(stream)
+        return sink.original_schema if sink is not None else None
+
+    def add_sink(self, *args: t.Any, **kwargs: t.Any) -> t.Any:  # type: ignore[override]
+        self.run.open()  # programmatic use: resources open before the first record
+        return super().add_sink(*args, **kwargs)
+
+    add_sink.__doc__ = Target.add_sink.__doc__
+
+    def _write_state_message(self, state: dict) -> None:
+        self._state_written = json.dumps(state, sort_keys=True)
+        super()._write_state_message(state)
+
+    def emit_safe_state(self) -> None:
+        """After a stop: emit the latest STATE if every record read before it is settled."""
+        pending = any(s.current_size for s in self._sinks_active.values()) or self._sinks_to_clear
+        if pending or not self._latest_state:
+            return
+        if json.dumps(self._latest_state, sort_keys=True) != self._state_written:
+            self._write_state_message(dict(self._latest_state))
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        """SIGTERM/SIGINT: stop reading; the batch in flight settles within a bounded time."""
+        if self._terminating is not None:
+            return
+        self._terminating = signum
+        self.logger.warning(
+            "Received signal %d: no more records are read; settling what is in flight.", signum
+        )
+        if self.run.engine is not None:
+            self.run.engine.request_stop(f"stopped by signal {signum}")
+        if not self.run.in_batch:
+            raise Terminated(signum)
+
+    # -- command line ------------------------------------------------------------------------
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        command = super().get_singer_command()
+        command.params.append(
+            click.Option(
+                ["--check"],
+                is_flag=True,
+                help="Only check the Everflow API key and event mapping, then exit.",
+            )
+        )
+        return command
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+        check: bool = False,
+    ) -> None:
+        super(Target, cls).invoke(about=about, about_format=about_format)
+        cls.print_version(print_fn=cls.logger.info)
+        config = config or _ConfigInput()
+        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+        sys.exit(target.main(file_input, check=check))
+
+    def main(self, file_input: t.IO[str] | None = None, *, check: bool = False) -> int:
+        """Run (or only check), always finishing with the summary; return the exit code."""
+        if check:
+            try:
+                lines = self.run.check_api()
+            except TargetEverflowError as exc:
+                self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+                return exc.exit_code
+            for line in lines:
+                click.echo(line)
+            return EXIT_OK
+        code = EXIT_OK
+        try:
+            self.run.open()
+            self.listen(file_input)
+        except TargetEverflowError as exc:
+            code = self._stopped(exc)
+        except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
+            code = self._stopped(InputError(f"The Singer input is broken: {_first_line(exc)}"))
+        except UnicodeDecodeError as exc:
+            code = self._stopped(
+                InputError(f"The Singer input is not UTF-8 text (byte {exc.start} of a line)")
+            )
+        finally:
+            self.run.finish()
+        return code
+
+    def _stopped(self, exc: TargetEverflowError) -> int:
+        if self._terminating is not None:
+            self.emit_safe_state()
+            self.logger.error(
+                "Stopped by signal %d. Records without an outcome were not dead-lettered; the "
+                "next run resumes from the last STATE.", self._terminating,
+            )
+            return Terminated(self._terminating).exit_code
+        self.logger.error("%s", exc)  # noqa: TRY400
+        return exc.exit_code
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+__all__ = ["EXIT_INPUT", "TargetEverflow"]
