@@ -9,6 +9,7 @@ postback URL, a remote URL must be https, event ids are integers >= 0) and fails
 from __future__ import annotations
 
 import ipaddress
+import json
 import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,3 +344,20 @@ class Settings:
     def secrets(self) -> list[str]:
         """Secret values of this run, for redaction."""
         return [s for s in (self.api_key, self.verification_token) if s]
+
+
+def markdown_table() -> str:
+    """README's settings table, generated from ``CONFIG_SCHEMA`` (a test keeps README in step)."""
+    lines = ["| Setting | Type | Default | Description |", "| --- | --- | --- | --- |"]
+    for name, spec in CONFIG_SCHEMA["properties"].items():
+        types = spec.get("type", "")
+        types = [x for x in (types if isinstance(types, list) else [types]) if x != "null"]
+        kind = " or ".join(types)
+        if "enum" in spec:
+            kind = " \\| ".join(f"`{v}`" for v in spec["enum"] if v is not None)
+        if spec.get("secret") or spec.get("writeOnly"):
+            kind += " (secret)"
+        default = spec.get("default")
+        shown = "" if default is None else f"`{json.dumps(default)}`"
+        lines.append(f"| `{name}` | {kind} | {shown} | {spec.get('description', '')} |")
+    return "\n".join(lines)
