@@ -1,0 +1,561 @@
+"""The Everflow REST API pre-flight check.
+
+Before the target reads a record it can ask Everflow's REST API (``api_url``, header
+``X-Eflow-API-Key``) two questions:
+
+1. ``GET {api_url}/networks``: is the key a valid *network* API key (and which network is it)?
+2. ``GET {api_url}/networks/advertisers/{advertiser_id}/events``: does every non-zero event id
+   in ``event_mapping`` exist for the advertiser, and is it active? Id 0 is the base conversion
+   and needs no event; when every mapped id is 0 this call is not made.
+
+``run_preflight`` returns a ``PreflightReport`` (what was verified, as human lines) or raises
+``PreflightError`` whose ``str()`` is the message for the user. The API key never appears in a
+message or a log line: it is only ever put in the request header, requests are never logged with
+their headers, redirects are not followed (``requests`` would forward a custom header to another
+host), and every message goes through ``_redact`` as a last guard.
+
+429 and 5xx answers, and connection errors, are retried (at most ``MAX_ATTEMPTS`` attempts per
+call, exponential backoff with jitter, capped; ``Retry-After`` is honoured). A timeout is not
+retried: the request already waited ``request_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import random
+import time
+import typing as t
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import requests
+
+from target_everflow.settings import DEFAULT_API_URL, DEFAULT_EVENT_MAPPING
+
+API_KEY_HEADER = "X-Eflow-API-Key"
+EU_API_URL = "https://api-eu.eflow.team/v1"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+MAX_ATTEMPTS = 4  # per API call: the first try and up to three retries
+BACKOFF_BASE = 1.0  # seconds before the first retry (before jitter)
+BACKOFF_CAP = 8.0  # no single backoff sleep is longer than this
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the check fails instead
+USER_AGENT = "target-everflow (preflight)"
+SECURITY_HINT = "a network API key, created under Control Center > Security"
+SKIP_HINT = "or set preflight: false to skip the check"
+
+_LOG = logging.getLogger(__name__)
+_RANDOM = random.Random()
+
+
+class PreflightError(Exception):
+    """The pre-flight check failed. ``str()`` is the user-facing message; never holds the key.
+
+    ``reason`` is a short machine-readable kind: ``config``, ``auth``, ``realm``, ``forbidden``,
+    ``not_found``, ``event``, ``rate_limited``, ``server``, ``unreachable``, ``unexpected``.
+    """
+
+    def __init__(self, message: str, reason: str = "unexpected") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class PreflightReport:
+    """What the check verified."""
+
+    api_url: str
+    advertiser_id: int | None
+    events: list[tuple[str, int, str]]  # (Segment event, Everflow id, Everflow name or "base conversion")
+    network_id: int | None = None
+    network_name: str | None = None
+    requests_made: int = field(default=0, compare=False)
+
+    def lines(self) -> list[str]:
+        """Human lines: what was verified."""
+        if self.network_name and self.network_id is not None:
+            network = f"network '{self.network_name}' (id {self.network_id})"
+        elif self.network_name:
+            network = f"network '{self.network_name}'"
+        elif self.network_id is not None:
+            network = f"network id {self.network_id}"
+        else:
+            network = "network key"
+        out = [f"Everflow API check passed: {network} at {self.api_url}"]
+        if self.advertiser_id is None:
+            out.append("Advertiser: not set (every mapped event is the base conversion)")
+        elif any(event_id for _, event_id, _ in self.events):
+            out.append(f"Advertiser {self.advertiser_id}: every mapped event exists and is active")
+        else:
+            out.append(
+                f"Advertiser {self.advertiser_id}: not queried (every mapped event is the base "
+                "conversion)"
+            )
+        for segment_event, event_id, name in self.events:
+            if event_id == 0:
+                out.append(f"  '{segment_event}' -> 0 (base conversion)")
+            else:
+                out.append(f"  '{segment_event}' -> event {event_id} '{name}'")
+        return out
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_api_url(api_url: str) -> str:
+    try:
+        parts = urlsplit(api_url)
+        host = parts.hostname or ""
+    except ValueError:
+        host, parts = "", None
+    if parts is None or parts.scheme not in {"http", "https"} or not host:
+        raise PreflightError(
+            f"Setting 'api_url': {api_url!r} is not an https:// URL "
+            f"(the default is {DEFAULT_API_URL}; EU accounts use {EU_API_URL}).",
+            "config",
+        )
+    if parts.scheme != "https" and not _is_loopback(host):
+        raise PreflightError(
+            "Setting 'api_url': must use https (the API key travels in a request header); "
+            "plain http is only accepted for loopback hosts.",
+            "config",
+        )
+    if parts.username or parts.password:
+        raise PreflightError("Setting 'api_url': must not contain credentials.", "config")
+    return host
+
+
+def _api_key(config: t.Mapping[str, t.Any]) -> str:
+    key = config.get("api_key")
+    if not isinstance(key, str) or not key.strip():
+        raise PreflightError(
+            f"Setting 'api_key': the Everflow API check needs an API key ({SECURITY_HINT}); "
+            "set api_key, or set preflight: false to skip the check.",
+            "config",
+        )
+    key = key.strip()
+    # requests puts an invalid header value into its exception text: refuse it ourselves.
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
+        raise PreflightError(
+            "Setting 'api_key': contains whitespace or control characters; paste the key "
+            "exactly as shown under Control Center > Security.",
+            "config",
+        )
+    return key
+
+
+def _event_mapping(config: t.Mapping[str, t.Any]) -> dict[str, int]:
+    mapping = config.get("event_mapping")
+    if mapping is None:
+        mapping = DEFAULT_EVENT_MAPPING
+    if not isinstance(mapping, t.Mapping):
+        raise PreflightError(
+            "Setting 'event_mapping': must be an object of Segment event name -> event id.",
+            "config",
+        )
+    out: dict[str, int] = {}
+    for name, event_id in mapping.items():
+        if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 0:
+            raise PreflightError(
+                f"Setting 'event_mapping': the id for event {str(name)!r} must be an integer "
+                ">= 0 (0 = base conversion).",
+                "config",
+            )
+        out[str(name)] = event_id
+    return out
+
+
+def _advertiser_id(config: t.Mapping[str, t.Any], mapping: dict[str, int]) -> int | None:
+    advertiser_id = config.get("advertiser_id")
+    if advertiser_id is None:
+        non_zero = [(name, eid) for name, eid in mapping.items() if eid]
+        if non_zero:
+            listed = ", ".join(f"'{name}' -> {eid}" for name, eid in non_zero)
+            raise PreflightError(
+                "Setting 'advertiser_id': is needed to check the non-zero event ids in "
+                f"event_mapping ({listed}); set it to the Everflow advertiser (brand) id.",
+                "config",
+            )
+        return None
+    if isinstance(advertiser_id, bool) or not isinstance(advertiser_id, int) or advertiser_id < 1:
+        raise PreflightError("Setting 'advertiser_id': must be an integer >= 1.", "config")
+    return advertiser_id
+
+
+def _timeout(config: t.Mapping[str, t.Any]) -> float:
+    value = config.get("request_timeout")
+    if value is None:
+        return DEFAULT_REQUEST_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise PreflightError("Setting 'request_timeout': must be a number of seconds > 0.", "config")
+    return float(value)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def backoff_delay(retry: int) -> float:
+    """Sleep before retry number ``retry`` (1-based): capped exponential, equal jitter."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (retry - 1)))
+    return ceiling / 2 + _RANDOM.uniform(0, ceiling / 2)
+
+
+def _error_text(response: requests.Response) -> str:
+    """Everflow's error message from a JSON ``{"error": ...}`` body (or ``Error``), else ''."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, t.Mapping):
+        for key in ("error", "Error", "message"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                return _one_line(value)
+    return ""
+
+
+def _connection_reason(exc: requests.ConnectionError) -> str:
+    text = repr(exc).lower()
+    if "nameresolution" in text or "name or service not known" in text or "getaddrinfo" in text:
+        return "the host name could not be resolved"
+    if "refused" in text:
+        return "connection refused"
+    if "ssl" in text or "certificate" in text:
+        return "TLS handshake failed"
+    if "reset" in text or "aborted" in text or "remotedisconnected" in text:
+        return "connection reset"
+    return "connection failed"
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class _Api:
+    def __init__(
+        self,
+        api_url: str,
+        host: str,
+        api_key: str,
+        timeout: float,
+        session: requests.Session,
+        sleep: t.Callable[[float], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.api_url = api_url
+        self.host = host
+        self._key = api_key
+        self.timeout = timeout
+        self.session = session
+        self.sleep = sleep
+        self.log = logger
+        self.requests_made = 0
+
+    def fail(self, message: str, reason: str) -> PreflightError:
+        return PreflightError(_redact(message, self._key), reason)
+
+    def _region_hint(self) -> str:
+        if self.host == urlsplit(DEFAULT_API_URL).hostname:
+            return f" If the account is on Everflow's EU platform, set api_url to {EU_API_URL}."
+        if self.host == urlsplit(EU_API_URL).hostname:
+            return f" If the account is not on Everflow's EU platform, set api_url to {DEFAULT_API_URL}."
+        return ""
+
+    def get(self, path: str) -> t.Any:
+        """GET ``{api_url}{path}`` with retries; return the JSON body of a 200."""
+        url = f"{self.api_url}{path}"
+        what = f"GET {url}"
+        headers = {API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": USER_AGENT}
+        attempt = 0
+        while True:
+            attempt += 1
+            self.requests_made += 1
+            try:
+                response = self.session.get(
+                    url, headers=headers, timeout=self.timeout, allow_redirects=False
+                )
+            except requests.Timeout:
+                raise self.fail(
+                    f"The Everflow API could not be reached at {self.host}: no answer within "
+                    f"{self.timeout:g}s to {what}. Check api_url and this machine's network "
+                    f"access, {SKIP_HINT}.",
+                    "unreachable",
+                ) from None
+            except requests.ConnectionError as exc:
+                reason = _connection_reason(exc)
+                if attempt < MAX_ATTEMPTS:
+                    delay = backoff_delay(attempt)
+                    self.log.warning(
+                        "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
+                        reason, what, delay, attempt + 1, MAX_ATTEMPTS,
+                    )
+                    self.sleep(delay)
+                    continue
+                raise self.fail(
+                    f"The Everflow API could not be reached at {self.host}: {reason} "
+                    f"({what}, {attempt} attempts). Check api_url and this machine's network "
+                    f"access, {SKIP_HINT}.",
+                    "unreachable",
+                ) from None
+            except requests.RequestException as exc:
+                raise self.fail(
+                    f"The Everflow API request {what} could not be made "
+                    f"({type(exc).__name__}); check api_url.",
+                    "config",
+                ) from None
+
+            status = response.status_code
+            self.log.debug("Everflow API: %s -> HTTP %d", what, status)
+            if status == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise self.fail(
+                        f"The Everflow API answered {what} with HTTP 200 but the body is not "
+                        f"JSON; check api_url (it should look like {DEFAULT_API_URL}).",
+                        "unexpected",
+                    ) from None
+
+            if status == 429 or status >= 500:
+                retry_after = _retry_after(response) if status == 429 or status == 503 else None
+                if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                    if status == 429:
+                        raise self.fail(
+                            f"The Everflow API is rate limiting this key: {what} answered HTTP "
+                            f"429 with Retry-After {retry_after:.0f}s. Another process may be "
+                            "using the same network key (limit: 30 requests/s); try again "
+                            f"later, {SKIP_HINT}.",
+                            "rate_limited",
+                        )
+                    raise self.fail(
+                        f"The Everflow API is unavailable: {what} answered HTTP {status} with "
+                        f"Retry-After {retry_after:.0f}s; try again later, {SKIP_HINT}.",
+                        "server",
+                    )
+                if attempt < MAX_ATTEMPTS:
+                    delay = retry_after if retry_after is not None else backoff_delay(attempt)
+                    self.log.warning(
+                        "Everflow API: HTTP %d on %s; retrying in %.1fs (attempt %d of %d)",
+                        status, what, delay, attempt + 1, MAX_ATTEMPTS,
+                    )
+                    self.sleep(delay)
+                    continue
+                if status == 429:
+                    raise self.fail(
+                        f"The Everflow API kept answering HTTP 429 (rate limited) to {what} "
+                        f"after {attempt} attempts. Another process may be using the same "
+                        f"network key (limit: 30 requests/s); try again later, {SKIP_HINT}.",
+                        "rate_limited",
+                    )
+                raise self.fail(
+                    f"The Everflow API kept answering HTTP {status} to {what} after {attempt} "
+                    f"attempts (an error on Everflow's side); try again later, {SKIP_HINT}.",
+                    "server",
+                )
+
+            error = _error_text(response)
+            answered = f"{what} answered HTTP {status}" + (f" ({error})" if error else "")
+            if status == 401:
+                raise self.fail(
+                    f"Everflow rejected the API key: {answered}. Check api_key: it must be "
+                    f"{SECURITY_HINT}.{self._region_hint()}",
+                    "auth",
+                )
+            if status == 403:
+                if "out of realm" in error.lower():
+                    raise self.fail(
+                        f"The API key is the wrong kind: {answered}. The check needs "
+                        f"{SECURITY_HINT}; advertiser and affiliate keys cannot call /networks "
+                        "paths.",
+                        "realm",
+                    )
+                raise self.fail(
+                    f"The API key lacks a permission: {answered}. Check the key's permissions "
+                    "under Control Center > Security.",
+                    "forbidden",
+                )
+            if 300 <= status < 400:
+                location = _one_line(response.headers.get("Location", ""), 120)
+                to = f" to {location}" if location else ""
+                raise self.fail(
+                    f"The Everflow API answered {what} with a redirect (HTTP {status}{to}); "
+                    f"check api_url (it should look like {DEFAULT_API_URL}).",
+                    "unexpected",
+                )
+            if status == 404:
+                raise self.fail(answered, "not_found")  # the caller words it
+            raise self.fail(f"The Everflow API refused the check: {answered}.", "unexpected")
+
+
+def _describe_event(event_id: int, name: str, status: str) -> str:
+    if status.lower() == "active":
+        return f"  {event_id}: {name}"
+    return f"  {event_id}: {name} ({status})"
+
+
+def run_preflight(
+    config: t.Mapping[str, t.Any],
+    *,
+    session: requests.Session | None = None,
+    sleep: t.Callable[[float], None] = time.sleep,
+    logger: logging.Logger | None = None,
+) -> PreflightReport:
+    """Check the API key and every mapped event id against Everflow; see the module docstring.
+
+    Raises ``PreflightError`` (one clear message, never the key) before any request when the
+    config is incomplete, or after the API answered no.
+    """
+    log = logger or _LOG
+    api_key = _api_key(config)
+    api_url = str(config.get("api_url") or DEFAULT_API_URL).rstrip("/")
+    host = _check_api_url(api_url)
+    mapping = _event_mapping(config)
+    advertiser_id = _advertiser_id(config, mapping)
+    timeout = _timeout(config)
+
+    own_session = session is None
+    http = session if session is not None else requests.Session()
+    api = _Api(api_url, host, api_key, timeout, http, sleep, log)
+    try:
+        report = _check(api, api_url, advertiser_id, mapping)
+    finally:
+        if own_session:
+            http.close()
+    report.requests_made = api.requests_made
+    return report
+
+
+def _check(
+    api: _Api, api_url: str, advertiser_id: int | None, mapping: dict[str, int]
+) -> PreflightReport:
+    # 1. The key: a network key answers /networks with the network's info.
+    try:
+        network = api.get("/networks")
+    except PreflightError as exc:
+        if exc.reason == "not_found":
+            raise api.fail(
+                f"The Everflow API was not found at {api_url}: {exc}. Check api_url (it should "
+                f"look like {DEFAULT_API_URL}).",
+                "unexpected",
+            ) from None
+        raise
+    network_id = network_name = None
+    if isinstance(network, t.Mapping):
+        nid = network.get("network_id")
+        network_id = nid if isinstance(nid, int) and not isinstance(nid, bool) else None
+        name = network.get("name")
+        network_name = name.strip() if isinstance(name, str) and name.strip() else None
+
+    # 2. The events: only when a non-zero id is mapped.
+    verified: list[tuple[str, int, str]] = []
+    events: dict[int, tuple[str, str]] = {}  # id -> (name, status)
+    if any(mapping.values()):
+        assert advertiser_id is not None  # _advertiser_id() made sure
+        path = f"/networks/advertisers/{advertiser_id}/events"
+        try:
+            body = api.get(path)
+        except PreflightError as exc:
+            if exc.reason == "not_found":
+                raise api.fail(
+                    f"Everflow has no advertiser {advertiser_id}: {exc}. Check advertiser_id "
+                    "(Advertisers (Brands) > Manage shows the ids).",
+                    "not_found",
+                ) from None
+            raise
+        raw = body.get("global_events") if isinstance(body, t.Mapping) else None
+        if not isinstance(raw, list):
+            raise api.fail(
+                f"The Everflow API answered GET {api_url}{path} without a global_events list; "
+                "check api_url.",
+                "unexpected",
+            )
+        for item in raw:
+            if not isinstance(item, t.Mapping):
+                continue
+            eid = item.get("network_advertiser_global_event_id")
+            if isinstance(eid, bool) or not isinstance(eid, int):
+                continue
+            name = item.get("entry_name")
+            status = item.get("status")
+            events[eid] = (
+                _one_line(name) if isinstance(name, str) and name.strip() else f"event {eid}",
+                # No status member: nothing says it is off, take it as active.
+                status.strip() if isinstance(status, str) and status.strip() else "active",
+            )
+
+        problems: list[str] = []
+        for segment_event, event_id in mapping.items():
+            if event_id == 0:
+                continue
+            if event_id not in events:
+                problems.append(
+                    f"Segment event '{segment_event}' is mapped to Everflow event id {event_id}, "
+                    f"but advertiser {advertiser_id} has no event with that id."
+                )
+            elif events[event_id][1].lower() != "active":
+                name, status = events[event_id]
+                problems.append(
+                    f"Segment event '{segment_event}' is mapped to Everflow event id {event_id} "
+                    f"('{name}'), but that event is {status}, not active."
+                )
+        if problems:
+            if events:
+                listing = [f"Advertiser {advertiser_id}'s events in Everflow (id: name):"]
+                listing += [
+                    _describe_event(eid, name, status)
+                    for eid, (name, status) in sorted(events.items())
+                ]
+            else:
+                listing = [f"Advertiser {advertiser_id} has no events in Everflow."]
+            raise api.fail("\n".join(problems + listing), "event")
+
+    for segment_event, event_id in mapping.items():
+        if event_id == 0:
+            verified.append((segment_event, 0, "base conversion"))
+        else:
+            verified.append((segment_event, event_id, events[event_id][0]))
+
+    return PreflightReport(
+        api_url=api_url,
+        advertiser_id=advertiser_id,
+        events=verified,
+        network_id=network_id,
+        network_name=network_name,
+    )
