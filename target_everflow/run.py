@@ -56,6 +56,7 @@ class Run:
         self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
         self.opened = False
         self._active_batches = 0
+        self.batch_settled = False
         self._lock = threading.Lock()
         self._dropped_warned: dict[tuple[str, str], int] = {}
         self._scratch_dir: str | None = None
@@ -157,6 +158,7 @@ class Run:
             self._active_batches += 1
         try:
             yield
+            self.batch_settled = True
         finally:
             with self._lock:
                 self._active_batches -= 1

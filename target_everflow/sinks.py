@@ -59,4 +59,7 @@ class EverflowSink(BatchSink):
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})
         with self.run.batch():
-            self.run.engine.deliver(list(conversions.values()))
+            try:
+                self.run.engine.deliver(list(conversions.values()))
+            finally:
+                self.run.dead_letters.flush()  # the mapping's dead letters of this batch too

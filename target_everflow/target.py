@@ -115,8 +115,21 @@ class TargetEverflow(Target):
         self._state_written = json.dumps(state, sort_keys=True)
         super()._write_state_message(state)
 
+    def _process_record_message(self, message_dict: dict) -> None:
+        super()._process_record_message(message_dict)
+        if self.run.batch_settled:
+            # A full batch was just delivered. The SDK itself writes STATE only when it drains
+            # every sink (end of input, or every 5 minutes); when no other sink holds records,
+            # the latest STATE is already safe, so a long backfill checkpoints batch by batch.
+            self.run.batch_settled = False
+            self.emit_safe_state()
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        super()._process_state_message(message_dict)
+        self.emit_safe_state()  # safe at once when no record read before it is pending
+
     def emit_safe_state(self) -> None:
-        """After a stop: emit the latest STATE if every record read before it is settled."""
+        """Emit the latest STATE if every record read before it has its outcome."""
         pending = any(s.current_size for s in self._sinks_active.values()) or self._sinks_to_clear
         if pending or not self._latest_state:
             return

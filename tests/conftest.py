@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import typing as t
@@ -92,10 +93,44 @@ def run_target(config: dict, lines: list[str], tmp_path: Path, *, timeout: float
     return RunResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def run_in_process(config: dict, lines: list[str]) -> tuple[int, t.Any]:
-    """Run the target in this process (fast); return (exit code, the target)."""
+def run_in_process(config: dict, lines: list[str], capsys: t.Any = None) -> tuple[int, t.Any]:
+    """Run the target in this process (fast); return (exit code, the target).
+
+    The target installs SIGINT/SIGTERM handlers; pytest's own are put back afterwards.
+    """
     from target_everflow.target import TargetEverflow
 
-    target = TargetEverflow(config=config)
-    code = target.main(io.StringIO("\n".join(lines) + "\n"))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        target = TargetEverflow(config=config)
+        code = target.main(io.StringIO("\n".join(lines) + "\n"))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return code, target
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def dead_letter_records(path: Path) -> list[dict]:
+    """The RECORD lines of a dead-letter file (its SCHEMA lines left out)."""
+    return [line for line in read_jsonl(path) if line.get("type") == "RECORD"]
+
+
+def track(i: int, *, event: str = "Order Completed", tid: str | None = "auto", **properties: t.Any) -> dict:
+    """A raw Segment track event, message id ``msg-<i>``, transaction id ``tx-<i>`` by default."""
+    context: dict[str, t.Any] = {"ip": "203.0.113.7", "userAgent": "Mozilla/5.0 test"}
+    if tid is not None:
+        context["referrer"] = {"type": "everflow", "id": f"tx-{i}" if tid == "auto" else tid}
+    return {
+        "type": "track",
+        "event": event,
+        "messageId": f"msg-{i}",
+        "timestamp": "2026-11-20T18:14:08.612Z",
+        "context": context,
+        "properties": {"orderId": 1000 + i, "total": 10 + i, **properties},
+    }
