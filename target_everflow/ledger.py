@@ -1,0 +1,1142 @@
+"""The idempotency ledger: every Everflow postback is sent at most once per delivery key.
+
+How the exactly-once guarantee is built
+=======================================
+
+Each conversion has a *delivery key* (computed by ``mapping.py``). The delivery engine uses the
+ledger like this, for one batch::
+
+    statuses = ledger.claim(keys)          # ONE transaction for the whole batch
+    # CLAIMED   -> send it                 (the row is now ``pending``, owned by us, leased)
+    # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
+    # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
+    # IN_DOUBT  -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
+    #              resend -> send it; dead_letter -> dead-letter it and call mark_held(keys)
+    # BUSY      -> another live process (or an earlier claim of ours) holds it: claim again later
+    ledger.mark_delivered(key, http_status)  # Everflow accepted it (queued, group commit)
+    ledger.release(keys)                     # the send failed / was dead-lettered: retry later
+    ledger.flush()                           # before Singer STATE is emitted
+
+* Claims are atomic: the key is the primary key, new keys are claimed with
+  ``INSERT ... ON CONFLICT DO NOTHING ... RETURNING`` and stale claims are taken over with a
+  conditional ``UPDATE ... WHERE owner = <the stale owner> ... RETURNING``. There is no
+  check-then-insert, so two processes sharing one PostgreSQL ledger never both own a key (and a
+  SQLite file is additionally serialised by ``BEGIN IMMEDIATE``).
+* A claim is *pending* with an owner (``f"{hostname}:{pid}:{random}"``) and a lease
+  (``lease_until``). While a ledger is open a heartbeat thread extends the lease of all its
+  pending rows every ``lease_seconds / 3``, so a live claim never expires, however slow the
+  (rate-limited) batch is.
+* A pending row whose owner died is *in doubt*: Everflow may or may not have received it. It
+  is taken over when its lease has expired or, immediately, when the owner ran on this machine
+  (same hostname and same boot / PID namespace) and its pid no longer exists (fast restart after
+  a crash).
+* ``mark_delivered`` is committed by a background writer within a few milliseconds, batching
+  all queued marks into one transaction; ``flush()`` waits for them and raises
+  :class:`LedgerError` if a commit failed, so a mark is never silently lost and no STATE is
+  emitted past a delivery that is not in the ledger.
+
+Therefore a conversion is sent twice **only** if the process died (or lost its database)
+between Everflow's answer and the ledger commit of ``delivered`` (a few milliseconds), and only
+when ``in_doubt=resend``; with ``in_doubt=dead_letter`` such a conversion is never re-sent
+automatically, it is dead-lettered and held for a person.
+
+Backends (``ledger_url``)
+=========================
+
+* unset / empty: SQLite at ``<default_dir>/ledger.sqlite3`` (the caller passes the state directory, next to the dead letters).
+* ``sqlite:///relative/path.db`` (relative to the working directory) or
+  ``sqlite:////absolute/path.db``, as SQLAlchemy writes them. One machine; several processes may share the file (WAL mode, local disks only).
+* ``postgresql://user:pass@host:port/db`` or ``postgres://...``: shared by many processes and
+  machines; needs ``pip install 'target-everflow[postgres]'``. Other query parameters
+  (``sslmode=...``) are passed to libpq.
+* ``none``: no ledger (:class:`NullLedger`); every key is claimable, so a re-run re-sends
+  everything. Unsafe except for one-off loads.
+
+Both SQL backends accept ``?table=<identifier>`` in the URL to use another table than
+``everflow_ledger`` (tests use it to isolate runs; it also lets several pipelines share one
+database with separate ledgers).
+
+Times are epoch seconds stored as floating point columns. SQLite uses the local clock;
+PostgreSQL uses the *server's* clock (``clock_timestamp()``), so hosts with skewed clocks agree
+on lease expiry.
+
+Delivered and held rows older than ``retention_days`` (updated_at) are pruned when a ledger is
+opened; a conversion replayed after that is no longer recognised as a duplicate.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import contextlib
+import enum
+import json
+import logging
+import os
+import pathlib
+import random
+import re
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = [
+    "ClaimStatus",
+    "Ledger",
+    "LedgerError",
+    "NullLedger",
+    "PostgresLedger",
+    "SQLiteLedger",
+    "open_ledger",
+    "redact_url",
+]
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_TABLE = "everflow_ledger"
+DEFAULT_SQLITE_RELPATH = pathlib.Path("ledger.sqlite3")
+PSYCOPG2_MISSING = (
+    "ledger_url is PostgreSQL but psycopg2 is not installed: "
+    "pip install 'target-everflow[postgres]'"
+)
+
+# Row statuses (the ``status`` column).
+PENDING = "pending"
+DELIVERED = "delivered"
+HELD = "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
+
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_T = TypeVar("_T")
+
+
+class ClaimStatus(enum.Enum):
+    """The answer of :meth:`Ledger.claim` for one key."""
+
+    CLAIMED = "claimed"  # ours now: send it
+    DELIVERED = "delivered"  # already delivered: skip as duplicate
+    HELD = "held"  # an in-doubt key kept for a person (terminal): skip as duplicate
+    IN_DOUBT = "in_doubt"  # a dead owner's claim, now ours: apply setting in_doubt
+    BUSY = "busy"  # pending under another live owner: claim again later
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used. The message is user-facing and never contains a password."""
+
+
+# --------------------------------------------------------------------------------------------
+# URLs and secrets
+
+
+_SECRET_QUERY_KEYS = {"password", "pass", "passwd", "pwd", "sslpassword"}
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` with the password (in the authority or in a ``password=`` query) shown as ``***``.
+
+    >>> redact_url("postgresql://user:s3cret@db.example:5432/app?sslmode=require")
+    'postgresql://user:***@db.example:5432/app?sslmode=require'
+    """
+    if not url:
+        return ""
+    if "://" not in url:  # not a URL with an authority; still mask a "user:pass@" prefix
+        return re.sub(r"^([^:/@]*):[^@]*@", r"\1:***@", url) if "@" in url else url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        # Unparseable (e.g. a broken IPv6 literal): mask anything that looks like user:pass@.
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = "&".join(
+                f"{urllib.parse.quote(k)}=***"
+                if k.lower() in _SECRET_QUERY_KEYS
+                else urllib.parse.urlencode([(k, v)])
+                for k, v in pairs
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret (and keep e.g. sqlite:/// exactly as written)
+    out = url.replace(parts.netloc, netloc, 1) if netloc != parts.netloc else url
+    if query != parts.query:
+        base = out.partition("?")[0]
+        out = f"{base}?{query}" + (f"#{parts.fragment}" if parts.fragment else "")
+    return out
+
+
+def _url_secrets(url: str) -> set[str]:
+    """The password(s) in ``url``, raw and percent-decoded, to scrub from error texts."""
+    found: set[str] = set()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            raw = userinfo.split(":", 1)[1]
+            found |= {raw, urllib.parse.unquote(raw)}
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if k.lower() in _SECRET_QUERY_KEYS:
+                found |= {v, urllib.parse.quote(v)}
+    except ValueError:
+        m = re.search(r"://[^:/@]*:([^@]*)@", url)
+        if m:
+            found.add(m.group(1))
+    return {s for s in found if s}
+
+
+def _scrub(text: str, secret_values: set[str]) -> str:
+    for s in sorted(secret_values, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
+
+
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # libpq messages span lines
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Owners
+
+
+def _machine_scope() -> str:
+    """What must match, besides the hostname, for a pid to be meaningful to us.
+
+    Containers using the host's network (``--network host``, ``hostNetwork: true``) share the
+    hostname but not the PID namespace; a pid from another namespace would look dead to us. A
+    reboot also recycles pids. So the fast "owner's pid is gone" takeover applies only when the
+    boot id and the PID namespace match too (where they cannot be read, both sides record "").
+    """
+    try:
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):
+        pidns = ""
+    return f"{boot}|{pidns}" if (boot or pidns) else ""
+
+
+def _pid_alive(pid: int) -> bool:
+    """False only when we are sure the process is gone."""
+    if pid <= 0 or os.name != "posix":  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: exists under another user
+        return True
+    return True
+
+
+def _parse_owner(owner: str) -> tuple[str, int] | None:
+    host, sep, _random = owner.rpartition(":")
+    if not sep:
+        return None
+    host, sep, pid = host.rpartition(":")
+    if not sep or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
+# --------------------------------------------------------------------------------------------
+# The interface
+
+
+class Ledger(abc.ABC):
+    """The idempotency ledger shared by :class:`SQLiteLedger`, :class:`PostgresLedger` and
+    :class:`NullLedger`. Thread-safe. Use :func:`open_ledger` to get one."""
+
+    description: str
+    owner: str
+
+    @abc.abstractmethod
+    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
+        """Claim a whole batch in one transaction; one answer per distinct key, in input order."""
+
+    @abc.abstractmethod
+    def mark_delivered(self, key: str, http_status: int) -> None:
+        """Queue ``key`` as delivered; committed by the writer thread within a few ms."""
+
+    @abc.abstractmethod
+    def release(self, keys: Sequence[str]) -> None:
+        """Delete our pending claims of ``keys`` (send failed or dead-lettered): retried later."""
+
+    @abc.abstractmethod
+    def mark_held(self, keys: Sequence[str]) -> None:
+        """Make our pending claims of ``keys`` terminal ``in_doubt`` (kept for a person)."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Block until every queued mark is committed; raise :class:`LedgerError` if one failed."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush, stop the threads, close the connection. Pending claims stay pending."""
+
+    @abc.abstractmethod
+    def status(self, key: str) -> str | None:
+        """The committed row status (``pending``/``delivered``/``in_doubt``) or None."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # do not mask the exception that is already propagating
+            self.close()
+        except LedgerError as close_error:
+            _LOG.error("ledger %s: %s", self.description, close_error)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description} owner={self.owner}>"
+
+
+def _new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class NullLedger(Ledger):
+    """``ledger_url: none``: nothing is kept across runs.
+
+    UNSAFE for re-runs: a replayed or re-read conversion is sent again. Within one run it still
+    dedupes (two records with one key are one conversion), in memory.
+    """
+
+    def __init__(self) -> None:
+        self.description = "none"
+        self.owner = _new_owner()
+        self._claimed: set[str] = set()
+        self._delivered: set[str] = set()
+
+    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
+        result: dict[str, ClaimStatus] = {}
+        for key in keys:
+            if key in result:
+                continue
+            if key in self._delivered:
+                result[key] = ClaimStatus.DELIVERED
+            elif key in self._claimed:
+                result[key] = ClaimStatus.BUSY
+            else:
+                self._claimed.add(key)
+                result[key] = ClaimStatus.CLAIMED
+        return result
+
+    def mark_delivered(self, key: str, http_status: int) -> None:
+        self._claimed.discard(key)
+        self._delivered.add(key)
+
+    def release(self, keys: Sequence[str]) -> None:
+        self._claimed.difference_update(keys)
+
+    def mark_held(self, keys: Sequence[str]) -> None:
+        self.release(keys)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def status(self, key: str) -> str | None:
+        if key in self._delivered:
+            return "delivered"
+        return "pending" if key in self._claimed else None
+
+
+# --------------------------------------------------------------------------------------------
+# The SQL ledger (shared logic; the two backends differ in connection, placeholders and arrays)
+
+
+class _SQLLedger(Ledger):
+    """Claims, the group-commit writer thread and the lease heartbeat thread."""
+
+    #: SQL fragment matching ``delivery_key`` against one list parameter.
+    _IN_KEYS: str
+
+    def __init__(
+        self,
+        *,
+        description: str,
+        table: str,
+        lease_seconds: float,
+        logger: logging.Logger | None = None,
+        commit_delay: float = 0.002,
+        max_batch: int = 10_000,
+    ) -> None:
+        if not lease_seconds > 0:
+            raise LedgerError(f"the ledger lease must be > 0 seconds, got {lease_seconds!r}")
+        if not _TABLE_RE.match(table):
+            raise LedgerError(
+                f"ledger_url {description}: table {table!r} is not a plain SQL identifier"
+            )
+        self.description = description
+        self.owner = _new_owner()
+        self._hostname = socket.gethostname()
+        self._scope = _machine_scope()
+        self._table = table
+        self._lease = float(lease_seconds)
+        self._log = logger or _LOG
+        self._commit_delay = commit_delay
+        self._max_batch = max_batch
+
+        self._conn: Any = None
+        self._conn_lock = threading.RLock()
+        self._closed = False
+
+        # Writer state, all guarded by _cond.
+        self._cond = threading.Condition()
+        self._queue: list[tuple[str, int]] = []
+        self._enqueued = 0
+        self._committed = 0
+        self._flush_waiters = 0
+        self._stopping = False
+        self._failed: LedgerError | None = None
+        self.writer_commits = 0  # number of writer transactions (diagnostics, tests)
+
+        self._stop_heartbeat = threading.Event()
+        self._last_renewal = time.monotonic()
+        self._writer: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+
+    # ---- backend hooks ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _connect(self) -> None:
+        """Open ``self._conn``."""
+
+    @abc.abstractmethod
+    def _create_schema(self, cur: Any) -> None:
+        """CREATE TABLE / INDEX IF NOT EXISTS (inside a transaction)."""
+
+    @abc.abstractmethod
+    def _begin(self) -> Any:
+        """Start a write transaction; return a cursor."""
+
+    @abc.abstractmethod
+    def _commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def _rollback(self) -> None: ...
+
+    @abc.abstractmethod
+    def _close_connection(self) -> None: ...
+
+    @abc.abstractmethod
+    def _now(self, cur: Any) -> float:
+        """The ledger clock, epoch seconds."""
+
+    @abc.abstractmethod
+    def _sql(self, sql: str) -> str:
+        """Fill ``{t}``/``{in_keys}`` and convert ``?`` placeholders for the driver."""
+
+    @abc.abstractmethod
+    def _keys_param(self, keys: Sequence[str]) -> Any:
+        """The parameter that ``{in_keys}`` expects."""
+
+    @abc.abstractmethod
+    def _insert_claims(self, cur: Any, keys: list[str], now: float, lease_until: float) -> set[str]:
+        """INSERT pending rows ON CONFLICT DO NOTHING; return the keys actually inserted."""
+
+    @abc.abstractmethod
+    def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
+        """Write ``delivered`` rows (insert or update), one transaction for the batch."""
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """A transaction error worth retrying (deadlock, serialisation failure)."""
+        return False
+
+    def _describe_error(self, exc: BaseException) -> str:
+        return _error_text(exc)
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    def open(self, retention_days: int) -> None:
+        """Connect, create the schema, prune, start the threads. Errors -> LedgerError."""
+        try:
+            self._connect()
+            cur = self._begin()
+            self._create_schema(cur)
+            self._commit()
+            if retention_days > 0:
+                self.prune(retention_days)
+        except Exception as e:  # any driver/OS error is reported the same way
+            self._abandon()
+            if isinstance(e, LedgerError) and str(e) == PSYCOPG2_MISSING:
+                raise
+            reason = str(e) if isinstance(e, LedgerError) else self._describe_error(e)
+            raise LedgerError(
+                f"cannot open the ledger (ledger_url={self.description}): {reason}"
+            ) from None
+        self._last_renewal = time.monotonic()
+        self._writer = threading.Thread(target=self._writer_loop, name="ledger-writer", daemon=True)
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="ledger-heartbeat", daemon=True
+        )
+        self._writer.start()
+        self._heartbeat.start()
+        self._log.info("ledger %s opened (owner %s)", self.description, self.owner)
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_connection()
+        self._conn = None
+        self._closed = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._stop_heartbeat.set()
+        if self._writer is not None:
+            self._writer.join()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        with self._conn_lock:
+            self._abandon()
+        with self._cond:
+            failed = self._failed
+            lost = self._enqueued - self._committed
+        if failed is not None:
+            suffix = f" ({lost} delivered mark(s) not committed)" if lost else ""
+            raise LedgerError(f"{failed}{suffix}")
+
+    # ---- transactions -----------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            raise LedgerError(f"ledger {self.description} is closed")
+
+    def _run(self, fn: Callable[[Any], _T], what: str) -> _T:
+        """Run ``fn(cursor)`` in one transaction (retried on deadlock); errors -> LedgerError."""
+        attempt = 0
+        with self._conn_lock:
+            while True:
+                if self._conn is None:
+                    raise LedgerError(f"ledger {self.description} is closed")
+                try:
+                    cur = self._begin()
+                    result = fn(cur)
+                    self._commit()
+                    return result
+                except LedgerError:
+                    self._rollback_quietly()
+                    raise
+                except Exception as e:
+                    self._rollback_quietly()
+                    if self._retryable(e) and attempt < 6:
+                        attempt += 1
+                        time.sleep(random.uniform(0.005, 0.02) * attempt)
+                        continue
+                    raise LedgerError(
+                        f"ledger {self.description}: could not {what}: {self._describe_error(e)}"
+                    ) from None
+
+    def _rollback_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the connection may be gone; that is reported
+            self._rollback()
+
+    # ---- claims -----------------------------------------------------------------------
+
+    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
+        self._check()
+        if isinstance(keys, str):
+            raise TypeError("claim() takes a sequence of keys, not one string")
+        ordered = list(dict.fromkeys(keys))
+        if not ordered:
+            return {}
+        # Sorted, so concurrent transactions lock overlapping keys in the same order.
+        answers = self._run(lambda cur: self._claim_tx(cur, sorted(ordered)), "claim keys")
+        return {k: answers[k] for k in ordered}
+
+    def _claim_tx(self, cur: Any, keys: list[str]) -> dict[str, ClaimStatus]:
+        now = self._now(cur)
+        lease_until = now + self._lease
+        out: dict[str, ClaimStatus] = {}
+        dead_cache: dict[tuple[str, str], bool] = {}
+        todo = keys
+        for _ in range(3):
+            inserted = self._insert_claims(cur, todo, now, lease_until)
+            for k in inserted:
+                out[k] = ClaimStatus.CLAIMED
+            rest = [k for k in todo if k not in inserted]
+            if not rest:
+                return out
+            cur.execute(
+                self._sql(
+                    "SELECT delivery_key, status, owner, owner_scope, lease_until"
+                    " FROM {t} WHERE delivery_key {in_keys}"
+                ),
+                (self._keys_param(rest),),
+            )
+            rows = {r[0]: r[1:] for r in cur.fetchall()}
+            takeovers: dict[tuple[str, bool], list[str]] = collections.defaultdict(list)
+            missing: list[str] = []
+            for k in rest:
+                row = rows.get(k)
+                if row is None:  # released by its owner after our INSERT saw it: insert again
+                    missing.append(k)
+                    continue
+                status, owner, scope, row_lease = row
+                if status == DELIVERED:
+                    out[k] = ClaimStatus.DELIVERED
+                elif status == HELD:
+                    out[k] = ClaimStatus.HELD
+                elif owner == self.owner:  # our own claim from an earlier call, still in flight
+                    out[k] = ClaimStatus.BUSY
+                else:
+                    cache_key = (owner, scope or "")
+                    if cache_key not in dead_cache:
+                        dead_cache[cache_key] = self._owner_is_dead(owner, scope or "")
+                    dead = dead_cache[cache_key]
+                    if dead or row_lease is None or row_lease <= now:
+                        takeovers[(owner, dead)].append(k)
+                    else:
+                        out[k] = ClaimStatus.BUSY
+            for (old_owner, dead), ks in takeovers.items():
+                # Compare-and-swap on the owner; the lease is re-checked by the database, so a
+                # concurrent heartbeat or takeover makes this a no-op (-> BUSY, claim later).
+                cur.execute(
+                    self._sql(
+                        "UPDATE {t} SET owner = ?, owner_scope = ?, lease_until = ?,"
+                        " updated_at = ?"
+                        " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                        " AND (? OR lease_until IS NULL OR lease_until <= ?)"
+                        " RETURNING delivery_key"
+                    ),
+                    (
+                        self.owner,
+                        self._scope,
+                        lease_until,
+                        now,
+                        self._keys_param(ks),
+                        old_owner,
+                        dead,
+                        now,
+                    ),
+                )
+                taken = {r[0] for r in cur.fetchall()}
+                for k in ks:
+                    out[k] = ClaimStatus.IN_DOUBT if k in taken else ClaimStatus.BUSY
+                if taken:
+                    self._log.info(
+                        "ledger: took over %d in-doubt claim(s) of %s (%s)",
+                        len(taken),
+                        old_owner,
+                        "process gone" if dead else "lease expired",
+                    )
+            if not missing:
+                return out
+            todo = missing
+        for k in todo:  # still racing with another process: let the caller claim again
+            out[k] = ClaimStatus.BUSY
+        return out
+
+    def _owner_is_dead(self, owner: str, scope: str) -> bool:
+        """True when ``owner`` ran on this machine and its process no longer exists."""
+        parsed = _parse_owner(owner)
+        if parsed is None:
+            return False
+        host, pid = parsed
+        if host != self._hostname or scope != self._scope or pid == os.getpid():
+            return False
+        return not _pid_alive(pid)
+
+    def release(self, keys: Sequence[str]) -> None:
+        self._check()
+        ks = sorted(set(keys))
+        if not ks:
+            return
+
+        def tx(cur: Any) -> None:
+            cur.execute(
+                self._sql(
+                    "DELETE FROM {t} WHERE delivery_key {in_keys}"
+                    " AND status = 'pending' AND owner = ?"
+                ),
+                (self._keys_param(ks), self.owner),
+            )
+
+        self._run(tx, "release claims")
+
+    def mark_held(self, keys: Sequence[str]) -> None:
+        self._check()
+        ks = sorted(set(keys))
+        if not ks:
+            return
+
+        def tx(cur: Any) -> set[str]:
+            now = self._now(cur)
+            cur.execute(
+                self._sql(
+                    "UPDATE {t} SET status = 'in_doubt', lease_until = NULL, updated_at = ?"
+                    " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                    " RETURNING delivery_key"
+                ),
+                (now, self._keys_param(ks), self.owner),
+            )
+            return {r[0] for r in cur.fetchall()}
+
+        held = self._run(tx, "mark keys held")
+        if len(held) != len(ks):
+            self._log.warning(
+                "ledger: %d of %d key(s) to hold were no longer pending under this run",
+                len(ks) - len(held),
+                len(ks),
+            )
+
+    def status(self, key: str) -> str | None:
+        self._check()
+
+        def tx(cur: Any) -> str | None:
+            cur.execute(self._sql("SELECT status FROM {t} WHERE delivery_key = ?"), (key,))
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run(tx, "read a key")
+
+    def prune(self, retention_days: int) -> int:
+        """Delete delivered and held rows not updated for ``retention_days``; return the count."""
+
+        def tx(cur: Any) -> int:
+            cutoff = self._now(cur) - retention_days * 86400.0
+            cur.execute(
+                self._sql(
+                    "DELETE FROM {t} WHERE status IN ('delivered', 'in_doubt') AND updated_at < ?"
+                ),
+                (cutoff,),
+            )
+            return int(cur.rowcount or 0)
+
+        n = self._run(tx, "prune old rows")
+        if n:
+            self._log.info("ledger: pruned %d row(s) older than %d days", n, retention_days)
+        return n
+
+    # ---- group-committed marks --------------------------------------------------------
+
+    def mark_delivered(self, key: str, http_status: int) -> None:
+        with self._cond:
+            self._check()
+            self._queue.append((key, int(http_status)))
+            self._enqueued += 1
+            if len(self._queue) == 1 or len(self._queue) >= self._max_batch:
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        with self._cond:
+            if self._failed is not None:
+                raise self._failed
+            target = self._enqueued
+            if self._committed >= target:
+                if self._closed:
+                    raise LedgerError(f"ledger {self.description} is closed")
+                return
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._committed < target and self._failed is None:
+                    self._cond.wait()
+            finally:
+                self._flush_waiters -= 1
+            if self._failed is not None:
+                raise self._failed
+
+    def _writer_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # stopping, all committed
+                # Gather marks for a few milliseconds unless someone is waiting for them.
+                deadline = time.monotonic() + self._commit_delay
+                while (
+                    len(self._queue) < self._max_batch
+                    and not self._flush_waiters
+                    and not self._stopping
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+
+            def write(cur: Any, marks: list[tuple[str, int]] = batch) -> None:
+                self._upsert_delivered(cur, marks, self._now(cur))
+
+            try:
+                self._run(write, "commit delivered marks")
+            except Exception as e:
+                err = (
+                    e
+                    if isinstance(e, LedgerError)
+                    else LedgerError(
+                        f"ledger {self.description}: could not commit delivered marks: "
+                        f"{self._describe_error(e)}"
+                    )
+                )
+                self._log.error("%s", err)
+                with self._cond:
+                    # Sticky: every later call raises; the marks are not silently dropped.
+                    self._failed = err
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._committed += len(batch)
+                self.writer_commits += 1
+                self._cond.notify_all()
+
+    # ---- lease heartbeat --------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = self._lease / 3.0
+        while not self._stop_heartbeat.wait(interval):
+            try:
+                self.renew_leases()
+            except Exception as e:
+                silent_for = time.monotonic() - self._last_renewal
+                self._log.warning("ledger: could not renew leases (%s)", e)
+                if silent_for >= self._lease:
+                    with self._cond:
+                        if self._failed is None:
+                            self._failed = LedgerError(
+                                f"ledger {self.description}: leases not renewed for "
+                                f"{silent_for:.0f} s; other processes may take over this "
+                                f"run's claims ({e})"
+                            )
+                        self._cond.notify_all()
+                    return
+
+    def renew_leases(self) -> int:
+        """Extend the lease of all our pending rows (one UPDATE); return the row count."""
+
+        def tx(cur: Any) -> int:
+            cur.execute(
+                self._sql("UPDATE {t} SET lease_until = ? WHERE owner = ? AND status = 'pending'"),
+                (self._now(cur) + self._lease, self.owner),
+            )
+            return int(cur.rowcount or 0)
+
+        n = self._run(tx, "renew leases")
+        self._last_renewal = time.monotonic()
+        return n
+
+
+def _schema_statements(t: str, real: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t} (
+            delivery_key TEXT PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'in_doubt')),
+            owner TEXT NOT NULL,
+            owner_scope TEXT NOT NULL DEFAULT '',
+            lease_until {real},
+            http_status INTEGER,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {t}_pending_owner ON {t} (owner) WHERE status = 'pending'",
+        f"CREATE INDEX IF NOT EXISTS {t}_updated_at ON {t} (updated_at)",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite
+
+
+class SQLiteLedger(_SQLLedger):
+    """A ledger in a local SQLite file (WAL). Several processes on one machine may share it."""
+
+    _IN_KEYS = "IN (SELECT value FROM json_each(?))"
+
+    def __init__(self, path: pathlib.Path, *, table: str = DEFAULT_TABLE, **kwargs: Any) -> None:
+        self.path = pathlib.Path(path).expanduser().absolute()
+        super().__init__(description=f"sqlite:///{self.path}", table=table, **kwargs)
+
+    def _connect(self) -> None:
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            raise LedgerError(
+                f"SQLite {sqlite3.sqlite_version} is too old (3.35+ needed for RETURNING)"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the caller's threads, the writer and the heartbeat, always
+        # used under self._conn_lock. isolation_level=None: we issue BEGIN IMMEDIATE ourselves
+        # (the write lock is taken up front, so concurrent processes serialise instead of
+        # failing on lock upgrade). timeout: wait up to 30 s for another process's transaction.
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        if mode != "wal":
+            self._log.warning(
+                "ledger %s: WAL mode unavailable (journal_mode=%s)", self.description, mode
+            )
+        # synchronous=FULL, not NORMAL: in WAL mode NORMAL survives a process crash but may lose
+        # the last commits on power loss / OS crash. A lost "delivered" commit would turn into
+        # an in-doubt key (and, with in_doubt=resend, a duplicate conversion), so every commit
+        # is fsynced. The cost is one fsync per transaction, which batch claims and the group
+        # commit of marks keep to a few per batch.
+        self._conn.execute("PRAGMA synchronous=FULL")
+
+    def _create_schema(self, cur: Any) -> None:
+        for stmt in _schema_statements(self._table, "REAL"):
+            cur.execute(stmt)
+
+    def _begin(self) -> Any:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        return cur
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def _now(self, cur: Any) -> float:
+        return time.time()
+
+    def _sql(self, sql: str) -> str:
+        return sql.format(t=self._table, in_keys=self._IN_KEYS)
+
+    def _keys_param(self, keys: Sequence[str]) -> Any:
+        return json.dumps(list(keys))
+
+    def _insert_claims(self, cur: Any, keys: list[str], now: float, lease_until: float) -> set[str]:
+        # "WHERE true" resolves SQLite's INSERT ... SELECT ... ON CONFLICT parsing ambiguity.
+        cur.execute(
+            f"INSERT INTO {self._table} (delivery_key, status, owner, owner_scope, lease_until,"
+            " created_at, updated_at)"
+            " SELECT value, 'pending', ?, ?, ?, ?, ? FROM json_each(?) WHERE true"
+            " ON CONFLICT (delivery_key) DO NOTHING RETURNING delivery_key",
+            (self.owner, self._scope, lease_until, now, now, json.dumps(keys)),
+        )
+        return {r[0] for r in cur.fetchall()}
+
+    def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
+        # One statement for the batch (a JSON array of [key, http_status] pairs).
+        t = self._table
+        cur.execute(
+            f"INSERT INTO {t} (delivery_key, status, owner, owner_scope, lease_until,"
+            " http_status, created_at, updated_at)"
+            " SELECT json_extract(value, '$[0]'), 'delivered', ?, ?, NULL,"
+            " json_extract(value, '$[1]'), ?, ? FROM json_each(?) WHERE true"
+            " ON CONFLICT (delivery_key) DO UPDATE SET status = 'delivered',"
+            " owner = excluded.owner, owner_scope = excluded.owner_scope, lease_until = NULL,"
+            " http_status = excluded.http_status, updated_at = excluded.updated_at"
+            f" WHERE {t}.status <> 'delivered'",
+            (self.owner, self._scope, now, now, json.dumps(marks)),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class PostgresLedger(_SQLLedger):
+    """A ledger in a PostgreSQL table, shared by any number of processes and machines."""
+
+    _IN_KEYS = "= ANY(%s)"
+
+    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, **kwargs: Any) -> None:
+        self._dsn = url
+        self._secrets = _url_secrets(url)
+        self._psycopg2: Any = None
+        super().__init__(description=redact_url(url), table=table, **kwargs)
+
+    def _describe_error(self, exc: BaseException) -> str:
+        return _scrub(_error_text(exc), self._secrets)
+
+    def _connect(self) -> None:
+        try:
+            import psycopg2
+            import psycopg2.extensions
+        except ImportError:
+            raise LedgerError(PSYCOPG2_MISSING) from None
+        self._psycopg2 = psycopg2
+        try:
+            params = psycopg2.extensions.parse_dsn(self._dsn)
+        except psycopg2.Error:
+            raise LedgerError("not a valid PostgreSQL URL") from None
+        extra: dict[str, Any] = {"application_name": "target-everflow ledger"}
+        if "connect_timeout" not in params:
+            extra["connect_timeout"] = 10
+        self._conn = psycopg2.connect(self._dsn, **extra)
+
+    def _create_schema(self, cur: Any) -> None:
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog; serialise it.
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"target_everflow_ledger:{self._table}",)
+        )
+        for stmt in _schema_statements(self._table, "DOUBLE PRECISION"):
+            cur.execute(stmt)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        # 40P01 deadlock_detected, 40001 serialization_failure: the transaction was rolled back.
+        return getattr(exc, "pgcode", None) in ("40P01", "40001")
+
+    def _begin(self) -> Any:
+        return self._conn.cursor()  # psycopg2 opens the transaction on the first statement
+
+    def _commit(self) -> None:
+        self._conn.commit()
+
+    def _rollback(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.rollback()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+
+    def _now(self, cur: Any) -> float:
+        cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        return float(cur.fetchone()[0])
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s").format(t=self._table, in_keys=self._IN_KEYS)
+
+    def _keys_param(self, keys: Sequence[str]) -> Any:
+        return list(keys)
+
+    def _insert_claims(self, cur: Any, keys: list[str], now: float, lease_until: float) -> set[str]:
+        # WITH ORDINALITY ... ORDER BY: rows are inserted (and locked) in the sorted key order.
+        cur.execute(
+            f"INSERT INTO {self._table} (delivery_key, status, owner, owner_scope, lease_until,"
+            " created_at, updated_at)"
+            " SELECT u.k, 'pending', %s, %s, %s, %s, %s"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, i) ORDER BY u.i"
+            " ON CONFLICT (delivery_key) DO NOTHING RETURNING delivery_key",
+            (self.owner, self._scope, lease_until, now, now, keys),
+        )
+        return {r[0] for r in cur.fetchall()}
+
+    def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
+        # One statement per batch. ON CONFLICT DO UPDATE may touch a row only once per
+        # statement, so duplicates are collapsed (last mark wins); sorted to lock in key order.
+        latest = dict(marks)
+        keys = sorted(latest)
+        t = self._table
+        cur.execute(
+            f"INSERT INTO {t} (delivery_key, status, owner, owner_scope, lease_until,"
+            " http_status, created_at, updated_at)"
+            " SELECT u.k, 'delivered', %s, %s, NULL, u.h, %s, %s"
+            " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS u(k, h, i) ORDER BY u.i"
+            " ON CONFLICT (delivery_key) DO UPDATE SET status = 'delivered',"
+            " owner = EXCLUDED.owner, owner_scope = EXCLUDED.owner_scope, lease_until = NULL,"
+            " http_status = EXCLUDED.http_status, updated_at = EXCLUDED.updated_at"
+            f" WHERE {t}.status <> 'delivered'",
+            (self.owner, self._scope, now, now, keys, [latest[k] for k in keys]),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Opening
+
+
+def _split_table(url: str) -> tuple[str, str]:
+    """Remove ``table=`` from the URL's query; return (url without it, table)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, DEFAULT_TABLE
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    table = DEFAULT_TABLE
+    kept = []
+    for k, v in pairs:
+        if k == "table":
+            table = v
+        else:
+            kept.append((k, v))
+    rest = urllib.parse.urlencode(kept)
+    return (f"{base}?{rest}" if rest else base), table
+
+
+def open_ledger(
+    url: str | None,
+    *,
+    default_dir: pathlib.Path,
+    lease_seconds: float,
+    retention_days: int,
+    logger: logging.Logger | None = None,
+) -> Ledger:
+    """Open the ledger named by setting ``ledger_url``.
+
+    ``None``/``""`` -> SQLite at ``default_dir/ledger.sqlite3``;
+    ``"none"`` -> :class:`NullLedger`; ``sqlite://...``; ``postgresql://...``/``postgres://...``
+    (optionally ``?table=name``). Creates the schema, prunes delivered/held rows older than
+    ``retention_days`` (``<= 0``: keep everything) and starts the writer and heartbeat threads.
+
+    Raises :class:`LedgerError` naming ``ledger_url`` (password masked) when it cannot be opened.
+    """
+    log = logger or _LOG
+    text = (url or "").strip()
+    kwargs: dict[str, Any] = {"lease_seconds": lease_seconds, "logger": log}
+    ledger: _SQLLedger
+    if text.lower() == "none":
+        log.warning(
+            "ledger_url is none: no idempotency ledger; a re-run or replay will send the same "
+            "conversions to Everflow again"
+        )
+        return NullLedger()
+    if not text:
+        ledger = SQLiteLedger(pathlib.Path(default_dir) / DEFAULT_SQLITE_RELPATH, **kwargs)
+    else:
+        scheme = text.partition(":")[0].lower()
+        if scheme == "sqlite":
+            base, table = _split_table(text)
+            raw_path = base[len("sqlite:") :]
+            # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
+            if raw_path.startswith("//"):
+                raw_path = raw_path[2:]
+            if raw_path.startswith("/"):
+                raw_path = raw_path[1:]
+            if not raw_path:
+                raise LedgerError(
+                    f"ledger_url {text!r} has no file path (expected sqlite:///path/ledger.db)"
+                )
+            ledger = SQLiteLedger(
+                pathlib.Path(urllib.parse.unquote(raw_path)), table=table, **kwargs
+            )
+        elif scheme in ("postgresql", "postgres"):
+            dsn, table = _split_table(text)
+            ledger = PostgresLedger(dsn, table=table, **kwargs)
+            ledger.description = redact_url(text)
+        else:
+            raise LedgerError(
+                f"ledger_url {redact_url(text)!r} is not supported: expected "
+                "sqlite:///path/ledger.db, postgresql://user:password@host:port/db or none"
+            )
+    ledger.open(retention_days)
+    return ledger
