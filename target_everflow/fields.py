@@ -131,11 +131,22 @@ class Mismatch(ValueError):
     """A value that cannot be coerced losslessly to the field's type(s)."""
 
 
-_NUMERIC = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
-_PLAIN = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
+# ASCII digits only: ``\d`` alone would also take Arabic-Indic or full-width digits.
+_NUMERIC = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$", re.ASCII)
+_JSON_NUMBER = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?$", re.ASCII)
+"""A plain decimal that is also a valid JSON number (no ``007``, ``1.``, ``.5``, ``+5``)."""
+MAX_NUMBER_DIGITS = 100
+"""Longest plain-decimal text of a number; beyond it a value is not a plausible amount or id."""
 
 
 def _describe(value: t.Any) -> str:
+    try:
+        return _describe_unsafe(value)
+    except ValueError:  # e.g. an int with more digits than Python will print
+        return f"a {type(value).__name__}"
+
+
+def _describe_unsafe(value: t.Any) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {shown!r}"
@@ -155,30 +166,43 @@ class NumberText(str):
 def _number_text(value: Decimal) -> NumberText:
     if not value.is_finite():
         raise Mismatch(f"{value} is not a finite number")
+    exponent = value.as_tuple().exponent
+    if value.adjusted() >= MAX_NUMBER_DIGITS or (isinstance(exponent, int) and exponent < -MAX_NUMBER_DIGITS):
+        raise Mismatch(f"the number has more than {MAX_NUMBER_DIGITS} digits")
     text = str(value)
     if "E" in text or "e" in text:
         text = format(value, "f")
+    if len(text) > MAX_NUMBER_DIGITS + 2:
+        raise Mismatch(f"the number has more than {MAX_NUMBER_DIGITS} digits")
     return NumberText(text)
 
 
 def as_number(value: t.Any) -> NumberText:
-    """Plain-decimal text of a number (as given: no exponent, no float rounding)."""
+    """Plain-decimal text of a number (as given: no exponent, no float rounding).
+
+    The text is always a valid JSON number too (``order_line_items`` embeds it as one): a
+    numeric string is kept as written when it already is one, else normalised losslessly
+    (``"007"`` -> ``7``, ``"1."`` -> ``1``, ``".5"`` -> ``0.5``, ``"1e3"`` -> ``1000``).
+    """
     if isinstance(value, bool):
         raise Mismatch(f"{_describe(value)} is not a number")
     if isinstance(value, int):
         try:
-            return NumberText(value)
+            text = str(int(value))
         except ValueError:  # more digits than Python will print
             raise Mismatch("the integer is too large") from None
+        if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+            raise Mismatch(f"the number has more than {MAX_NUMBER_DIGITS} digits")
+        return NumberText(text)
     if isinstance(value, Decimal):
         return _number_text(value)
     if isinstance(value, float):
         return _number_text(Decimal(repr(value)))
     if isinstance(value, str):
         text = value.strip()
-        if _PLAIN.match(text) and len(text) <= 100:
-            return NumberText(text.lstrip("+"))
-        if _NUMERIC.match(text) and len(text) <= 100:
+        if len(text) <= MAX_NUMBER_DIGITS + 2 and _JSON_NUMBER.match(text):
+            return NumberText(text)
+        if len(text) <= MAX_NUMBER_DIGITS + 2 and _NUMERIC.match(text):
             try:
                 return _number_text(Decimal(text))
             except InvalidOperation:

@@ -108,6 +108,7 @@ PSYCOPG2_MISSING = (
 
 # Row statuses (the ``status`` column).
 PENDING = "pending"
+SENDING = "sending"  # a postback for it may have left: after a crash it is in doubt
 DELIVERED = "delivered"
 HELD = "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
 
@@ -271,6 +272,14 @@ class Ledger(abc.ABC):
     def mark_delivered(self, key: str, http_status: int) -> None:
         """Queue ``key`` as delivered; committed by the writer thread within a few ms."""
 
+    def mark_sending(self, key: str) -> None:
+        """Record, durably, that a postback for ``key`` is about to leave; blocks until committed.
+
+        Only a claim marked sending can be *in doubt* after a crash: claims a dead run never
+        got to send are taken over as plain claims, so in-doubt keys stay few (at most the
+        dead run's requests in flight).
+        """
+
     @abc.abstractmethod
     def release(self, keys: Sequence[str]) -> None:
         """Delete our pending claims of ``keys`` (send failed or dead-lettered): retried later."""
@@ -407,7 +416,7 @@ class _SQLLedger(Ledger):
 
         # Writer state, all guarded by _cond.
         self._cond = threading.Condition()
-        self._queue: list[tuple[str, int]] = []
+        self._queue: list[tuple[str, int | None]] = []  # (key, http status) or (key, None) = sending
         self._enqueued = 0
         self._committed = 0
         self._flush_waiters = 0
@@ -597,6 +606,7 @@ class _SQLLedger(Ledger):
             )
             rows = {r[0]: r[1:] for r in cur.fetchall()}
             takeovers: dict[tuple[str, bool], list[str]] = collections.defaultdict(list)
+            was_sending: dict[str, bool] = {}
             missing: list[str] = []
             for k in rest:
                 row = rows.get(k)
@@ -617,6 +627,7 @@ class _SQLLedger(Ledger):
                     dead = dead_cache[cache_key]
                     if dead or row_lease is None or row_lease <= now:
                         takeovers[(owner, dead)].append(k)
+                        was_sending[k] = status == SENDING
                     else:
                         out[k] = ClaimStatus.BUSY
             for (old_owner, dead), ks in takeovers.items():
@@ -624,9 +635,10 @@ class _SQLLedger(Ledger):
                 # concurrent heartbeat or takeover makes this a no-op (-> BUSY, claim later).
                 cur.execute(
                     self._sql(
-                        "UPDATE {t} SET owner = ?, owner_scope = ?, lease_until = ?,"
-                        " updated_at = ?"
-                        " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                        "UPDATE {t} SET status = 'pending', owner = ?, owner_scope = ?,"
+                        " lease_until = ?, updated_at = ?"
+                        " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
+                        " AND owner = ?"
                         " AND (? OR lease_until IS NULL OR lease_until <= ?)"
                         " RETURNING delivery_key"
                     ),
@@ -643,13 +655,20 @@ class _SQLLedger(Ledger):
                 )
                 taken = {r[0] for r in cur.fetchall()}
                 for k in ks:
-                    out[k] = ClaimStatus.IN_DOUBT if k in taken else ClaimStatus.BUSY
+                    if k not in taken:
+                        out[k] = ClaimStatus.BUSY
+                    elif was_sending[k]:
+                        out[k] = ClaimStatus.IN_DOUBT
+                    else:  # claimed by the dead run but never sent: an ordinary claim
+                        out[k] = ClaimStatus.CLAIMED
                 if taken:
+                    doubtful = sum(1 for k in taken if was_sending[k])
                     self._log.info(
-                        "ledger: took over %d in-doubt claim(s) of %s (%s)",
+                        "ledger: took over %d claim(s) of %s (%s), %d of them in doubt",
                         len(taken),
                         old_owner,
                         "process gone" if dead else "lease expired",
+                        doubtful,
                     )
             if not missing:
                 return out
@@ -678,7 +697,7 @@ class _SQLLedger(Ledger):
             cur.execute(
                 self._sql(
                     "DELETE FROM {t} WHERE delivery_key {in_keys}"
-                    " AND status = 'pending' AND owner = ?"
+                    " AND status IN ('pending', 'sending') AND owner = ?"
                 ),
                 (self._keys_param(ks), self.owner),
             )
@@ -696,7 +715,8 @@ class _SQLLedger(Ledger):
             cur.execute(
                 self._sql(
                     "UPDATE {t} SET status = 'in_doubt', lease_until = NULL, updated_at = ?"
-                    " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                    " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
+                    " AND owner = ?"
                     " RETURNING delivery_key"
                 ),
                 (now, self._keys_param(ks), self.owner),
@@ -740,6 +760,22 @@ class _SQLLedger(Ledger):
         return n
 
     # ---- group-committed marks --------------------------------------------------------
+
+    def mark_sending(self, key: str) -> None:
+        with self._cond:
+            self._check()
+            self._queue.append((key, None))
+            self._enqueued += 1
+            target = self._enqueued
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._committed < target and self._failed is None:
+                    self._cond.wait()
+            finally:
+                self._flush_waiters -= 1
+            if self._failed is not None:
+                raise self._failed
 
     def mark_delivered(self, key: str, http_status: int) -> None:
         with self._cond:
@@ -789,8 +825,20 @@ class _SQLLedger(Ledger):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
 
-            def write(cur: Any, marks: list[tuple[str, int]] = batch) -> None:
-                self._upsert_delivered(cur, marks, self._now(cur))
+            def write(cur: Any, items: list[tuple[str, int | None]] = batch) -> None:
+                now = self._now(cur)
+                sending = [k for k, status in items if status is None]
+                marks = [(k, status) for k, status in items if status is not None]
+                if sending:
+                    cur.execute(
+                        self._sql(
+                            "UPDATE {t} SET status = 'sending', updated_at = ?"
+                            " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                        ),
+                        (now, self._keys_param(sorted(set(sending))), self.owner),
+                    )
+                if marks:
+                    self._upsert_delivered(cur, marks, now)
 
             try:
                 self._run(write, "commit delivered marks")
@@ -840,7 +888,10 @@ class _SQLLedger(Ledger):
 
         def tx(cur: Any) -> int:
             cur.execute(
-                self._sql("UPDATE {t} SET lease_until = ? WHERE owner = ? AND status = 'pending'"),
+                self._sql(
+                    "UPDATE {t} SET lease_until = ?"
+                    " WHERE owner = ? AND status IN ('pending', 'sending')"
+                ),
                 (self._now(cur) + self._lease, self.owner),
             )
             return int(cur.rowcount or 0)
@@ -854,7 +905,7 @@ def _schema_statements(t: str, real: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS {t} (
             delivery_key TEXT PRIMARY KEY,
-            status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'in_doubt')),
+            status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'delivered', 'in_doubt')),
             owner TEXT NOT NULL,
             owner_scope TEXT NOT NULL DEFAULT '',
             lease_until {real},
@@ -862,7 +913,8 @@ def _schema_statements(t: str, real: str) -> list[str]:
             created_at {real} NOT NULL,
             updated_at {real} NOT NULL
         )""",
-        f"CREATE INDEX IF NOT EXISTS {t}_pending_owner ON {t} (owner) WHERE status = 'pending'",
+        f"CREATE INDEX IF NOT EXISTS {t}_pending_owner ON {t} (owner)"
+        " WHERE status IN ('pending', 'sending')",
         f"CREATE INDEX IF NOT EXISTS {t}_updated_at ON {t} (updated_at)",
     ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import typing as t
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -48,6 +49,7 @@ TYPE_MISMATCH = "type_mismatch"
 INVALID_RECORD = "invalid_record"
 
 NON_TRACK_CALLS = frozenset({"identify", "page", "screen", "group", "alias"})
+"""Segment's other call types (any raw ``type`` other than ``track`` is skipped as not_track)."""
 MOBILE_LIBRARIES = frozenset(
     fold(name)
     for name in (
@@ -65,7 +67,8 @@ MOBILE_OS = frozenset({"ios", "ipados", "android"})
 
 _P = compile_path
 TYPE = _P("type")
-EVENT_NAME = (_P("event_text"), _P("event"))
+EVENT_TEXT = _P("event_text")
+EVENT_NAME = (EVENT_TEXT, _P("event"))
 MESSAGE_ID = (_P("messageId"), _P("id"))
 REFERRER_TYPE = _P("context.referrer.type")
 REFERRER_ID = _P("context.referrer.id")
@@ -157,7 +160,12 @@ def event_time(value: t.Any) -> int:
     elif isinstance(value, date):
         moment = datetime(value.year, value.month, value.day)
     elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds) or abs(seconds) > 1e16:
+            raise Mismatch(f"{str(value)[:40]} is not a Unix time")
         if seconds > 1e11:  # epoch milliseconds
             seconds /= 1000
         return int(seconds)
@@ -167,7 +175,10 @@ def event_time(value: t.Any) -> int:
         raise Mismatch(f"{type(value).__name__} is not a timestamp")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp())
+    try:
+        return int(moment.timestamp())
+    except (OverflowError, ValueError, OSError):
+        raise Mismatch(f"{moment.isoformat()[:40]} is out of range") from None
 
 
 def _parse_iso(text: str) -> datetime:
@@ -234,12 +245,19 @@ class Mapper:
 
     @staticmethod
     def _transaction_id(event: SegmentEvent) -> t.Any:
+        """The referrer id (when the referrer is Everflow), else properties.transaction_id.
+
+        A blank id (only whitespace) counts as absent.
+        """
         referrer_type = event.get(REFERRER_TYPE)
         if isinstance(referrer_type, str) and referrer_type.strip().lower() == "everflow":
             found = event.get(REFERRER_ID)
-            if found is not MISSING:
+            if found is not MISSING and not (isinstance(found, str) and not found.strip()):
                 return found
-        return event.get(PROPERTY_TRANSACTION_ID)
+        found = event.get(PROPERTY_TRANSACTION_ID)
+        if isinstance(found, str) and not found.strip():
+            return MISSING
+        return found
 
     # -- the mapping -----------------------------------------------------------------------
 
@@ -250,9 +268,15 @@ class Mapper:
         event = SegmentEvent(record, stream)
 
         call = event.get(TYPE)
-        if isinstance(call, str) and call.strip().lower() in NON_TRACK_CALLS:
+        # A raw or tap-flattened event says its call type; a warehouse row (it has
+        # event_text) is a track by construction and a `type` column there is a property.
+        if isinstance(call, str) and call.strip() and event.get(EVENT_TEXT) is MISSING:
             kind = call.strip().lower()
-            return Outcome(SKIPPED, NOT_TRACK, f"a {kind} call, not a track", event=f"({kind})")
+            if kind != "track":
+                shown = kind[:40]
+                return Outcome(
+                    SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=f"({shown})"
+                )
 
         name = event.first(*EVENT_NAME)
         if not isinstance(name, str) or not name.strip():
@@ -295,11 +319,14 @@ class Mapper:
             try:
                 when = event_time(raw_time)
             except Mismatch as exc:
-                if strict:
+                if not self.settings.send_timestamp:
+                    pass  # not sent: its type does not matter
+                elif strict:
                     return Outcome(
                         DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
                     )
-                dropped.append(("timestamp", str(exc)))
+                else:
+                    dropped.append(("timestamp", str(exc)))
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
@@ -413,10 +440,17 @@ class Mapper:
         if message_id:
             return f"m:{message_id}"
         order_id = event.get("properties.orderId")
-        basis = "\x1f".join(
-            (transaction_id, str(event_id), "" if order_id is MISSING else str(order_id), str(when))
-        )
+        basis = "\x1f".join((transaction_id, str(event_id), _key_part(order_id), str(when)))
         return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _key_part(value: t.Any) -> str:
+    if value is MISSING:
+        return ""
+    try:
+        return str(value)
+    except ValueError:  # an int with more digits than Python will print
+        return hex(value) if isinstance(value, int) else type(value).__name__
 
 
 def _json_loads(text: str) -> t.Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import typing as t
+from decimal import Decimal
 from functools import lru_cache
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]")
@@ -59,7 +60,7 @@ class SegmentPath:
     flattened at that point stores it under.
     """
 
-    __slots__ = ("path", "segments", "keys", "unprefixed")
+    __slots__ = ("path", "segments", "keys", "probes", "unprefixed")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -68,6 +69,8 @@ class SegmentPath:
         self.keys = [
             ["".join(self.segments[i:j]) for j in range(n + 1)] for i in range(n + 1)
         ]
+        # What _resolve tries from segment i on: (j, keys[i][j]), longest flattened name first.
+        self.probes = [tuple((j, self.keys[i][j]) for j in range(n, i, -1)) for i in range(n + 1)]
         # Warehouses store properties un-prefixed: properties.orderId lands in order_id.
         self.unprefixed = self.segments[0] == "properties" and n > 1
 
@@ -80,38 +83,70 @@ def compile_path(path: str) -> SegmentPath:
     return SegmentPath(path)
 
 
-def _index(obj: dict) -> dict[str, t.Any]:
-    """Folded-name index of a dict's keys (first spelling wins)."""
-    index: dict[str, t.Any] = {}
-    for key, value in obj.items():
-        if isinstance(key, str):
-            index.setdefault(fold(key), value)
-    return index
+_LAYOUTS: dict[tuple, dict[str, str]] = {}
+_MAX_LAYOUTS = 4096
+
+
+def _index(obj: dict) -> dict[str, str]:
+    """Folded name -> the dict's own key of that name (first spelling wins).
+
+    It depends only on the dict's keys, in order, so it is computed once per key layout (once
+    per schema for warehouse rows, once per library and event for raw events), not per record.
+    The cache is bounded: it starts over when it holds ``_MAX_LAYOUTS`` layouts.
+    """
+    keys = tuple(obj)
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        layout = {}
+        for key in keys:
+            if isinstance(key, str):
+                layout.setdefault(fold(key), key)
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = layout
+    return layout
 
 
 class SegmentEvent:
     """One Singer record viewed as a Segment event."""
 
-    __slots__ = ("record", "stream", "_top", "_nested")
+    __slots__ = ("record", "stream", "_top", "_nested", "_parsed")
 
     def __init__(self, record: dict, stream: str) -> None:
         self.record = record
         self.stream = stream
         self._top = _index(record)
-        self._nested: dict[int, dict[str, t.Any]] = {}
+        # Caches keyed by id(): each entry keeps its object alive, so an id is never reused
+        # for another object while this event lives (a nested object parsed from a JSON
+        # string would otherwise be freed, and its id handed to the next one parsed).
+        self._nested: dict[int, tuple[dict, dict[str, str]]] = {}
+        self._parsed: dict[int, tuple[str, t.Any]] = {}
 
-    def _index_of(self, obj: dict) -> dict[str, t.Any]:
-        index = self._nested.get(id(obj))
-        if index is None:
-            index = self._nested[id(obj)] = _index(obj)
-        return index
+    def _index_of(self, obj: dict) -> dict[str, str]:
+        entry = self._nested.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            entry = self._nested[id(obj)] = (obj, _index(obj))
+        return entry[1]
 
-    def _resolve(self, index: dict[str, t.Any], path: SegmentPath, start: int) -> t.Any:
+    def _json_object(self, text: str) -> t.Any:
+        """A nested object some flatteners keep as a JSON string, parsed once."""
+        entry = self._parsed.get(id(text))
+        if entry is None or entry[0] is not text:
+            try:
+                parsed = json.loads(text, parse_float=Decimal)  # numbers exactly as given
+            except ValueError:
+                parsed = MISSING
+            entry = self._parsed[id(text)] = (text, parsed)
+        return entry[1]
+
+    def _resolve(self, obj: dict, index: dict[str, str], path: SegmentPath, start: int) -> t.Any:
         n = len(path.segments)
-        keys = path.keys[start]
-        for end in range(n, start, -1):
-            value = index.get(keys[end], MISSING)
-            if value is MISSING or value is None:
+        for end, name in path.probes[start]:
+            key = index.get(name)
+            if key is None:
+                continue
+            value = obj[key]
+            if value is None:
                 continue
             if end == n:
                 if value == "":
@@ -119,12 +154,9 @@ class SegmentEvent:
                 return value
             if isinstance(value, str) and value[:1] == "{":
                 # Some flatteners keep a nested object as a JSON string.
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    continue
+                value = self._json_object(value)
             if isinstance(value, dict):
-                found = self._resolve(self._index_of(value), path, end)
+                found = self._resolve(value, self._index_of(value), path, end)
                 if found is not MISSING:
                     return found
         return MISSING
@@ -133,9 +165,9 @@ class SegmentEvent:
         """The value at a Segment path, or ``MISSING``."""
         if isinstance(path, str):
             path = compile_path(path)
-        found = self._resolve(self._top, path, 0)
+        found = self._resolve(self.record, self._top, path, 0)
         if found is MISSING and path.unprefixed:
-            found = self._resolve(self._top, path, 1)
+            found = self._resolve(self.record, self._top, path, 1)
         return found
 
     def first(self, *paths: SegmentPath | str) -> t.Any:

@@ -91,7 +91,7 @@ class Backend:
         key: str,
         *,
         owner: str,
-        status: str = "pending",
+        status: str = "sending",  # a postback may have left: in doubt once stale
         lease_until: float | None = None,
         scope: str = "",
         updated_at: float | None = None,
@@ -295,6 +295,31 @@ def test_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(backend: 
     }
 
 
+def test_stale_claim_that_was_never_sent_is_claimed_not_in_doubt(backend: Backend) -> None:
+    ledger = backend.open()
+    backend.fake_row("unsent", owner="elsewhere:1:x", status="pending", lease_until=time.time() - 5)
+    backend.fake_row("sent", owner="elsewhere:1:x", status="sending", lease_until=time.time() - 5)
+    assert ledger.claim(["unsent", "sent"]) == {"unsent": C, "sent": I}
+    assert ledger.status("unsent") == "pending" and ledger.status("sent") == "pending"
+    assert backend.owner_of("unsent") == ledger.owner
+
+
+def test_mark_sending_is_durable_and_only_for_our_pending_claims(backend: Backend) -> None:
+    ledger = backend.open()
+    assert ledger.claim(["k"]) == {"k": C}
+    ledger.mark_sending("k")
+    assert backend.sql("SELECT status FROM {t} WHERE delivery_key = 'k'") == [("sending",)]
+    ledger.mark_delivered("k", 200)
+    ledger.flush()
+    assert ledger.status("k") == "delivered"
+    ledger.mark_sending("k")  # no effect on a delivered key
+    assert ledger.status("k") == "delivered"
+    assert ledger.claim(["r"]) == {"r": C}
+    ledger.mark_sending("r")
+    ledger.release(["r"])  # a failed send releases a sending claim too
+    assert ledger.status("r") is None
+
+
 def test_in_doubt_dead_lettered_key_is_held_for_good(backend: Backend) -> None:
     ledger = backend.open()
     backend.fake_row("doubt", owner="elsewhere:1:x", lease_until=time.time() - 5)
@@ -313,18 +338,21 @@ def test_heartbeat_keeps_a_live_claim_and_lease_expiry_makes_it_in_doubt(
     lease = 0.6
     holder = backend.open(lease=lease)
     rival = backend.open(lease=lease)
-    assert holder.claim(["slow"]) == {"slow": C}
+    assert holder.claim(["slow", "unsent"]) == {"slow": C, "unsent": C}
+    holder.mark_sending("slow")  # durable before it returns
+    assert backend.sql("SELECT status FROM {t} WHERE delivery_key = 'slow'") == [("sending",)]
     first_lease = backend.lease_of("slow")
     time.sleep(lease * 1.8)  # longer than the lease: only the heartbeat keeps it alive
     assert backend.lease_of("slow") > first_lease + lease / 2
     assert rival.claim(["slow"]) == {"slow": B}
 
     # The holder stops (without releasing); it is still "alive" (same pid), so only lease
-    # expiry counts, and then the claim is in doubt.
+    # expiry counts. Then the claim whose postback may have left is in doubt; the claim it
+    # never sent is simply claimed again.
     holder.close()
-    assert backend.sql("SELECT status FROM {t} WHERE delivery_key = 'slow'") == [("pending",)]
+    assert backend.sql("SELECT status FROM {t} WHERE delivery_key = 'slow'") == [("sending",)]
     assert _wait_for(lambda: backend.lease_of("slow") < time.time(), timeout=lease * 2)
-    assert rival.claim(["slow"]) == {"slow": I}
+    assert rival.claim(["slow", "unsent"]) == {"slow": I, "unsent": C}
 
 
 # ------------------------------------------------------------------------------------------
