@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+MELTANO_VENV ?= .venv-meltano
+MELTANO_VERSION ?= 4.4.1
 
 .PHONY: demo test test-fast test-e2e bench check-readme clean
 
@@ -18,6 +20,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(VENV)/.installed $@
 
+# Meltano for the end-to-end pipeline tests (its own virtualenv: it pins its own packages;
+# the tests run `meltano install` for the taps and the target themselves).
+$(MELTANO_VENV)/.installed:
+	$(PYTHON) -m venv $(MELTANO_VENV)
+	$(MELTANO_VENV)/bin/python -m pip install --quiet "meltano==$(MELTANO_VERSION)"
+	touch $@
+
 ## make demo: dry run on the shipped sample Segment events (no Everflow account needed)
 demo: $(VENV)/.installed
 	rm -rf output/demo
@@ -28,14 +37,14 @@ demo: $(VENV)/.installed
 	@echo "Run summary:       output/demo/summary.json"
 
 ## make test: the whole suite, the Meltano/warehouse pipelines included
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make test-fast: everything but the end-to-end pipelines
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
 
-test-e2e: $(VENV)/.installed-test
+test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 ## make bench: throughput and memory benchmarks (writes bench/RESULTS.md)

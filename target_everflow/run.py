@@ -174,7 +174,7 @@ class Run:
         if seen < DROPPED_WARNINGS_PER_FIELD:
             self.logger.warning(
                 "Left out optional field %s of a record of stream %s (message id %s, event %r): %s",
-                param, stream, conversion.message_id, conversion.event, why,
+                param, stream, conversion.message_id or conversion.key, conversion.event, why,
             )
             if seen + 1 == DROPPED_WARNINGS_PER_FIELD:
                 self.logger.warning(

@@ -107,7 +107,7 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.BooleanType,
         description=(
             "Check the API key and event mapping before reading records. Default: true when "
-            "api_key is set."
+            "api_key is set (never in dry run, which touches no network; --check runs it)."
         ),
     ),
     # --- Outputs -------------------------------------------------------------------------
@@ -186,6 +186,16 @@ CONFIG_SCHEMA = th.PropertiesList(
         description=(
             "What to do with a conversion claimed by a run that died before recording "
             "Everflow's answer: resend it (at-least-once) or dead-letter it (at-most-once)."
+        ),
+    ),
+    th.Property(
+        "validate_records",
+        th.BooleanType,
+        default=False,
+        description=(
+            "Validate each record against its stream's SCHEMA first; a record that breaks it is "
+            "dead-lettered (invalid_record). Off by default: records are read by Segment's "
+            "names whatever the tap declared (file taps often declare every column a string)."
         ),
     ),
     th.Property(
@@ -307,6 +317,7 @@ class Settings:
         preflight = bool(api_key) if preflight is None else bool(preflight)
         if preflight and not api_key:
             raise ConfigError("preflight", "is true but api_key is not set")
+        preflight = preflight and not dry_run  # a dry run touches no network (--check still can)
 
         in_doubt = config.get("in_doubt", "resend")
         if in_doubt not in {"resend", "dead_letter"}:

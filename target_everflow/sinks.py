@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import typing as t
 
+from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
-from target_everflow.mapping import DEAD_LETTER, DUPLICATE, SKIPPED, Conversion, Outcome
+from target_everflow.mapping import (
+    DEAD_LETTER,
+    DUPLICATE,
+    INVALID_RECORD,
+    SKIPPED,
+    Conversion,
+    Outcome,
+)
 
 if t.TYPE_CHECKING:
     from target_everflow.run import Run
@@ -26,10 +34,48 @@ class EverflowSink(BatchSink):
     def __init__(self, target: TargetEverflow, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(target, *args, **kwargs)
         self.run: Run = target.run
+        self._invalid: tuple[int, str, str | None] | None = None
+
+    # A record that breaks its stream's schema (validate_records) or lacks a key property is
+    # one bad record, not a broken run: it is dead-lettered (invalid_record) and the run goes
+    # on. (The SDK would raise, or log a traceback per record and deliver it anyway.)
+
+    def _validate_and_parse(self, record: dict) -> dict:
+        if self._validator is not None:
+            try:
+                self._validator.validate(record)
+            except InvalidRecord as exc:
+                cause = exc.__cause__
+                path = ".".join(str(p) for p in getattr(cause, "absolute_path", ()))
+                self._invalid = (
+                    id(record),
+                    f"the record does not match stream {self.stream_name}'s schema"
+                    + (f" at {path}" if path else "") + f": {exc.error_message[:300]}",
+                    path or None,
+                )
+                return record
+        self._parse_timestamps_in_record(
+            record=record, schema=self.schema, treatment=self.datetime_error_treatment
+        )
+        return record
+
+    def _singer_validate_message(self, record: dict) -> None:
+        missing = [k for k in self._key_properties if k not in record]
+        if missing and self._invalid is None:
+            self._invalid = (
+                id(record),
+                f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
+                missing[0],
+            )
 
     def process_record(self, record: dict, context: dict) -> None:
         run = self.run
         run.summary.read()
+        if self._invalid is not None:
+            _, message, field = self._invalid
+            self._invalid = None
+            self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field), record)
+            return
         result = run.mapper.map(record, self.stream_name)
         if isinstance(result, Outcome):
             self._account(result, record)

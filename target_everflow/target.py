@@ -19,7 +19,9 @@ from target_everflow.errors import (
     TargetEverflowError,
     Terminated,
 )
-from target_everflow.run import Run
+from target_everflow.reader import SegmentReader
+from target_everflow.ledger import LedgerError
+from target_everflow.run import LedgerUnavailable, Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
 from target_everflow.sinks import EverflowSink
 
@@ -51,12 +53,32 @@ def _describe_schema_error(error: t.Any) -> str:
     return f"Setting '{path}': {problem}"
 
 
+def _numbers_from_text(config: dict, schema: dict) -> None:
+    """Number settings given as text become numbers.
+
+    ``--config ENV`` (and so a Meltano plugin command, which passes settings only as
+    ``TARGET_EVERFLOW_*`` variables) hands the SDK's parser text; it converts integers,
+    booleans and objects, but leaves numbers such as ``request_timeout=30`` as strings.
+    """
+    for name, spec in schema.get("properties", {}).items():
+        types = spec.get("type")
+        types = types if isinstance(types, list) else [types]
+        value = config.get(name)
+        if "number" in types and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                continue  # validation names the setting
+            config[name] = int(number) if number.is_integer() else number
+
+
 class TargetEverflow(Target):
     """Sends the conversions among Segment track events to Everflow, exactly once."""
 
     name = "target-everflow"
     config_jsonschema = CONFIG_SCHEMA
     default_sink_class = EverflowSink
+    message_reader_class = SegmentReader  # msgspec, falling back to json for NaN and the like
 
     def __init__(
         self,
@@ -91,6 +113,7 @@ class TargetEverflow(Target):
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
+        _numbers_from_text(self._config, schema)
         validator = JSONSchemaValidator(schema)  # also fills in defaults
         errors = [_describe_schema_error(e) for e in validator.iter_errors(self._config)]
         if errors and raise_errors:
@@ -196,6 +219,8 @@ class TargetEverflow(Target):
             self.listen(file_input)
         except TargetEverflowError as exc:
             code = self._stopped(exc)
+        except LedgerError as exc:  # the ledger failed mid-run: nothing more is sent
+            code = self._stopped(LedgerUnavailable(str(exc)))
         except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
             code = self._stopped(InputError(f"The Singer input is broken: {_first_line(exc)}"))
         except UnicodeDecodeError as exc:
