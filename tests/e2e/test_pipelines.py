@@ -296,3 +296,17 @@ def test_check_command_fails_on_an_unknown_event_id(meltano: Meltano, e2e_dir: P
         assert result.code != 0, result.tail()
         assert "Subscription Started" in output and "24" in output, result.tail()
         assert API_KEY not in output
+
+
+def test_meltano_yml_validates_and_lists_every_setting(meltano: Meltano, e2e_dir: Path) -> None:
+    """`meltano config list target-everflow` (Meltano 4's spelling of `config <plugin> list`)."""
+    from target_everflow.settings import CONFIG_SCHEMA
+
+    env = {**target_env("https://www.example-tracking.com/", e2e_dir),
+           "TARGET_EVERFLOW_VERIFICATION_TOKEN": scenario.VERIFICATION_TOKEN}
+    result = meltano("--environment=e2e", "config", "list", "target-everflow", "--all", env=env, timeout=120)
+    assert result.code == 0, result.tail()
+    output = result.stdout + result.stderr
+    for name in CONFIG_SCHEMA["properties"]:
+        assert f"TARGET_EVERFLOW_{name.upper()}" in output, name
+    assert scenario.VERIFICATION_TOKEN not in output  # sensitive: shown redacted
