@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import typing as t
@@ -19,7 +20,7 @@ from target_everflow.errors import (
     TargetEverflowError,
     Terminated,
 )
-from target_everflow.reader import SegmentReader
+from target_everflow.reader import SegmentReader, broken
 from target_everflow.ledger import LedgerError
 from target_everflow.run import LedgerUnavailable, Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
@@ -76,7 +77,8 @@ class TargetEverflow(Target):
     """Sends the conversions among Segment track events to Everflow, exactly once."""
 
     name = "target-everflow"
-    config_jsonschema = CONFIG_SCHEMA
+    # A copy: the SDK adds its built-in settings to this dict in place; CONFIG_SCHEMA stays ours.
+    config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)
     default_sink_class = EverflowSink
     message_reader_class = SegmentReader  # msgspec, falling back to json for NaN and the like
 
@@ -135,10 +137,16 @@ class TargetEverflow(Target):
     add_sink.__doc__ = Target.add_sink.__doc__
 
     def _write_state_message(self, state: dict) -> None:
-        self._state_written = json.dumps(state, sort_keys=True)
+        written = json.dumps(state, sort_keys=True)
+        if written == self._state_written:
+            return  # already emitted (the SDK re-emits the latest STATE at every drain)
+        self._state_written = written
         super()._write_state_message(state)
 
     def _process_record_message(self, message_dict: dict) -> None:
+        if not isinstance(message_dict["record"], dict):
+            self._dead_letter_unreadable(message_dict)
+            return
         super()._process_record_message(message_dict)
         if self.run.batch_settled:
             # A full batch was just delivered. The SDK itself writes STATE only when it drains
@@ -146,6 +154,40 @@ class TargetEverflow(Target):
             # the latest STATE is already safe, so a long backfill checkpoints batch by batch.
             self.run.batch_settled = False
             self.emit_safe_state()
+
+    def _dead_letter_unreadable(self, message_dict: dict) -> None:
+        """A RECORD whose ``record`` is not a JSON object: one bad record, dead-lettered."""
+        stream = message_dict["stream"]
+        if stream not in self.mapper.stream_maps:
+            self._assert_sink_exists(stream)  # RECORD before SCHEMA: the input is broken
+        stream_maps = self.mapper.stream_maps[stream]
+        if not stream_maps:  # the stream is filtered out by stream_maps
+            return
+        sink = self.get_sink(stream_maps[0].stream_alias)
+        record = message_dict["record"]
+        kind = "null" if record is None else f"a {type(record).__name__}"
+        sink.dead_letter_unreadable(
+            record,
+            f"line {self.message_reader.line_number}: the RECORD's \"record\" is {kind}, not a "
+            "JSON object",
+        )
+
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        if message_dict["stream"] not in self.mapper.stream_maps:
+            raise RecordsWithoutSchemaException(
+                f"an ACTIVATE_VERSION message for stream {message_dict['stream']!r} came before "
+                "that stream's SCHEMA"
+            )
+        super()._process_activate_version_message(message_dict)
+
+    def _process_batch_message(self, message_dict: dict) -> None:  # noqa: ARG002
+        # The SDK would hand the batch files' records to process_batch directly, past the
+        # mapping and the accounting: they would be neither delivered nor counted.
+        raise broken(
+            self.message_reader.line_number,
+            "BATCH messages are not supported (this target does not declare the batch "
+            "capability): run the tap without batch mode, so that records come as RECORD messages",
+        )
 
     def _process_state_message(self, message_dict: dict) -> None:
         super()._process_state_message(message_dict)
@@ -217,19 +259,46 @@ class TargetEverflow(Target):
         try:
             self.run.open()
             self.listen(file_input)
+        except InputError as exc:
+            code = self._input_broken(exc)
         except TargetEverflowError as exc:
             code = self._stopped(exc)
         except LedgerError as exc:  # the ledger failed mid-run: nothing more is sent
             code = self._stopped(LedgerUnavailable(str(exc)))
         except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
-            code = self._stopped(InputError(f"The Singer input is broken: {_first_line(exc)}"))
-        except UnicodeDecodeError as exc:
-            code = self._stopped(
+            code = self._input_broken(InputError(f"The Singer input is broken: {_first_line(exc)}"))
+        except UnicodeDecodeError as exc:  # a text input that was decoded before it reached us
+            code = self._input_broken(
                 InputError(f"The Singer input is not UTF-8 text (byte {exc.start} of a line)")
             )
         finally:
             self.run.finish()
         return code
+
+    def _input_broken(self, exc: InputError) -> int:
+        """A broken line: settle every record read before it, emit the last STATE, exit 2.
+
+        Those records and the STATE messages among them came from the tap intact; delivering
+        them (and checkpointing) now means the re-run after the input is fixed starts there.
+        """
+        if self._terminating is not None or not self.run.opened:
+            return self._stopped(exc)
+        self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+        pending = sum(s.current_size for s in self._sinks_active.values())
+        if pending:
+            self.logger.info(
+                "Settling the %d records read before the broken line; nothing after it is read.",
+                pending,
+            )
+        try:
+            self.drain_all()  # delivers them, then writes the latest STATE read before the line
+        except TargetEverflowError as settle_exc:
+            code = self._stopped(settle_exc)
+            if self._terminating is not None:
+                return code
+        except LedgerError as settle_exc:
+            self._stopped(LedgerUnavailable(str(settle_exc)))
+        return exc.exit_code
 
     def _stopped(self, exc: TargetEverflowError) -> int:
         if self._terminating is not None:
