@@ -53,6 +53,37 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left unfinished by a run that was killed while writing it.
+
+    Such a line was never made durable, so no STATE covers its record: the tap sends the record
+    again and the next run dead-letters it again. Appending after it would glue the next line to
+    it and break the file (it could no longer be replayed).
+    """
+    try:
+        handle = path.open("rb+")
+    except FileNotFoundError:
+        return
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        position = end
+        while position > 0:
+            start = max(0, position - 65536)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return
+            position = start
+        handle.truncate(0)
+
+
 class DeadLetters:
     """The dead-letter file. Thread-safe; ``flush()`` makes every written line durable."""
 
@@ -68,7 +99,10 @@ class DeadLetters:
     def _open(self) -> t.IO[str]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            _drop_torn_tail(self.path)
+            # backslashreplace: a lone surrogate (a "\ud800" JSON escape in the input) is written
+            # as that same JSON escape, so the record is kept exactly instead of failing the write.
+            self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace")
         return self._file
 
     def check_writable(self) -> None:
@@ -125,6 +159,22 @@ class DeadLetters:
                 self._file = None
 
 
+MAX_LABEL = 120
+"""Longest stream or event name the summary keeps (a 1 MB event name is counted shortened)."""
+
+
+def label(name: str) -> str:
+    """A stream or event name as the summary shows it: bounded, and always valid UTF-8."""
+    if len(name) > MAX_LABEL:
+        name = name[: MAX_LABEL - 3] + "..."
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: shown as their escapes
+            name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
+
+
 class RunSummary:
     """Counts of every outcome, per stream and event. Thread-safe."""
 
@@ -144,12 +194,14 @@ class RunSummary:
             self.records_read += count
 
     def count(self, stream: str, event: str, kind: str, reason: str = "", n: int = 1) -> None:
+        key = (label(stream), label(event), kind, reason)
         with self._lock:
-            self.outcomes[(stream, event, kind, reason)] += n
+            self.outcomes[key] += n
 
     def drop(self, stream: str, event: str, param: str) -> None:
+        key = (label(stream), label(event), param)
         with self._lock:
-            self.dropped[(stream, event, param)] += 1
+            self.dropped[key] += 1
 
     def bump(self, name: str, n: int = 1) -> None:
         with self._lock:

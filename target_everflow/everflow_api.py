@@ -238,8 +238,11 @@ def backoff_delay(retry: int) -> float:
     return ceiling / 2 + _RANDOM.uniform(0, ceiling / 2)
 
 
-def _error_text(response: requests.Response) -> str:
-    """Everflow's error message from a JSON ``{"error": ...}`` body (or ``Error``), else ''."""
+def _error_text(response: requests.Response, secret: str | None = None) -> str:
+    """Everflow's error message from a JSON ``{"error": ...}`` body (or ``Error``), else ''.
+
+    The key is redacted before the message is shortened (never a partial key in an error).
+    """
     try:
         body = response.json()
     except ValueError:
@@ -248,7 +251,7 @@ def _error_text(response: requests.Response) -> str:
         for key in ("error", "Error", "message"):
             value = body.get(key)
             if isinstance(value, str) and value.strip():
-                return _one_line(value)
+                return _one_line(_redact(value, secret))
     return ""
 
 
@@ -320,7 +323,8 @@ class _Api:
                 ) from None
             except requests.ConnectionError as exc:
                 reason = _connection_reason(exc)
-                if attempt < MAX_ATTEMPTS:
+                # A certificate that does not verify will not verify on a retry either.
+                if attempt < MAX_ATTEMPTS and not isinstance(exc, requests.exceptions.SSLError):
                     delay = backoff_delay(attempt)
                     self.log.warning(
                         "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
@@ -390,7 +394,7 @@ class _Api:
                     "server",
                 )
 
-            error = _error_text(response)
+            error = _error_text(response, self._key)
             answered = f"{what} answered HTTP {status}" + (f" ({error})" if error else "")
             if status == 401:
                 raise self.fail(
@@ -412,7 +416,7 @@ class _Api:
                     "forbidden",
                 )
             if 300 <= status < 400:
-                location = _one_line(response.headers.get("Location", ""), 120)
+                location = _one_line(_redact(response.headers.get("Location", ""), self._key), 120)
                 to = f" to {location}" if location else ""
                 raise self.fail(
                     f"The Everflow API answered {what} with a redirect (HTTP {status}{to}); "

@@ -120,6 +120,8 @@ class _Plan:
     rule: t.Callable[[list[t.Any]], t.Any] | None
     items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
     """For a list parameter: (item key, path inside the item, types)."""
+    simple: str | None = None
+    """The folded name of the one path of a plain copied field (no rule, no fallback)."""
 
 
 def _compile(platform: str) -> list[_Plan]:
@@ -141,6 +143,9 @@ def _compile(platform: str) -> list[_Plan]:
             )
         else:  # the same parameter in both of the seed's tables: required if either says so
             plan.required = plan.required or row.required
+    for plan in plans.values():
+        if not plan.items and plan.rule is None and len(plan.paths) == 1 and plan.paths[0].top is None:
+            plan.simple = plan.paths[0].full
     return list(plans.values())
 
 
@@ -212,6 +217,7 @@ class Mapper:
         self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
+        self._slugged: dict[str, int | None] = {}
         self._head: list[tuple[str, str]] = []
         if settings.network_id is not None:
             self._head.append(("nid", str(settings.network_id)))
@@ -221,7 +227,13 @@ class Mapper:
     def event_id_for(self, name: str) -> int | None:
         found = self._events.get(name)
         if found is None:
-            found = self._event_slugs.get(slug(name))
+            # By slug; remembered per name (a few names repeat millions of times), bounded.
+            found = self._slugged.get(name, MISSING)
+            if found is MISSING:
+                found = self._event_slugs.get(slug(name))
+                if len(self._slugged) >= 10_000:
+                    self._slugged.clear()
+                self._slugged[name] = found
         return found
 
     @staticmethod
@@ -362,7 +374,7 @@ class Mapper:
             return Outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
 
         message_id = event.first(*MESSAGE_ID)
-        message_id = str(message_id) if message_id is not MISSING else None
+        message_id = _key_part(message_id) if message_id is not MISSING else None
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),
             stream=stream,
@@ -385,7 +397,13 @@ class Mapper:
             values = [event.get(p) for p in plan.paths]
             result = plan.rule([None if v is MISSING else v for v in values])
             return None if result is None else render(result)
-        found = event.first(*plan.paths)
+        if plan.simple is not None and not event.has_json:
+            # The common case, one dict access: the path's folded name in the record's index.
+            found = event.flat.get(plan.simple, MISSING)
+            if found is MISSING and plan.paths[0].unprefixed:
+                found = event.get(plan.paths[0])
+        else:
+            found = event.first(*plan.paths)
         if found is MISSING:
             return None
         return render(coerce(found, plan.types))
@@ -401,7 +419,7 @@ class Mapper:
         if isinstance(found, str):
             try:
                 found = _json_loads(found)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise Mismatch("properties.products is not valid JSON") from None
         if not isinstance(found, list):
             raise Mismatch("properties.products is not a list")
@@ -436,12 +454,24 @@ class Mapper:
         event: SegmentEvent,
         when: int | None,
     ) -> str:
-        """The delivery key: the Segment message id, else a stable hash of the conversion."""
+        """The delivery key: the Segment message id, else a stable hash of the conversion.
+
+        A message id that no ledger could store as it is (longer than ``MAX_KEY_ID`` characters,
+        or holding control characters, NUL or lone surrogates, which PostgreSQL text refuses) is
+        keyed by its hash instead: ``m#<sha256 prefix>``.
+        """
         if message_id:
-            return f"m:{message_id}"
+            if len(message_id) <= MAX_KEY_ID and message_id.isprintable():
+                return f"m:{message_id}"
+            digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+            return "m#" + digest[:32]
         order_id = event.get("properties.orderId")
         basis = "\x1f".join((transaction_id, str(event_id), _key_part(order_id), str(when)))
         return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+MAX_KEY_ID = 200
+"""Longest message id used in a delivery key as it is (Segment's are about 40 characters)."""
 
 
 def _key_part(value: t.Any) -> str:

@@ -1,36 +1,252 @@
-"""The Singer message reader: singer-sdk's msgspec reader, with the standard reader's leniency.
+"""The Singer message reader: fast, lenient where leniency loses nothing, precise when it stops.
 
-``singer_sdk.contrib.msgspec.MsgSpecReader`` parses a line several times faster than the SDK's
-default reader (``json.loads``), with the same result for valid JSON (floats as ``Decimal``,
-integers of any size). It is stricter on two things ``json.loads`` accepts and some taps write:
-``NaN`` / ``Infinity`` (Python's ``json.dumps`` default) and lone UTF-16 surrogate escapes
-(``"\\ud800"``). So a line msgspec refuses is parsed again with the default reader's own
-``json.loads``: a record is never refused that the default reader would take, and a line that
-is not JSON at all still raises ``InvalidInputLine`` as before.
+Parsing: ``msgspec`` first (several times faster than ``json.loads``, same result for valid JSON:
+floats as ``Decimal``, integers of any size), on the raw bytes of each line when the input is a
+file or a pipe (no separate UTF-8 decoding pass). A line msgspec refuses is parsed again with
+``json.loads``, which also takes what some taps write and msgspec does not: ``NaN`` /
+``Infinity`` (Python's ``json.dumps`` default), lone UTF-16 surrogate escapes (``"\\ud800"``) and
+integers of more than 4,300 digits (kept as ``Decimal``). So no record is refused that the SDK's
+default reader would take.
 
-Without msgspec installed, this is the SDK's default reader.
+Leniency that loses nothing: blank lines are skipped, and a UTF-8 byte-order mark before the
+first message is ignored.
+
+Everything else that is not a Singer message stops the run with ``InputError`` (exit code 2)
+whose message names the line number and what is wrong with it, without a traceback: a line that
+is not JSON or is cut off (the tap stopped mid-write), not UTF-8, nested too deeply to read, not
+a JSON object, without a known ``type``, or a message without what its type requires (a RECORD's
+``stream`` and ``record``, a SCHEMA's ``schema`` with ``properties``, a STATE's ``value``). A
+RECORD before its stream's SCHEMA and the SDK's own checks are reported the same way. The
+target settles the records read before that line and emits the last STATE they cover (see
+``TargetEverflow.main``).
 """
 
 from __future__ import annotations
 
-from singer_sdk.singerlib.encoding import SimpleSingerReader
+import io
+import json
+import sys
+import typing as t
+from collections import Counter, defaultdict
+from decimal import Decimal
+
+from singer_sdk.exceptions import InvalidJSONSchema, RecordsWithoutSchemaException
+from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessageType
+from singer_sdk.singerlib.exceptions import InvalidInputLine
+
+from target_everflow.errors import InputError
 
 try:
     import msgspec
-    from singer_sdk.contrib.msgspec import MsgSpecReader
     from singer_sdk.contrib.msgspec import decoder as _decoder
 except ImportError:  # pragma: no cover - msgspec is a dependency; this keeps the target usable
-    SegmentReader: type[SimpleSingerReader] = SimpleSingerReader
-else:
+    msgspec = None  # type: ignore[assignment]
+    _decoder = None
 
-    class SegmentReader(MsgSpecReader):  # type: ignore[no-redef]
-        """msgspec first; the standard reader for the rare line msgspec is stricter about."""
+_MSGSPEC_REFUSES: tuple[type[BaseException], ...] = (
+    (msgspec.DecodeError, UnicodeError, RecursionError) if msgspec is not None else ()
+)
+_BOM = "\ufeff"
+_MAX_INT_DIGITS = 4000
+"""Longer integers are read as ``Decimal`` (Python refuses to parse ints past 4,300 digits)."""
+KNOWN_TYPES = frozenset(m.value for m in SingerMessageType)
+_SHOWN = 80
 
-        def deserialize_json(self, line: str) -> dict:
+
+def _parse_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
+
+
+def _excerpt(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = text.rstrip("\r\n")
+    shown = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    return repr(shown)
+
+
+def _kind_of(value: t.Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class BrokenLine(InputError, InvalidInputLine):
+    """A line that is not a Singer message (exit 2); also the SDK's ``InvalidInputLine``."""
+
+
+class RecordBeforeSchema(InputError, RecordsWithoutSchemaException):
+    """A RECORD before its stream's SCHEMA (exit 2); also the SDK's exception for it."""
+
+
+def broken(number: int, problem: str, kind: type[InputError] = BrokenLine) -> InputError:
+    """The error for a broken line: names the line and what is wrong with it."""
+    return kind(f"The Singer input is broken at line {number}: {problem}")
+
+
+class SegmentReader(GenericSingerReader[str]):
+    """Reads Singer messages, counting lines; see the module docstring.
+
+    ``line_number`` is the number of the line being processed (1-based, blank lines counted),
+    so that whatever handles a message can name its line.
+    """
+
+    default_input = sys.stdin
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+
+    # -- one line --------------------------------------------------------------------------
+
+    def deserialize_json(self, line: str | bytes) -> dict:  # type: ignore[override]
+        """Parse one line (see the module docstring); raise ``InputError`` naming the line."""
+        if _decoder is not None:
             try:
                 return _decoder.decode(line)  # type: ignore[no-any-return]
-            except msgspec.DecodeError:
-                return SimpleSingerReader.deserialize_json(self, line)  # type: ignore[arg-type]
+            except _MSGSPEC_REFUSES:
+                pass
+        return self._parse_leniently(line)
+
+    def _parse_leniently(self, line: str | bytes) -> t.Any:
+        number = self.line_number
+        if isinstance(line, bytes):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise broken(
+                    number,
+                    f"it is not UTF-8 text (byte 0x{line[exc.start]:02x} at position {exc.start + 1} "
+                    "of the line); Singer messages are UTF-8 JSON: check the tap's encoding",
+                ) from None
+        else:
+            text = line
+        if number == 1 and text.startswith(_BOM):
+            text = text[1:]
+        try:
+            return json.loads(text, parse_float=Decimal, parse_int=_parse_int)
+        except RecursionError:
+            raise broken(number, "it is JSON nested too deeply to read (about 1,000 levels)") from None
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            if not text.endswith("\n") and isinstance(exc, json.JSONDecodeError) and (
+                exc.pos >= len(text.rstrip()) or "Unterminated" in exc.msg
+            ):
+                problem = (
+                    "the input ends in the middle of a message (the last line is cut off: did "
+                    "the tap stop while writing it?)"
+                )
+            elif isinstance(exc, json.JSONDecodeError):
+                problem = f"it is not JSON ({exc.msg} at column {exc.colno})"
+            else:
+                problem = f"it is not JSON ({exc})"
+            raise broken(number, f"{problem}: {_excerpt(text)}") from None
+
+    def check_message(self, message: t.Any) -> str:
+        """The message's type, or ``InputError`` when it is not a Singer message."""
+        number = self.line_number
+        if not isinstance(message, dict):
+            raise broken(
+                number, f"it is {_kind_of(message)}, not a Singer message (a JSON object with a \"type\")"
+            )
+        kind = message.get("type")
+        if kind not in KNOWN_TYPES:
+            if "type" not in message:
+                raise broken(number, 'the message has no "type"')
+            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else f"({_kind_of(kind)})"
+            raise broken(
+                number,
+                f"unknown message type {shown} (a Singer message is a RECORD, SCHEMA, STATE or "
+                "ACTIVATE_VERSION); nothing after it was read, so that no record it may carry is "
+                "lost unnoticed",
+            )
+        if kind in ("RECORD", "SCHEMA", "ACTIVATE_VERSION", "BATCH"):
+            stream = message.get("stream")
+            if not isinstance(stream, str) or not stream:
+                what = "no \"stream\"" if stream is None else f'a "stream" that is {_kind_of(stream)}'
+                raise broken(number, f"the {kind} message has {what}, not a stream name")
+        if kind == "RECORD" and "record" not in message:
+            raise broken(number, f'the RECORD of stream {message["stream"]!r} has no "record"')
+        if kind == "SCHEMA":
+            schema = message.get("schema")
+            if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+                problem = (
+                    f'"schema" is {_kind_of(schema)}, not a JSON schema object'
+                    if not isinstance(schema, dict)
+                    else 'its "schema" has no "properties" object'
+                )
+                raise broken(number, f"the SCHEMA of stream {message['stream']!r}: {problem}")
+            keys = message.get("key_properties")
+            if keys is not None and (
+                not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+            ):
+                raise broken(
+                    number,
+                    f"the SCHEMA of stream {message['stream']!r}: \"key_properties\" must be a "
+                    "list of column names",
+                )
+        if kind == "STATE" and "value" not in message:
+            raise broken(number, 'the STATE message has no "value"')
+        return kind  # type: ignore[no-any-return]
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def process_lines(
+        self,
+        file_input: t.IO[str] | None,
+        callbacks: dict[str, t.Callable[[dict], None]],
+    ) -> t.Counter[str]:
+        stats: dict[str, int] = defaultdict(int)
+        source = file_input or self.default_input
+        for number, line in enumerate(_lines(source), 1):
+            self.line_number = number
+            self._current_message = line  # type: ignore[assignment]
+            try:
+                message = self.deserialize_json(line)
+            except InputError:
+                if not line.strip():
+                    continue  # a blank line is no message: nothing is lost skipping it
+                raise
+            kind = self.check_message(message)
+            try:
+                callbacks[kind](message)
+            except InputError:
+                raise
+            except RecordsWithoutSchemaException as exc:
+                raise broken(number, _first_line(exc), RecordBeforeSchema) from None
+            except InvalidJSONSchema as exc:  # (only validate_records compiles the schema)
+                raise broken(
+                    number,
+                    f"the SCHEMA of stream {message.get('stream')!r} is not a valid JSON schema, "
+                    f"so records cannot be validated against it (validate_records): {_first_line(exc)}",
+                ) from None
+            except InvalidInputLine as exc:
+                raise broken(number, _first_line(exc)) from None
+            stats[kind] += 1
+        return Counter(**stats)
 
 
-__all__ = ["SegmentReader"]
+def _lines(source: t.Any) -> t.Iterable[str | bytes]:
+    """The lines of the input: the raw bytes beneath a text file or pipe, else its text lines."""
+    buffer = getattr(source, "buffer", None)
+    if isinstance(source, io.TextIOWrapper) and buffer is not None:
+        return buffer  # type: ignore[no-any-return]
+    return source  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+__all__ = ["BrokenLine", "RecordBeforeSchema", "SegmentReader", "broken"]

@@ -60,7 +60,7 @@ class SegmentPath:
     flattened at that point stores it under.
     """
 
-    __slots__ = ("path", "segments", "keys", "probes", "unprefixed")
+    __slots__ = ("path", "segments", "keys", "probes", "unprefixed", "full", "top", "unprefixed_name")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -73,6 +73,9 @@ class SegmentPath:
         self.probes = [tuple((j, self.keys[i][j]) for j in range(n, i, -1)) for i in range(n + 1)]
         # Warehouses store properties un-prefixed: properties.orderId lands in order_id.
         self.unprefixed = self.segments[0] == "properties" and n > 1
+        self.full = self.keys[0][n]
+        self.top = self.full if n == 1 else None
+        self.unprefixed_name = self.keys[1][n] if self.unprefixed else ""
 
     def __repr__(self) -> str:
         return f"SegmentPath({self.path!r})"
@@ -83,6 +86,8 @@ def compile_path(path: str) -> SegmentPath:
     return SegmentPath(path)
 
 
+_MAX_DEPTH = 16
+"""Nested objects deeper than this are not indexed (Segment's deepest path has 4 levels)."""
 _LAYOUTS: dict[tuple, dict[str, str]] = {}
 _MAX_LAYOUTS = 4096
 
@@ -110,7 +115,7 @@ def _index(obj: dict) -> dict[str, str]:
 class SegmentEvent:
     """One Singer record viewed as a Segment event."""
 
-    __slots__ = ("record", "stream", "_top", "_nested", "_parsed")
+    __slots__ = ("record", "stream", "_top", "_nested", "_parsed", "_flat", "_has_json")
 
     def __init__(self, record: dict, stream: str) -> None:
         self.record = record
@@ -121,6 +126,37 @@ class SegmentEvent:
         # string would otherwise be freed, and its id handed to the next one parsed).
         self._nested: dict[int, tuple[dict, dict[str, str]]] = {}
         self._parsed: dict[int, tuple[str, t.Any]] = {}
+        self._flat: dict[str, t.Any] | None = None
+        self._has_json = False
+
+    def _flat_index(self) -> dict[str, t.Any]:
+        """Every value of the record under its folded, joined path, built once per record.
+
+        ``{"context": {"userAgent": ...}}``, ``{"context_user_agent": ...}`` and
+        ``{"context": {"user_agent": ...}}`` all land under ``contextuseragent``, so a lookup is
+        one dict access. Shallower spellings win (a level is indexed before the objects in it),
+        as in ``_resolve``; absent, null and empty values are left out. Objects kept as JSON
+        strings are not parsed here: when the record has any, a miss falls back to ``_resolve``.
+        """
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = {}
+            pending: list[tuple[dict, str, int]] = [(self.record, "", 0)]
+            while pending:
+                obj, prefix, depth = pending.pop(0)
+                for folded, key in _index(obj).items():
+                    value = obj[key]
+                    if value is None or value == "":
+                        continue
+                    name = prefix + folded
+                    if name not in flat:
+                        flat[name] = value
+                    if isinstance(value, dict):
+                        if depth < _MAX_DEPTH:
+                            pending.append((value, name, depth + 1))
+                    elif isinstance(value, str) and value[:1] == "{":
+                        self._has_json = True
+        return flat
 
     def _index_of(self, obj: dict) -> dict[str, str]:
         entry = self._nested.get(id(obj))
@@ -134,7 +170,7 @@ class SegmentEvent:
         if entry is None or entry[0] is not text:
             try:
                 parsed = json.loads(text, parse_float=Decimal)  # numbers exactly as given
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
                 parsed = MISSING
             entry = self._parsed[id(text)] = (text, parsed)
         return entry[1]
@@ -165,10 +201,41 @@ class SegmentEvent:
         """The value at a Segment path, or ``MISSING``."""
         if isinstance(path, str):
             path = compile_path(path)
-        found = self._resolve(self.record, self._top, path, 0)
+        if path.top is not None:  # one segment: a top-level key, no index to build
+            key = self._top.get(path.top)
+            if key is not None:
+                value = self.record[key]
+                if value is not None and value != "":
+                    return value
+            return MISSING
+        flat = self._flat
+        if flat is None:
+            flat = self._flat_index()
+        found = flat.get(path.full, MISSING)
         if found is MISSING and path.unprefixed:
-            found = self._resolve(self.record, self._top, path, 1)
+            key = self._top.get(path.unprefixed_name)  # un-prefixed: top-level columns only
+            if key is not None:
+                value = self.record[key]
+                if value is not None and value != "":
+                    found = value
+        if found is MISSING and self._has_json:
+            found = self._resolve(self.record, self._top, path, 0)
+            if found is MISSING and path.unprefixed:
+                found = self._resolve(self.record, self._top, path, 1)
         return found
+
+    @property
+    def flat(self) -> dict[str, t.Any]:
+        """The folded-path index (see ``_flat_index``)."""
+        flat = self._flat
+        return flat if flat is not None else self._flat_index()
+
+    @property
+    def has_json(self) -> bool:
+        """Whether some nested object is kept as a JSON string (lookups then need ``get``)."""
+        if self._flat is None:
+            self._flat_index()
+        return self._has_json
 
     def first(self, *paths: SegmentPath | str) -> t.Any:
         """The value at the first path that has one, or ``MISSING``."""

@@ -5,6 +5,12 @@ from __future__ import annotations
 import typing as t
 
 from singer_sdk.exceptions import InvalidRecord
+from singer_sdk.helpers._compat import (
+    date_fromisoformat,
+    datetime_fromisoformat,
+    time_fromisoformat,
+)
+from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks import BatchSink
 
 from target_everflow.mapping import (
@@ -19,6 +25,14 @@ from target_everflow.mapping import (
 if t.TYPE_CHECKING:
     from target_everflow.run import Run
     from target_everflow.target import TargetEverflow
+
+
+def _kind(value: t.Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
+        return "a number"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a value"
 
 
 class EverflowSink(BatchSink):
@@ -54,10 +68,45 @@ class EverflowSink(BatchSink):
                     path or None,
                 )
                 return record
-        self._parse_timestamps_in_record(
-            record=record, schema=self.schema, treatment=self.datetime_error_treatment
-        )
+        try:
+            self._parse_timestamps_in_record(
+                record=record, schema=self.schema, treatment=self.datetime_error_treatment
+            )
+        except (ValueError, TypeError, OverflowError):
+            self._parse_timestamps_leniently(record)
         return record
+
+    def _parse_timestamps_leniently(self, record: dict) -> None:
+        """A column the SCHEMA declares date-time holds something else (``12345``, ``"soon"``).
+
+        With ``validate_records`` the record breaks its schema: dead-lettered (invalid_record).
+        Without, the schema is not trusted (README): the values that parse are parsed, the others
+        stay as they came, and the mapper judges them by Segment's rules (a bad ``timestamp`` is
+        a dropped field, or a type_mismatch with ``strict_types``).
+        """
+        for key, value in record.items():
+            prop = self.schema["properties"].get(key)
+            if value is None or not isinstance(prop, dict):
+                continue
+            kind = get_datelike_property_type(prop)
+            if kind is None or not isinstance(value, str):
+                problem = None if kind is None else f"{_kind(value)}, not a {kind} text"
+            else:
+                parse = {"date": date_fromisoformat, "time": time_fromisoformat}.get(
+                    kind, datetime_fromisoformat
+                )
+                try:
+                    record[key] = parse(value)
+                    problem = None
+                except (ValueError, TypeError, OverflowError):
+                    problem = f"{value[:40]!r} is not a {kind}"
+            if problem and self._validator is not None and self._invalid is None:
+                self._invalid = (
+                    id(record),
+                    f"the record does not match stream {self.stream_name}'s schema at {key}: "
+                    f"{problem}",
+                    key,
+                )
 
     def _singer_validate_message(self, record: dict) -> None:
         missing = [k for k in self._key_properties if k not in record]
@@ -67,6 +116,12 @@ class EverflowSink(BatchSink):
                 f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
                 missing[0],
             )
+
+    def dead_letter_unreadable(self, record: t.Any, message: str) -> None:
+        """A RECORD message whose record is not an object: dead-lettered at once, made durable."""
+        self.run.summary.read()
+        self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, "record"), record)
+        self.run.dead_letters.flush()  # durable before any STATE that follows it
 
     def process_record(self, record: dict, context: dict) -> None:
         run = self.run

@@ -30,6 +30,17 @@ def postgres_url() -> str:
     return url
 
 
+FIGURES: list[str] = []
+"""Lines a test wants shown at the end of the run whatever ``-s`` says (the fault soak's figures)."""
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures", sep="-")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI every test must run: a skip (missing server, missing tool) fails the run."""
     if not os.environ.get(REQUIRE_ALL_ENV):
@@ -113,7 +124,8 @@ def run_in_process(config: dict, lines: list[str], capsys: t.Any = None) -> tupl
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also splits inside a JSON string at U+2028 and the like
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def dead_letter_records(path: Path) -> list[dict]:

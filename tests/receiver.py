@@ -42,8 +42,8 @@ Run as a subprocess (benchmarks, manual runs, tests that kill things)::
 prints ``listening on http://127.0.0.1:PORT/`` on stdout and serves until SIGTERM or SIGINT. With
 ``--log`` (or ``Receiver(log_path=...)``) every request is appended to a JSON-lines file as soon as
 its answer is decided, one flushed line each: ``{"at", "wall", "seq", "method", "path", "query",
-"transaction_id", "answer", "status", "accepted"}`` (``status`` is ``null`` for a dropped
-connection). :func:`read_log` and :func:`accepted_by_transaction` read it back;
+"transaction_id", "answer", "status", "accepted", "fault"}`` (``status`` is ``null`` for a
+dropped connection; ``fault`` names the fault-mix kind that chose the answer, else ``null``). :func:`read_log` and :func:`accepted_by_transaction` read it back;
 :class:`ReceiverProcess` runs the CLI as a subprocess for a test.
 
 Only the standard library is used, so the file also runs as a plain script.
@@ -231,6 +231,8 @@ class Received:
     n_for_txn: int = 0
     """How many requests with this ``transaction_id`` arrived before this one."""
     answer: Answer | None = None
+    fault: str | None = None
+    """The fault-mix kind that chose the answer (``"503"``, ``"slow"``, ``"drop"`` ...), if any."""
 
     @property
     def transaction_id(self) -> str | None:
@@ -257,6 +259,7 @@ class Received:
             "answer": self.answer.kind if self.answer else None,
             "status": self.status,
             "accepted": self.accepted,
+            "fault": self.fault,
         }
 
 
@@ -562,6 +565,7 @@ class Receiver:
                 fault = self._fault_mix.draw(received)
                 if fault is not None:
                     self._faults[fault[0]] += 1
+                    received.fault = fault[0]
                     answer = fault[1]
             received.answer = answer if answer is not None else self.default
             self._requests.append(received)

@@ -76,7 +76,7 @@ def test_url_appends_token_last_and_redacts():
     conversion = _conversion([("nid", "1"), ("transaction_id", "abc")])
     assert client.url(conversion) == "https://t.example/path?x=1&nid=1&transaction_id=abc&verification_token=tok%20en"
     assert client.url(conversion, redact=True).endswith("verification_token=%2A%2A%2A")
-    assert client.pool.cert_reqs == "CERT_REQUIRED"  # TLS verification is never off
+    assert client.connection().cert_reqs == "CERT_REQUIRED"  # TLS verification is never off
 
 
 def test_retry_policy_full_jitter_and_retry_after():

@@ -1,0 +1,378 @@
+"""Secrets never leave the process: the target runs in every mode with recognisable secret
+values, and everything it wrote is scanned for them.
+
+Modes: dry run; a live run that succeeds (with the API check against a fake Everflow API on
+127.0.0.1); live runs that fail every way (answers that *echo the request*, token included, in
+their body or in a redirect's Location; 401; an outage; connection refused); config errors; a
+ledger that cannot be opened (its password in the URL); ``--check`` against a fake API that
+answers 401 / 403 / 500 with the key echoed back. What is scanned: stdout, stderr, and every
+file the run wrote (dead letters, dry-run output, summary, the SQLite ledger's bytes and its
+WAL), and every cassette in the repository. A secret is looked for as it is and percent-encoded,
+and the marker ``SECRET`` (in every test secret, in no other test data) catches a partial one.
+
+Transport security: a remote ``postback_url`` must be https; TLS verification cannot be turned
+off, neither by a setting nor by the environment (``REQUESTS_CA_BUNDLE=""``, ``CURL_CA_BUNDLE=""``,
+``PYTHONHTTPSVERIFY=0``, ``SSL_CERT_FILE``): against a server whose certificate is not trusted
+the postback fails with a TLS error (a systemic failure, exit 3) and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import typing as t
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from target_everflow.settings import CONFIG_SCHEMA
+from tests.conftest import SECRET_API_KEY, SECRET_TOKEN, singer_lines, track
+from tests.receiver import Answer, Receiver
+
+REPO = Path(__file__).resolve().parents[1]
+# A token with characters that percent-encoding changes: an echo of the URL-encoded request
+# must be caught too.
+SPECIAL_TOKEN = "vt/SECRET+tok=en&7f3a"
+PG_PASSWORD = "pg-SECRET-pw-5e1d"
+SECRETS = (SECRET_TOKEN, SECRET_API_KEY, SPECIAL_TOKEN, PG_PASSWORD)
+MARKER = "SECRET"
+
+
+def forms(secret: str) -> set[str]:
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+
+
+def assert_clean(name: str, data: bytes | str) -> None:
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "replace")
+    for secret in SECRETS:
+        for form in forms(secret):
+            assert form not in text, f"{name} contains a secret ({form!r})"
+            assert form.encode("utf-16-le") not in raw, f"{name} contains a secret (UTF-16)"
+    at = text.find(MARKER)
+    assert at < 0, f"{name} contains part of a secret: ...{text[max(0, at - 60):at + 60]!r}..."
+
+
+def scan_run(tmp: Path, proc: t.Any) -> list[str]:
+    """Scan stdout, stderr and every file the run wrote (configs, which hold the secrets as the
+    user gave them, aside). Returns the names of the files scanned."""
+    assert_clean("stdout", proc.stdout)
+    assert_clean("stderr", proc.stderr)
+    scanned = []
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file() and not path.name.startswith("config"):
+            assert_clean(str(path.relative_to(tmp)), path.read_bytes())
+            scanned.append(path.name)
+    return scanned
+
+
+def run_cli(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[str] = (),
+            env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    path = tmp / f"config-{len(list(tmp.glob('config*')))}.json"
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, "-m", "target_everflow", "--config", str(path), *args],
+        input=("\n".join(lines) + "\n").encode(), capture_output=True, timeout=120, cwd=tmp,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def files(tmp: Path, **changes: t.Any) -> dict:
+    return {
+        "network_id": 1, "advertiser_id": 7,
+        "event_mapping": {"Order Completed": 0, "Subscription Started": 24},
+        "dead_letter_path": str(tmp / "state" / "dead_letter.jsonl"),
+        "dry_run_output": str(tmp / "dry_run.jsonl"), "summary_path": str(tmp / "summary.json"),
+        "progress_interval": 0, "request_timeout": 5,
+        "verification_token": SPECIAL_TOKEN, "api_key": SECRET_API_KEY, "preflight": False,
+        **changes,
+    }  # fmt: skip
+
+
+def mixed_records() -> list[dict]:
+    """A delivered conversion, a skip, a mobile dead letter, a dropped field."""
+    mobile = track(3, event="Subscription Started")
+    mobile["context"]["os"] = {"name": "iOS"}  # no app namespace: dead-lettered
+    return [track(1), track(2, event="Product Viewed"), mobile, track(4, orderId="ORD-4")]
+
+
+# --- a fake Everflow REST API on 127.0.0.1 ------------------------------------------------------
+
+NETWORKS = {"network_id": 1234, "name": "Acme Network"}
+EVENTS = {"global_events": [
+    {"network_advertiser_global_event_id": 24, "entry_name": "Purchase", "advertiser_id": 7, "status": "active"},
+]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def fake_api(status: int, *, tls: ssl.SSLContext | None = None) -> t.Iterator[str]:
+    """The Everflow API; anything but 200 comes with the caller's key echoed in the body."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            key = self.headers.get("X-Eflow-API-Key", "")
+            if status == 200:
+                body = NETWORKS if self.path.endswith("/networks") else EVENTS
+            elif status == 403:
+                body = {"error": f"Out of realm for key {key}"}
+            else:
+                body = {"error": f"Invalid API key {key} for {self.path}", "message": key}
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def echo(received: t.Any, n: int) -> Answer | None:
+    """Answers that repeat the request (path and query, token included) back to the caller."""
+    seen = f"you sent {received.path}?{received.raw_query} with token {received.query.get('verification_token')}"
+    return {
+        "tx-10": Answer.status(400, seen),
+        "tx-11": Answer.error_json(seen),
+        "tx-12": Answer.status(404, seen * 5),
+        "tx-13": Answer.status(422, json.dumps({"error": seen}), {"Content-Type": "application/json"}),
+    }.get(received.transaction_id or "")
+
+
+# --- every mode ---------------------------------------------------------------------------------
+
+
+def test_dry_run(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, files(tmp_path, dry_run=True), singer_lines("orders", mixed_records(), state={"s": 1}))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert set(scan_run(tmp_path, proc)) >= {"dry_run.jsonl", "dead_letter.jsonl", "summary.json"}
+    assert b"verification_token=***" in (tmp_path / "dry_run.jsonl").read_bytes() or \
+        b"verification_token=%2A%2A%2A" in (tmp_path / "dry_run.jsonl").read_bytes()
+
+
+def test_live_success_with_the_api_check(tmp_path: Path) -> None:
+    with fake_api(200) as api_url, Receiver() as rx:
+        config = files(tmp_path, postback_url=rx.url, api_url=api_url, preflight=True)
+        proc = run_cli(tmp_path, config, singer_lines("orders", mixed_records(), state={"s": 1}))
+        sent = [r.query.get("verification_token") for r in rx.requests]
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert sent == [SPECIAL_TOKEN, SPECIAL_TOKEN]  # the token did travel, to Everflow only
+    assert b"Everflow API check passed" in proc.stderr
+    scanned = scan_run(tmp_path, proc)
+    assert {"ledger.sqlite3", "dead_letter.jsonl", "summary.json"} <= set(scanned)
+
+
+def test_live_answers_that_echo_the_token(tmp_path: Path) -> None:
+    """Everflow (or a proxy before it) repeating the request in an error body: the dead
+    letters keep a body excerpt, never the token."""
+    records = [track(i) for i in range(10, 14)] + [track(1)]
+    with Receiver(script=echo) as rx:
+        proc = run_cli(tmp_path, files(tmp_path, postback_url=rx.url), singer_lines("orders", records))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    dead = (tmp_path / "state" / "dead_letter.jsonl").read_text()
+    assert dead.count('"reason"') == 4 and "you sent /?nid=1" in dead and "***" in dead
+    scan_run(tmp_path, proc)
+
+
+@pytest.mark.parametrize("failure", ["401", "outage_503", "redirect", "refused", "timeout"])
+def test_live_systemic_failures(tmp_path: Path, failure: str) -> None:
+    def script(received: t.Any, n: int) -> Answer:
+        seen = f"{received.path}?{received.raw_query}"
+        return {
+            "401": Answer.status(401, f"bad token in {seen}"),
+            "outage_503": Answer.status(503, f"down; you sent {seen}"),
+            "redirect": Answer.status(302, headers={"Location": f"https://elsewhere.example/{SPECIAL_TOKEN}/?{received.raw_query}"}),
+            "timeout": Answer.slow(3.0),
+        }[failure]
+
+    with Receiver(script=None if failure == "refused" else script) as rx:
+        url = rx.url
+        if failure == "refused":
+            rx.stop()
+        config = files(tmp_path, postback_url=url, max_retries=1, request_timeout=0.5)
+        proc = run_cli(tmp_path, config, singer_lines("orders", [track(1), track(2)]))
+    assert proc.returncode == 3, proc.stderr.decode()[-2000:]
+    assert b"Traceback" not in proc.stderr
+    scan_run(tmp_path, proc)
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "code"),
+    [("http_url_with_token", {"postback_url": f"http://track.example.com/?t={SECRET_TOKEN}"}, 1),
+     ("token_of_the_wrong_type", {"verification_token": [SECRET_TOKEN]}, 1),
+     ("api_key_of_the_wrong_type", {"api_key": {"k": SECRET_API_KEY}}, 1),
+     ("url_with_credentials", {"postback_url": f"https://u:{SECRET_TOKEN}@track.example.com/"}, 1),
+     ("ledger_down", {"postback_url": "https://track.example.com/",
+                      "ledger_url": f"postgresql://everflow:{PG_PASSWORD}@127.0.0.1:1/db"}, 4)],
+)  # fmt: skip
+def test_config_and_ledger_errors(tmp_path: Path, case: str, changes: dict, code: int) -> None:
+    proc = run_cli(tmp_path, files(tmp_path, **changes), singer_lines("orders", [track(1)]))
+    assert proc.returncode == code, proc.stderr.decode()[-2000:]
+    assert b"Setting '" in proc.stderr or b"ledger" in proc.stderr
+    scan_run(tmp_path, proc)
+
+
+@pytest.mark.parametrize(("status", "says"), [(401, b"rejected the API key"), (403, b"wrong kind"), (404, b"HTTP 404")])
+def test_api_check_failures_with_the_key_echoed(tmp_path: Path, status: int, says: bytes) -> None:
+    with fake_api(status) as api_url:
+        config = files(tmp_path, postback_url="https://track.example.com/", api_url=api_url)
+        check = run_cli(tmp_path, config, [], args=["--check"])
+        preflight = run_cli(tmp_path, {**config, "preflight": True}, singer_lines("orders", [track(1)]))
+    for proc in (check, preflight):
+        assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+        assert says in proc.stderr and b"Traceback" not in proc.stderr
+        assert b"[redacted]" in proc.stderr or status == 404
+        scan_run(tmp_path, proc)
+
+
+def test_api_check_success_prints_no_secret(tmp_path: Path) -> None:
+    with fake_api(200) as api_url:
+        proc = run_cli(tmp_path, files(tmp_path, api_url=api_url, postback_url="https://t.example.com/"), [], args=["--check"])
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"Everflow API check passed" in proc.stdout
+    scan_run(tmp_path, proc)
+
+
+def test_no_cassette_holds_a_secret() -> None:
+    from tests.test_api_check import TEST_KEY
+
+    cassettes = sorted((REPO / "tests" / "cassettes").rglob("*"))
+    texts = {p: p.read_text(encoding="utf-8") for p in cassettes if p.is_file()}
+    assert len(texts) >= 10
+    for path, text in texts.items():
+        for secret in (*SECRETS, TEST_KEY):
+            for form in forms(secret):
+                assert form not in text, f"{path} holds a secret"
+        assert MARKER not in text, path
+        assert "x-eflow-api-key" not in text.lower(), f"{path} records the API key header"
+        for value in _query_values(text, "verification_token"):
+            assert value in {"FILTERED", "***", "%2A%2A%2A", "[redacted]"}, (path, value)
+
+
+def _query_values(text: str, name: str) -> list[str]:
+    import re
+
+    return re.findall(rf"[?&]{name}=([^&\s'\"]*)", text)
+
+
+# --- transport security -------------------------------------------------------------------------
+
+
+def test_no_setting_turns_tls_verification_off() -> None:
+    names = " ".join(CONFIG_SCHEMA["properties"]).lower()
+    for word in ("verify", "insecure", "ssl", "tls", "cert", "ca_bundle", "proxy"):
+        assert word not in names, f"a setting about {word!r}"
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 that no CA signed (so no client trusts it by default)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed to make a test certificate"
+    tmp = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    return tmp / "cert.pem", context
+
+
+@contextlib.contextmanager
+def https_receiver(context: ssl.SSLContext) -> t.Iterator[tuple[str, list[str]]]:
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _disabling_env(cert: Path) -> dict[str, dict[str, str]]:
+    return {
+        "none": {},
+        "REQUESTS_CA_BUNDLE=''": {"REQUESTS_CA_BUNDLE": ""},
+        "CURL_CA_BUNDLE=''": {"CURL_CA_BUNDLE": ""},
+        "PYTHONHTTPSVERIFY=0": {"PYTHONHTTPSVERIFY": "0"},
+        "all_of_them": {"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": "", "PYTHONHTTPSVERIFY": "0"},
+        "SSL_CERT_FILE=the_untrusted_cert": {"SSL_CERT_FILE": str(cert), "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""},
+    }
+
+
+def test_tls_verification_cannot_be_turned_off(self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+    cert, context = self_signed
+    with https_receiver(context) as (url, seen):
+        # The server works: a client that trusts this certificate gets its answer.
+        trusting = ssl.create_default_context(cafile=str(cert))
+        assert urllib.request.urlopen(url + "probe", context=trusting, timeout=5).status == 200
+        seen.clear()
+        for name, env in _disabling_env(cert).items():
+            run_dir = tmp_path / name.replace("'", "").replace("=", "_")
+            run_dir.mkdir()
+            config = files(run_dir, postback_url=url, max_retries=0,
+                           verify_ssl=False, tls_verify=False, insecure=True)  # not settings: no effect
+            proc = run_cli(run_dir, config, singer_lines("orders", [track(1)]), env=env)
+            stderr = proc.stderr.decode()
+            assert proc.returncode == 3, (name, stderr[-2000:])
+            assert "TLS error talking to the postback host" in stderr, (name, stderr[-2000:])
+            assert "CERTIFICATE_VERIFY_FAILED" in stderr or "certificate verify failed" in stderr, name
+            scan_run(run_dir, proc)
+        assert seen == [], "a postback was sent over an unverified connection"
+
+
+def test_api_check_tls_verification_cannot_be_turned_off(self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+    """``--check`` uses requests, which also honours a CA bundle named in REQUESTS_CA_BUNDLE
+    (a different trust store, never none); emptying it or the others turns nothing off."""
+    cert, context = self_signed
+    with fake_api(200, tls=context) as api_url:
+        for name, env in _disabling_env(cert).items():
+            config = files(tmp_path, api_url=api_url, postback_url="https://t.example.com/")
+            proc = run_cli(tmp_path, config, [], args=["--check"], env=env)
+            assert proc.returncode == 1, (name, proc.stderr.decode()[-2000:])
+            assert b"TLS handshake failed" in proc.stderr, (name, proc.stderr.decode()[-2000:])
+            scan_run(tmp_path, proc)
+
+
+def test_a_remote_postback_url_must_be_https(tmp_path: Path) -> None:
+    for url in ("http://track.example.com/", "http://203.0.113.7/", "HTTP://track.example.com/"):
+        proc = run_cli(tmp_path, files(tmp_path, postback_url=url), singer_lines("orders", [track(1)]))
+        assert proc.returncode == 1
+        assert b"Setting 'postback_url': must use https" in proc.stderr, proc.stderr.decode()[-1000:]

@@ -1,0 +1,366 @@
+"""The fault soak: 20,000 conversions through the live path, faults injected at random, the run
+killed (SIGKILL) several times and restarted from its last STATE until the input is done.
+
+Two soaks run side by side against one fake Everflow (``ReceiverProcess`` with a request log, so
+the kills never touch it), each with its own ledger and its own transaction ids: one with
+``in_doubt: resend`` (the default), one with ``in_doubt: dead_letter``. The receiver answers
+~10% of requests 429 or 503 (few 429s: a 429 pauses every sender, by design, and
+test_delivery.py covers it), ~0.5% slow past ``request_timeout``, ~0.5% by dropping the
+connection, ~0.2% 204 (rejected); which attempt of which conversion gets which fault is seeded.
+Each soak is killed ``KILLS`` times at seeded random moments and resumed from the last STATE
+its run emitted, inclusive (as taps resume), until a run ends with exit code 0.
+
+The model of Everflow (tests/receiver.py): a conversion is *accepted* when Everflow decides to
+record it, whether or not its answer reaches the target. So a slow answer that the target gave
+up on (timeout) was accepted, and so is anything in flight when the target is killed. That is
+what a real Everflow does, and it is why the target treats a postback that left without an
+answer as *in doubt*, exactly as it treats a claim left by a killed run: it logs
+``In doubt: conversion <key> (stream <s>, event '<e>', transaction <tx>) ...`` and counts it,
+then resends it (``in_doubt: resend``) or keeps it in the dead-letter file for a person
+(``in_doubt: dead_letter``). (For base conversions Everflow would also refuse the resend as a
+duplicate transaction; the fake does not, so every resend shows.)
+
+What must hold at the end, for each soak:
+
+- lost: 0 -- every conversion was accepted by Everflow or is in the dead-letter file with its
+  reason;
+- a conversion accepted twice was reported in doubt; reports of claims left by a killed run are
+  at most restarts x max_concurrency, reports of postbacks without an answer at most the slow
+  answers and dropped connections injected into that soak (plus the few requests that timed out
+  on their own on a busy machine, at most 1%, shown in the figures);
+- with ``in_doubt: dead_letter``: none accepted twice, and every in-doubt one is dead-lettered;
+- the totals add up: every run that finished wrote its summary (``summary_path`` per run) where
+  records read = delivered + skipped + dead-lettered = the records of its input, its delivered
+  count equals the ledger rows that run recorded as delivered, and its ``in_doubt`` count equals
+  its in-doubt log lines; over all runs, killed ones included, the conversions the ledger
+  recorded as delivered and those dead-lettered are all of them.
+
+The figures (conversions, faults injected, restarts, in-doubt, duplicates, lost) are printed at
+the end of the test session, written to ``soak-figures.json`` in the test's directory, and part
+of every assertion message. ``make test`` runs this; ``make test-fast`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIGURES, dead_letter_records, read_jsonl, run_in_process, singer_lines, track
+from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
+
+CONVERSIONS = int(os.environ.get("TARGET_EVERFLOW_SOAK_CONVERSIONS", "20000"))
+SEED = int(os.environ.get("TARGET_EVERFLOW_SOAK_SEED", "20261128"))
+KILLS = 4
+MAX_RUNS = 16  # kills, plus runs that stopped on their own (exit 3 after max_retries), plus one
+MAX_CONCURRENCY = 32
+STATE_EVERY = 250
+FAULT_MIX = {
+    "429": 0.001, "503": 0.099, "slow": 0.005, "drop": 0.005, "204": 0.002,
+    "slow_seconds": 1.0, "retry_after": "0",
+}  # fmt: skip
+SOAKS = {"resend": "r", "dead_letter": "d"}  # in_doubt -> transaction id prefix
+
+IN_DOUBT = re.compile(
+    r"In doubt: conversion (\S+) \(stream (\S+), event '([^']*)', transaction (\S+)\) "
+    r"(was claimed by a run that stopped|got no answer)"
+)
+OWNER = re.compile(r"ledger \S+ opened \(owner (\S+)\)")
+
+
+@dataclass
+class Run:
+    number: int
+    resume: int
+    records: int
+    killed: bool = False
+    code: int | None = None
+    states: list[dict] = field(default_factory=list)
+    owner: str | None = None
+    summary: dict | None = None
+    crash_reports: set[str] = field(default_factory=set)
+    no_answer_reports: list[str] = field(default_factory=list)
+    in_doubt_lines: int = 0
+
+
+class Soak:
+    """One soak: its input, its runs, its kills."""
+
+    def __init__(self, in_doubt: str, prefix: str, root: Path, url: str) -> None:
+        self.in_doubt = in_doubt
+        self.prefix = prefix
+        self.root = root
+        self.url = url
+        self.rng = random.Random(f"{SEED}:{in_doubt}")
+        self.runs: list[Run] = []
+        self.error: BaseException | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    def tx(self, i: int) -> str:
+        return f"{self.prefix}-{i}"
+
+    def record(self, i: int) -> dict:
+        return track(i, tid=self.tx(i))
+
+    def input_from(self, start: int, path: Path) -> int:
+        with path.open("w", encoding="utf-8") as out:
+            out.write(singer_lines("segment_tracks", [])[0] + "\n")
+            for i in range(start, CONVERSIONS):
+                out.write(json.dumps({"type": "RECORD", "stream": "segment_tracks", "record": self.record(i)}) + "\n")
+                if (i + 1) % STATE_EVERY == 0:
+                    out.write(json.dumps({"type": "STATE", "value": {"upto": i}}) + "\n")
+        return CONVERSIONS - start
+
+    def config(self, run_dir: Path) -> dict:
+        return {
+            "postback_url": self.url, "network_id": 1,
+            "event_mapping": {"Order Completed": 0},
+            "dead_letter_path": str(self.root / "state" / "dead_letter.jsonl"),  # the ledger is beside it
+            "summary_path": str(run_dir / "summary.json"), "progress_interval": 0,
+            "max_concurrency": MAX_CONCURRENCY, "batch_size_rows": 2500, "request_timeout": 0.5,
+            "in_doubt": self.in_doubt,
+        }  # fmt: skip
+
+    def drive(self) -> None:
+        try:
+            self._drive()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def _drive(self) -> None:
+        resume, kills = 0, KILLS
+        for number in range(MAX_RUNS):
+            run_dir = self.root / f"run-{number}"
+            run_dir.mkdir()
+            run = Run(number, resume, self.input_from(resume, run_dir / "input.singer"))
+            (run_dir / "config.json").write_text(json.dumps(self.config(run_dir)))
+            with (run_dir / "stdout").open("wb") as out, (run_dir / "stderr").open("wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "target_everflow", "--config", str(run_dir / "config.json"),
+                     "--input", str(run_dir / "input.singer")],
+                    stdout=out, stderr=err, cwd=run_dir,
+                )  # fmt: skip
+                try:
+                    if kills:
+                        try:
+                            proc.wait(self.rng.uniform(1.0, 5.0))
+                        except subprocess.TimeoutExpired:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            run.killed, kills = True, kills - 1
+                    run.code = proc.wait(600)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            self._read_run(run, run_dir)
+            self.runs.append(run)
+            if run.states:
+                resume = run.states[-1]["upto"]  # inclusive, as taps resume
+            if run.code == 0:
+                return
+        raise AssertionError(f"soak {self.in_doubt}: the input was not done after {MAX_RUNS} runs")
+
+    @staticmethod
+    def _read_run(run: Run, run_dir: Path) -> None:
+        for line in (run_dir / "stdout").read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                run.states.append(json.loads(line))
+            except ValueError:
+                pass  # a STATE line torn by the kill
+        stderr = (run_dir / "stderr").read_text(encoding="utf-8", errors="replace")
+        owner = OWNER.search(stderr)
+        run.owner = owner.group(1) if owner else None
+        for match in IN_DOUBT.finditer(stderr):
+            run.in_doubt_lines += 1
+            if match.group(5).startswith("was claimed"):
+                run.crash_reports.add(match.group(4))
+            else:
+                run.no_answer_reports.append(match.group(4))
+        if (run_dir / "summary.json").exists():
+            run.summary = json.loads((run_dir / "summary.json").read_text())
+        if not run.killed:
+            assert "Traceback" not in stderr, stderr[-3000:]
+
+    # -- the verdict ---------------------------------------------------------------------------
+
+    def figures(self, log: list[dict]) -> dict[str, t.Any]:
+        mine = [e for e in log if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-")]
+        accepted = collections.Counter(e["transaction_id"] for e in mine if e["accepted"])
+        faults = collections.Counter(e["fault"] for e in mine if e.get("fault"))
+        dead = collections.defaultdict(list)
+        for line in dead_letter_records(self.root / "state" / "dead_letter.jsonl"):
+            dead[line["record"]["context"]["referrer"]["id"]].append(line["reason"])
+        everyone = [self.tx(i) for i in range(CONVERSIONS)]
+        crash = set().union(*(r.crash_reports for r in self.runs))
+        no_answer = [tx for r in self.runs for tx in r.no_answer_reports]
+        # A postback can also time out on its own on a busy machine (the fake answered, late):
+        # honestly reported in doubt, but not one of the injected faults.
+        unanswerable = {e["transaction_id"] for e in mine if e.get("fault") in ("slow", "drop")}
+        return {
+            "in_doubt": self.in_doubt,
+            "conversions": CONVERSIONS,
+            "requests": len(mine),
+            "faults_injected": dict(sorted(faults.items())),
+            "runs": len(self.runs),
+            "restarts": len(self.runs) - 1,
+            "killed": sum(r.killed for r in self.runs),
+            "stopped_on_their_own": sum(1 for r in self.runs if not r.killed and r.code != 0),
+            "in_doubt_after_a_kill": len(crash),
+            "in_doubt_without_an_answer": len(no_answer),
+            "of_which_timed_out_on_their_own": sum(1 for tx in no_answer if tx not in unanswerable),
+            "accepted": len(accepted),
+            "duplicates": sum(1 for n in accepted.values() if n > 1),
+            "duplicates_reported": sum(1 for tx, n in accepted.items() if n > 1 and (tx in crash or tx in no_answer)),
+            "dead_lettered": dict(sorted(collections.Counter(r for rs in dead.values() for r in rs).items())),
+            "lost": sum(1 for tx in everyone if tx not in accepted and tx not in dead),
+            "_accepted": accepted, "_dead": dead, "_crash": crash, "_no_answer": set(no_answer),
+        }  # fmt: skip
+
+    def ledger_delivered_by_owner(self) -> dict[str, set[int]]:
+        conn = sqlite3.connect(self.root / "state" / "ledger.sqlite3")
+        try:
+            rows = conn.execute("SELECT owner, delivery_key FROM everflow_ledger WHERE status = 'delivered'").fetchall()
+        finally:
+            conn.close()
+        out: dict[str, set[int]] = collections.defaultdict(set)
+        for owner, key in rows:
+            out[owner].add(int(key.rsplit("-", 1)[1]))  # m:msg-<i>
+        return out
+
+    def check(self, figures: dict, shown: str) -> None:
+        accepted, dead = figures["_accepted"], figures["_dead"]
+        assert figures["lost"] == 0, f"conversions lost\n{shown}"
+        twice = {tx for tx, n in accepted.items() if n > 1}
+        unreported = twice - figures["_crash"] - figures["_no_answer"]
+        assert not unreported, f"accepted twice without an in-doubt report: {sorted(unreported)[:10]}\n{shown}"
+        assert figures["in_doubt_after_a_kill"] <= figures["restarts"] * MAX_CONCURRENCY, shown
+        no_answer_faults = figures["faults_injected"].get("slow", 0) + figures["faults_injected"].get("drop", 0)
+        natural = figures["of_which_timed_out_on_their_own"]
+        assert figures["in_doubt_without_an_answer"] - natural <= no_answer_faults, shown
+        assert natural <= CONVERSIONS // 100, f"too many timeouts without an injected fault\n{shown}"
+
+        assert figures["killed"] >= 2, f"the soak was meant to be killed several times\n{shown}"
+        if self.in_doubt == "dead_letter":
+            assert twice == set(), f"in_doubt=dead_letter, yet accepted twice: {sorted(twice)[:10]}\n{shown}"
+            for tx in figures["_crash"] | figures["_no_answer"]:
+                assert "in_doubt" in dead.get(tx, []), f"{tx} was in doubt but not dead-lettered\n{shown}"
+        # The totals add up.
+        by_owner = self.ledger_delivered_by_owner()
+        delivered = set().union(*by_owner.values()) if by_owner else set()
+        dead_ids = {int(tx.rsplit("-", 1)[1]) for tx in dead}
+        assert delivered | dead_ids == set(range(CONVERSIONS)), f"ledger + dead letters != all\n{shown}"
+        finished = [r for r in self.runs if not r.killed]
+        assert finished and finished[-1].code == 0, shown
+        for run in finished:
+            s = run.summary
+            assert s is not None, f"run {run.number} wrote no summary\n{shown}"
+            outcomes = s["delivered"] + sum(s["skipped"].values()) + sum(s["dead_lettered"].values())
+            assert s["records_read"] == outcomes == run.records, (run.number, s, shown)
+            assert s["delivered"] == len(by_owner.get(run.owner or "", ())), (run.number, s["delivered"], shown)
+            assert s["in_doubt"] == run.in_doubt_lines, (run.number, s["in_doubt"], run.in_doubt_lines, shown)
+        total_dead = sum(len(v) for v in dead.values())
+        assert sum(sum(r.summary["dead_lettered"].values()) for r in finished) <= total_dead, shown
+
+
+def public(figures: dict) -> dict:
+    return {k: v for k, v in figures.items() if not k.startswith("_")}
+
+
+@pytest.mark.soak
+def test_soak(tmp_path: Path) -> None:
+    started = time.monotonic()
+    log = tmp_path / "receiver.jsonl"
+    with ReceiverProcess(fault_mix=FAULT_MIX, seed=SEED, log_path=log) as rx:
+        soaks = [Soak(mode, prefix, tmp_path / mode, rx.url) for mode, prefix in SOAKS.items()]
+        threads = [threading.Thread(target=s.drive, name=f"soak-{s.in_doubt}") for s in soaks]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    entries = read_log(log)
+    all_figures = [s.figures(entries) for s in soaks]
+    wall = round(time.monotonic() - started, 1)
+    shown = json.dumps({"seconds": wall, "soaks": [public(f) for f in all_figures]}, indent=1)
+    (tmp_path / "soak-figures.json").write_text(shown + "\n")
+    print(f"\nfault soak figures ({tmp_path / 'soak-figures.json'}):\n{shown}")
+    for f in all_figures:  # shown at the end of the session (tests/conftest.py), with or without -s
+        FIGURES.append(
+            f"fault soak, in_doubt={f['in_doubt']}: {f['conversions']} conversions, {f['requests']} requests, faults "
+            f"{f['faults_injected']}, {f['restarts']} restarts ({f['killed']} SIGKILL), in doubt "
+            f"{f['in_doubt_after_a_kill']} after a kill + {f['in_doubt_without_an_answer']} without an answer, "
+            f"{f['duplicates']} duplicates ({f['duplicates_reported']} reported), lost {f['lost']}, dead letters "
+            f"{f['dead_lettered']}"
+        )
+    FIGURES.append(f"fault soak: both soaks side by side took {wall} s (seed {SEED})")
+    for soak in soaks:
+        if soak.error is not None:
+            raise AssertionError(f"soak {soak.in_doubt} failed: {soak.error!r}\n{shown}") from soak.error
+    for soak, figures in zip(soaks, all_figures):
+        soak.check(figures, shown)
+
+
+# --- the rules the soak relies on, one conversion at a time (fast, always run) --------------------
+
+
+def live(base_config: dict, url: str, **changes: t.Any) -> dict:
+    return {**base_config, "postback_url": url, "request_timeout": 0.5, **changes}
+
+
+@pytest.mark.parametrize("fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"])
+def test_no_answer_is_in_doubt_and_resent(base_config: dict, fault: Answer, caplog: pytest.LogCaptureFixture) -> None:
+    """A postback left and no answer came back: Everflow has it, and the resend duplicates it.
+    That is reported (the log line, the summary's in_doubt), as for a claim left by a crash."""
+    with Receiver(script=Receiver.per_transaction({"tx-1": [fault]})) as rx:
+        code, _ = run_in_process(live(base_config, rx.url), singer_lines("orders", [track(1), track(2)]))
+        accepted = rx.count_by_transaction()
+    assert code == 0
+    assert accepted == {"tx-1": 2, "tx-2": 1}
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("In doubt")]
+    assert IN_DOUBT.match(line) and "transaction tx-1) got no answer" in line and "resending it" in line
+    summary = json.loads(Path(base_config["summary_path"]).read_text())
+    assert (summary["delivered"], summary["in_doubt"], summary["dead_lettered"]) == (2, 1, {})
+
+
+@pytest.mark.parametrize("fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"])
+def test_no_answer_with_in_doubt_dead_letter_is_never_sent_again(base_config: dict, fault: Answer) -> None:
+    config = live(base_config, "", in_doubt="dead_letter")
+    with Receiver(script=Receiver.per_transaction({"tx-1": [fault]})) as rx:
+        config["postback_url"] = rx.url
+        code, _ = run_in_process(config, singer_lines("orders", [track(1), track(2)]))
+        assert code == 0
+        # the same input again (a re-run from an older STATE): held, not sent
+        code, _ = run_in_process(config, singer_lines("orders", [track(1), track(2)]))
+        assert code == 0
+        accepted = rx.count_by_transaction()
+        requests = collections.Counter(r.transaction_id for r in rx.requests)
+    assert accepted == {"tx-1": 1, "tx-2": 1} and requests["tx-1"] == 1
+    (dead,) = dead_letter_records(Path(config["dead_letter_path"]))
+    assert (dead["reason"], dead["record"]["messageId"]) == ("in_doubt", "msg-1")
+    assert "transaction tx-1" in dead["message"]
+    summary = json.loads(Path(config["summary_path"]).read_text())
+    assert summary["skipped"] == {"duplicate": 2}  # the second run: one delivered, one held
+
+
+def test_connection_refused_is_not_in_doubt(base_config: dict, tmp_path: Path) -> None:
+    """Nothing left: a plain transient failure, retried without a report."""
+    with Receiver() as rx:
+        url = rx.url
+    code, _ = run_in_process(live(base_config, url, max_retries=1, in_doubt="dead_letter"),
+                             singer_lines("orders", [track(1)]))  # fmt: skip
+    assert code == 3
+    summary = json.loads(Path(base_config["summary_path"]).read_text())
+    assert summary["in_doubt"] == 0 and summary["dead_lettered"] == {}
+    assert read_jsonl(Path(base_config["dead_letter_path"])) == []
