@@ -1,0 +1,410 @@
+"""target-everflow benchmarks (issue 7): mapping cost, delivery throughput, memory.
+
+    make bench                                  # the defaults below, a few minutes on 2 cores
+    make bench BENCH_ARGS=--quick               # smoke: tiny sizes, one run each
+    make bench BENCH_ARGS=--memory-1m           # also the 1,000,000-record memory run
+    .venv/bin/python bench/run.py --help
+
+Prints one table and writes it to ``bench/RESULTS.md`` with the machine's cores and Python
+version. Every figure is the median of ``--repeats`` runs, and every comparison is measured side
+by side in the same invocation (runs of the compared configurations are interleaved), because
+on a shared machine only ratios measured together mean anything.
+
+Every run is a separate process, started the way a pipeline starts it
+(``python -m target_everflow --config c.json --input file``); its wall time (from start to
+exit, interpreter start-up included) and its peak RSS (``wait4`` rusage of that child) are
+measured from outside. The input is generated (``bench/generate.py``): web and mobile Segment
+events, mixed event names, about 70% with an Everflow transaction id, raw, warehouse-shaped and
+tap-flattened streams.
+
+1. Mapping: target-everflow in dry run vs a do-nothing singer-sdk target (``noop_target.py``,
+   same reader and record validation), on the same ``--records`` input.
+2. Delivery: live runs against the fake Everflow receiver (``tests/receiver.py``, a separate
+   process) answering after a fixed ``--latency``, at each ``--concurrency``, ledger on (the
+   default SQLite ledger); as a fraction of the bound concurrency / latency. Also the naive
+   reference (``naive_target.py``: one blocking ``requests.get`` per record) and the ledger off
+   (``ledger_url: none``) at concurrency 32.
+3. Memory: peak RSS of dry runs over ``--memory-records`` records (fed through a pipe from the
+   generator, nothing on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+from bench import generate  # noqa: E402
+from tests.receiver import ReceiverProcess  # noqa: E402
+
+PY = sys.executable
+TOKEN = "bench-verification-token"
+TARGET = [PY, "-m", "target_everflow"]
+NOOP = [PY, str(BENCH / "noop_target.py")]
+NAIVE = [PY, str(BENCH / "naive_target.py")]
+
+
+# --- running one child ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    wall: float
+    rss_mb: float
+    code: int
+    records: int
+    cpu: float = 0.0
+    """User + system CPU seconds of the process (steadier than wall time on a shared machine)."""
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.wall
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU microseconds per record."""
+        return self.cpu / self.records * 1e6
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def run_child(argv: list[str], *, records: int, workdir: Path, stdin_file: Path | None = None,
+              generator: list[str] | None = None, summary: Path | None = None) -> Run:
+    """Run one target process to the end; its wall time and peak RSS (from ``wait4``)."""
+    log = workdir / "stderr.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as err:
+        feeder = None
+        if generator is not None:
+            feeder = subprocess.Popen(generator, stdout=subprocess.PIPE, env=env, cwd=workdir)
+            stdin: t.Any = feeder.stdout
+        else:
+            stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL  # noqa: SIM115
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, cwd=workdir)
+        if feeder is not None and feeder.stdout is not None:
+            feeder.stdout.close()  # the target holds the pipe now
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if feeder is not None:
+            feeder.wait()
+        elif stdin_file:
+            stdin.close()
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise BenchError(f"{' '.join(argv[:3])} exited {proc.returncode}:\n{tail}")
+    data = json.loads(summary.read_text()) if summary is not None and summary.exists() else {}
+    return Run(wall, usage.ru_maxrss / 1024, proc.returncode, records,
+               usage.ru_utime + usage.ru_stime, data)
+
+
+def fresh_dir(root: Path, name: str) -> Path:
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(json.dumps(config))
+    return path
+
+
+def base_config(run_dir: Path) -> dict:
+    return {
+        "network_id": 1,
+        "advertiser_id": 7,
+        "verification_token": TOKEN,
+        "event_mapping": generate.EVENT_MAPPING,
+        "dead_letter_path": str(run_dir / "state" / "dead_letter.jsonl"),
+        "dry_run_output": str(run_dir / "dry_run.jsonl"),
+        "summary_path": str(run_dir / "summary.json"),
+        "progress_interval": 0,
+    }
+
+
+def input_file(root: Path, records: int, *, conversions: bool = False) -> Path:
+    path = root / f"input-{'conversions' if conversions else 'mixed'}-{records}.singer"
+    if not path.exists():
+        generate.write(str(path), records, conversions_only=conversions)
+    return path
+
+
+def median(runs: list[Run], attr: str = "rate") -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+# --- the three benchmarks ---------------------------------------------------------------------
+
+
+MAPPING_SERIES = ("noop", "target", "noop_validate", "target_validate", "noop_default_reader")
+
+
+def bench_mapping(root: Path, records: int, repeats: int, *, default_reader: bool,
+                  validate: bool) -> dict[str, list[Run]]:
+    """Dry run vs the do-nothing target, with record validation off (target-everflow's default)
+    and, with ``validate``, on (the SDK's default) for both."""
+    source = input_file(root, records)
+    runs: dict[str, list[Run]] = {name: [] for name in MAPPING_SERIES}
+    for i in range(repeats):
+        pairs = [("noop", "target")] + ([("noop_validate", "target_validate")] if validate else [])
+        order = [name for pair in pairs for name in (pair if i % 2 == 0 else reversed(pair))]
+        if default_reader:
+            order.append("noop_default_reader")
+        for which in order:
+            run_dir = fresh_dir(root, f"mapping-{which}")
+            validation = {"validate_records": which.endswith("_validate")}
+            if which.startswith("target"):
+                cfg = write_config(run_dir / "config.json",
+                                   {**base_config(run_dir), "dry_run": True, **validation})
+                run = run_child([*TARGET, "--config", str(cfg), "--input", str(source)],
+                                records=records, workdir=run_dir, summary=run_dir / "summary.json")
+                if run.summary.get("records_read") != records:
+                    raise BenchError(f"the target read {run.summary.get('records_read')} of {records} records")
+            else:
+                cfg = write_config(run_dir / "config.json", validation)
+                argv = [*NOOP]
+                if which == "noop_default_reader":
+                    argv = [PY, "-c", "import sys; sys.argv[0] = 'noop'; "
+                            "from bench.noop_target import NoopTarget; "
+                            "from singer_sdk.io_base import SingerReader; "
+                            "NoopTarget.message_reader_class = SingerReader; NoopTarget.cli()"]
+                run = run_child([*argv, "--config", str(cfg), "--input", str(source)],
+                                records=records, workdir=run_dir)
+            runs[which].append(run)
+            print(f"  mapping  {which:<20} {run.rate:>9,.0f} records/s  {run.rss_mb:6.0f} MB", flush=True)
+    return runs
+
+
+def bench_delivery(root: Path, conversions: int, repeats: int, concurrencies: list[int],
+                   latency: float, seconds: float) -> dict[str, list[Run]]:
+    def size(concurrency: int) -> int:
+        # Enough for about `seconds` at the bound, at most --conversions.
+        return int(max(200, min(conversions, round(concurrency / latency * seconds, -2))))
+
+    plans: list[tuple[str, list[str] | None, int, dict]] = []
+    for c in concurrencies:
+        plans.append((f"c{c}", None, size(c), {"max_concurrency": c}))
+    plans.append(("c32_no_ledger", None, size(32), {"max_concurrency": 32, "ledger_url": "none"}))
+    plans.append(("naive", NAIVE, size(1), {}))
+    runs: dict[str, list[Run]] = {name: [] for name, *_ in plans}
+    for i in range(repeats):
+        ordered = plans if i % 2 == 0 else list(reversed(plans))
+        for name, argv, n, extra in ordered:
+            source = input_file(root, n, conversions=True)
+            run_dir = fresh_dir(root, f"delivery-{name}")
+            with ReceiverProcess(latency=latency) as rx:
+                cfg = {**base_config(run_dir), "postback_url": rx.url, "request_timeout": 30, **extra}
+                path = write_config(run_dir / "config.json", cfg)
+                command = [*(argv or TARGET), "--config", str(path), "--input", str(source)]
+                run = run_child(command, records=n, workdir=run_dir,
+                                summary=None if argv else run_dir / "summary.json")
+            if argv is None and run.summary.get("delivered") != n:
+                raise BenchError(f"{name}: {run.summary.get('delivered')} of {n} delivered: {run.summary}")
+            runs[name].append(run)
+            print(f"  delivery {name:<20} {run.rate:>9,.0f} records/s  ({n} records)", flush=True)
+    return runs
+
+
+def bench_memory(root: Path, sizes: list[int]) -> dict[int, Run]:
+    out: dict[int, Run] = {}
+    for n in sizes:
+        run_dir = fresh_dir(root, f"memory-{n}")
+        cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "dry_run": True})
+        run = run_child([*TARGET, "--config", str(cfg)], records=n, workdir=run_dir,
+                        generator=[PY, str(BENCH / "generate.py"), "--records", str(n)],
+                        summary=run_dir / "summary.json")
+        if run.summary.get("records_read") != n:
+            raise BenchError(f"memory run read {run.summary.get('records_read')} of {n} records")
+        out[n] = run
+        print(f"  memory   {n:>10,} records  peak RSS {run.rss_mb:6.0f} MB", flush=True)
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def table(mapping: dict[str, list[Run]] | None, delivery: dict[str, list[Run]] | None,
+          memory: dict[int, Run] | None, *, latency: float, concurrencies: list[int]) -> tuple[str, list[str]]:
+    rows = ["| Benchmark | Configuration | Records | Records/s (median) | Compared | CPU µs/record | Peak RSS |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    goals: list[str] = []
+    if mapping:
+        n = mapping["target"][0].records
+        rss = lambda k: f"{median(mapping[k], 'cpu_us'):.0f} | {median(mapping[k], 'rss_mb'):.0f} MB"  # noqa: E731
+        for suffix, label in (("", "off (target-everflow's default)"), ("_validate", "on (the SDK's default)")):
+            if not mapping["target" + suffix]:
+                continue
+            noop, ours = median(mapping["noop" + suffix]), median(mapping["target" + suffix])
+            rows.append(f"| mapping | do-nothing singer-sdk target (BatchSink), record validation {label} "
+                        f"| {_n(n)} | {_n(noop)} | 1.00x | {rss('noop' + suffix)} |")
+            rows.append(f"| mapping | target-everflow dry run, record validation {label} | {_n(n)} | "
+                        f"{_n(ours)} | **{ours / noop:.2f}x** the do-nothing target | {rss('target' + suffix)} |")
+            goals.append(f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}: "
+                         f"{ours / noop:.2f}x ({'met' if ours / noop >= 0.8 else 'NOT met'})")
+        if mapping["noop_default_reader"]:
+            base, noop = median(mapping["noop_default_reader"]), median(mapping["noop"])
+            rows.append(f"| mapping | do-nothing target with the SDK's default (json) reader | {_n(n)} "
+                        f"| {_n(base)} | {base / noop:.2f}x | {rss('noop_default_reader')} |")
+    if delivery:
+        for c in concurrencies:
+            runs = delivery[f"c{c}"]
+            rate, bound = median(runs), c / latency
+            rows.append(f"| delivery | concurrency {c}, ledger on (SQLite) | {_n(runs[0].records)} | "
+                        f"{_n(rate)} | {rate / bound:.0%} of the bound {_n(bound)}/s | "
+                        f"{median(runs, 'cpu_us'):.0f} | {median(runs, 'rss_mb'):.0f} MB |")
+        off = delivery["c32_no_ledger"]
+        naive = delivery["naive"]
+        c32 = median(delivery["c32"]) if "c32" in delivery else None
+        rate_off = median(off)
+        rows.append(f"| delivery | concurrency 32, no ledger (`ledger_url: none`) | {_n(off[0].records)} | "
+                    f"{_n(rate_off)} | {rate_off / (32 / latency):.0%} of the bound; ledger on is "
+                    f"{(c32 or 0) / rate_off:.2f}x this | {median(off, 'cpu_us'):.0f} | {median(off, 'rss_mb'):.0f} MB |")
+        rate_naive = median(naive)
+        rows.append(f"| delivery | naive: one blocking `requests.get` per record | {_n(naive[0].records)} | "
+                    f"{_n(rate_naive)} | {rate_naive / (1 / latency):.0%} of the bound {_n(1 / latency)}/s"
+                    + (f"; concurrency 32 is **{c32 / rate_naive:.1f}x** this" if c32 else "")
+                    + f" | {median(naive, 'cpu_us'):.0f} | {median(naive, 'rss_mb'):.0f} MB |")
+        if c32:
+            frac = c32 / (32 / latency)
+            goals.append(f"delivery at concurrency 32 >= 60% of the bound: {frac:.0%} "
+                         f"({'met' if frac >= 0.6 else 'NOT met'})")
+            goals.append(f"delivery at concurrency 32 >= 15x the naive reference: {c32 / rate_naive:.1f}x "
+                         f"({'met' if c32 / rate_naive >= 15 else 'NOT met'})")
+    if memory:
+        for n, run in memory.items():
+            rows.append(f"| memory | dry run, input through a pipe | {_n(n)} | {_n(run.rate)} | | "
+                        f"{run.cpu_us:.0f} | **{run.rss_mb:.0f} MB** |")
+        sizes = sorted(memory)
+        peak = max(r.rss_mb for r in memory.values())
+        growth = memory[sizes[-1]].rss_mb - memory[sizes[0]].rss_mb
+        goals.append(f"peak RSS < 200 MB and flat: {peak:.0f} MB at most, {growth:+.0f} MB from "
+                     f"{_n(sizes[0])} to {_n(sizes[-1])} records "
+                     f"({'met' if peak < 200 and growth < 20 else 'NOT met'}"
+                     f"{'' if 1_000_000 in memory else '; the 1M run: --memory-1m'})")
+    return "\n".join(rows), goals
+
+
+def machine() -> str:
+    import singer_sdk  # noqa: PLC0415
+
+    try:
+        import msgspec  # noqa: PLC0415
+
+        reader = f"msgspec {msgspec.__version__}"
+    except ImportError:
+        reader = "no msgspec"
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return (f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+            f"Python {platform.python_version()}, singer-sdk {version('singer-sdk')} ({reader}), "
+            f"{platform.system()} {platform.release()}")
+
+
+def main() -> int:  # noqa: PLR0915
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000, help="mapping input size (200000)")
+    parser.add_argument("--conversions", type=int, default=20_000,
+                        help="most conversions per delivery run (20000); low concurrencies get "
+                             "fewer, enough for --seconds at their bound")
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="delivery run length aimed at, at the bound (12)")
+    parser.add_argument("--concurrency", default="1,16,32,64")
+    parser.add_argument("--latency", type=float, default=0.02, help="receiver latency, s (0.02)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median counts (3)")
+    parser.add_argument("--memory-records", default="20000,100000",
+                        help="dry-run sizes for peak RSS (20000,100000)")
+    parser.add_argument("--memory-1m", action="store_true", help="memory at 100000 and 1000000 records")
+    parser.add_argument("--only", default="mapping,delivery,memory")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="mapping: skip the pair with validate_records on")
+    parser.add_argument("--default-reader", action="store_true",
+                        help="mapping: also the do-nothing target with the SDK's default json reader")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, one run each")
+    parser.add_argument("--workdir", help="keep inputs and run directories here (default: a temp dir)")
+    parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.conversions, args.repeats, args.seconds = 3000, 1000, 1, 1.0
+        args.memory_records = "2000,5000"
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if 32 not in concurrencies:
+        concurrencies.append(32)
+    memory_sizes = [100_000, 1_000_000] if args.memory_1m else [int(n) for n in args.memory_records.split(",")]
+    only = set(args.only.split(","))
+
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="everflow-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"target-everflow benchmarks on {machine()}\nwork directory {root}", flush=True)
+    started = time.time()
+    try:
+        mapping = delivery = memory = None
+        if "mapping" in only:
+            print(f"mapping: {args.records:,} records, {args.repeats} runs each", flush=True)
+            mapping = bench_mapping(root, args.records, args.repeats, default_reader=args.default_reader,
+                                    validate=not args.no_validate)
+        if "delivery" in only:
+            print(f"delivery: receiver latency {args.latency * 1000:g} ms, {args.repeats} runs each", flush=True)
+            delivery = bench_delivery(root, args.conversions, args.repeats, concurrencies,
+                                      args.latency, args.seconds)
+        if "memory" in only:
+            print("memory:", flush=True)
+            memory = bench_memory(root, memory_sizes)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    rows, goals = table(mapping, delivery, memory, latency=args.latency, concurrencies=concurrencies)
+    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
+    text = "\n".join([
+        "# Benchmark results",
+        "",
+        f"Machine: {machine()}.  ",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s).  ",
+        f"Each figure is the median of {args.repeats} runs; compared configurations ran interleaved "
+        "in the same invocation. Records/s is records / wall time of the whole process "
+        "(interpreter start-up included).",
+        "",
+        rows,
+        "",
+        "Goals:",
+        "",
+        *[f"- {g}" for g in goals],
+        "",
+    ])
+    print()
+    print(rows)
+    print()
+    for g in goals:
+        print(f"- {g}")
+    if not args.quick:
+        Path(args.out).write_text(text)
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
