@@ -1,8 +1,8 @@
 """target-everflow benchmarks (issue 7): mapping cost, delivery throughput, memory.
 
-    make bench                                  # the defaults below, a few minutes on 2 cores
+    make bench                                  # the defaults below: about 10 minutes on 2 cores
     make bench BENCH_ARGS=--quick               # smoke: tiny sizes, one run each
-    make bench BENCH_ARGS=--memory-1m           # also the 1,000,000-record memory run
+    make bench BENCH_ARGS=--memory-1m           # also the 1,000,000-record memory run (+4 min)
     .venv/bin/python bench/run.py --help
 
 Prints one table and writes it to ``bench/RESULTS.md`` with the machine's cores and Python

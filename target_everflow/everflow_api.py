@@ -21,19 +21,17 @@ retried: the request already waited ``request_timeout`` seconds.
 
 from __future__ import annotations
 
-import email.utils
-import ipaddress
 import logging
 import random
 import time
 import typing as t
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import requests
 
-from target_everflow.settings import DEFAULT_API_URL, DEFAULT_EVENT_MAPPING
+from target_everflow.postback import excerpt, retry_after_seconds
+from target_everflow.settings import DEFAULT_API_URL, DEFAULT_EVENT_MAPPING, is_loopback
 
 API_KEY_HEADER = "X-Eflow-API-Key"
 EU_API_URL = "https://api-eu.eflow.team/v1"
@@ -110,18 +108,8 @@ def _redact(text: str, secret: str | None) -> str:
     return text
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in {"localhost", "localhost."}:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _excerpt(text: object, limit: int = 200) -> str:
+    return excerpt(str(text), limit)
 
 
 def _check_api_url(api_url: str) -> str:
@@ -136,7 +124,7 @@ def _check_api_url(api_url: str) -> str:
             f"(the default is {DEFAULT_API_URL}; EU accounts use {EU_API_URL}).",
             "config",
         )
-    if parts.scheme != "https" and not _is_loopback(host):
+    if parts.scheme != "https" and not is_loopback(host):
         raise PreflightError(
             "Setting 'api_url': must use https (the API key travels in a request header); "
             "plain http is only accepted for loopback hosts.",
@@ -215,21 +203,7 @@ def _timeout(config: t.Mapping[str, t.Any]) -> float:
 
 def _retry_after(response: requests.Response) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return retry_after_seconds(response.headers.get("Retry-After"))
 
 
 def backoff_delay(retry: int) -> float:
@@ -251,7 +225,7 @@ def _error_text(response: requests.Response, secret: str | None = None) -> str:
         for key in ("error", "Error", "message"):
             value = body.get(key)
             if isinstance(value, str) and value.strip():
-                return _one_line(_redact(value, secret))
+                return _excerpt(_redact(value, secret))
     return ""
 
 
@@ -416,7 +390,7 @@ class _Api:
                     "forbidden",
                 )
             if 300 <= status < 400:
-                location = _one_line(_redact(response.headers.get("Location", ""), self._key), 120)
+                location = _excerpt(_redact(response.headers.get("Location", ""), self._key), 120)
                 to = f" to {location}" if location else ""
                 raise self.fail(
                     f"The Everflow API answered {what} with a redirect (HTTP {status}{to}); "
@@ -519,7 +493,7 @@ def _check(
             name = item.get("entry_name")
             status = item.get("status")
             events[eid] = (
-                _one_line(name) if isinstance(name, str) and name.strip() else f"event {eid}",
+                _excerpt(name) if isinstance(name, str) and name.strip() else f"event {eid}",
                 # No status member: nothing says it is off, take it as active.
                 status.strip() if isinstance(status, str) and status.strip() else "active",
             )

@@ -21,6 +21,7 @@ import ssl
 import threading
 import typing as t
 from dataclasses import dataclass
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from time import time
 from urllib.parse import quote, quote_plus, urlsplit
@@ -108,6 +109,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if moment.tzinfo is None:  # an HTTP date is always GMT
+        moment = moment.replace(tzinfo=timezone.utc)
     return max(0.0, moment.timestamp() - (now if now is not None else time()))
 
 

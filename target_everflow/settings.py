@@ -219,7 +219,8 @@ class ConfigError(TargetEverflowError):
         super().__init__(f"Setting '{setting}': {problem}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: the only hosts plain http is accepted for (tests)."""
     if host.lower() in {"localhost", "localhost."}:
         return True
     try:
@@ -237,7 +238,7 @@ def check_postback_url(url: str) -> str:
         raise ConfigError("postback_url", f"is not a valid URL ({exc})") from None
     if parts.scheme not in {"http", "https"} or not host:
         raise ConfigError("postback_url", "must be an https:// URL with a host")
-    if parts.scheme != "https" and not _is_loopback(host):
+    if parts.scheme != "https" and not is_loopback(host):
         raise ConfigError(
             "postback_url",
             "must use https (the verification token travels in the query string); "
