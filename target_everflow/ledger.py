@@ -766,16 +766,7 @@ class _SQLLedger(Ledger):
             self._check()
             self._queue.append((key, None))
             self._enqueued += 1
-            target = self._enqueued
-            self._flush_waiters += 1
-            self._cond.notify_all()
-            try:
-                while self._committed < target and self._failed is None:
-                    self._cond.wait()
-            finally:
-                self._flush_waiters -= 1
-            if self._failed is not None:
-                raise self._failed
+            self._wait_committed(self._enqueued)
 
     def mark_delivered(self, key: str, http_status: int) -> None:
         with self._cond:
@@ -794,15 +785,22 @@ class _SQLLedger(Ledger):
                 if self._closed:
                     raise LedgerError(f"ledger {self.description} is closed")
                 return
-            self._flush_waiters += 1
-            self._cond.notify_all()
-            try:
-                while self._committed < target and self._failed is None:
-                    self._cond.wait()
-            finally:
-                self._flush_waiters -= 1
-            if self._failed is not None:
-                raise self._failed
+            self._wait_committed(target)
+
+    def _wait_committed(self, target: int) -> None:
+        """Wait (holding ``_cond``) until the first ``target`` marks are committed.
+
+        A waiter makes the writer commit at once instead of gathering more marks.
+        """
+        self._flush_waiters += 1
+        self._cond.notify_all()
+        try:
+            while self._committed < target and self._failed is None:
+                self._cond.wait()
+        finally:
+            self._flush_waiters -= 1
+        if self._failed is not None:
+            raise self._failed
 
     def _writer_loop(self) -> None:
         while True:
