@@ -236,6 +236,14 @@ class Mapper:
                 self._slugged[name] = found
         return found
 
+    @classmethod
+    def event_name(cls, event: SegmentEvent, stream: str) -> str:
+        """``event_text`` or ``event``; without one, the stream stands for the event."""
+        name = event.first(*EVENT_NAME)
+        if isinstance(name, str) and name.strip():
+            return name
+        return cls.stream_event(stream)
+
     @staticmethod
     def stream_event(stream: str) -> str:
         """A database tap's stream ``schema-table`` stands for the event ``table``."""
@@ -290,9 +298,7 @@ class Mapper:
                     SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=f"({shown})"
                 )
 
-        name = event.first(*EVENT_NAME)
-        if not isinstance(name, str) or not name.strip():
-            name = self.stream_event(stream)
+        name = self.event_name(event, stream)
         event_id = self.event_id_for(name)
         if event_id is None:
             return Outcome(

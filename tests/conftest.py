@@ -76,18 +76,22 @@ class RunResult(t.NamedTuple):
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip().startswith("{")]
 
 
-@pytest.fixture
-def base_config(tmp_path: Path) -> dict:
-    """A live config against nothing yet (tests set postback_url), all files under tmp_path."""
+def config_under(directory: Path) -> dict:
+    """The tests' usual settings, every file the target writes under ``directory``."""
     return {
         "network_id": 1,
         "event_mapping": {"Order Completed": 0, "Subscription Started": 24},
-        "dead_letter_path": str(tmp_path / "state" / "dead_letter.jsonl"),
-        "dry_run_output": str(tmp_path / "dry_run.jsonl"),
-        "summary_path": str(tmp_path / "summary.json"),
+        "dead_letter_path": str(directory / "state" / "dead_letter.jsonl"),
+        "dry_run_output": str(directory / "dry_run.jsonl"),
+        "summary_path": str(directory / "summary.json"),
         "progress_interval": 0,
-        "request_timeout": 5,
     }
+
+
+@pytest.fixture
+def base_config(tmp_path: Path) -> dict:
+    """A live config against nothing yet (tests set postback_url), all files under tmp_path."""
+    return {**config_under(tmp_path), "request_timeout": 5}
 
 
 def run_target(config: dict, lines: list[str], tmp_path: Path, *, timeout: float = 120,

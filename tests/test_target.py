@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import simplejson
 
-from tests.conftest import SECRET_API_KEY, SECRET_TOKEN, run_in_process, run_target
+from tests.conftest import SECRET_API_KEY, SECRET_TOKEN, config_under, run_in_process, run_target
 from tests.test_mapping import (
     MOBILE_BASE_CONTEXT,
     MOBILE_CONTEXT,
@@ -138,16 +138,7 @@ def dry_config(base_config: dict, **changes: t.Any) -> dict:
 def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t.Any]:
     """The mixed input through the CLI once, in dry run with a verification token."""
     tmp_path = tmp_path_factory.mktemp("mixed")
-    config = dry_config(
-        {
-            "network_id": 1,
-            "event_mapping": {"Order Completed": 0, "Subscription Started": 24},
-            "dead_letter_path": str(tmp_path / "state" / "dead_letter.jsonl"),
-            "dry_run_output": str(tmp_path / "dry_run.jsonl"),
-            "summary_path": str(tmp_path / "summary.json"),
-            "progress_interval": 0,
-        }
-    )
+    config = dry_config(config_under(tmp_path))
     lines = mixed_input()
     result = run_target(config, lines, tmp_path)
     return {"result": result, "config": config, "tmp": tmp_path, "lines": lines}
