@@ -1,5 +1,5 @@
 """``python -m target_everflow`` is the ``target-everflow`` command."""
 
-from target_everflow.target import TargetEverflow
+from target_everflow.cli import main
 
-TargetEverflow.cli()
+main()
