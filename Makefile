@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 MELTANO_VENV ?= .venv-meltano
 MELTANO_VERSION ?= 4.4.1
 
-.PHONY: demo test test-fast test-e2e bench check-readme clean
+.PHONY: demo test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +51,21 @@ test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## make wheel: the sdist and the wheel into dist/ (python -m build)
+wheel: $(VENV)/.installed-test
+	rm -f dist/target_everflow-*
+	$(BIN)/python -m build --outdir dist .
+
+## make wheel-check: build the wheel, install it into a fresh virtualenv, run --about and the demo
+## from it in a scratch directory outside the repository (CI runs this)
+wheel-check: $(VENV)/.installed-test
+	$(BIN)/python scripts/wheel_check.py
+
+## make plugin-files: after changing a setting in settings.py, regenerate meltano.yml's target
+## settings, the Meltano Hub file (plugin/loaders/target-everflow/) and README's tables
+plugin-files: $(VENV)/.installed-test
+	$(BIN)/python scripts/update_plugin_files.py
+	$(BIN)/python scripts/update_readme.py
+
 clean:
-	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache
+	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache dist build

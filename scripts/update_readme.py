@@ -11,9 +11,22 @@ import sys
 from pathlib import Path
 
 from target_everflow import fields, settings
+from target_everflow.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = {"fields": fields.markdown_table, "settings": settings.markdown_table}
+
+
+def sdk_settings() -> str:
+    """The SDK's own settings the target keeps (those it hides are named, not tabled)."""
+    properties = {name: spec for name, spec in plugin_settings_schema()["properties"].items()
+                  if name not in settings.CONFIG_SCHEMA["properties"]}
+    hidden = ", ".join(f"`{name}`" for name in HIDDEN_SDK_SETTINGS)
+    return (settings.markdown_table(properties)
+            + f"\n\nNot offered, because they mean nothing to a target that sends postbacks: {hidden}.")
+
+
+SECTIONS = {"fields": fields.markdown_table, "settings": settings.markdown_table,
+            "sdk-settings": sdk_settings}
 
 
 def render(text: str) -> str:

@@ -28,6 +28,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "postback_url",
         th.StringType,
+        title="Postback URL",
         description=(
             "Everflow S2S postback base URL (your tracking domain), e.g. "
             "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
@@ -37,11 +38,13 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "network_id",
         th.IntegerType(minimum=1),
+        title="Network ID",
         description="Everflow network id, sent as `nid`. Required unless dry_run.",
     ),
     th.Property(
         "advertiser_id",
         th.IntegerType(minimum=1),
+        title="Advertiser ID",
         description=(
             "Everflow advertiser (brand) id, sent as `aid`; needed by the API check when "
             "event_mapping has non-zero event ids."
@@ -50,12 +53,14 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "verification_token",
         th.StringType,
+        title="Verification token",
         secret=True,
         description="The advertiser's postback verification token, sent as `verification_token`.",
     ),
     th.Property(
         "event_mapping",
         th.ObjectType(additional_properties=th.IntegerType(minimum=0)),
+        title="Event mapping",
         default=DEFAULT_EVENT_MAPPING,
         description=(
             "Segment event name -> Everflow advertiser event id (integer >= 0). 0 is the base "
@@ -65,6 +70,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "platform",
         th.StringType(allowed_values=["auto", "web", "mobile"]),
+        title="Platform",
         default="auto",
         description=(
             "auto: a record is mobile when its context says so (os, device type or a Segment "
@@ -74,6 +80,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "strict_types",
         th.BooleanType,
+        title="Strict types",
         default=False,
         description=(
             "Dead-letter a record (type_mismatch) when an optional field cannot be coerced to "
@@ -83,6 +90,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "send_timestamp",
         th.BooleanType,
+        title="Send timestamp",
         default=True,
         description="Send the event time as `timestamp` (Unix seconds).",
     ),
@@ -90,6 +98,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "api_key",
         th.StringType,
+        title="API key",
         secret=True,
         description=(
             "Everflow network API key (Control Center > Security). Enables the pre-flight check "
@@ -99,12 +108,14 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "api_url",
         th.StringType,
+        title="API URL",
         default=DEFAULT_API_URL,
         description="Everflow REST API base URL (EU accounts: https://api-eu.eflow.team/v1).",
     ),
     th.Property(
         "preflight",
         th.BooleanType,
+        title="Pre-flight check",
         description=(
             "Check the API key and event mapping before reading records. Default: true when "
             "api_key is set (never in dry run, which touches no network; --check runs it)."
@@ -114,18 +125,21 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "dry_run",
         th.BooleanType,
+        title="Dry run",
         default=False,
         description="Send nothing: write each planned postback to dry_run_output instead.",
     ),
     th.Property(
         "dry_run_output",
         th.StringType,
+        title="Dry run output",
         default="everflow_dry_run.jsonl",
         description="Where dry run writes its planned postbacks (JSON lines).",
     ),
     th.Property(
         "dead_letter_path",
         th.StringType,
+        title="Dead letter path",
         default=f"{STATE_DIR}/dead_letter.jsonl",
         description=(
             "Where records that could not be delivered are kept, with the reason (a Singer "
@@ -135,11 +149,13 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "summary_path",
         th.StringType,
+        title="Summary path",
         description="Also write the run summary as JSON to this file.",
     ),
     th.Property(
         "progress_interval",
         th.NumberType(minimum=0),
+        title="Progress interval",
         default=10,
         description="Seconds between progress log lines on long runs (0 turns them off).",
     ),
@@ -147,31 +163,46 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "max_concurrency",
         th.IntegerType(minimum=1, maximum=512),
+        title="Max concurrency",
         default=16,
         description="Postbacks in flight at once (one pooled keep-alive session).",
     ),
     th.Property(
         "max_requests_per_second",
         th.NumberType(minimum=0),
+        title="Max requests per second",
         default=0,
         description="Global request rate limit over all streams and retries (0 = unlimited).",
     ),
     th.Property(
         "max_retries",
         th.IntegerType(minimum=0, maximum=50),
+        title="Max retries",
         default=5,
         description="Retries of a transient failure (timeout, connection error, 429, 5xx).",
     ),
     th.Property(
         "request_timeout",
         th.NumberType(exclusive_minimum=0),
+        title="Request timeout",
         default=30,
         description="Seconds per request attempt.",
+    ),
+    th.Property(
+        "batch_size_rows",
+        th.IntegerType(minimum=1),
+        title="Batch size (rows)",
+        default=5000,
+        description=(
+            "Records per batch (the SDK's setting): a batch's postbacks go out concurrently, "
+            "and STATE moves on after each batch is settled."
+        ),
     ),
     # --- Idempotency ledger --------------------------------------------------------------
     th.Property(
         "ledger_url",
         th.StringType,
+        title="Ledger URL",
         secret=True,
         description=(
             "Where delivered conversions are recorded: sqlite:///path (default: "
@@ -182,6 +213,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "in_doubt",
         th.StringType(allowed_values=["resend", "dead_letter"]),
+        title="In doubt",
         default="resend",
         description=(
             "What to do with a conversion claimed by a run that died before recording "
@@ -191,6 +223,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "validate_records",
         th.BooleanType,
+        title="Validate records",
         default=False,
         description=(
             "Validate each record against its stream's SCHEMA first; a record that breaks it is "
@@ -201,12 +234,16 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property(
         "ledger_retention_days",
         th.IntegerType(minimum=1),
+        title="Ledger retention (days)",
         default=400,
         description="Delivered keys older than this are pruned at start-up.",
     ),
 ).to_dict()
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
+# Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
+LIVE_REQUIRED = ("postback_url", "network_id")
+SETTINGS_GROUP_VALIDATION = [list(LIVE_REQUIRED), ["dry_run"]]
 
 
 class ConfigError(TargetEverflowError):
@@ -291,10 +328,10 @@ class Settings:
         network_id = config.get("network_id")
         if postback_url is not None:
             check_postback_url(postback_url)
-        elif not dry_run:
-            raise ConfigError("postback_url", "is required unless dry_run is true")
-        if network_id is None and not dry_run:
-            raise ConfigError("network_id", "is required unless dry_run is true")
+        if not dry_run:
+            for name in LIVE_REQUIRED:
+                if config.get(name) in (None, ""):
+                    raise ConfigError(name, "is required unless dry_run is true")
 
         mapping = config.get("event_mapping")
         if mapping is None:
@@ -358,10 +395,10 @@ class Settings:
         return [s for s in (self.api_key, self.verification_token) if s]
 
 
-def markdown_table() -> str:
+def markdown_table(properties: t.Mapping[str, dict] | None = None) -> str:
     """README's settings table, generated from ``CONFIG_SCHEMA`` (a test keeps README in step)."""
     lines = ["| Setting | Type | Default | Description |", "| --- | --- | --- | --- |"]
-    for name, spec in CONFIG_SCHEMA["properties"].items():
+    for name, spec in (CONFIG_SCHEMA["properties"] if properties is None else properties).items():
         types = spec.get("type", "")
         types = [x for x in (types if isinstance(types, list) else [types]) if x != "null"]
         kind = " or ".join(types)

@@ -21,6 +21,7 @@ from target_everflow.mapping import (
     Conversion,
     Outcome,
 )
+from target_everflow.settings import CONFIG_SCHEMA
 
 if t.TYPE_CHECKING:
     from target_everflow.run import Run
@@ -43,12 +44,18 @@ class EverflowSink(BatchSink):
     sink's ``process_batch`` returned, so STATE never covers a record without its outcome.
     """
 
-    MAX_SIZE_DEFAULT = 5000  # records per batch; the `batch_size_rows` setting overrides it
+    # records per batch when the config was not validated (which fills in the schema default)
+    MAX_SIZE_DEFAULT = CONFIG_SCHEMA["properties"]["batch_size_rows"]["default"]
 
     def __init__(self, target: TargetEverflow, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(target, *args, **kwargs)
         self.run: Run = target.run
         self._invalid: tuple[int, str, str | None] | None = None
+
+    @property
+    def include_sdc_metadata_properties(self) -> bool:
+        """Never: _sdc_* columns mean nothing to a postback (``add_record_metadata`` is ignored)."""
+        return False
 
     # A record that breaks its stream's schema (validate_records) or lacks a key property is
     # one bad record, not a broken run: it is dead-lettered (invalid_record) and the run goes

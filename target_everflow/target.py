@@ -73,6 +73,15 @@ def _numbers_from_text(config: dict, schema: dict) -> None:
             config[name] = int(number) if number.is_integer() else number
 
 
+# Settings the SDK adds to every target that mean nothing for this one, so they are not offered
+# (--about, Meltano, README): load_method (how a database target writes rows), add_record_metadata
+# (_sdc_* columns; the sink ignores it) and faker_config (seeds Faker for stream maps; Faker is
+# not installed). The SDK settings that do something here stay: batch_size_rows (our own
+# entry in CONFIG_SCHEMA), validate_records (ours too), stream_maps, stream_map_config and
+# flattening_*.
+HIDDEN_SDK_SETTINGS = ("load_method", "add_record_metadata", "faker_config")
+
+
 class TargetEverflow(Target):
     """Sends the conversions among Segment track events to Everflow, exactly once."""
 
@@ -109,6 +118,14 @@ class TargetEverflow(Target):
         self.run = Run(self.settings, self.logger, self._schema_of)
         self._terminating: int | None = None
         self._state_written: str | None = None
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's built-in settings, less those that mean nothing here (HIDDEN_SDK_SETTINGS)."""
+        super().append_builtin_config(config_jsonschema)
+        for name in HIDDEN_SDK_SETTINGS:
+            if name not in CONFIG_SCHEMA["properties"]:
+                config_jsonschema["properties"].pop(name, None)
 
     # -- config validation that never prints a secret ---------------------------------------
 
@@ -312,10 +329,18 @@ class TargetEverflow(Target):
         return exc.exit_code
 
 
+def plugin_settings_schema() -> dict:
+    """Every setting the target offers, as ``--about`` shows it: ``CONFIG_SCHEMA`` plus the SDK
+    settings it keeps. The Meltano files (scripts/update_plugin_files.py) come from this."""
+    schema = copy.deepcopy(TargetEverflow.config_jsonschema)
+    TargetEverflow.append_builtin_config(schema)
+    return schema
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-__all__ = ["EXIT_INPUT", "TargetEverflow"]
+__all__ = ["EXIT_INPUT", "HIDDEN_SDK_SETTINGS", "TargetEverflow", "plugin_settings_schema"]
