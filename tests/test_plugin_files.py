@@ -49,8 +49,6 @@ def meltano_loader() -> dict:
 def expected_kind(spec: dict) -> str:
     types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
     (json_type,) = [x for x in types if x != "null"]
-    if spec.get("secret") or spec.get("writeOnly"):
-        return "password"
     if "enum" in spec:
         return "options"
     return {"number": "decimal"}.get(json_type, json_type)
@@ -82,7 +80,8 @@ def test_hub_definition_follows_the_hub_loader_schema() -> None:
 
 
 def test_every_offered_setting_is_in_the_hub_file_as_the_schema_says() -> None:
-    """Label = title, description, kind from the JSON type, value = default, sensitive = secret."""
+    """Label = title, description, kind from the JSON type, value = default, sensitive = secret
+    (Meltano 4 spells a secret `kind: string` + `sensitive: true`; it rewrites `kind: password`)."""
     properties = plugin_settings_schema()["properties"]
     settings = {s["name"]: s for s in hub_definition()["settings"]}
     assert list(settings) == list(properties)  # nothing missing, nothing extra, the schema's order
@@ -97,7 +96,7 @@ def test_every_offered_setting_is_in_the_hub_file_as_the_schema_says() -> None:
             assert [o["value"] for o in setting["options"]] == [v for v in spec["enum"] if v is not None]
             assert all(o["label"] for o in setting["options"])
     for name in SECRET_SETTINGS:
-        assert settings[name]["sensitive"] is True and settings[name]["kind"] == "password"
+        assert settings[name]["sensitive"] is True and settings[name]["kind"] == "string"
     for name in HIDDEN_SDK_SETTINGS:
         assert name not in settings
     assert set(CONFIG_SCHEMA["properties"]) <= set(settings)
