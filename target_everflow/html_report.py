@@ -242,7 +242,7 @@ def _read_conversions(reader: _Reader, report: Report, *, since: float, now: flo
     for row in rows:
         values = list(row)
         day_number, status = values.pop(0), values.pop(0)
-        event = _text(values.pop(0)) or NO_EVENT if report.per_event else NO_EVENT
+        event = (_text(values.pop(0)) or NO_EVENT) if report.per_event else NO_EVENT
         recon = (values.pop(0) or "unchecked") if report.reconciliation else None
         count, amount = int(values[0]), float(values[1] or 0)
         cell = report.cell(_day(int(day_number) * DAY), event)
