@@ -7,6 +7,7 @@ operator command instead; each takes --config like the target (a JSON file, seve
 
 from __future__ import annotations
 
+import importlib
 import sys
 import typing as t
 
@@ -22,8 +23,24 @@ if t.TYPE_CHECKING:
 PROG = "target-everflow"
 
 
+# Operator commands defined in their own modules, imported only when named (no import loop:
+# those modules import this one for config_option/load_target/fail). One line per command.
+LAZY_COMMANDS = {
+    "report": "target_everflow.report:report_command",
+}
+
+
 class TargetGroup(click.Group):
     """A click group whose plain invocation is the Singer target command itself."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return self.commands.get(cmd_name)
 
     def _target_command(self) -> click.Command:
         from target_everflow.target import TargetEverflow  # noqa: PLC0415 - heavy, load on use
@@ -33,7 +50,7 @@ class TargetGroup(click.Group):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              **extra: t.Any) -> t.Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if argv and argv[0] in self.commands:
+        if argv and (argv[0] in self.commands or argv[0] in LAZY_COMMANDS):
             return super().main(argv, prog_name=prog_name or PROG, **extra)
         if argv and argv[0] in ("--help", "-h"):
             return super().main(argv, prog_name=prog_name or PROG, **extra)
@@ -100,6 +117,3 @@ def check_command(config: tuple[str, ...]) -> None:
 def main() -> None:
     """The console script."""
     cli.main(prog_name=PROG)
-
-
-# Operator commands register here (one line each), so that adding one touches only its module.

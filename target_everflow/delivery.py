@@ -32,7 +32,11 @@ from target_everflow.accounting import DeadLetters, RunSummary, dumps
 from target_everflow.errors import DeliveryAborted
 from target_everflow.ledger import ClaimStatus, Ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, DUPLICATE, SKIPPED, Conversion
+from target_everflow.metrics import conversion_fields
 from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
+
+if t.TYPE_CHECKING:
+    from target_everflow.metrics import RunMetrics
 
 IN_DOUBT = "in_doubt"
 
@@ -179,6 +183,7 @@ class DeliveryEngine:
         logger: logging.Logger | None = None,
         busy_wait: float = 0.5,
         stop_grace: float = 10.0,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -191,6 +196,7 @@ class DeliveryEngine:
         self.logger = logger or logging.getLogger("target-everflow")
         self.busy_wait = busy_wait
         self.stop_grace = stop_grace
+        self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="postback")
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -272,6 +278,7 @@ class DeliveryEngine:
                             "claimed by a run that stopped before recording Everflow's answer; "
                             "resending it (in_doubt=resend).",
                             conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                            extra=conversion_fields(conversion, IN_DOUBT),
                         )
                         to_send.append(conversion)
                     else:
@@ -280,6 +287,7 @@ class DeliveryEngine:
                             "claimed by a run that stopped before recording Everflow's answer; "
                             "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
                             conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                            extra=conversion_fields(conversion, IN_DOUBT),
                         )
                         self._dead_letter(
                             conversion,
@@ -369,6 +377,12 @@ class DeliveryEngine:
             pass
         elif answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):  # released by its worker
             self._dead_letter(conversion, answer.reason, answer.detail, answer.status)
+            self.logger.warning(
+                "Dead-lettered a conversion of stream %s (message id %r, event %r, transaction %r):"
+                " %s: %s", conversion.stream, conversion.message_id or conversion.key,
+                conversion.event, conversion.transaction_id, answer.reason, answer.detail,
+                extra=conversion_fields(conversion, answer.reason, http_status=answer.status),
+            )
         else:  # systemic, or transient after every retry: stop the run, keep the record
             if not answer.unanswered:  # (an unanswered one stays claimed: in doubt next run)
                 release.append(conversion.key)
@@ -391,6 +405,7 @@ class DeliveryEngine:
             answer.detail,
             "resending it (in_doubt=resend)." if resend
             else "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
+            extra=conversion_fields(conversion, IN_DOUBT),
         )
         if not resend:
             self._dead_letter(
@@ -417,11 +432,14 @@ class DeliveryEngine:
                 return _Result(conversion, None if attempts == 0 else answer, attempts)
             with self._lock:
                 self.in_flight += 1
+            started = time.monotonic()
             try:
                 answer = self.client.send(conversion)
             finally:
                 with self._lock:
                     self.in_flight -= 1
+            if self.metrics is not None:
+                self.metrics.answered(answer.status, time.monotonic() - started)
             attempts += 1
             self.summary.bump("requests")
             if answer.status == 429:
@@ -444,6 +462,7 @@ class DeliveryEngine:
             if answer.status == 429:
                 self.limiter.hold(delay)  # everyone slows down, not only this request
             self.summary.bump("retries")
-            self.logger.debug("Retrying %s in %.2f s: %s", conversion.key, delay, answer.detail)
+            self.logger.debug("Retrying %s in %.2f s: %s", conversion.key, delay, answer.detail,
+                              extra=conversion_fields(conversion, "retry", http_status=answer.status))
             if self._stop.wait(delay):
                 return _Result(conversion, answer, attempts)

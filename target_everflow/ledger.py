@@ -741,6 +741,18 @@ class _SQLLedger(Ledger):
 
         return self._run(tx, "read a key")
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """One read-only statement for an operator command (``{t}`` is the ledger table, ``?``
+        the placeholders); returns the column names and the rows."""
+        self._check()
+
+        def tx(cur: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+            cur.execute(self._sql(sql), tuple(params))
+            names = [d[0] for d in cur.description or ()]
+            return names, [tuple(r) for r in cur.fetchall()]
+
+        return self._run(tx, "read the ledger")
+
     def prune(self, retention_days: int) -> int:
         """Delete delivered and held rows not updated for ``retention_days``; return the count."""
 

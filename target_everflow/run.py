@@ -21,6 +21,7 @@ from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, 
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, open_ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
+from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.postback import PostbackClient
 from target_everflow.records import MISSING, SegmentEvent
 
@@ -51,6 +52,7 @@ class Run:
         self.logger = logger
         self.mapper = Mapper(settings, logger)
         self.summary = RunSummary()
+        self.metrics = RunMetrics(self.summary, dry_run=settings.dry_run)
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
         self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
@@ -114,6 +116,7 @@ class Run:
             dry_run=dry_run,
             logger=self.logger,
             stop_grace=min(s.request_timeout, 10.0),
+            metrics=self.metrics,
         )
         self.logger.info(
             "target-everflow: %s, ledger %s, dead letters in %s",
@@ -175,11 +178,12 @@ class Run:
             self.logger.warning(
                 "Left out optional field %s of a record of stream %s (message id %s, event %r): %s",
                 param, stream, conversion.message_id or conversion.key, conversion.event, why,
+                extra=conversion_fields(conversion, "dropped_field", field=param),
             )
             if seen + 1 == DROPPED_WARNINGS_PER_FIELD:
                 self.logger.warning(
                     "Further dropped %s fields on stream %s are counted in the run summary only.",
-                    param, stream,
+                    param, stream, extra=log_fields(stream=stream, reason="dropped_field", field=param),
                 )
 
     @staticmethod
@@ -218,12 +222,15 @@ class Run:
                 totals[SKIPPED], totals[DEAD_LETTER],
                 self.engine.in_flight if self.engine else 0, rate,
             )
+            self.metrics.emit()
 
     # -- end -------------------------------------------------------------------------------
 
     def finish(self) -> dict[str, t.Any]:
         """Log the summary, write ``summary_path``, close everything. Safe to call twice."""
         self._progress_stop.set()
+        if self._progress is not None:
+            self._progress.join(timeout=5.0)  # its last METRIC lines come before the final ones
         errors: list[str] = []
         for closer in (
             self.dead_letters.close,
@@ -244,6 +251,7 @@ class Run:
         data = self.summary.as_dict(dry_run=self.settings.dry_run)
         for line in self.summary.lines(dry_run=self.settings.dry_run):
             self.logger.info("%s", line)
+        self.metrics.emit(final=True)
         if self.settings.dry_run:
             self.logger.info("Planned postbacks were written to %s", self.settings.dry_run_output)
         if self.dead_letters.count:

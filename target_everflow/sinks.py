@@ -21,6 +21,7 @@ from target_everflow.mapping import (
     Conversion,
     Outcome,
 )
+from target_everflow.metrics import log_fields
 from target_everflow.settings import CONFIG_SCHEMA
 
 if t.TYPE_CHECKING:
@@ -159,9 +160,12 @@ class EverflowSink(BatchSink):
             run.dead_letters.write(
                 self.stream_name, record, outcome.reason, outcome.message, field=outcome.field
             )
+            message_id = run.message_id(record)
             run.logger.warning(
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
-                self.stream_name, run.message_id(record), outcome.reason, outcome.message,
+                self.stream_name, message_id, outcome.reason, outcome.message,
+                extra=log_fields(stream=self.stream_name, event=event, reason=outcome.reason,
+                                 message_id=message_id, field=outcome.field),
             )
 
     def process_batch(self, context: dict) -> None:

@@ -1,0 +1,64 @@
+"""``target-everflow report --config config.json --output report.html``: one self-contained HTML
+page about the ledger and the run history (built by ``html_report.py``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import click
+
+from target_everflow.cli import config_option, fail, load_target
+from target_everflow.errors import TargetEverflowError
+from target_everflow.html_report import build_report, render
+from target_everflow.ledger import LedgerError
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half a page)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command("report")
+@config_option
+@click.option("--output", "-o", "output", default="everflow_report.html", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The HTML file to write.")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3660),
+              help="UTC days shown, ending today.")
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(1, 1000),
+              help="Runs listed in the run table, latest first.")
+def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) -> None:
+    """Write an HTML report of delivered, dead-lettered and in-doubt conversions per day and event."""
+    settings = load_target(config).settings
+    try:
+        report = build_report(settings.ledger_url, default_dir=settings.state_dir, days=days, runs=runs)
+    except LedgerError as exc:
+        from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - the run's exit code 4
+
+        fail(LedgerUnavailable(str(exc)))
+    except TargetEverflowError as exc:
+        fail(exc)
+    try:
+        release = version("target-everflow")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        release = ""
+    try:
+        write_atomically(output, render(report, version=release))
+    except OSError as exc:
+        fail(TargetEverflowError(f"cannot write the report to {output}: {exc.strerror or exc}"))
+    total = report.total()
+    click.echo(
+        f"Report written to {output}: {report.days[0]} to {report.days[-1]}, "
+        f"{total.delivered:,} delivered, {total.dead_lettered:,} dead-lettered, "
+        f"{total.in_doubt:,} in doubt, {len(report.runs)} runs listed."
+    )
