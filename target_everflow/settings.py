@@ -168,6 +168,17 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=30,
         description="Seconds per request attempt.",
     ),
+    th.Property(
+        "max_batch_age_seconds",
+        th.NumberType(exclusive_minimum=0),
+        default=5,
+        title="Max batch age (seconds)",
+        description=(
+            "A record waits at most this long for its batch to fill: when the oldest record "
+            "read is this old, every batch is delivered and the STATE after it emitted, even "
+            "while the tap sends nothing more (a streaming tap, a slow extraction)."
+        ),
+    ),
     # --- Idempotency ledger --------------------------------------------------------------
     th.Property(
         "ledger_url",
@@ -207,6 +218,11 @@ CONFIG_SCHEMA = th.PropertiesList(
 ).to_dict()
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
+
+
+def schema_default(name: str) -> t.Any:
+    """The default of setting ``name``, as ``CONFIG_SCHEMA`` states it (the one place it is said)."""
+    return CONFIG_SCHEMA["properties"][name].get("default")
 
 
 class ConfigError(TargetEverflowError):
@@ -273,6 +289,7 @@ class Settings:
     max_requests_per_second: float
     max_retries: int
     request_timeout: float
+    max_batch_age_seconds: float
     ledger_url: str | None = field(repr=False)
     in_doubt: str
     ledger_retention_days: int
@@ -348,6 +365,9 @@ class Settings:
             max_requests_per_second=float(config.get("max_requests_per_second", 0)),
             max_retries=int(config.get("max_retries", 5)),
             request_timeout=float(config.get("request_timeout", 30)),
+            max_batch_age_seconds=float(
+                config.get("max_batch_age_seconds", schema_default("max_batch_age_seconds"))
+            ),
             ledger_url=config.get("ledger_url") or None,
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),

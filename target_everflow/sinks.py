@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from singer_sdk.exceptions import InvalidRecord
@@ -49,6 +50,8 @@ class EverflowSink(BatchSink):
         super().__init__(target, *args, **kwargs)
         self.run: Run = target.run
         self._invalid: tuple[int, str, str | None] | None = None
+        self.pending_since: float | None = None
+        """``time.monotonic()`` when the oldest record of the current batch was read."""
 
     # A record that breaks its stream's schema (validate_records) or lacks a key property is
     # one bad record, not a broken run: it is dead-lettered (invalid_record) and the run goes
@@ -124,6 +127,8 @@ class EverflowSink(BatchSink):
         self.run.dead_letters.flush()  # durable before any STATE that follows it
 
     def process_record(self, record: dict, context: dict) -> None:
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
         run = self.run
         run.summary.read()
         if self._invalid is not None:
@@ -156,6 +161,10 @@ class EverflowSink(BatchSink):
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
                 self.stream_name, run.message_id(record), outcome.reason, outcome.message,
             )
+
+    def start_drain(self) -> dict:
+        self.pending_since = None  # records read from now on start the next batch
+        return super().start_drain()
 
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})
