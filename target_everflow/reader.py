@@ -280,7 +280,10 @@ class SegmentReader(GenericSingerReader[str]):
         if fd is not None:
             yield from self._polled_blocks(stream, fd)
             return
-        lines = iter(stream)
+        try:
+            lines = iter(stream)
+        except TypeError:  # a buffer wrapper that cannot iterate (click's, for `--input -`)
+            lines = iter(source)
         while True:
             self._due()
             block = list(islice(lines, _BLOCK_LINES))
@@ -334,7 +337,8 @@ def _pollable_fd(stream: t.Any) -> int | None:
     Regular files are never waited on (they are always readable); neither are text streams
     (their decoded text may hold lines ``poll`` cannot see) nor anything without a descriptor.
     """
-    if isinstance(stream, io.TextIOBase):
+    binary = isinstance(stream, (io.BufferedIOBase, io.RawIOBase)) or hasattr(stream, "read1")
+    if not binary or isinstance(stream, io.TextIOBase):
         return None
     try:
         fd = stream.fileno()

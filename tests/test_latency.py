@@ -260,3 +260,28 @@ def test_reader_still_reads_files_and_in_memory_streams(tmp_path: Path) -> None:
         assert counts == {"SCHEMA": 1, "RECORD": 2500, "STATE": 1}, source
         assert got[-1] == {"type": "STATE", "value": {"upto": 2499}}
         assert len(calls) >= 3, source  # 2,502 lines: asked before each block of lines
+
+
+@pytest.mark.parametrize("via", ["pipe", "file"])
+def test_input_dash_reads_standard_input(base_config, tmp_path: Path, via: str) -> None:
+    """``--input -`` (click hands over standard input wrapped) is read like standard input:
+    from a pipe, waited on, and from a redirected file."""
+    lines = singer_lines("orders", [track(0), track(1)], state={"upto": 1})
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({**base_config, "dry_run": True}))
+    command = [sys.executable, "-m", "target_everflow", "--config", str(config_path), "--input", "-"]
+    data = "\n".join(lines) + "\n"
+    if via == "pipe":
+        proc = subprocess.run(command, input=data, capture_output=True, text=True,
+                              timeout=DEADLINE * 4, cwd=tmp_path)
+    else:
+        source = tmp_path / "input.singer"
+        source.write_text(data)
+        with source.open("rb") as stdin:
+            proc = subprocess.run(command, stdin=stdin, capture_output=True, text=True,
+                                  timeout=DEADLINE * 4, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [{"upto": 1}]
+    summary = json.loads(Path(base_config["summary_path"]).read_text())
+    assert summary["records_read"] == 2 and summary["delivered"] == 2
