@@ -285,3 +285,25 @@ def test_input_dash_reads_standard_input(base_config, tmp_path: Path, via: str) 
     assert [json.loads(line) for line in proc.stdout.splitlines()] == [{"upto": 1}]
     summary = json.loads(Path(base_config["summary_path"]).read_text())
     assert summary["records_read"] == 2 and summary["delivered"] == 2
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_max_batch_age_seconds_must_be_a_positive_number(base_config, tmp_path: Path, value: t.Any) -> None:
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({**base_config, "dry_run": True, "max_batch_age_seconds": value}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "target_everflow", "--config", str(config_path)],
+        input="", capture_output=True, text=True, timeout=DEADLINE * 4, cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Setting 'max_batch_age_seconds': must be" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_max_batch_age_seconds_defaults_to_the_schema_default() -> None:
+    from target_everflow.settings import CONFIG_SCHEMA, Settings
+
+    spec = CONFIG_SCHEMA["properties"]["max_batch_age_seconds"]
+    assert spec["default"] == 5 and spec["title"] and spec["exclusiveMinimum"] == 0
+    assert Settings.from_config({"dry_run": True}).max_batch_age_seconds == 5
+    assert Settings.from_config({"dry_run": True, "max_batch_age_seconds": 0.5}).max_batch_age_seconds == 0.5
