@@ -47,7 +47,8 @@ test-fast: $(VENV)/.installed-test
 test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
-## make bench: throughput and memory benchmarks (writes bench/RESULTS.md)
+## make bench: throughput, memory and streaming-latency benchmarks (writes bench/RESULTS.md);
+## BENCH_ARGS=--only-trickle: only the latency behind a streaming tap
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

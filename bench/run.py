@@ -26,12 +26,21 @@ tap-flattened streams.
    (``ledger_url: none``) at concurrency 32.
 3. Memory: peak RSS of dry runs over ``--memory-records`` records (fed through a pipe from the
    generator, nothing on disk).
+4. Latency behind a streaming tap (``--only-trickle`` runs only this): a tap that writes
+   ``--trickle-rate`` records/s for ``--trickle-seconds`` through a pipe it keeps open, into a
+   live target (default ``max_batch_age_seconds``) against the receiver with ``--latency``. For
+   each record: from the moment the tap writes it to the moment the receiver sees its postback
+   (its request log), and to the moment the STATE written after it appears on the target's
+   stdout; p50 / p99 / max. The pipe is closed only once every postback arrived, so no record is
+   delivered by the end of input. ``RESULTS.md``'s latency section is replaced on its own: a
+   ``--only-trickle`` run keeps the rest of the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -39,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -49,7 +59,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 from bench import generate  # noqa: E402
-from tests.receiver import ReceiverProcess  # noqa: E402
+from target_everflow.settings import schema_default  # noqa: E402
+from tests.receiver import ReceiverProcess, read_log  # noqa: E402
 
 PY = sys.executable
 TOKEN = "bench-verification-token"
@@ -240,6 +251,117 @@ def bench_memory(root: Path, sizes: list[int]) -> dict[int, Run]:
     return out
 
 
+@dataclass
+class Trickle:
+    records: int
+    rate: float
+    age: float
+    latency: float
+    delivery: list[float]
+    """Seconds from the tap writing each record to the receiver seeing its postback."""
+    state: list[float]
+    """Seconds from the tap writing each record to the STATE written after it on stdout."""
+    delivered: int
+    wall: float
+    cpu: float
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]  # nearest rank
+
+
+def bench_trickle(root: Path, rate: float, seconds: float, latency: float) -> Trickle:
+    """A streaming tap: ``rate`` records/s for ``seconds`` through a pipe that stays open."""
+    run_dir = fresh_dir(root, "trickle")
+    log = run_dir / "requests.jsonl"
+    n = max(1, round(rate * seconds))
+    age = float(schema_default("max_batch_age_seconds"))
+    gen = generate.Generator(7, conversions_only=True)
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    written: dict[str, float] = {}
+    states_seen: list[tuple[float, int]] = []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with ReceiverProcess(latency=latency, log_path=log) as rx, \
+            open(run_dir / "stderr.log", "wb") as err:
+        cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "postback_url": rx.url,
+                                                     "request_timeout": 30})
+        started = time.perf_counter()
+        proc = subprocess.Popen([*TARGET, "--config", str(cfg)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, env=env, cwd=run_dir)
+        assert proc.stdin is not None and proc.stdout is not None
+        stdout = proc.stdout
+
+        def read_states() -> None:
+            for line in stdout:
+                if line.strip():
+                    states_seen.append((time.time(), json.loads(line)["bookmarks"]["position"]))
+
+        reader = threading.Thread(target=read_states, daemon=True)
+        reader.start()
+        try:
+            # Ready: the target echoes a STATE that covers no record once it reads its input
+            # (start-up, the ledger, ... are not latency behind a tap).
+            proc.stdin.write((dumps({"type": "SCHEMA", "stream": generate.RAW, "schema": generate.RAW_SCHEMA,
+                                     "key_properties": []}) + "\n"
+                              + dumps({"type": "STATE", "value": {"bookmarks": {"position": 0}}})
+                              + "\n").encode())
+            proc.stdin.flush()
+            ready = time.monotonic() + 60
+            while not states_seen and proc.poll() is None and time.monotonic() < ready:
+                time.sleep(0.05)
+            begin = time.monotonic()
+            for i in range(n):
+                pause = begin + i / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                record = gen.raw_web()
+                tid = f"trickle-{i}"
+                record["context"]["referrer"] = {"type": "everflow", "id": tid}
+                line = (dumps({"type": "RECORD", "stream": generate.RAW, "record": record}) + "\n"
+                        + dumps({"type": "STATE", "value": {"bookmarks": {"position": i + 1}}}) + "\n")
+                written[tid] = time.time()
+                proc.stdin.write(line.encode())
+                proc.stdin.flush()
+            # The pipe stays open until every postback arrived (or age + 60 s passed): the last
+            # records too must be delivered by age, not by the end of input.
+            deadline = time.monotonic() + age + 60
+            while time.monotonic() < deadline:
+                if len({e["transaction_id"] for e in read_log(log) if e["accepted"]}) >= n:
+                    break
+                time.sleep(0.2)
+            proc.stdin.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.perf_counter() - started
+            reader.join(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        tail = (run_dir / "stderr.log").read_text(errors="replace")[-3000:]
+        raise BenchError(f"the trickle target exited {proc.returncode}:\n{tail}")
+    seen: dict[str, float] = {}
+    for entry in read_log(log):
+        if entry["accepted"]:
+            seen.setdefault(entry["transaction_id"], entry["wall"])
+    delivery = [seen[tid] - at for tid, at in written.items() if tid in seen]
+    state = []
+    for i, at in enumerate(written.values()):
+        covering = [when for when, position in states_seen if position >= i + 1]
+        if covering:
+            state.append(min(covering) - at)
+    result = Trickle(n, rate, age, latency, delivery, state, len(seen), wall,
+                     usage.ru_utime + usage.ru_stime)
+    print(f"  trickle  {n} records at {rate:g}/s: delivery p50 {_percentile(delivery, 50):.2f} s, "
+          f"p99 {_percentile(delivery, 99):.2f} s; STATE p50 {_percentile(state, 50):.2f} s, "
+          f"p99 {_percentile(state, 99):.2f} s ({len(seen)} of {n} delivered)", flush=True)
+    return result
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -308,6 +430,56 @@ def table(mapping: dict[str, list[Run]] | None, delivery: dict[str, list[Run]] |
     return "\n".join(rows), goals
 
 
+TRICKLE_START, TRICKLE_END = "<!-- trickle:start -->", "<!-- trickle:end -->"
+TRICKLE_BEFORE = ("no postback until the end of input: 5 records written over 15 s were "
+                  "delivered 13-25 s after they arrived, all at the end")
+
+
+def trickle_section(run: Trickle, command: str, took: float) -> tuple[str, str]:
+    """RESULTS.md's latency section (between its markers) and the goal line."""
+    p50, p99 = _percentile(run.delivery, 50), _percentile(run.delivery, 99)
+    worst = max(run.delivery, default=float("nan"))
+    s50, s99 = _percentile(run.state, 50), _percentile(run.state, 99)
+    bound = run.age + 1
+    met = run.delivered == run.records and p99 <= bound
+    goal = (f"latency behind a streaming tap: p99 <= max_batch_age_seconds + 1 s = {bound:g} s: "
+            f"{p99:.2f} s ({'met' if met else 'NOT met'}; {run.delivered} of {run.records} "
+            "delivered while the input was open)")
+    text = "\n".join([
+        "## Latency behind a streaming tap",
+        "",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {took:.0f} s). A tap writes "
+        f"{run.rate:g} records/s (each followed by a STATE) for {run.records / run.rate:g} s into "
+        "one live target through a pipe it keeps open until every postback arrived; the receiver "
+        f"answers after {run.latency * 1000:g} ms; `max_batch_age_seconds` is {run.age:g} (the "
+        "default). Delivery: from the tap writing a record to the receiver seeing its postback. "
+        "STATE: to the STATE written after it appearing on the target's stdout.",
+        "",
+        "| Benchmark | Configuration | Records | Delivery p50 | Delivery p99 | Delivery max | "
+        "STATE p50 | STATE p99 | Target CPU | Before |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| latency | {run.rate:g} records/s for {run.records / run.rate:g} s, pipe kept open, "
+        f"receiver {run.latency * 1000:g} ms | {_n(run.records)} | {p50:.2f} s | **{p99:.2f} s** | "
+        f"{worst:.2f} s | {s50:.2f} s | {s99:.2f} s | {run.cpu:.1f} s in {run.wall:.0f} s | "
+        f"{TRICKLE_BEFORE} |",
+    ])
+    return text, goal
+
+
+def write_results(out: Path, main: str | None, trickle: str | None) -> None:
+    """Write RESULTS.md: the main part and the latency section each replaced only when run."""
+    existing = out.read_text() if out.exists() else ""
+    old_main, old_trickle = existing, ""
+    if TRICKLE_START in existing and TRICKLE_END in existing:
+        head, rest = existing.split(TRICKLE_START, 1)
+        old_trickle = TRICKLE_START + rest.split(TRICKLE_END, 1)[0] + TRICKLE_END
+        old_main = head + rest.split(TRICKLE_END, 1)[1]
+    if trickle is not None:
+        trickle = f"{TRICKLE_START}\n{trickle}\n{TRICKLE_END}"
+    parts = [(main if main is not None else old_main).rstrip(), trickle or old_trickle]
+    out.write_text("\n\n".join(p for p in parts if p) + "\n")
+
+
 def machine() -> str:
     import singer_sdk  # noqa: PLC0415
 
@@ -339,7 +511,13 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument("--memory-records", default="20000,100000",
                         help="dry-run sizes for peak RSS (20000,100000)")
     parser.add_argument("--memory-1m", action="store_true", help="memory at 100000 and 1000000 records")
-    parser.add_argument("--only", default="mapping,delivery,memory")
+    parser.add_argument("--only", default="mapping,delivery,memory,trickle")
+    parser.add_argument("--only-trickle", action="store_true",
+                        help="only the latency behind a streaming tap (--only trickle)")
+    parser.add_argument("--trickle-rate", type=float, default=10.0,
+                        help="trickle: records/s the tap writes (10)")
+    parser.add_argument("--trickle-seconds", type=float, default=60.0,
+                        help="trickle: seconds the tap writes for (60)")
     parser.add_argument("--no-validate", action="store_true",
                         help="mapping: skip the pair with validate_records on")
     parser.add_argument("--default-reader", action="store_true",
@@ -351,6 +529,9 @@ def main() -> int:  # noqa: PLR0915
     if args.quick:
         args.records, args.conversions, args.repeats, args.seconds = 3000, 1000, 1, 1.0
         args.memory_records = "2000,5000"
+        args.trickle_seconds = 3.0
+    if args.only_trickle:
+        args.only = "trickle"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if 32 not in concurrencies:
         concurrencies.append(32)
@@ -362,7 +543,7 @@ def main() -> int:  # noqa: PLR0915
     print(f"target-everflow benchmarks on {machine()}\nwork directory {root}", flush=True)
     started = time.time()
     try:
-        mapping = delivery = memory = None
+        mapping = delivery = memory = trickle = None
         if "mapping" in only:
             print(f"mapping: {args.records:,} records, {args.repeats} runs each", flush=True)
             mapping = bench_mapping(root, args.records, args.repeats, default_reader=args.default_reader,
@@ -374,12 +555,21 @@ def main() -> int:  # noqa: PLR0915
         if "memory" in only:
             print("memory:", flush=True)
             memory = bench_memory(root, memory_sizes)
+        if "trickle" in only:
+            print(f"latency behind a streaming tap: {args.trickle_rate:g} records/s for "
+                  f"{args.trickle_seconds:g} s", flush=True)
+            trickle = bench_trickle(root, args.trickle_rate, args.trickle_seconds, args.latency)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     rows, goals = table(mapping, delivery, memory, latency=args.latency, concurrencies=concurrencies)
     command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
-    text = "\n".join([
+    trickle_text = None
+    if trickle is not None:
+        trickle_text, goal = trickle_section(trickle, command, time.time() - started)
+        goals.append(goal)
+        trickle_text += f"\n\n- {goal}"
+    text = None if not (mapping or delivery or memory) else "\n".join([
         "# Benchmark results",
         "",
         f"Machine: {machine()}.  ",
@@ -392,16 +582,20 @@ def main() -> int:  # noqa: PLR0915
         "",
         "Goals:",
         "",
-        *[f"- {g}" for g in goals],
+        *[f"- {g}" for g in goals if trickle_text is None or not g.startswith("latency behind")],
         "",
     ])
     print()
-    print(rows)
-    print()
+    if text is not None:
+        print(rows)
+        print()
+    if trickle_text is not None:
+        print(trickle_text.rsplit("\n\n", 1)[0])  # (its goal line follows with the others)
+        print()
     for g in goals:
         print(f"- {g}")
     if not args.quick:
-        Path(args.out).write_text(text)
+        write_results(Path(args.out), text, trickle_text)
         print(f"\nwritten to {args.out}")
     return 0
 

@@ -19,16 +19,27 @@ a JSON object, without a known ``type``, or a message without what its type requ
 RECORD before its stream's SCHEMA and the SDK's own checks are reported the same way. The
 target settles the records read before that line and emits the last STATE they cover (see
 ``TargetEverflow.main``).
+
+Waiting: a pipe (a tap's standard output), FIFO, socket or terminal is waited on with ``poll``,
+never longer than the reader's ``due`` hook asks, so that the target can deliver a batch by age
+while the tap sends nothing (``max_batch_age_seconds``). Only complete lines are parsed: a line
+whose newline has not come yet waits for it. The wait is interrupted by SIGTERM/SIGINT like a
+blocking read. A regular file or an in-memory stream is read straight through.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import select
+import stat
 import sys
 import typing as t
 from collections import Counter, defaultdict
 from decimal import Decimal
+from itertools import islice
 
 from singer_sdk.exceptions import InvalidJSONSchema, RecordsWithoutSchemaException
 from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessageType
@@ -51,6 +62,12 @@ _MAX_INT_DIGITS = 4000
 """Longer integers are read as ``Decimal`` (Python refuses to parse ints past 4,300 digits)."""
 KNOWN_TYPES = frozenset(m.value for m in SingerMessageType)
 _SHOWN = 80
+_CHUNK = 1 << 16
+"""Bytes read from a pipe at a time (one ``read(2)``)."""
+_BLOCK_LINES = 1000
+"""Lines of a file read between two calls of ``due``."""
+_IDLE_WAIT = 1.0
+"""The longest single wait for input, in seconds (then ``due`` is asked again)."""
 
 
 def _parse_int(text: str) -> int | Decimal:
@@ -106,6 +123,12 @@ class SegmentReader(GenericSingerReader[str]):
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
+        self.due: t.Callable[[], float | None] | None = None
+        """Called before the reader waits for input (and every ``_BLOCK_LINES`` lines of a
+        file): does what is due, returns the seconds until something is due again (``None``:
+        nothing is). The reader waits for input at most that long before calling it again, so
+        what it does happens on time even while no line comes. The target drains its batches
+        by age here (``max_batch_age_seconds``)."""
 
     # -- one line --------------------------------------------------------------------------
 
@@ -207,40 +230,124 @@ class SegmentReader(GenericSingerReader[str]):
     ) -> t.Counter[str]:
         stats: dict[str, int] = defaultdict(int)
         source = file_input or self.default_input
-        for number, line in enumerate(_lines(source), 1):
-            self.line_number = number
-            self._current_message = line  # type: ignore[assignment]
-            try:
-                message = self.deserialize_json(line)
-            except InputError:
-                if not line.strip():
-                    continue  # a blank line is no message: nothing is lost skipping it
-                raise
-            kind = self.check_message(message)
-            try:
-                callbacks[kind](message)
-            except InputError:
-                raise
-            except RecordsWithoutSchemaException as exc:
-                raise broken(number, _first_line(exc), RecordBeforeSchema) from None
-            except InvalidJSONSchema as exc:  # (only validate_records compiles the schema)
-                raise broken(
-                    number,
-                    f"the SCHEMA of stream {message.get('stream')!r} is not a valid JSON schema, "
-                    f"so records cannot be validated against it (validate_records): {_first_line(exc)}",
-                ) from None
-            except InvalidInputLine as exc:
-                raise broken(number, _first_line(exc)) from None
-            stats[kind] += 1
+        number = 0
+        for block in self._blocks(source):
+            for line in block:
+                number += 1
+                self.line_number = number
+                self._current_message = line  # type: ignore[assignment]
+                try:
+                    message = self.deserialize_json(line)
+                except InputError:
+                    if not line.strip():
+                        continue  # a blank line is no message: nothing is lost skipping it
+                    raise
+                kind = self.check_message(message)
+                try:
+                    callbacks[kind](message)
+                except InputError:
+                    raise
+                except RecordsWithoutSchemaException as exc:
+                    raise broken(number, _first_line(exc), RecordBeforeSchema) from None
+                except InvalidJSONSchema as exc:  # (only validate_records compiles the schema)
+                    raise broken(
+                        number,
+                        f"the SCHEMA of stream {message.get('stream')!r} is not a valid JSON "
+                        "schema, so records cannot be validated against it (validate_records): "
+                        f"{_first_line(exc)}",
+                    ) from None
+                except InvalidInputLine as exc:
+                    raise broken(number, _first_line(exc)) from None
+                stats[kind] += 1
         return Counter(**stats)
 
+    # -- waiting for input -----------------------------------------------------------------
 
-def _lines(source: t.Any) -> t.Iterable[str | bytes]:
+    def _due(self) -> float | None:
+        return self.due() if self.due is not None else None
+
+    def _blocks(self, source: t.Any) -> t.Iterator[t.Iterable[str | bytes]]:
+        """The input's lines, a block at a time; ``due`` is called before each block.
+
+        A pipe, FIFO, socket or terminal is waited on with ``poll`` for at most what ``due``
+        returns, and read a chunk at a time; only complete lines are handed on (a line the tap
+        has not finished writing waits for its newline, or for the end of input). Anything else
+        (a regular file, an in-memory stream) never makes the reader wait: its lines come in
+        blocks of ``_BLOCK_LINES``.
+        """
+        stream = _lines(source)
+        fd = _pollable_fd(stream)
+        if fd is not None:
+            yield from self._polled_blocks(stream, fd)
+            return
+        try:
+            lines = iter(stream)
+        except TypeError:  # a buffer wrapper that cannot iterate (click's, for `--input -`)
+            lines = iter(source)
+        while True:
+            self._due()
+            block = list(islice(lines, _BLOCK_LINES))
+            if not block:
+                return
+            yield block
+
+    def _polled_blocks(self, stream: t.Any, fd: int) -> t.Iterator[t.Iterable[bytes]]:
+        # read1: the bytes the BufferedReader already holds first, then at most one read(2) of
+        # at most _CHUNK bytes (a raw stream's read is one read(2) already).
+        read = getattr(stream, "read1", None) or stream.read
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        partial: list[bytes] = []  # the start of a line whose newline has not come yet
+        while True:
+            wait = self._due()
+            wait = _IDLE_WAIT if wait is None else min(max(wait, 0.0), _IDLE_WAIT)
+            # A signal interrupts the wait: its handler runs, and what it raises ends the read.
+            if not poller.poll(math.ceil(wait * 1000)):
+                continue
+            chunk = read(_CHUNK)
+            if chunk is None:  # a non-blocking descriptor with nothing to read after all
+                continue
+            if not chunk:  # end of input: a last line without a newline is read as it is
+                if partial:
+                    yield [b"".join(partial)]
+                return
+            end = chunk.rfind(b"\n") + 1
+            if not end:
+                partial.append(chunk)
+                continue
+            complete = chunk[:end]
+            if partial:
+                partial.append(complete)
+                complete = b"".join(partial)
+            partial = [chunk[end:]] if end < len(chunk) else []
+            yield io.BytesIO(complete)  # its lines, each with its newline
+
+
+def _lines(source: t.Any) -> t.Any:
     """The lines of the input: the raw bytes beneath a text file or pipe, else its text lines."""
     buffer = getattr(source, "buffer", None)
     if isinstance(source, io.TextIOWrapper) and buffer is not None:
-        return buffer  # type: ignore[no-any-return]
-    return source  # type: ignore[no-any-return]
+        return buffer
+    return source
+
+
+def _pollable_fd(stream: t.Any) -> int | None:
+    """The descriptor of a binary pipe, FIFO, socket or terminal, else ``None``.
+
+    Regular files are never waited on (they are always readable); neither are text streams
+    (their decoded text may hold lines ``poll`` cannot see) nor anything without a descriptor.
+    """
+    binary = isinstance(stream, (io.BufferedIOBase, io.RawIOBase)) or hasattr(stream, "read1")
+    if not binary or isinstance(stream, io.TextIOBase):
+        return None
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
+        return fd  # type: ignore[no-any-return]
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -198,6 +198,17 @@ CONFIG_SCHEMA = th.PropertiesList(
             "and STATE moves on after each batch is settled."
         ),
     ),
+    th.Property(
+        "max_batch_age_seconds",
+        th.NumberType(exclusive_minimum=0),
+        default=5,
+        title="Max batch age (seconds)",
+        description=(
+            "A record waits at most this long for its batch to fill: when the oldest record "
+            "read is this old, every batch is delivered and the STATE after it emitted, even "
+            "while the tap sends nothing more (a streaming tap, a slow extraction)."
+        ),
+    ),
     # --- Idempotency ledger --------------------------------------------------------------
     th.Property(
         "ledger_url",
@@ -244,6 +255,11 @@ SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 # Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
 LIVE_REQUIRED = ("postback_url", "network_id")
 SETTINGS_GROUP_VALIDATION = [list(LIVE_REQUIRED), ["dry_run"]]
+
+
+def schema_default(name: str) -> t.Any:
+    """The default of setting ``name``, as ``CONFIG_SCHEMA`` states it (the one place it is said)."""
+    return CONFIG_SCHEMA["properties"][name].get("default")
 
 
 class ConfigError(TargetEverflowError):
@@ -310,6 +326,7 @@ class Settings:
     max_requests_per_second: float
     max_retries: int
     request_timeout: float
+    max_batch_age_seconds: float
     ledger_url: str | None = field(repr=False)
     in_doubt: str
     ledger_retention_days: int
@@ -385,6 +402,9 @@ class Settings:
             max_requests_per_second=float(config.get("max_requests_per_second", 0)),
             max_retries=int(config.get("max_retries", 5)),
             request_timeout=float(config.get("request_timeout", 30)),
+            max_batch_age_seconds=float(
+                config.get("max_batch_age_seconds", schema_default("max_batch_age_seconds"))
+            ),
             ledger_url=config.get("ledger_url") or None,
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from singer_sdk.exceptions import InvalidRecord
@@ -52,6 +53,8 @@ class EverflowSink(BatchSink):
         super().__init__(target, *args, **kwargs)
         self.run: Run = target.run
         self._invalid: tuple[int, str, str | None] | None = None
+        self.pending_since: float | None = None
+        """``time.monotonic()`` when the oldest record of the current batch was read."""
 
     @property
     def include_sdc_metadata_properties(self) -> bool:
@@ -132,6 +135,8 @@ class EverflowSink(BatchSink):
         self.run.dead_letters.flush()  # durable before any STATE that follows it
 
     def process_record(self, record: dict, context: dict) -> None:
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
         run = self.run
         run.summary.read()
         if self._invalid is not None:
@@ -167,6 +172,10 @@ class EverflowSink(BatchSink):
                 extra=log_fields(stream=self.stream_name, event=event, reason=outcome.reason,
                                  message_id=message_id, field=outcome.field),
             )
+
+    def start_drain(self) -> dict:
+        self.pending_since = None  # records read from now on start the next batch
+        return super().start_drain()
 
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})

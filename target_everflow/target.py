@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
 import typing as t
 
 import click
@@ -116,6 +117,7 @@ class TargetEverflow(Target):
         except ConfigError as exc:
             raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
         self.run = Run(self.settings, self.logger, self._schema_of)
+        self.message_reader.due = self.drain_by_age  # asked before each wait for input
         self._terminating: int | None = None
         self._state_written: str | None = None
 
@@ -171,6 +173,31 @@ class TargetEverflow(Target):
             # the latest STATE is already safe, so a long backfill checkpoints batch by batch.
             self.run.batch_settled = False
             self.emit_safe_state()
+
+    def drain_by_age(self) -> float | None:
+        """Deliver every batch once the oldest record waiting is ``max_batch_age_seconds`` old.
+
+        The reader calls this before it waits for input, so a record is delivered on time (and
+        the STATE after it emitted) even while the tap sends nothing more. Every batch, not
+        only the old one: STATE needs every record read before it settled. Returns the seconds
+        until the oldest record waiting is due (``None`` when none waits).
+        """
+        since = [
+            s.pending_since
+            for s in (*self._sinks_to_clear, *self._sinks_active.values())
+            if s.current_size and s.pending_since is not None
+        ]
+        if not since:
+            return None
+        wait = min(since) + self.settings.max_batch_age_seconds - time.monotonic()
+        if wait > 0:
+            return wait
+        self.logger.debug(
+            "Delivering the records read so far: the oldest has waited %.1f s "
+            "(max_batch_age_seconds).", self.settings.max_batch_age_seconds - wait,
+        )
+        self.drain_all()  # then writes the latest STATE: every record read before it settled
+        return None
 
     def _dead_letter_unreadable(self, message_dict: dict) -> None:
         """A RECORD whose ``record`` is not a JSON object: one bad record, dead-lettered."""
