@@ -103,3 +103,4 @@ def main() -> None:
 
 
 # Operator commands register here (one line each), so that adding one touches only its module.
+from target_everflow.reconcile import reconcile_command; cli.add_command(reconcile_command)  # noqa: E402, E702, I001
