@@ -274,6 +274,7 @@ class _Api:
         self.limiter = limiter
         self.hint = hint
         self.purpose = purpose
+        self.user_agent = USER_AGENT
         self.requests_made = 0
 
     def fail(self, message: str, reason: str) -> PreflightError:
@@ -303,7 +304,9 @@ class _Api:
         url = f"{self.api_url}{path}"
         query = "&".join(f"{k}={v}" for k, v in params or ())
         what = f"{method} {url}" + (f"?{query}" if query else "")
-        headers = {API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = {
+            API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": self.user_agent
+        }
         attempt = 0
         while True:
             attempt += 1

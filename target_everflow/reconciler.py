@@ -144,12 +144,12 @@ class ReportingClient:
         self.settings = settings
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
         self.api = _Api(
             settings.api_url, host, key, settings.request_timeout, self.session, sleep,
             logger or _LOG, limiter=limiter or RateLimiter(settings.api_requests_per_second),
             hint=HINT, purpose="the request",
         )
+        self.api.user_agent = USER_AGENT
         self._key = key
         self._names: dict[int, str] | None = None
 
@@ -442,11 +442,14 @@ class Reconciler:
         logger: logging.Logger | None = None,
         session: requests.Session | None = None,
         sleep: t.Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
         exclude_owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.logger = logger or _LOG
-        self.client = ReportingClient(settings, session=session, sleep=sleep, logger=self.logger)
+        self.client = ReportingClient(
+            settings, session=session, sleep=sleep, logger=self.logger, limiter=limiter
+        )
         lease = MAX_ATTEMPTS * (settings.request_timeout + MAX_RETRY_AFTER) + 60.0
         self.store = ReconcileStore(ledger, lease_seconds=lease)
         self.exclude_owner = exclude_owner
