@@ -38,6 +38,9 @@ _DUE_COLUMNS = (
     "delivery_key, stream, event, transaction_id, message_id, adv_event_id, order_id, amount,"
     " event_time, sent_at"
 )
+_EARLIEST = (  # the earlier of event time and sent time (DueKey.earliest)
+    "CASE WHEN event_time IS NOT NULL AND event_time < sent_at THEN event_time ELSE sent_at END"
+)
 _REPORT_COLUMNS = (
     f"{_DUE_COLUMNS}, recon_status, recon_error_code, recon_error_message, recon_checked_at"
 )
@@ -129,7 +132,8 @@ class ReconcileStore:
         limit: int,
         exclude_owner: str | None = None,
     ) -> tuple[float, list[DueKey]]:
-        """Claim up to ``limit`` due keys, oldest first; return (ledger time, the keys)."""
+        """Claim up to ``limit`` due keys, earliest (event or sent) first; return (ledger time,
+        the keys, in that order)."""
 
         def tx(cur: t.Any) -> tuple[float, list[DueKey]]:
             now = self._now(cur)
@@ -148,7 +152,7 @@ class ReconcileStore:
                     "  AND (recon_owner IS NULL OR recon_lease_until IS NULL"
                     "       OR recon_lease_until <= ?)"
                     "  AND owner <> ?"
-                    f"  ORDER BY sent_at, delivery_key LIMIT ?{lock})"
+                    f"  ORDER BY {_EARLIEST}, delivery_key LIMIT ?{lock})"
                     " AND (recon_owner IS NULL OR recon_lease_until IS NULL"
                     "      OR recon_lease_until <= ?)"
                     f" RETURNING {_DUE_COLUMNS}"
@@ -159,7 +163,7 @@ class ReconcileStore:
                 ),
             )
             keys = [DueKey.from_row(r) for r in cur.fetchall()]
-            keys.sort(key=lambda k: (k.sent_at, k.key))
+            keys.sort(key=lambda k: (k.earliest, k.key))
             return now, keys
 
         return t.cast(tuple[float, list[DueKey]], self._run(tx, "claim keys to reconcile"))
@@ -176,6 +180,21 @@ class ReconcileStore:
             return now
 
         return float(self._run(tx, "renew reconcile leases"))
+
+    def give_back(self, keys: t.Sequence[str]) -> None:
+        """Give up these keys unchecked (a later claim takes them again)."""
+
+        def tx(cur: t.Any) -> None:
+            cur.execute(
+                self._sql(
+                    "UPDATE {t} SET recon_owner = NULL, recon_lease_until = NULL"
+                    " WHERE delivery_key {in_keys} AND recon_owner = ?"
+                ),
+                (self.ledger._keys_param(sorted(keys)), self.owner),  # noqa: SLF001
+            )
+
+        if keys:
+            self._run(tx, "give back reconcile claims")
 
     def release(self) -> None:
         """Give up every key this run still holds (unchecked: a later run checks them)."""

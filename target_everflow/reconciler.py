@@ -465,6 +465,14 @@ class Reconciler:
                 )
                 if not due:
                     break
+                if len(due) >= CLAIM_CHUNK:
+                    # A full chunk may end within a day: that day goes back, to be asked whole
+                    # with the next chunk (one request per day, not two).
+                    last_day = _day(due[-1].earliest)
+                    whole = [k for k in due if _day(k.earliest) < last_day]
+                    if whole:
+                        self.store.give_back([k.key for k in due[len(whole):]])
+                        due = whole
                 self._check(due, now, result)
         finally:
             try:
@@ -619,6 +627,12 @@ def reconcile(settings: Settings, logger: logging.Logger, echo: t.Callable[[str]
         raise _failure(
             "Setting 'api_key': reconcile reads Everflow's conversion report with a network API "
             "key (Control Center > Security); set api_key.",
+            EXIT_CONFIG,
+        )
+    if (settings.ledger_url or "").strip().lower() == "none":
+        raise _failure(
+            "Setting 'ledger_url': is none: no ledger records what was delivered, so there is "
+            "nothing to reconcile.",
             EXIT_CONFIG,
         )
     try:
