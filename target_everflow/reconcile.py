@@ -21,7 +21,11 @@ from target_everflow.errors import TargetEverflowError, Terminated
 from target_everflow.reconciler import reconcile
 
 
+_SIGNALLED: list[int] = []
+
+
 def _raise_terminated(signum: int, _frame: t.Any) -> None:
+    _SIGNALLED.append(signum)
     raise Terminated(signum)
 
 
@@ -33,7 +37,8 @@ def _reconcile(config: tuple[str, ...]) -> None:
     try:
         code = reconcile(target.settings, target.logger, click.echo)
     except TargetEverflowError as exc:
-        fail(exc)
+        # A signal may surface as another error (a ledger transaction it interrupted).
+        fail(Terminated(_SIGNALLED[0]) if _SIGNALLED else exc)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

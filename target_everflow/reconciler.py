@@ -580,16 +580,22 @@ class Reconciler:
             "rejected_or_not_found": conversions,
         }
         path = self.settings.reconcile_report_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".reconcile-", dir=path.parent)
+        text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False)
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".reconcile-", dir=path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False)
                 out.write(self.client.redact(text) + "\n")
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise _failure(
+                f"Setting 'reconcile_report_path': cannot write {path}: {exc.strerror} (the "
+                "verdicts are in the ledger; the next reconcile writes the report again)",
+                EXIT_CONFIG,
+            ) from None
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -527,3 +527,16 @@ def test_the_summary_lines_escape_event_names() -> None:
     assert all("\n" not in line and "\x1b" not in line for line in lines)
     assert "rejected, error 21 (invalid verification token): 1 (amount 3.50)" in "\n".join(lines)
     logging.getLogger(__name__).info("%s", lines)
+
+
+def test_a_report_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    seed(url, tmp_path, [("k1", "tx-1", None)])
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    with Receiver(reporting=FakeReporting(api_key=SECRET_API_KEY)) as rx:
+        config = {**config_under(tmp_path), "postback_url": rx.url, "api_url": rx.api_url,
+                  "api_key": SECRET_API_KEY, "ledger_url": url, "reconcile_after_minutes": 0,
+                  "reconcile_report_path": str(tmp_path / "blocked" / "report.json")}  # fmt: skip
+        proc = reconcile_cli(config, tmp_path)
+    assert proc.code == 1 and "Traceback" not in proc.stderr
+    assert "Setting 'reconcile_report_path': cannot write" in proc.stderr
