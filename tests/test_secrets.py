@@ -5,7 +5,8 @@ Modes: dry run; a live run that succeeds (with the API check against a fake Ever
 127.0.0.1); live runs that fail every way (answers that *echo the request*, token included, in
 their body or in a redirect's Location; 401; an outage; connection refused); config errors; a
 ledger that cannot be opened (its password in the URL); ``--check`` against a fake API that
-answers 401 / 403 / 500 with the key echoed back. What is scanned: stdout, stderr, and every
+answers 401 / 403 / 500 with the key echoed back; ``reconcile`` against a fake reporting API that
+echoes the key in error bodies and report rows. What is scanned: stdout, stderr, and every
 file the run wrote (dead letters, dry-run output, summary, the SQLite ledger's bytes and its
 WAL), and every cassette in the repository. A secret is looked for as it is and percent-encoded,
 and the marker ``SECRET`` (in every test secret, in no other test data) catches a partial one.
