@@ -180,10 +180,15 @@ class ReportingClient:
         return self._names
 
     def conversions(
-        self, start: float, end: float, transaction_ids: t.Sequence[str] | None
+        self,
+        start: float,
+        end: float,
+        transaction_ids: t.Sequence[str] | None,
+        before_page: t.Callable[[], t.Any] | None = None,
     ) -> list[dict[str, t.Any]]:
         """Every row (conversions and events) between ``start`` and ``end`` (epoch seconds,
-        sent in UTC), of these transaction ids (``None``: every row of the window)."""
+        sent in UTC), of these transaction ids (``None``: every row of the window).
+        ``before_page`` runs before each page is asked (the claims' lease is renewed)."""
         body: dict[str, t.Any] = {
             "from": _when(start),
             "to": _when(end),
@@ -201,6 +206,8 @@ class ReportingClient:
         }
         rows: list[dict[str, t.Any]] = []
         for page in range(1, MAX_PAGES + 1):
+            if before_page is not None:
+                before_page()
             answer = self._call(
                 lambda page=page: self.api.request(
                     "POST", REPORT_PATH, params=[("page", page), ("page_size", PAGE_SIZE)], body=body
@@ -503,7 +510,7 @@ class Reconciler:
             days[_day(key.earliest)].append(key)
         for day in sorted(days):
             for batch in self._batches(days[day]):
-                now = self.store.renew()
+                now = self.store.now()
                 start = max(day - DAY, _day(now) - MAX_REPORT_DAYS * DAY)
                 end = min(_day(max(k.sent_at for k in batch)) + 2 * DAY, _day(now) + DAY) - 1
                 rows = self._rows(start, end, batch)
@@ -536,11 +543,12 @@ class Reconciler:
             yield [k for tid in tids[i : i + TRANSACTION_IDS_PER_REQUEST] for k in by_tid[tid]]
 
     def _rows(self, start: float, end: float, batch: list[DueKey]) -> list[dict[str, t.Any]]:
+        renew = self.store.renew
         if self.by_window:
-            return self.client.conversions(start, end, None)
+            return self.client.conversions(start, end, None, renew)
         tids = sorted({k.transaction_id.strip() for k in batch})
         try:
-            return self.client.conversions(start, end, tids)
+            return self.client.conversions(start, end, tids, renew)
         except ReconcileError as exc:
             if getattr(exc, "reason", "") != "bad_request":
                 raise
@@ -549,7 +557,7 @@ class Reconciler:
                 "for the rest of this run.", exc,
             )
             self.by_window = True
-            return self.client.conversions(start, end, None)
+            return self.client.conversions(start, end, None, renew)
 
     def write_report(self, result: ReconcileResult) -> None:
         """The JSON report: this run's summary and every rejected or not-found conversion."""

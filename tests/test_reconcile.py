@@ -93,7 +93,7 @@ class Recorder:
     def __init__(self) -> None:
         self.queries: list[tuple[float, float, list[str] | None]] = []
 
-    def __call__(self, start: float, end: float, tids: t.Sequence[str] | None) -> list:
+    def __call__(self, start: float, end: float, tids: t.Sequence[str] | None, before: t.Any = None) -> list:
         self.queries.append((start, end, None if tids is None else list(tids)))
         return []
 
@@ -540,3 +540,28 @@ def test_a_report_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
         proc = reconcile_cli(config, tmp_path)
     assert proc.code == 1 and "Traceback" not in proc.stderr
     assert "Setting 'reconcile_report_path': cannot write" in proc.stderr
+
+
+def test_the_lease_is_renewed_before_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler, "PAGE_SIZE", 2)
+    now = time.time()
+    reporting = FakeReporting(api_key=SECRET_API_KEY)
+    with Receiver(reporting=reporting) as rx:
+        config = live_config(tmp_path, rx)
+        assert run_target(config, singer_lines("o", [recent(i, now) for i in range(5)]), tmp_path).code == 0
+        renewals: list[float] = []
+        original = ReconcileStore.renew
+
+        def renew(self: ReconcileStore) -> float:
+            renewals.append(time.time())
+            return original(self)
+
+        monkeypatch.setattr(ReconcileStore, "renew", renew)
+        s = Settings.from_config({**config, "api_requests_per_second": 1000})
+        ledger = open_ledger(s.ledger_url, default_dir=s.state_dir, lease_seconds=60, retention_days=400)
+        try:
+            result = Reconciler(s, ledger).run()
+        finally:
+            ledger.close()
+    assert len(reporting.report_requests()) == 3 == len(renewals)  # pages of 2, 2 and 1
+    assert result.as_dict()["by_event"]["Order Completed"]["confirmed"]["count"] == 5
