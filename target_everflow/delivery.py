@@ -261,7 +261,9 @@ class DeliveryEngine:
         to_send: list[Conversion] = []
         deadline: float | None = None
         while pending:
-            statuses = self.ledger.claim([c.key for c in pending])
+            statuses = self.ledger.claim(
+                [c.key for c in pending], {c.key: c.ledger_metadata() for c in pending}
+            )
             busy: list[Conversion] = []
             held: list[str] = []
             for conversion in pending:

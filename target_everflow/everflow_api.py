@@ -52,7 +52,8 @@ class PreflightError(Exception):
     """The pre-flight check failed. ``str()`` is the user-facing message; never holds the key.
 
     ``reason`` is a short machine-readable kind: ``config``, ``auth``, ``realm``, ``forbidden``,
-    ``not_found``, ``event``, ``rate_limited``, ``server``, ``unreachable``, ``unexpected``.
+    ``not_found``, ``bad_request``, ``event``, ``rate_limited``, ``server``, ``unreachable``,
+    ``unexpected``.
     """
 
     def __init__(self, message: str, reason: str = "unexpected") -> None:
@@ -255,7 +256,14 @@ class _Api:
         session: requests.Session,
         sleep: t.Callable[[float], None],
         logger: logging.Logger,
+        *,
+        limiter: t.Any = None,
+        hint: str = SKIP_HINT,
+        purpose: str = "the check",
     ) -> None:
+        """``limiter``: a token bucket (``delivery.RateLimiter``) every attempt waits for, and
+        that a 429 holds; ``hint``: what the user can do when the API fails (ends messages);
+        ``purpose``: what the requests are for, in messages."""
         self.api_url = api_url
         self.host = host
         self._key = api_key
@@ -263,6 +271,10 @@ class _Api:
         self.session = session
         self.sleep = sleep
         self.log = logger
+        self.limiter = limiter
+        self.hint = hint
+        self.purpose = purpose
+        self.user_agent = USER_AGENT
         self.requests_made = 0
 
     def fail(self, message: str, reason: str) -> PreflightError:
@@ -277,22 +289,40 @@ class _Api:
 
     def get(self, path: str) -> t.Any:
         """GET ``{api_url}{path}`` with retries; return the JSON body of a 200."""
+        return self.request("GET", path)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: t.Sequence[tuple[str, t.Any]] | None = None,
+        body: t.Any = None,
+    ) -> t.Any:
+        """``method {api_url}{path}`` (query ``params``, JSON ``body``) with retries; return the
+        JSON body of a 200."""
         url = f"{self.api_url}{path}"
-        what = f"GET {url}"
-        headers = {API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": USER_AGENT}
+        query = "&".join(f"{k}={v}" for k, v in params or ())
+        what = f"{method} {url}" + (f"?{query}" if query else "")
+        headers = {
+            API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": self.user_agent
+        }
         attempt = 0
         while True:
             attempt += 1
+            if self.limiter is not None:
+                self.limiter.acquire()
             self.requests_made += 1
             try:
-                response = self.session.get(
-                    url, headers=headers, timeout=self.timeout, allow_redirects=False
+                response = self.session.request(
+                    method, url, params=params, json=body, headers=headers,
+                    timeout=self.timeout, allow_redirects=False,
                 )
             except requests.Timeout:
                 raise self.fail(
                     f"The Everflow API could not be reached at {self.host}: no answer within "
                     f"{self.timeout:g}s to {what}. Check api_url and this machine's network "
-                    f"access, {SKIP_HINT}.",
+                    f"access, {self.hint}.",
                     "unreachable",
                 ) from None
             except requests.ConnectionError as exc:
@@ -309,7 +339,7 @@ class _Api:
                 raise self.fail(
                     f"The Everflow API could not be reached at {self.host}: {reason} "
                     f"({what}, {attempt} attempts). Check api_url and this machine's network "
-                    f"access, {SKIP_HINT}.",
+                    f"access, {self.hint}.",
                     "unreachable",
                 ) from None
             except requests.RequestException as exc:
@@ -339,16 +369,18 @@ class _Api:
                             f"The Everflow API is rate limiting this key: {what} answered HTTP "
                             f"429 with Retry-After {retry_after:.0f}s. Another process may be "
                             "using the same network key (limit: 30 requests/s); try again "
-                            f"later, {SKIP_HINT}.",
+                            f"later, {self.hint}.",
                             "rate_limited",
                         )
                     raise self.fail(
                         f"The Everflow API is unavailable: {what} answered HTTP {status} with "
-                        f"Retry-After {retry_after:.0f}s; try again later, {SKIP_HINT}.",
+                        f"Retry-After {retry_after:.0f}s; try again later, {self.hint}.",
                         "server",
                     )
                 if attempt < MAX_ATTEMPTS:
                     delay = retry_after if retry_after is not None else backoff_delay(attempt)
+                    if status == 429 and self.limiter is not None:
+                        self.limiter.hold(delay)  # the bucket's other users wait too
                     self.log.warning(
                         "Everflow API: HTTP %d on %s; retrying in %.1fs (attempt %d of %d)",
                         status, what, delay, attempt + 1, MAX_ATTEMPTS,
@@ -359,12 +391,12 @@ class _Api:
                     raise self.fail(
                         f"The Everflow API kept answering HTTP 429 (rate limited) to {what} "
                         f"after {attempt} attempts. Another process may be using the same "
-                        f"network key (limit: 30 requests/s); try again later, {SKIP_HINT}.",
+                        f"network key (limit: 30 requests/s); try again later, {self.hint}.",
                         "rate_limited",
                     )
                 raise self.fail(
                     f"The Everflow API kept answering HTTP {status} to {what} after {attempt} "
-                    f"attempts (an error on Everflow's side); try again later, {SKIP_HINT}.",
+                    f"attempts (an error on Everflow's side); try again later, {self.hint}.",
                     "server",
                 )
 
@@ -399,13 +431,53 @@ class _Api:
                 )
             if status == 404:
                 raise self.fail(answered, "not_found")  # the caller words it
-            raise self.fail(f"The Everflow API refused the check: {answered}.", "unexpected")
+            raise self.fail(
+                f"The Everflow API refused {self.purpose}: {answered}.",
+                "bad_request" if status == 400 else "unexpected",
+            )
 
 
 def _describe_event(event_id: int, name: str, status: str) -> str:
     if status.lower() == "active":
         return f"  {event_id}: {name}"
     return f"  {event_id}: {name} ({status})"
+
+
+def advertiser_events(api: _Api, advertiser_id: int) -> dict[int, tuple[str, str]]:
+    """The advertiser's global events, ``id -> (name, status)``: the ids ``adv_event_id`` takes."""
+    path = f"/networks/advertisers/{advertiser_id}/events"
+    try:
+        body = api.get(path)
+    except PreflightError as exc:
+        if exc.reason == "not_found":
+            raise api.fail(
+                f"Everflow has no advertiser {advertiser_id}: {exc}. Check advertiser_id "
+                "(Advertisers (Brands) > Manage shows the ids).",
+                "not_found",
+            ) from None
+        raise
+    raw = body.get("global_events") if isinstance(body, t.Mapping) else None
+    if not isinstance(raw, list):
+        raise api.fail(
+            f"The Everflow API answered GET {api.api_url}{path} without a global_events list; "
+            "check api_url.",
+            "unexpected",
+        )
+    events: dict[int, tuple[str, str]] = {}
+    for item in raw:
+        if not isinstance(item, t.Mapping):
+            continue
+        eid = item.get("network_advertiser_global_event_id")
+        if isinstance(eid, bool) or not isinstance(eid, int):
+            continue
+        name = item.get("entry_name")
+        status = item.get("status")
+        events[eid] = (
+            _excerpt(name) if isinstance(name, str) and name.strip() else f"event {eid}",
+            # No status member: nothing says it is off, take it as active.
+            status.strip() if isinstance(status, str) and status.strip() else "active",
+        )
+    return events
 
 
 def run_preflight(
@@ -466,37 +538,7 @@ def _check(
     events: dict[int, tuple[str, str]] = {}  # id -> (name, status)
     if any(mapping.values()):
         assert advertiser_id is not None  # _advertiser_id() made sure
-        path = f"/networks/advertisers/{advertiser_id}/events"
-        try:
-            body = api.get(path)
-        except PreflightError as exc:
-            if exc.reason == "not_found":
-                raise api.fail(
-                    f"Everflow has no advertiser {advertiser_id}: {exc}. Check advertiser_id "
-                    "(Advertisers (Brands) > Manage shows the ids).",
-                    "not_found",
-                ) from None
-            raise
-        raw = body.get("global_events") if isinstance(body, t.Mapping) else None
-        if not isinstance(raw, list):
-            raise api.fail(
-                f"The Everflow API answered GET {api_url}{path} without a global_events list; "
-                "check api_url.",
-                "unexpected",
-            )
-        for item in raw:
-            if not isinstance(item, t.Mapping):
-                continue
-            eid = item.get("network_advertiser_global_event_id")
-            if isinstance(eid, bool) or not isinstance(eid, int):
-                continue
-            name = item.get("entry_name")
-            status = item.get("status")
-            events[eid] = (
-                _excerpt(name) if isinstance(name, str) and name.strip() else f"event {eid}",
-                # No status member: nothing says it is off, take it as active.
-                status.strip() if isinstance(status, str) and status.strip() else "active",
-            )
+        events = advertiser_events(api, advertiser_id)
 
         problems: list[str] = []
         for segment_event, event_id in mapping.items():

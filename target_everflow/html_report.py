@@ -256,6 +256,12 @@ def _read_conversions(reader: _Reader, report: Report, *, since: float, now: flo
                     cell.confirmed_amount += amount
         else:
             cell.in_doubt += count
+    if report.reconciliation and not any(
+        state != "unchecked" and n for c in report.cells.values() for state, n in c.recon.items()
+    ):
+        report.reconciliation = False  # the columns exist (upgraded ledger), reconcile never ran
+    if report.per_event and report.cells and all(e == NO_EVENT for _, e in report.cells):
+        report.per_event = False  # the column exists (upgraded ledger), no row has an event yet
     if not report.per_event:
         report.notes.append(
             "This ledger does not record each conversion's event yet (written by an older "
@@ -599,8 +605,8 @@ def render(report: Report, *, version: str = "") -> str:
         out.append('<p class="note">Delivered conversions by what Everflow\'s conversion report '
                    "says about them (unchecked: not reconciled yet).</p>")
     else:
-        out.append('<p class="empty">No reconciliation data: this ledger has no reconciliation '
-                   "columns yet.</p>")
+        out.append('<p class="empty">No reconciliation data: reconcile has not checked any '
+                   "conversion in this ledger yet.</p>")
     out.append("</section>")
 
     out.append('<section id="per-event"><h2>Per event</h2>')

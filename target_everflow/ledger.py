@@ -82,7 +82,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -111,6 +111,36 @@ PENDING = "pending"
 SENDING = "sending"  # a postback for it may have left: after a crash it is in doubt
 DELIVERED = "delivered"
 HELD = "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
+
+# Columns added after release 0.1.0, all nullable, added in place when a ledger is opened (an
+# older release keeps working on an upgraded table: it never names them). "{real}" is the
+# backend's floating point type. Times are epoch seconds.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    # what was sent, written at claim time (so held and in-doubt keys have them too)
+    ("stream", "TEXT"),
+    ("event", "TEXT"),  # the Segment event name
+    ("transaction_id", "TEXT"),
+    ("message_id", "TEXT"),  # Segment messageId, may be NULL
+    ("adv_event_id", "INTEGER"),  # 0 = the base conversion
+    ("order_id", "TEXT"),  # as sent, NULL when not sent
+    ("amount", "{real}"),  # as sent, NULL when not sent
+    ("event_time", "{real}"),  # NULL if the event had none
+    ("sent_at", "{real}"),  # written when delivered: the accepted answer
+    # what Everflow made of it (target_everflow/reconcile.py); recon_status NULL = unchecked
+    ("recon_status", "TEXT"),  # confirmed, pending, rejected, not_found
+    ("recon_error_code", "INTEGER"),
+    ("recon_error_message", "TEXT"),
+    ("recon_checked_at", "{real}"),
+    ("recon_owner", "TEXT"),  # the run reconciling the key right now, with a lease
+    ("recon_lease_until", "{real}"),
+)
+METADATA_COLUMNS = (
+    "stream", "event", "transaction_id", "message_id", "adv_event_id", "order_id", "amount",
+    "event_time",
+)
+"""What ``claim(keys, metadata)`` writes for each key (the metadata mapping's keys)."""
+SCHEMA_LOCK_TIMEOUT = 10.0
+"""Seconds the in-place upgrade waits for the table lock (PostgreSQL) before it gives up."""
 
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -265,8 +295,15 @@ class Ledger(abc.ABC):
     owner: str
 
     @abc.abstractmethod
-    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
-        """Claim a whole batch in one transaction; one answer per distinct key, in input order."""
+    def claim(
+        self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, ClaimStatus]:
+        """Claim a whole batch in one transaction; one answer per distinct key, in input order.
+
+        ``metadata`` (key -> :data:`METADATA_COLUMNS` values) is written, in the same
+        transaction, to the rows this call made ours (claimed or in doubt), so held and
+        in-doubt keys know what they were too.
+        """
 
     @abc.abstractmethod
     def mark_delivered(self, key: str, http_status: int) -> None:
@@ -338,7 +375,9 @@ class NullLedger(Ledger):
         self._claimed: set[str] = set()
         self._delivered: set[str] = set()
 
-    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
+    def claim(
+        self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, ClaimStatus]:
         result: dict[str, ClaimStatus] = {}
         for key in keys:
             if key in result:
@@ -472,9 +511,57 @@ class _SQLLedger(Ledger):
     def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
         """Write ``delivered`` rows (insert or update), one transaction for the batch."""
 
+    @abc.abstractmethod
+    def _column_names(self, cur: Any) -> set[str]:
+        """The ledger table's column names, lower case."""
+
+    @abc.abstractmethod
+    def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """Write :data:`METADATA_COLUMNS` of our own rows (one statement per batch)."""
+
+    def _before_alter(self, cur: Any) -> None:
+        """Bound the wait for the table lock an ALTER TABLE takes (PostgreSQL)."""
+
+    def _lock_timed_out(self, exc: BaseException) -> bool:
+        return False
+
     def _retryable(self, exc: BaseException) -> bool:
         """A transaction error worth retrying (deadlock, serialisation failure)."""
         return False
+
+    def _upgrade_schema(self, cur: Any) -> None:
+        """Add the :data:`ADDED_COLUMNS` the table lacks: in place, idempotent, no data touched.
+
+        Only a table that lacks a column is altered (an ALTER TABLE locks the whole table, so
+        an up-to-date ledger is never locked for it). On PostgreSQL the lock is waited for at
+        most :data:`SCHEMA_LOCK_TIMEOUT` seconds; then opening fails with one clear line.
+        """
+        t = self._table
+        have = self._column_names(cur)
+        missing = [(name, kind) for name, kind in ADDED_COLUMNS if name not in have]
+        if missing:
+            self._before_alter(cur)
+            real = "REAL" if isinstance(self, SQLiteLedger) else "DOUBLE PRECISION"
+            try:
+                for name, kind in missing:
+                    cur.execute(f"ALTER TABLE {t} ADD COLUMN {name} {kind.format(real=real)}")
+            except Exception as e:
+                if self._lock_timed_out(e):
+                    raise LedgerError(
+                        f"could not upgrade the ledger table {t} in place (adding "
+                        f"{len(missing)} column(s)): another process kept it locked for more "
+                        f"than {SCHEMA_LOCK_TIMEOUT:g} s; run again once it has finished"
+                    ) from None
+                raise
+            self._log.info(
+                "ledger: table %s upgraded in place (added %s)", t, ", ".join(n for n, _ in missing)
+            )
+        # The reconciliation's work list: delivered keys not yet settled, by sent time.
+        cur.execute(
+            f"CREATE INDEX IF NOT EXISTS {t}_recon_due ON {t} (sent_at)"
+            " WHERE status = 'delivered' AND transaction_id IS NOT NULL"
+            " AND (recon_status IS NULL OR recon_status = 'pending')"
+        )
 
     def _describe_error(self, exc: BaseException) -> str:
         return _error_text(exc)
@@ -487,6 +574,7 @@ class _SQLLedger(Ledger):
             self._connect()
             cur = self._begin()
             self._create_schema(cur)
+            self._upgrade_schema(cur)
             self._commit()
             if retention_days > 0:
                 self.prune(retention_days)
@@ -573,7 +661,9 @@ class _SQLLedger(Ledger):
 
     # ---- claims -----------------------------------------------------------------------
 
-    def claim(self, keys: Sequence[str]) -> dict[str, ClaimStatus]:
+    def claim(
+        self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, ClaimStatus]:
         self._check()
         if isinstance(keys, str):
             raise TypeError("claim() takes a sequence of keys, not one string")
@@ -581,7 +671,19 @@ class _SQLLedger(Ledger):
         if not ordered:
             return {}
         # Sorted, so concurrent transactions lock overlapping keys in the same order.
-        answers = self._run(lambda cur: self._claim_tx(cur, sorted(ordered)), "claim keys")
+
+        def tx(cur: Any) -> dict[str, ClaimStatus]:
+            answers = self._claim_tx(cur, sorted(ordered))
+            if metadata:
+                ours = sorted(
+                    k for k, s in answers.items()
+                    if s in (ClaimStatus.CLAIMED, ClaimStatus.IN_DOUBT) and k in metadata
+                )
+                if ours:
+                    self._write_metadata(cur, [(k, metadata[k]) for k in ours])
+            return answers
+
+        answers = self._run(tx, "claim keys")
         return {k: answers[k] for k in ordered}
 
     def _claim_tx(self, cur: Any, keys: list[str]) -> dict[str, ClaimStatus]:
@@ -849,6 +951,13 @@ class _SQLLedger(Ledger):
                     )
                 if marks:
                     self._upsert_delivered(cur, marks, now)
+                    cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
+                        self._sql(
+                            "UPDATE {t} SET sent_at = ? WHERE delivery_key {in_keys}"
+                            " AND status = 'delivered' AND sent_at IS NULL"
+                        ),
+                        (now, self._keys_param(sorted({k for k, _ in marks}))),
+                    )
 
             try:
                 self._run(write, "commit delivered marks")
@@ -971,6 +1080,17 @@ class SQLiteLedger(_SQLLedger):
         for stmt in _schema_statements(self._table, "REAL"):
             cur.execute(stmt)
 
+    def _column_names(self, cur: Any) -> set[str]:
+        cur.execute(f"PRAGMA table_info({self._table})")
+        return {str(r[1]).lower() for r in cur.fetchall()}
+
+    def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
+        sets = ", ".join(f"{c} = ?" for c in METADATA_COLUMNS)
+        cur.executemany(  # one prepared statement, in process
+            f"UPDATE {self._table} SET {sets} WHERE delivery_key = ? AND owner = ?",
+            [(*(m.get(c) for c in METADATA_COLUMNS), k, self.owner) for k, m in rows],
+        )
+
     def _begin(self) -> Any:
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
@@ -1064,6 +1184,32 @@ class PostgresLedger(_SQLLedger):
         )
         for stmt in _schema_statements(self._table, "DOUBLE PRECISION"):
             cur.execute(stmt)
+
+    def _column_names(self, cur: Any) -> set[str]:
+        cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attnum > 0 AND NOT attisdropped",
+            (self._table,),
+        )
+        return {str(r[0]).lower() for r in cur.fetchall()}
+
+    def _before_alter(self, cur: Any) -> None:
+        cur.execute(f"SET LOCAL lock_timeout = '{int(SCHEMA_LOCK_TIMEOUT * 1000)}ms'")
+
+    def _lock_timed_out(self, exc: BaseException) -> bool:
+        return getattr(exc, "pgcode", None) == "55P03"  # lock_not_available
+
+    def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
+        types = {"adv_event_id": "integer", "amount": "double precision",
+                 "event_time": "double precision"}  # fmt: skip
+        record = ", ".join(f"{c} {types.get(c, 'text')}" for c in METADATA_COLUMNS)
+        sets = ", ".join(f"{c} = m.{c}" for c in METADATA_COLUMNS)
+        cur.execute(
+            f"UPDATE {self._table} AS l SET {sets}"
+            f" FROM json_to_recordset(%s::json) AS m(key text, {record})"
+            " WHERE l.delivery_key = m.key AND l.owner = %s",
+            (json.dumps([{**m, "key": k} for k, m in rows]), self.owner),
+        )
 
     def _retryable(self, exc: BaseException) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure: the transaction was rolled back.

@@ -8,6 +8,7 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -107,6 +108,28 @@ class Conversion:
     record: dict = field(repr=False)
     dropped: list[tuple[str, str]] = field(default_factory=list)
     """Optional fields left out: (parameter, why)."""
+    event_time: int | None = None
+    """The event's time (Unix seconds), when it has one, whether sent as ``timestamp`` or not."""
+
+    def ledger_metadata(self) -> dict[str, t.Any]:
+        """What the ledger keeps about this conversion (``ledger.METADATA_COLUMNS``)."""
+        sent = dict(self.params)
+        amount: float | None = None
+        if "amount" in sent:
+            with contextlib.suppress(ValueError):
+                amount = float(sent["amount"])
+            if amount is not None and not math.isfinite(amount):
+                amount = None
+        return {
+            "stream": _storable(self.stream),
+            "event": _storable(self.event),
+            "transaction_id": _storable(self.transaction_id),
+            "message_id": _storable(self.message_id),
+            "adv_event_id": self.event_id,
+            "order_id": _storable(sent.get("order_id")),
+            "amount": amount,
+            "event_time": self.event_time,
+        }
 
 
 @dataclass(slots=True)
@@ -392,6 +415,7 @@ class Mapper:
             params=params,
             record=record,
             dropped=dropped,
+            event_time=when,
         )
 
     def _value(
@@ -478,6 +502,20 @@ class Mapper:
 
 MAX_KEY_ID = 200
 """Longest message id used in a delivery key as it is (Segment's are about 40 characters)."""
+
+
+MAX_STORED_TEXT = 1000
+"""Longest record-derived text the ledger keeps about a conversion (longer ones are cut)."""
+
+
+def _storable(text: str | None) -> str | None:
+    """``text`` as every ledger can store it: no NUL, no lone surrogate (PostgreSQL refuses
+    both; they become escapes), at most ``MAX_STORED_TEXT`` characters."""
+    if text is None:
+        return None
+    if "\x00" in text or not text.isprintable():
+        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:MAX_STORED_TEXT]
 
 
 def _key_part(value: t.Any) -> str:

@@ -121,6 +121,60 @@ CONFIG_SCHEMA = th.PropertiesList(
             "api_key is set (never in dry run, which touches no network; --check runs it)."
         ),
     ),
+    # --- Did Everflow count it? (target-everflow reconcile) -------------------------------
+    th.Property(
+        "reconcile",
+        th.BooleanType,
+        default=False,
+        title="Reconcile after each run",
+        description=(
+            "After a normal (not dry) run, in the same process and after the last STATE, check "
+            "the conversions delivered by earlier runs against Everflow's conversion report, as "
+            "`target-everflow reconcile` does (needs api_key). A reporting API failure is then "
+            "only a warning."
+        ),
+    ),
+    th.Property(
+        "reconcile_after_minutes",
+        th.NumberType(minimum=0),
+        default=30,
+        title="Reconcile after (minutes)",
+        description=(
+            "A delivered conversion is checked once it was sent at least this long ago "
+            "(Everflow's report lags); one Everflow still has as pending is checked again after "
+            "as long."
+        ),
+    ),
+    th.Property(
+        "reconcile_not_found_after_hours",
+        th.NumberType(minimum=0),
+        default=24,
+        title="Not found after (hours)",
+        description=(
+            "A conversion still missing from Everflow's conversion report this long after it "
+            "was sent is reported not_found."
+        ),
+    ),
+    th.Property(
+        "api_requests_per_second",
+        th.NumberType(exclusive_minimum=0),
+        default=5,
+        title="API requests per second",
+        description=(
+            "Rate limit of reconcile's Everflow REST API requests (one token bucket; 429 "
+            "answers and their Retry-After are honoured too). Everflow allows a network key "
+            "about 30 requests/s."
+        ),
+    ),
+    th.Property(
+        "reconcile_report_path",
+        th.StringType,
+        title="Reconcile report file",
+        description=(
+            "Where reconcile writes its JSON report of the rejected and not-found conversions. "
+            "Default: reconcile_report.json in dead_letter_path's directory."
+        ),
+    ),
     # --- Outputs -------------------------------------------------------------------------
     th.Property(
         "dry_run",
@@ -262,6 +316,11 @@ def schema_default(name: str) -> t.Any:
     return CONFIG_SCHEMA["properties"][name].get("default")
 
 
+def _schema_default(name: str) -> t.Any:
+    """A setting's default, from the schema (the one place defaults are stated)."""
+    return CONFIG_SCHEMA["properties"][name].get("default")
+
+
 class ConfigError(TargetEverflowError):
     """A setting is wrong. ``str()`` names the setting; it never contains a secret value."""
 
@@ -330,6 +389,11 @@ class Settings:
     ledger_url: str | None = field(repr=False)
     in_doubt: str
     ledger_retention_days: int
+    reconcile: bool
+    reconcile_after_minutes: float
+    reconcile_not_found_after_hours: float
+    api_requests_per_second: float
+    reconcile_report_path: Path
 
     @property
     def state_dir(self) -> Path:
@@ -378,6 +442,20 @@ class Settings:
         if in_doubt not in {"resend", "dead_letter"}:
             raise ConfigError("in_doubt", "must be resend or dead_letter")
 
+        reconcile = bool(config.get("reconcile", _schema_default("reconcile")))
+        if reconcile and not api_key:
+            raise ConfigError(
+                "reconcile",
+                "is true but api_key is not set (reconcile reads Everflow's conversion report "
+                "with a network API key)",
+            )
+        if reconcile and str(config.get("ledger_url") or "").strip().lower() == "none":
+            raise ConfigError(
+                "reconcile", "is true but ledger_url is none: nothing records what was delivered"
+            )
+        dead_letter_path = Path(config.get("dead_letter_path") or f"{STATE_DIR}/dead_letter.jsonl")
+        report_path = config.get("reconcile_report_path")
+
         summary_path = config.get("summary_path")
         return cls(
             postback_url=postback_url,
@@ -393,9 +471,7 @@ class Settings:
             send_timestamp=bool(config.get("send_timestamp", True)),
             dry_run=dry_run,
             dry_run_output=Path(config.get("dry_run_output") or "everflow_dry_run.jsonl"),
-            dead_letter_path=Path(
-                config.get("dead_letter_path") or f"{STATE_DIR}/dead_letter.jsonl"
-            ),
+            dead_letter_path=dead_letter_path,
             summary_path=Path(summary_path) if summary_path else None,
             progress_interval=float(config.get("progress_interval", 10)),
             max_concurrency=int(config.get("max_concurrency", 16)),
@@ -408,6 +484,23 @@ class Settings:
             ledger_url=config.get("ledger_url") or None,
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
+            reconcile=reconcile,
+            reconcile_after_minutes=float(
+                config.get("reconcile_after_minutes", _schema_default("reconcile_after_minutes"))
+            ),
+            reconcile_not_found_after_hours=float(
+                config.get(
+                    "reconcile_not_found_after_hours",
+                    _schema_default("reconcile_not_found_after_hours"),
+                )
+            ),
+            api_requests_per_second=float(
+                config.get("api_requests_per_second", _schema_default("api_requests_per_second"))
+            ),
+            reconcile_report_path=(
+                Path(report_path) if report_path
+                else dead_letter_path.parent / "reconcile_report.json"
+            ),
         )
 
     def secrets(self) -> list[str]:

@@ -302,7 +302,10 @@ class TargetEverflow(Target):
         code = EXIT_OK
         try:
             self.run.open()
-            self.listen(file_input)
+            self.listen(file_input)  # the last STATE is out when it returns
+            from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415
+
+            code = reconcile_after_run(self.settings, self.run.ledger, self.logger)
         except InputError as exc:
             code = self._input_broken(exc)
         except TargetEverflowError as exc:

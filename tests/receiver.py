@@ -77,10 +77,12 @@ from urllib.parse import parse_qsl, urlsplit
 __all__ = [
     "Answer",
     "FAULT_KINDS",
+    "FakeReporting",
     "Received",
     "Receiver",
     "ReceiverProcess",
     "Script",
+    "Verdict",
     "accepted_by_transaction",
     "read_log",
 ]
@@ -226,6 +228,8 @@ class Received:
     body: bytes
     at: float
     """``time.monotonic()`` at arrival."""
+    wall: float = 0.0
+    """``time.time()`` at arrival."""
     seq: int = -1
     """0-based arrival index over the whole receiver."""
     n_for_txn: int = 0
@@ -365,8 +369,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers=self.headers,
             body=body,
             at=time.monotonic(),
+            wall=time.time(),
         )
-        answer = receiver._decide(received)
+        reporting = receiver.reporting
+        if reporting is not None and reporting.serves(received.path):
+            answer = reporting.answer(received, receiver.accepted)
+        else:
+            answer = receiver._decide(received)
         delay = answer.delay + receiver.latency
         if delay > 0 and receiver._stopping.wait(delay):
             answer = Answer.drop()  # stopped while waiting: the caller hears nothing
@@ -438,6 +447,8 @@ class Receiver:
         "slow_seconds": 2.0}`` (see :data:`FAULT_KINDS`). A script's answer wins.
     :param log_path: append one JSON line per request to this file (see the module docstring).
     :param port: the port to bind on 127.0.0.1 (0, the default: an ephemeral one).
+    :param reporting: a :class:`FakeReporting`: Everflow's REST API under ``/v1/`` (``api_url``),
+        whose Conversion Report lists the conversions this receiver accepted.
     """
 
     def __init__(
@@ -450,7 +461,9 @@ class Receiver:
         *,
         log_path: str | os.PathLike[str] | None = None,
         port: int = 0,
+        reporting: FakeReporting | None = None,
     ) -> None:
+        self.reporting = reporting
         self.latency = float(latency)
         self._port = port
         self.default = default if default is not None else Answer.ok()
@@ -521,6 +534,11 @@ class Receiver:
     def url(self) -> str:
         """``http://127.0.0.1:PORT/``: the postback URL (postbacks go to path ``/``)."""
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def api_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``: the REST API of ``reporting`` (setting ``api_url``)."""
+        return f"http://127.0.0.1:{self.port}{FakeReporting.PREFIX}"
 
     # scripting
 
@@ -606,6 +624,207 @@ class Receiver:
         """Wait until at least ``count`` requests arrived; ``False`` on timeout."""
         with self._arrived:
             return self._arrived.wait_for(lambda: len(self._requests) >= count, timeout)
+
+
+# --- the reporting API -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the fake Conversion Report says of a conversion."""
+
+    status: str = "approved"
+    error_code: int = 0
+    error_message: str = ""
+
+    @classmethod
+    def rejected(cls, code: int, message: str = "") -> Verdict:
+        return cls("rejected", code, message or REJECTION_MESSAGES.get(code, f"error {code}"))
+
+
+REJECTION_MESSAGES = {
+    8: "Duplicate Transaction ID",
+    13: "Click Not Found",
+    21: "Invalid Verification Token",
+    25: "Event Not Found On Offer",
+}
+"""Illustrative error messages (Everflow documents the codes, not these exact texts)."""
+
+
+class FakeReporting:
+    """Everflow's REST API as reconcile uses it, served by a :class:`Receiver` under ``/v1``.
+
+    * ``POST /v1/networks/reporting/conversions?page=N&page_size=M``: the Conversion Report. Its
+      rows are the postbacks the receiver **accepted** (one row each: ``transaction_id``,
+      ``is_event``/``event`` from ``adv_event_id``, ``order_id``, ``sale_amount``,
+      ``conversion_unix_timestamp`` = the postback's ``timestamp``, else its arrival), with the
+      scripted ``verdicts`` (transaction id, or ``(transaction id, adv_event_id)`` -> Verdict;
+      default approved), less the ``omit`` transaction ids. It honours the documented body:
+      ``from``/``to`` (``timezone_id`` 67, UTC, only), ``show_conversions``/``show_events``,
+      ``query.filters`` (``transaction_id`` and ``status``; the same resource type ORs, different
+      ones AND); pages are query parameters, at most ``max_page_size`` rows.
+    * ``GET /v1/networks/advertisers/{id}/events``: ``events`` (id -> name) as global events.
+
+    A request without the ``api_key`` gets 401; ``script`` answers (e.g. a 429) come first, one
+    per request. With ``transaction_filter=False`` a transaction id filter gets HTTP 400 (to
+    test the time-window fallback). Every request is kept in ``requests``.
+    """
+
+    PREFIX = "/v1"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        verdicts: t.Mapping[t.Any, Verdict] | None = None,
+        omit: t.Iterable[str] = (),
+        events: t.Mapping[int, str] | None = None,
+        advertiser_id: int = 7,
+        script: t.Sequence[Answer] = (),
+        max_page_size: int = 2000,
+        transaction_filter: bool = True,
+    ) -> None:
+        self.api_key = api_key
+        self.verdicts = dict(verdicts or {})
+        self.omit = set(omit)
+        self.events = dict(events if events is not None else {24: "Purchase"})
+        self.advertiser_id = advertiser_id
+        self.script = list(script)
+        self.max_page_size = max_page_size
+        self.transaction_filter = transaction_filter
+        self.requests: list[Received] = []
+        self._lock = threading.Lock()
+
+    def serves(self, path: str) -> bool:
+        return path == self.PREFIX or path.startswith(self.PREFIX + "/")
+
+    # what was asked
+
+    def report_requests(self) -> list[JsonDict]:
+        """The JSON bodies of the Conversion Report requests, in order."""
+        with self._lock:
+            return [
+                json.loads(r.body or b"{}")
+                for r in self.requests
+                if r.path.endswith("/reporting/conversions")
+            ]
+
+    def asked_transactions(self) -> collections.Counter[str]:
+        """Transaction id -> how many report requests filtered for it."""
+        asked: collections.Counter[str] = collections.Counter()
+        for body in self.report_requests():
+            for item in (body.get("query") or {}).get("filters") or []:
+                if item.get("resource_type") == "transaction_id":
+                    asked[str(item.get("filter_id_value"))] += 1
+        return asked
+
+    # rows
+
+    def rows(self, accepted: t.Sequence[Received]) -> list[JsonDict]:
+        rows = []
+        for received in accepted:
+            q = received.query
+            tid = q.get("transaction_id", "")
+            if tid in self.omit:
+                continue
+            raw_event_id = q.get("adv_event_id", "0")
+            event_id = int(raw_event_id) if raw_event_id.isdigit() else 0
+            verdict = self.verdicts.get((tid, event_id)) or self.verdicts.get(tid) or Verdict()
+            when = q.get("timestamp", "")
+            try:
+                amount = float(q["amount"]) if "amount" in q else 0.0
+            except ValueError:
+                amount = 0.0
+            rows.append({
+                "conversion_id": f"c{received.seq:08d}",
+                "transaction_id": tid,
+                "status": verdict.status,
+                "error_code": verdict.error_code,
+                "error_message": verdict.error_message,
+                "is_event": bool(event_id),
+                "event": self.events.get(event_id, f"Event {event_id}") if event_id else "",
+                "conversion_unix_timestamp": int(when) if when.isdigit() else int(received.wall),
+                "order_id": q.get("order_id", ""),
+                "sale_amount": amount,
+                "coupon_code": q.get("coupon_code", ""),
+                "adv1": q.get("adv1", ""),
+                "is_scrub": False,
+                "currency_id": "USD",
+            })  # fmt: skip
+        return rows
+
+    # answers
+
+    def answer(self, received: Received, accepted: t.Sequence[Received]) -> Answer:
+        with self._lock:
+            received.seq = len(self.requests)
+            self.requests.append(received)
+            if self.script:
+                received.answer = self.script.pop(0)
+                return received.answer
+        if received.headers.get("X-Eflow-API-Key") != self.api_key:
+            return self._json(401, {"error": "No Authentication Method Found"})
+        path = received.path[len(self.PREFIX) :]
+        events_path = f"/networks/advertisers/{self.advertiser_id}/events"
+        if path == events_path and received.method == "GET":
+            return Answer.ok({"global_events": [
+                {"network_advertiser_global_event_id": eid, "entry_name": name,
+                 "advertiser_id": self.advertiser_id, "status": "active"}
+                for eid, name in sorted(self.events.items())
+            ]})  # fmt: skip
+        if path != "/networks/reporting/conversions" or received.method != "POST":
+            return self._json(404, {"error": "Not Found"})
+        try:
+            return self._report(received, accepted)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return self._json(400, {"error": f"Invalid request: {exc}"})
+
+    @staticmethod
+    def _json(code: int, body: JsonDict) -> Answer:
+        return Answer.status(code, json.dumps(body), {"Content-Type": "application/json"})
+
+    def _report(self, received: Received, accepted: t.Sequence[Received]) -> Answer:
+        body = json.loads(received.body)
+        if body.get("timezone_id") != 67:
+            return self._json(400, {"error": "the fake knows timezone 67 (UTC) only"})
+        start = _report_time(body["from"], end=False)
+        end = _report_time(body["to"], end=True)
+        if end - start > 366 * 86400 or end < start:
+            return self._json(400, {"error": "Invalid date range"})
+        page = int(received.query.get("page", "1"))
+        size = int(received.query.get("page_size", "50"))
+        if not 1 <= size <= self.max_page_size or page < 1:
+            return self._json(400, {"error": f"page_size must be between 1 and {self.max_page_size}"})
+        groups: dict[str, set[str]] = collections.defaultdict(set)
+        for item in (body.get("query") or {}).get("filters") or []:
+            kind = item["resource_type"]
+            if kind not in ("transaction_id", "status") or (
+                kind == "transaction_id" and not self.transaction_filter
+            ):
+                return self._json(400, {"error": f"Invalid filter resource_type {kind}"})
+            groups[kind].add(str(item["filter_id_value"]))
+        show_conversions = bool(body["show_conversions"])
+        show_events = bool(body["show_events"])
+        rows = [
+            row for row in self.rows(accepted)
+            if start <= row["conversion_unix_timestamp"] <= end
+            and (show_events if row["is_event"] else show_conversions)
+            and all(str(row[kind]) in values for kind, values in groups.items())
+        ]  # fmt: skip
+        chunk = rows[(page - 1) * size : page * size]
+        return Answer.ok({
+            "conversions": chunk,
+            "paging": {"page": page, "page_size": size, "total_count": len(rows)},
+        })  # fmt: skip
+
+
+def _report_time(text: str, *, end: bool) -> int:
+    """``YYYY-mm-DD`` (a whole day) or ``YYYY-mm-DD hh:mm:ss``, in UTC, as epoch seconds."""
+    if len(text) == 10:
+        day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+        return int(day.timestamp()) + (86399 if end else 0)
+    moment = dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp())
 
 
 # --- the log, read back ------------------------------------------------------------------------

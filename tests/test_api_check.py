@@ -171,9 +171,9 @@ class FakeSleep:
 
 
 @contextlib.contextmanager
-def cassette(name: str) -> Iterator[Any]:
+def cassette(name: str, recorder: vcr.VCR = VCR) -> Iterator[Any]:
     """Use cassette ``name``; afterwards every interaction was played exactly once."""
-    with VCR.use_cassette(f"{name}.yaml", allow_playback_repeats=False) as cass:
+    with recorder.use_cassette(f"{name}.yaml", allow_playback_repeats=False) as cass:
         yield cass
     if not LIVE:
         assert cass.play_count == len(cass), "a cassette interaction was played more than once"
@@ -682,7 +682,9 @@ def test_no_cassette_holds_the_key_or_its_header() -> None:
 
 def test_the_committed_cassettes_say_where_they_come_from() -> None:
     # vcrpy writes no comments: a cassette copied in from a recording gets its line by hand.
-    for path in sorted(COMMITTED_CASSETTES.glob("*.yaml")):
+    # (The reconcile cassettes, tests/test_reconcile_cassettes.py, are built the same way.)
+    reconcile = HERE / "cassettes" / "reconcile"
+    for path in sorted([*COMMITTED_CASSETTES.glob("*.yaml"), *reconcile.glob("*.yaml")]):
         first = path.read_text().splitlines()[0]
         assert first.startswith(
             ("# Hand-built from Everflow's documented REST API formats", "# Recorded from")

@@ -200,3 +200,56 @@ def test_receiver_process_helper(tmp_path: Path) -> None:
     assert rx.process is not None and rx.process.returncode == 0
     assert rx.accepted_by_transaction() == {"a": 1}
     assert json.loads((tmp_path / "rx.jsonl").read_text().splitlines()[0])["seq"] == 0
+
+
+# --- the fake reporting endpoint -------------------------------------------------------------------
+
+
+def test_fake_reporting_lists_what_the_postback_endpoint_accepted() -> None:
+    from tests.receiver import FakeReporting, Verdict
+
+    reporting = FakeReporting(
+        api_key="k", verdicts={"t2": Verdict.rejected(21), ("t3", 24): Verdict("pending")}, omit={"t4"}
+    )
+    import datetime as dt
+
+    def day(epoch: float) -> str:
+        return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+
+    then = int(time.time()) - 40 * 86400
+    with Receiver(reporting=reporting, script=[Answer.no_content()]) as rx:
+        get(rx, "t0")  # rejected by the postback endpoint (204): never in the report
+        for txn, extra in (("t1", {"order_id": "9", "amount": "12.5", "timestamp": str(then)}),
+                           ("t2", {}), ("t3", {"adv_event_id": "24"}), ("t4", {})):  # fmt: skip
+            get(rx, txn, **extra)
+
+        def report(body: dict, page: int = 1, size: int = 2, key: str = "k") -> requests.Response:
+            return requests.post(
+                f"{rx.api_url}/networks/reporting/conversions", params={"page": page, "page_size": size},
+                json=body, headers={"X-Eflow-API-Key": key}, timeout=5,
+            )  # fmt: skip
+
+        body = {"from": day(then - 86400), "to": day(time.time() + 86400), "timezone_id": 67,
+                "show_conversions": True, "show_events": True, "query": {"filters": []}}  # fmt: skip
+        first = report(body).json()
+        assert first["paging"] == {"page": 1, "page_size": 2, "total_count": 3}
+        rows = first["conversions"] + report(body, page=2).json()["conversions"]
+        assert [(r["transaction_id"], r["status"], r["error_code"], r["is_event"], r["event"]) for r in rows] == [
+            ("t1", "approved", 0, False, ""), ("t2", "rejected", 21, False, ""), ("t3", "pending", 0, True, "Purchase"),
+        ]  # fmt: skip
+        assert rows[0]["order_id"] == "9" and rows[0]["sale_amount"] == 12.5
+        assert rows[0]["conversion_unix_timestamp"] == then
+        by_tid = {**body, "query": {"filters": [{"resource_type": "transaction_id", "filter_id_value": t}
+                                                for t in ("t1", "t3")]}}  # fmt: skip
+        assert [r["transaction_id"] for r in report(by_tid, size=10).json()["conversions"]] == ["t1", "t3"]
+        only_base = {**by_tid, "show_events": False}
+        assert [r["transaction_id"] for r in report(only_base, size=10).json()["conversions"]] == ["t1"]
+        window = {**body, "from": day(then) + " 00:00:00", "to": day(then) + " 23:59:59"}  # t1's day
+        assert [r["transaction_id"] for r in report(window, size=10).json()["conversions"]] == ["t1"]
+        assert report(body, key="wrong").status_code == 401
+        assert report(body, size=5000).status_code == 400
+        events = requests.get(f"{rx.api_url}/networks/advertisers/7/events",
+                              headers={"X-Eflow-API-Key": "k"}, timeout=5).json()  # fmt: skip
+        assert events["global_events"][0]["entry_name"] == "Purchase"
+        assert len(rx.requests) == 5  # the API calls are not postbacks
+        assert len(reporting.requests) == 8

@@ -5,7 +5,8 @@ Modes: dry run; a live run that succeeds (with the API check against a fake Ever
 127.0.0.1); live runs that fail every way (answers that *echo the request*, token included, in
 their body or in a redirect's Location; 401; an outage; connection refused); config errors; a
 ledger that cannot be opened (its password in the URL); ``--check`` against a fake API that
-answers 401 / 403 / 500 with the key echoed back. What is scanned: stdout, stderr, and every
+answers 401 / 403 / 500 with the key echoed back; ``reconcile`` against a fake reporting API that
+echoes the key in error bodies and report rows. What is scanned: stdout, stderr, and every
 file the run wrote (dead letters, dry-run output, summary, the SQLite ledger's bytes and its
 WAL), and every cassette in the repository. A secret is looked for as it is and percent-encoded,
 and the marker ``SECRET`` (in every test secret, in no other test data) catches a partial one.
@@ -376,3 +377,57 @@ def test_a_remote_postback_url_must_be_https(tmp_path: Path) -> None:
         proc = run_cli(tmp_path, files(tmp_path, postback_url=url), singer_lines("orders", [track(1)]))
         assert proc.returncode == 1
         assert b"Setting 'postback_url': must use https" in proc.stderr, proc.stderr.decode()[-1000:]
+
+
+# --- reconcile: the API key stays in its header ---------------------------------------------------
+
+
+def run_reconcile(tmp: Path, config: dict) -> subprocess.CompletedProcess:
+    path = tmp / f"config-{len(list(tmp.glob('config*')))}.json"
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, "-m", "target_everflow", "reconcile", "--config", str(path)],
+        capture_output=True, timeout=120, cwd=tmp,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["rows_echo_the_key", "401_echo", "500_echo", "after_a_run"])
+def test_reconcile_never_shows_the_api_key(tmp_path: Path, case: str) -> None:
+    """Everflow (or a proxy) echoing the key in an error body or in a report row's
+    error_message: neither the output, the log, the report file nor the ledger holds it."""
+    from tests.receiver import FakeReporting, Verdict
+
+    echo_body = json.dumps({"error": f"Invalid API key {SECRET_API_KEY}", "message": SECRET_API_KEY})
+    script = {
+        "401_echo": [Answer.status(401, echo_body, {"Content-Type": "application/json"})],
+        "500_echo": [Answer.status(500, echo_body, {"Content-Type": "application/json"})] * 4,
+    }.get(case, [])
+    reporting = FakeReporting(
+        api_key=SECRET_API_KEY,
+        verdicts={"tx-1": Verdict("rejected", 21, f"token refused for key {SECRET_API_KEY}")},
+        script=script,
+    )
+    with Receiver(reporting=reporting) as rx:
+        config = files(tmp_path, postback_url=rx.url, api_url=rx.api_url, reconcile_after_minutes=0,
+                       reconcile_not_found_after_hours=0)  # fmt: skip
+        records = [track(1), track(2)]
+        for record in records:
+            record["timestamp"] = "2026-11-30T10:00:00Z"
+        delivered = run_cli(tmp_path, config, singer_lines("orders", records, state={"s": 1}))
+        assert delivered.returncode == 0, delivered.stderr.decode()[-2000:]
+        reporting.script = list(script)
+        if case == "after_a_run":
+            proc = run_cli(tmp_path, {**config, "reconcile": True}, singer_lines("orders", [track(3)]))
+        else:
+            proc = run_reconcile(tmp_path, config)
+    expected = {"rows_echo_the_key": 6, "401_echo": 1, "500_echo": 3, "after_a_run": 6}[case]
+    assert proc.returncode == expected, proc.stderr.decode()[-2000:]
+    assert b"Traceback" not in proc.stderr
+    if case in ("rows_echo_the_key", "after_a_run"):
+        assert b"[redacted]" in (tmp_path / "state" / "reconcile_report.json").read_bytes()
+    elif case == "401_echo":
+        assert b"[redacted]" in proc.stderr  # Everflow's message, with the key taken out
+    assert len(reporting.requests) >= 1  # the key did travel, in its header, to the API only
+    assert all(r.headers.get("X-Eflow-API-Key") == SECRET_API_KEY for r in reporting.requests)
+    scanned = scan_run(tmp_path, proc)
+    assert "ledger.sqlite3" in scanned

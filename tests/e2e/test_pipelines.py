@@ -310,3 +310,34 @@ def test_meltano_yml_validates_and_lists_every_setting(meltano: Meltano, e2e_dir
     for name in CONFIG_SCHEMA["properties"]:
         assert f"TARGET_EVERFLOW_{name.upper()}" in output, name
     assert scenario.VERIFICATION_TOKEN not in output  # sensitive: shown redacted
+
+
+def test_reconcile_command_gets_its_config_from_meltano(meltano: Meltano, e2e_dir: Path) -> None:
+    """`meltano invoke target-everflow:reconcile`: conversions delivered earlier are checked
+    against the (fake) Conversion Report with the API key from Meltano's settings; one rejected
+    conversion makes it exit 6."""
+    from tests.conftest import run_target, singer_lines, track
+    from tests.receiver import FakeReporting, Verdict
+
+    reporting = FakeReporting(api_key=API_KEY, verdicts={"tx-2": Verdict.rejected(25)},
+                              advertiser_id=scenario.ADVERTISER_ID)  # fmt: skip
+    with Receiver(reporting=reporting) as rx:
+        config = {"postback_url": rx.url, "network_id": scenario.NETWORK_ID, "progress_interval": 0,
+                  "dead_letter_path": str(e2e_dir / "state" / "dead_letter.jsonl")}  # fmt: skip
+        records = [track(i) for i in (1, 2, 3)]
+        for record in records:  # recent events: the report covers the last 365 days
+            record["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+        delivered = run_target(config, singer_lines("orders", records), e2e_dir)
+        assert delivered.code == 0, delivered.stderr[-2000:]
+        env = {**target_env(rx.url, e2e_dir), "TARGET_EVERFLOW_API_KEY": API_KEY,
+               "TARGET_EVERFLOW_API_URL": rx.api_url}
+        result = meltano("--environment=e2e", "invoke", "target-everflow:reconcile", env=env, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.code == 6, result.tail()
+    assert "Reconciled 3 delivered conversion(s)" in output, result.tail()
+    assert "rejected, error 25 (event not on the offer): 1" in output, result.tail()
+    report = json.loads((e2e_dir / "state" / "reconcile_report.json").read_text())
+    assert [(c["transaction_id"], c["error_code"]) for c in report["rejected_or_not_found"]] == [("tx-2", 25)]
+    assert reporting.asked_transactions() == {"tx-1": 1, "tx-2": 1, "tx-3": 1}
+    assert len(rx.requests) == 3  # the three deliveries; reconcile sent no postback
+    assert API_KEY not in output and scenario.VERIFICATION_TOKEN not in output

@@ -1,0 +1,59 @@
+"""``target-everflow reconcile --config config.json``: did Everflow count what was delivered?
+
+The work is in ``target_everflow/reconciler.py`` (also run after a normal run with
+``reconcile: true``); this module is the command line: the summary on stdout, one line on
+stderr for an error, exit 0 / 6 (something rejected or not found) / the error's code.
+
+``cli.py`` imports this module at its end to register the command, and this module uses
+``cli.py``'s helpers: the command object is made first, so that either module can be imported
+first.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import typing as t
+
+import click
+
+from target_everflow.errors import TargetEverflowError, Terminated
+from target_everflow.reconciler import reconcile
+
+
+_SIGNALLED: list[int] = []
+
+
+def _raise_terminated(signum: int, _frame: t.Any) -> None:
+    _SIGNALLED.append(signum)
+    raise Terminated(signum)
+
+
+def _reconcile(config: tuple[str, ...]) -> None:
+    target = load_target(config)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _raise_terminated)  # claims are given back, then 128 + signal
+    try:
+        code = reconcile(target.settings, target.logger, click.echo)
+    except TargetEverflowError as exc:
+        # A signal may surface as another error (a ledger transaction it interrupted).
+        fail(Terminated(_SIGNALLED[0]) if _SIGNALLED else exc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    sys.exit(code)
+
+
+reconcile_command = click.Command(
+    "reconcile",
+    callback=_reconcile,
+    help=(
+        "Check every delivered conversion against Everflow's conversion report (exit 6 when "
+        "some were rejected or not found)."
+    ),
+)
+
+from target_everflow.cli import config_option, fail, load_target  # noqa: E402 - see above
+
+config_option(reconcile_command)
