@@ -150,7 +150,6 @@ class HttpClient:
         self._calls: set[_Call] = set()
         self._closed = False
         self._watchdog: threading.Thread | None = None
-        self._wake = threading.Event()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -292,7 +291,7 @@ class HttpClient:
                 elif self._closed or now - idle_since > WATCH_LINGER:
                     self._watchdog = None
                     return
-            self._wake.wait(WATCH_INTERVAL)
+            time.sleep(WATCH_INTERVAL)
 
     def close(self) -> None:
         """Abandon every request in flight (their sockets are shut down, their threads get
@@ -307,7 +306,6 @@ class HttpClient:
                     call.shutdown()
             idle = self._open - busy
             self._open = busy  # closed by their own threads
-        self._wake.set()
         for conn in idle:
             try:
                 conn.close()
