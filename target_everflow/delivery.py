@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import typing as t
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +112,54 @@ class RateLimiter:
                 time.sleep(min(wait_for, 1.0))
 
 
+class _Workers:
+    """``max_concurrency`` sending threads. Unlike ``ThreadPoolExecutor``'s, they are daemon
+    threads that the interpreter does not join at exit: a postback abandoned in flight (still
+    connecting, say, where no socket can be shut down yet) never keeps a stopping run alive."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._count = count
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Future[t.Any], t.Callable[..., t.Any], tuple] | None] = (
+            queue.SimpleQueue()
+        )
+        self._started = False
+
+    def submit(self, fn: t.Callable[..., t.Any], *args: t.Any) -> Future[t.Any]:
+        if not self._started:
+            self._started = True
+            for i in range(self._count):
+                threading.Thread(target=self._work, name=f"{self._name}_{i}", daemon=True).start()
+        future: Future[t.Any] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; idle threads end, busy ones when their call returns."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        if self._started:
+            for _ in range(self._count):
+                self._queue.put(None)
+
+
 _dumps_line = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """A dry-run line holds only strings (and a null message id): the C encoder writes it exactly as
 ``accounting.dumps`` would, in half the time."""
@@ -197,7 +245,7 @@ class DeliveryEngine:
         self.busy_wait = busy_wait
         self.stop_grace = stop_grace
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="postback")
+        self._pool = _Workers(concurrency, "postback")
         self._stop = threading.Event()
         self._stop_reason = ""
         self._lock = threading.Lock()
@@ -217,7 +265,7 @@ class DeliveryEngine:
 
     def close(self) -> None:
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         self.client.close()
         if self.dry_run is not None:
             self.dry_run.close()
@@ -356,9 +404,11 @@ class DeliveryEngine:
                         grace_deadline = now + self.stop_grace
                     elif now > grace_deadline:
                         # Abandoned in flight: Everflow may have them. Their claims stay
-                        # pending, so the next run treats them as in doubt.
+                        # pending, so the next run treats them as in doubt. Their sockets are
+                        # shut down (nothing waits on them); their workers account for nothing.
                         for future in futures:
                             future.cancel()
+                        self.client.close()
                         self.logger.warning(
                             "Abandoned %d postbacks still in flight after %.0f s; the next run "
                             "treats them as in doubt.", len(futures), self.stop_grace,
@@ -443,6 +493,8 @@ class DeliveryEngine:
             if self.metrics is not None:
                 self.metrics.answered(answer.status, time.monotonic() - started)
             attempts += 1
+            if answer.abandoned:  # the run gave up on it: its claim stays, in doubt next run
+                return _Result(conversion, answer, attempts, settled=True)
             self.summary.bump("requests")
             if answer.status == 429:
                 self.summary.bump("http_429")

@@ -11,8 +11,12 @@ Before the target reads a record it can ask Everflow's REST API (``api_url``, he
 ``run_preflight`` returns a ``PreflightReport`` (what was verified, as human lines) or raises
 ``PreflightError`` whose ``str()`` is the message for the user. The API key never appears in a
 message or a log line: it is only ever put in the request header, requests are never logged with
-their headers, redirects are not followed (``requests`` would forward a custom header to another
-host), and every message goes through ``_redact`` as a last guard.
+their headers, redirects are not followed (a client that follows them may forward a custom header
+to another host), and every message goes through ``secrets.mask`` as a last guard.
+
+The requests go through the postbacks' HTTP layer (``transport``): each attempt has a total
+deadline of ``request_timeout`` seconds (connect, send, read the whole answer), and at most
+``BODY_LIMIT`` bytes of an answer are read (after decompression).
 
 429 and 5xx answers, and connection errors, are retried (at most ``MAX_ATTEMPTS`` attempts per
 call, exponential backoff with jitter, capped; ``Retry-After`` is honoured). A timeout is not
@@ -21,17 +25,27 @@ retried: the request already waited ``request_timeout`` seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 import typing as t
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import requests
+from urllib3.util import make_headers
 
-from target_everflow.postback import excerpt, retry_after_seconds
+from target_everflow.postback import retry_after_seconds
+from target_everflow.masking import mask
 from target_everflow.settings import DEFAULT_API_URL, DEFAULT_EVENT_MAPPING, is_loopback
+from target_everflow.transport import (
+    DeadlineExceeded,
+    HttpClient,
+    Reply,
+    TlsFailed,
+    TransportError,
+    excerpt,
+)
 
 API_KEY_HEADER = "X-Eflow-API-Key"
 EU_API_URL = "https://api-eu.eflow.team/v1"
@@ -41,6 +55,8 @@ BACKOFF_BASE = 1.0  # seconds before the first retry (before jitter)
 BACKOFF_CAP = 8.0  # no single backoff sleep is longer than this
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the check fails instead
 USER_AGENT = "target-everflow (preflight)"
+BODY_LIMIT = 4 * 1024 * 1024  # an API page (the advertiser's events) is read up to this, decoded
+REDACTED = "[redacted]"
 SECURITY_HINT = "a network API key, created under Control Center > Security"
 SKIP_HINT = "or set preflight: false to skip the check"
 
@@ -104,9 +120,7 @@ class PreflightReport:
 
 
 def _redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    return text
+    return mask(text, (secret,), REDACTED)
 
 
 def _excerpt(text: object, limit: int = 200) -> str:
@@ -145,7 +159,7 @@ def _api_key(config: t.Mapping[str, t.Any]) -> str:
             "config",
         )
     key = key.strip()
-    # requests puts an invalid header value into its exception text: refuse it ourselves.
+    # http.client puts an invalid header value into its exception text: refuse it ourselves.
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
         raise PreflightError(
             "Setting 'api_key': contains whitespace or control characters; paste the key "
@@ -202,7 +216,7 @@ def _timeout(config: t.Mapping[str, t.Any]) -> float:
     return float(value)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: Reply) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
     return retry_after_seconds(response.headers.get("Retry-After"))
 
@@ -213,13 +227,13 @@ def backoff_delay(retry: int) -> float:
     return ceiling / 2 + _RANDOM.uniform(0, ceiling / 2)
 
 
-def _error_text(response: requests.Response, secret: str | None = None) -> str:
+def _error_text(response: Reply, secret: str | None = None) -> str:
     """Everflow's error message from a JSON ``{"error": ...}`` body (or ``Error``), else ''.
 
     The key is redacted before the message is shortened (never a partial key in an error).
     """
     try:
-        body = response.json()
+        body = json.loads(response.content)
     except ValueError:
         return ""
     if isinstance(body, t.Mapping):
@@ -230,8 +244,10 @@ def _error_text(response: requests.Response, secret: str | None = None) -> str:
     return ""
 
 
-def _connection_reason(exc: requests.ConnectionError) -> str:
-    text = repr(exc).lower()
+def _connection_reason(exc: TransportError) -> str:
+    if isinstance(exc, TlsFailed):
+        return "TLS handshake failed"
+    text = f"{type(exc.__cause__).__name__} {exc.why}".lower()
     if "nameresolution" in text or "name or service not known" in text or "getaddrinfo" in text:
         return "the host name could not be resolved"
     if "refused" in text:
@@ -246,6 +262,20 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
 # --- the client ----------------------------------------------------------------------------
 
 
+def api_client(api_url: str, timeout: float, body_limit: int = BODY_LIMIT) -> HttpClient:
+    """The HTTP client of the REST API: the postbacks' layer, answers read up to ``body_limit``."""
+    return HttpClient(
+        api_url,
+        timeout=timeout,
+        body_limit=body_limit,
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": make_headers(accept_encoding=True)["accept-encoding"],
+        },
+    )
+
+
 class _Api:
     def __init__(
         self,
@@ -253,7 +283,7 @@ class _Api:
         host: str,
         api_key: str,
         timeout: float,
-        session: requests.Session,
+        client: HttpClient,
         sleep: t.Callable[[float], None],
         logger: logging.Logger,
         *,
@@ -268,7 +298,8 @@ class _Api:
         self.host = host
         self._key = api_key
         self.timeout = timeout
-        self.session = session
+        self.client = client
+        self._path = urlsplit(api_url).path
         self.sleep = sleep
         self.log = logger
         self.limiter = limiter
@@ -302,11 +333,14 @@ class _Api:
         """``method {api_url}{path}`` (query ``params``, JSON ``body``) with retries; return the
         JSON body of a 200."""
         url = f"{self.api_url}{path}"
-        query = "&".join(f"{k}={v}" for k, v in params or ())
+        query = urlencode(list(params or ()))
+        target = f"{self._path}{path}" + (f"?{query}" if query else "")
         what = f"{method} {url}" + (f"?{query}" if query else "")
-        headers = {
-            API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": self.user_agent
-        }
+        headers = {API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": self.user_agent}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         attempt = 0
         while True:
             attempt += 1
@@ -314,21 +348,18 @@ class _Api:
                 self.limiter.acquire()
             self.requests_made += 1
             try:
-                response = self.session.request(
-                    method, url, params=params, json=body, headers=headers,
-                    timeout=self.timeout, allow_redirects=False,
-                )
-            except requests.Timeout:
+                response = self.client.request(method, target, headers, payload)
+            except DeadlineExceeded:
                 raise self.fail(
                     f"The Everflow API could not be reached at {self.host}: no answer within "
                     f"{self.timeout:g}s to {what}. Check api_url and this machine's network "
                     f"access, {self.hint}.",
                     "unreachable",
                 ) from None
-            except requests.ConnectionError as exc:
+            except TransportError as exc:
                 reason = _connection_reason(exc)
                 # A certificate that does not verify will not verify on a retry either.
-                if attempt < MAX_ATTEMPTS and not isinstance(exc, requests.exceptions.SSLError):
+                if attempt < MAX_ATTEMPTS and not isinstance(exc, TlsFailed):
                     delay = backoff_delay(attempt)
                     self.log.warning(
                         "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
@@ -342,18 +373,19 @@ class _Api:
                     f"access, {self.hint}.",
                     "unreachable",
                 ) from None
-            except requests.RequestException as exc:
-                raise self.fail(
-                    f"The Everflow API request {what} could not be made "
-                    f"({type(exc).__name__}); check api_url.",
-                    "config",
-                ) from None
 
             status = response.status_code
             self.log.debug("Everflow API: %s -> HTTP %d", what, status)
             if status == 200:
+                if response.truncated:
+                    raise self.fail(
+                        f"The Everflow API answered {what} with more than "
+                        f"{BODY_LIMIT // (1024 * 1024)} MB; check api_url (it should look like "
+                        f"{DEFAULT_API_URL}).",
+                        "unexpected",
+                    )
                 try:
-                    return response.json()
+                    return json.loads(response.content)
                 except ValueError:
                     raise self.fail(
                         f"The Everflow API answered {what} with HTTP 200 but the body is not "
@@ -483,7 +515,7 @@ def advertiser_events(api: _Api, advertiser_id: int) -> dict[int, tuple[str, str
 def run_preflight(
     config: t.Mapping[str, t.Any],
     *,
-    session: requests.Session | None = None,
+    client: HttpClient | None = None,
     sleep: t.Callable[[float], None] = time.sleep,
     logger: logging.Logger | None = None,
 ) -> PreflightReport:
@@ -500,13 +532,12 @@ def run_preflight(
     advertiser_id = _advertiser_id(config, mapping)
     timeout = _timeout(config)
 
-    own_session = session is None
-    http = session if session is not None else requests.Session()
+    http = client if client is not None else api_client(api_url, timeout)
     api = _Api(api_url, host, api_key, timeout, http, sleep, log)
     try:
         report = _check(api, api_url, advertiser_id, mapping)
     finally:
-        if own_session:
+        if client is None:
             http.close()
     report.requests_made = api.requests_made
     return report

@@ -86,6 +86,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from target_everflow.masking import mask
+
 __all__ = [
     "ClaimStatus",
     "Ledger",
@@ -227,9 +229,7 @@ def _url_secrets(url: str) -> set[str]:
 
 
 def _scrub(text: str, secret_values: set[str]) -> str:
-    for s in sorted(secret_values, key=len, reverse=True):
-        text = text.replace(s, "***")
-    return text
+    return mask(text, secret_values)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -48,7 +48,6 @@ import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
 
 from target_everflow.delivery import RateLimiter
 from target_everflow.errors import (
@@ -69,8 +68,10 @@ from target_everflow.everflow_api import (
     _excerpt,
     _redact,
     advertiser_events,
+    api_client,
 )
 from target_everflow.ledger import Ledger, LedgerError, open_ledger
+from target_everflow.transport import HttpClient
 from target_everflow.reconcile_store import (
     CONFIRMED,
     NOT_FOUND,
@@ -87,6 +88,8 @@ if t.TYPE_CHECKING:
 
 REPORT_PATH = "/networks/reporting/conversions"
 PAGE_SIZE = 2000
+REPORT_BODY_LIMIT = 8 * 1024 * 1024
+"""A report page is read up to 8 MB (2,000 rows of about 2-3 KB each); more fails the request."""
 """Everflow's largest page size ("typically 2,000", developers.everflow.io: Paging)."""
 TRANSACTION_IDS_PER_REQUEST = 500
 """Transaction ids filtered for in one request (a JSON body of about 45 KB)."""
@@ -130,7 +133,7 @@ class ReportingClient:
         self,
         settings: Settings,
         *,
-        session: requests.Session | None = None,
+        client: HttpClient | None = None,
         sleep: t.Callable[[float], None] = time.sleep,
         logger: logging.Logger | None = None,
         limiter: RateLimiter | None = None,
@@ -142,10 +145,12 @@ class ReportingClient:
         except PreflightError as exc:
             raise _failure(str(exc).replace("the Everflow API check", "reconcile"), EXIT_CONFIG) from None
         self.settings = settings
-        self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
+        self._own_client = client is None
+        self.http = client or api_client(
+            settings.api_url, settings.request_timeout, body_limit=REPORT_BODY_LIMIT
+        )
         self.api = _Api(
-            settings.api_url, host, key, settings.request_timeout, self.session, sleep,
+            settings.api_url, host, key, settings.request_timeout, self.http, sleep,
             logger or _LOG, limiter=limiter or RateLimiter(settings.api_requests_per_second),
             hint=HINT, purpose="the request",
         )
@@ -158,8 +163,8 @@ class ReportingClient:
         return self.api.requests_made
 
     def close(self) -> None:
-        if self._own_session:
-            self.session.close()
+        if self._own_client:
+            self.http.close()
 
     def _call(self, fn: t.Callable[[], t.Any]) -> t.Any:
         try:
@@ -447,7 +452,7 @@ class Reconciler:
         ledger: Ledger,
         *,
         logger: logging.Logger | None = None,
-        session: requests.Session | None = None,
+        client: HttpClient | None = None,
         sleep: t.Callable[[float], None] = time.sleep,
         limiter: RateLimiter | None = None,
         exclude_owner: str | None = None,
@@ -455,7 +460,7 @@ class Reconciler:
         self.settings = settings
         self.logger = logger or _LOG
         self.client = ReportingClient(
-            settings, session=session, sleep=sleep, logger=self.logger, limiter=limiter
+            settings, client=client, sleep=sleep, logger=self.logger, limiter=limiter
         )
         lease = MAX_ATTEMPTS * (settings.request_timeout + MAX_RETRY_AFTER) + 60.0
         self.store = ReconcileStore(ledger, lease_seconds=lease)

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import requests
 import vcr
 import yaml
+from urllib3 import HTTPHeaderDict
+from urllib3.exceptions import NameResolutionError
 
 from target_everflow import everflow_api
 from target_everflow.everflow_api import PreflightError, PreflightReport, run_preflight
+from target_everflow.transport import ConnectFailed, Reply
 
 # --- mode and scenario ---------------------------------------------------------------------
 
@@ -145,21 +147,25 @@ VCR = vcr.VCR(
 )
 
 
-class CapturingSession(requests.Session):
-    """Records the headers of every request actually sent."""
+class CapturingClient:
+    """The API check's own HTTP client, recording every request it sends (method, URL, headers)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.http = everflow_api.api_client(API_URL, 30)
         self.sent: list[tuple[str, str, dict[str, str]]] = []
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        self.sent.append((request.method or "", request.url or "", dict(request.headers)))
-        return super().send(request, **kwargs)
+    def request(self, method: str, target: str, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> Reply:
+        self.sent.append((method, self.http.origin + target, {**self.http.headers, **(headers or {})}))
+        return self.http.request(method, target, headers, body)
+
+    def close(self) -> None:
+        self.http.close()
 
 
-class NoRequestSession(requests.Session):
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        raise AssertionError(f"unexpected request: {request.method} {request.url}")
+class NoRequestClient:
+    def request(self, method: str, target: str, headers: Any = None, body: Any = None) -> Reply:
+        raise AssertionError(f"unexpected request: {method} {target}")
 
 
 class FakeSleep:
@@ -189,8 +195,10 @@ def _no_key_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 @pytest.fixture
-def session() -> CapturingSession:
-    return CapturingSession()
+def client() -> Iterator[CapturingClient]:
+    capturing = CapturingClient()
+    yield capturing
+    capturing.close()
 
 
 def preflight_error(cfg: dict[str, Any], **kwargs: Any) -> PreflightError:
@@ -200,7 +208,7 @@ def preflight_error(cfg: dict[str, Any], **kwargs: Any) -> PreflightError:
     for key in ALL_KEYS:
         assert key not in message
         assert key not in repr(info.value)
-    # no chained exception (e.g. a requests error holding the request and its headers)
+    # no chained exception (e.g. a transport error holding the request and its headers)
     assert info.value.__cause__ is None
     assert info.value.__context__ is None or info.value.__suppress_context__
     return info.value
@@ -214,9 +222,9 @@ def assert_message(actual: str, expected: str, live_prefix: str | None = None) -
         assert actual == expected
 
 
-def assert_sent_key(session: CapturingSession, count: int) -> None:
-    assert len(session.sent) == count
-    for _, url, headers in session.sent:
+def assert_sent_key(client: CapturingClient, count: int) -> None:
+    assert len(client.sent) == count
+    for _, url, headers in client.sent:
         assert url.startswith(API_URL)
         assert headers[everflow_api.API_KEY_HEADER] in (API_KEY, WRONG_KIND_KEY, TEST_KEY)
         assert headers["Accept"] == "application/json"
@@ -226,15 +234,15 @@ def assert_sent_key(session: CapturingSession, count: int) -> None:
 
 
 @needs_account
-def test_success_reports_what_was_verified(session: CapturingSession) -> None:
+def test_success_reports_what_was_verified(client: CapturingClient) -> None:
     cfg = config(event_mapping={"Order Completed": 0, "Product Purchased": EVENT_ID, "Lead Submitted": 31})
     if LIVE:
         cfg["event_mapping"].pop("Lead Submitted")
     with cassette("success"):
-        report = run_preflight(cfg, session=session, sleep=FakeSleep())
-    assert_sent_key(session, 2)
-    assert session.sent[0][1] == f"{API_URL}/networks"
-    assert session.sent[1][1] == f"{API_URL}/networks/advertisers/{ADVERTISER_ID}/events"
+        report = run_preflight(cfg, client=client, sleep=FakeSleep())
+    assert_sent_key(client, 2)
+    assert client.sent[0][1] == f"{API_URL}/networks"
+    assert client.sent[1][1] == f"{API_URL}/networks/advertisers/{ADVERTISER_ID}/events"
     assert report.api_url == API_URL
     assert report.advertiser_id == ADVERTISER_ID
     assert [(e, i) for e, i, _ in report.events] == list(cfg["event_mapping"].items())
@@ -261,11 +269,11 @@ def test_success_reports_what_was_verified(session: CapturingSession) -> None:
 
 
 @needs_account
-def test_base_conversions_only_skip_the_events_call(session: CapturingSession) -> None:
+def test_base_conversions_only_skip_the_events_call(client: CapturingClient) -> None:
     cfg = config(advertiser_id=None, event_mapping={"Order Completed": 0, "Signed Up": 0})
     with cassette("base_only"):
-        report = run_preflight(cfg, session=session)
-    assert_sent_key(session, 1)
+        report = run_preflight(cfg, client=client)
+    assert_sent_key(client, 1)
     assert report.advertiser_id is None
     assert report.events == [
         ("Order Completed", 0, "base conversion"),
@@ -283,11 +291,11 @@ def test_base_conversions_only_skip_the_events_call(session: CapturingSession) -
 # --- the key -------------------------------------------------------------------------------
 
 
-def test_rejected_key_401(session: CapturingSession) -> None:
+def test_rejected_key_401(client: CapturingClient) -> None:
     with cassette("unauthorized"):
-        err = preflight_error(config(api_key=TEST_KEY), session=session, sleep=FakeSleep())
+        err = preflight_error(config(api_key=TEST_KEY), client=client, sleep=FakeSleep())
     assert err.reason == "auth"
-    assert len(session.sent) == 1
+    assert len(client.sent) == 1
     assert_message(
         str(err),
         "Everflow rejected the API key: GET https://api.eflow.team/v1/networks answered HTTP "
@@ -299,11 +307,11 @@ def test_rejected_key_401(session: CapturingSession) -> None:
 
 
 @pytest.mark.skipif(LIVE and not WRONG_KIND_KEY, reason="recording needs EVERFLOW_WRONG_KIND_API_KEY")
-def test_wrong_kind_of_key_403_out_of_realm(session: CapturingSession) -> None:
+def test_wrong_kind_of_key_403_out_of_realm(client: CapturingClient) -> None:
     with cassette("out_of_realm"):
-        err = preflight_error(config(api_key=WRONG_KIND_KEY), session=session, sleep=FakeSleep())
+        err = preflight_error(config(api_key=WRONG_KIND_KEY), client=client, sleep=FakeSleep())
     assert err.reason == "realm"
-    assert len(session.sent) == 1
+    assert len(client.sent) == 1
     assert_message(
         str(err),
         "The API key is the wrong kind: GET https://api.eflow.team/v1/networks answered HTTP "
@@ -325,13 +333,13 @@ EVENT_LIST = (
 
 @needs_account
 def test_unknown_event_id_names_the_event_and_lists_the_advertisers_events(
-    session: CapturingSession,
+    client: CapturingClient,
 ) -> None:
     cfg = config(event_mapping={"Order Completed": 0, "Subscription Renewed": UNKNOWN_EVENT_ID})
     with cassette("unknown_event"):
-        err = preflight_error(cfg, session=session)
+        err = preflight_error(cfg, client=client)
     assert err.reason == "event"
-    assert_sent_key(session, 2)
+    assert_sent_key(client, 2)
     assert_message(
         str(err),
         "Segment event 'Subscription Renewed' is mapped to Everflow event id 99, but advertiser 7 "
@@ -345,10 +353,10 @@ def test_unknown_event_id_names_the_event_and_lists_the_advertisers_events(
 
 @pytest.mark.skipif(LIVE and not INACTIVE_EVENT_ID, reason="recording needs EVERFLOW_INACTIVE_EVENT_ID")
 @needs_account
-def test_inactive_event_id(session: CapturingSession) -> None:
+def test_inactive_event_id(client: CapturingClient) -> None:
     cfg = config(event_mapping={"Product Purchased": EVENT_ID, "Trial Started": INACTIVE_EVENT_ID})
     with cassette("inactive_event"):
-        err = preflight_error(cfg, session=session)
+        err = preflight_error(cfg, client=client)
     assert err.reason == "event"
     assert_message(
         str(err),
@@ -359,10 +367,10 @@ def test_inactive_event_id(session: CapturingSession) -> None:
 
 
 @replay_only
-def test_every_bad_mapping_gets_its_own_line(session: CapturingSession) -> None:
+def test_every_bad_mapping_gets_its_own_line(client: CapturingClient) -> None:
     cfg = config(event_mapping={"Subscription Renewed": 99, "Trial Started": 35, "Paid": 24})
     with cassette("unknown_event"):  # same two answers; only the mapping differs
-        err = preflight_error(cfg, session=session)
+        err = preflight_error(cfg, client=client)
     assert str(err) == (
         "Segment event 'Subscription Renewed' is mapped to Everflow event id 99, but advertiser 7 "
         "has no event with that id.\n"
@@ -372,9 +380,9 @@ def test_every_bad_mapping_gets_its_own_line(session: CapturingSession) -> None:
 
 
 @replay_only
-def test_unknown_advertiser_404(session: CapturingSession) -> None:
+def test_unknown_advertiser_404(client: CapturingClient) -> None:
     with cassette("advertiser_not_found"):
-        err = preflight_error(config(advertiser_id=999), session=session)
+        err = preflight_error(config(advertiser_id=999), client=client)
     assert err.reason == "not_found"
     assert str(err) == (
         "Everflow has no advertiser 999: GET "
@@ -388,7 +396,7 @@ def test_unknown_advertiser_404(session: CapturingSession) -> None:
 
 def test_missing_advertiser_id_with_a_non_zero_mapping_makes_no_request() -> None:
     cfg = offline_config(advertiser_id=None, event_mapping={"Order Completed": 0, "Product Purchased": 24, "Lead": 31})
-    err = preflight_error(cfg, session=NoRequestSession())
+    err = preflight_error(cfg, client=NoRequestClient())
     assert err.reason == "config"
     assert str(err) == (
         "Setting 'advertiser_id': is needed to check the non-zero event ids in event_mapping "
@@ -397,7 +405,7 @@ def test_missing_advertiser_id_with_a_non_zero_mapping_makes_no_request() -> Non
 
 
 def test_missing_api_key_makes_no_request() -> None:
-    err = preflight_error(offline_config(api_key=None), session=NoRequestSession())
+    err = preflight_error(offline_config(api_key=None), client=NoRequestClient())
     assert str(err) == (
         "Setting 'api_key': the Everflow API check needs an API key (a network API key, created "
         "under Control Center > Security); set api_key, or set preflight: false to skip the check."
@@ -405,7 +413,7 @@ def test_missing_api_key_makes_no_request() -> None:
 
 
 def test_api_key_with_a_newline_is_refused_without_echoing_it() -> None:
-    err = preflight_error(offline_config(api_key=TEST_KEY + "\nx"), session=NoRequestSession())
+    err = preflight_error(offline_config(api_key=TEST_KEY + "\nx"), client=NoRequestClient())
     assert str(err) == (
         "Setting 'api_key': contains whitespace or control characters; paste the key exactly as "
         "shown under Control Center > Security."
@@ -413,7 +421,7 @@ def test_api_key_with_a_newline_is_refused_without_echoing_it() -> None:
 
 
 def test_plain_http_api_url_is_refused_for_a_remote_host() -> None:
-    err = preflight_error(offline_config(api_url="http://api.eflow.team/v1"), session=NoRequestSession())
+    err = preflight_error(offline_config(api_url="http://api.eflow.team/v1"), client=NoRequestClient())
     assert str(err) == (
         "Setting 'api_url': must use https (the API key travels in a request header); plain "
         "http is only accepted for loopback hosts."
@@ -424,12 +432,12 @@ def test_plain_http_api_url_is_refused_for_a_remote_host() -> None:
 
 
 @replay_only
-def test_429_then_200_honours_retry_after(session: CapturingSession, caplog: pytest.LogCaptureFixture) -> None:
+def test_429_then_200_honours_retry_after(client: CapturingClient, caplog: pytest.LogCaptureFixture) -> None:
     sleep = FakeSleep()
     with cassette("rate_limited_then_ok"):
-        report = run_preflight(config(), session=session, sleep=sleep)
+        report = run_preflight(config(), client=client, sleep=sleep)
     assert sleep.calls == [2.0]
-    assert_sent_key(session, 3)
+    assert_sent_key(client, 3)
     assert report.events == [("Order Completed", 0, "base conversion"), ("Product Purchased", 24, "Purchase")]
     assert (
         "Everflow API: HTTP 429 on GET https://api.eflow.team/v1/networks; retrying in 2.0s "
@@ -438,21 +446,21 @@ def test_429_then_200_honours_retry_after(session: CapturingSession, caplog: pyt
 
 
 @replay_only
-def test_500_then_200_backs_off_with_jitter(session: CapturingSession) -> None:
+def test_500_then_200_backs_off_with_jitter(client: CapturingClient) -> None:
     sleep = FakeSleep()
     with cassette("server_error_then_ok"):
-        report = run_preflight(config(), session=session, sleep=sleep)
+        report = run_preflight(config(), client=client, sleep=sleep)
     assert len(sleep.calls) == 1 and 0.5 <= sleep.calls[0] <= 1.0
     assert report.events[1] == ("Product Purchased", 24, "Purchase")
 
 
 @replay_only
-def test_5xx_gives_up_after_four_attempts(session: CapturingSession) -> None:
+def test_5xx_gives_up_after_four_attempts(client: CapturingClient) -> None:
     sleep = FakeSleep()
     with cassette("server_error_gives_up"):
-        err = preflight_error(config(), session=session, sleep=sleep)
+        err = preflight_error(config(), client=client, sleep=sleep)
     assert err.reason == "server"
-    assert len(session.sent) == 5  # /networks + 4 attempts at the events
+    assert len(client.sent) == 5  # /networks + 4 attempts at the events
     assert 0.5 <= sleep.calls[0] <= 1 and 1 <= sleep.calls[1] <= 2 and 2 <= sleep.calls[2] <= 4
     assert str(err) == (
         "The Everflow API kept answering HTTP 503 to GET "
@@ -468,30 +476,23 @@ def test_backoff_is_capped() -> None:
         assert ceiling / 2 <= delay <= ceiling <= everflow_api.BACKOFF_CAP
 
 
-class CannedSession(requests.Session):
+class CannedClient:
     """Answers every request with the next canned (status, headers, body)."""
 
     def __init__(self, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
-        super().__init__()
         self.answers = list(answers)
         self.sent = 0
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, target: str, headers: Any = None, body: Any = None) -> Reply:
         self.sent += 1
-        status, headers, body = self.answers.pop(0)
-        response = requests.Response()
-        response.status_code = status
-        response.headers.update(headers)
-        response._content = body
-        response.url = request.url or ""
-        response.request = request
-        return response
+        status, answer_headers, body = self.answers.pop(0)
+        return Reply(status, HTTPHeaderDict(answer_headers), body)
 
 
 def test_a_retry_after_longer_than_a_minute_is_not_waited_for() -> None:
-    canned = CannedSession([(429, {"Retry-After": "120"}, b'{"error": "Too Many Requests"}')])
+    canned = CannedClient([(429, {"Retry-After": "120"}, b'{"error": "Too Many Requests"}')])
     sleep = FakeSleep()
-    err = preflight_error(offline_config(), session=canned, sleep=sleep)
+    err = preflight_error(offline_config(), client=canned, sleep=sleep)
     assert sleep.calls == [] and canned.sent == 1
     assert err.reason == "rate_limited"
     assert str(err) == (
@@ -502,8 +503,7 @@ def test_a_retry_after_longer_than_a_minute_is_not_waited_for() -> None:
 
 
 def test_retry_after_as_an_http_date() -> None:
-    response = requests.Response()
-    response.headers["Retry-After"] = "Wed, 21 Oct 2015 07:28:00 GMT"  # in the past
+    response = Reply(429, HTTPHeaderDict({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), b"")  # past
     assert everflow_api._retry_after(response) == 0.0
     response.headers["Retry-After"] = "3"
     assert everflow_api._retry_after(response) == 3.0
@@ -512,9 +512,9 @@ def test_retry_after_as_an_http_date() -> None:
 
 
 def test_429_every_time_gives_up() -> None:
-    canned = CannedSession([(429, {"Retry-After": "1"}, b"{}")] * 4)
+    canned = CannedClient([(429, {"Retry-After": "1"}, b"{}")] * 4)
     sleep = FakeSleep()
-    err = preflight_error(offline_config(), session=canned, sleep=sleep)
+    err = preflight_error(offline_config(), client=canned, sleep=sleep)
     assert sleep.calls == [1.0, 1.0, 1.0] and canned.sent == 4
     assert str(err) == (
         "The Everflow API kept answering HTTP 429 (rate limited) to GET "
@@ -525,8 +525,8 @@ def test_429_every_time_gives_up() -> None:
 
 
 def test_html_instead_of_json() -> None:
-    canned = CannedSession([(200, {"Content-Type": "text/html"}, b"<html>tracking</html>")])
-    err = preflight_error(offline_config(), session=canned)
+    canned = CannedClient([(200, {"Content-Type": "text/html"}, b"<html>tracking</html>")])
+    err = preflight_error(offline_config(), client=canned)
     assert str(err) == (
         "The Everflow API answered GET https://api.eflow.team/v1/networks with HTTP 200 but the "
         "body is not JSON; check api_url (it should look like https://api.eflow.team/v1)."
@@ -595,17 +595,16 @@ def test_connection_refused_is_retried_then_reported() -> None:
     )
 
 
-class ExplodingSession(requests.Session):
+class ExplodingClient:
     """Raises a connection error whose text carries the key (it must not surface)."""
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        raise requests.ConnectionError(
-            f"NameResolutionError: Failed to resolve 'api.eflow.team' ({API_KEY})", request=request
-        )
+    def request(self, method: str, target: str, headers: Any = None, body: Any = None) -> Reply:
+        cause = NameResolutionError("api.eflow.team", None, OSError(f"Failed to resolve ({API_KEY})"))  # type: ignore[arg-type]
+        raise ConnectFailed("connection failed", sent=False) from cause
 
 
 def test_dns_failure_names_the_host_not_the_key() -> None:
-    err = preflight_error(offline_config(), session=ExplodingSession(), sleep=FakeSleep())
+    err = preflight_error(offline_config(), client=ExplodingClient(), sleep=FakeSleep())
     assert str(err) == (
         "The Everflow API could not be reached at api.eflow.team: the host name could not be "
         "resolved (GET https://api.eflow.team/v1/networks, 4 attempts). Check api_url and this "
@@ -761,13 +760,13 @@ NETWORK_OK = (200, {"Content-Type": "application/json"}, b'{"network_id": 1234, 
     ids=["401-eu", "403-permission", "404-networks", "400", "503-long-retry-after", "no-events", "no-global-events"],
 )
 def test_other_answers(answers: list[Any], overrides: dict[str, Any], expected: str) -> None:
-    canned = CannedSession(answers)
-    err = preflight_error(offline_config(**overrides), session=canned, sleep=FakeSleep())
+    canned = CannedClient(answers)
+    err = preflight_error(offline_config(**overrides), client=canned, sleep=FakeSleep())
     assert str(err) == expected
     assert canned.answers == []  # every answer used, no request beyond them
 
 
 def test_an_error_body_that_echoes_the_key_is_redacted() -> None:
-    canned = CannedSession([(401, {}, f'{{"error": "bad key {TEST_KEY}"}}'.encode())])
-    err = preflight_error(offline_config(), session=canned)
+    canned = CannedClient([(401, {}, f'{{"error": "bad key {TEST_KEY}"}}'.encode())])
+    err = preflight_error(offline_config(), client=canned)
     assert "bad key [redacted]" in str(err)

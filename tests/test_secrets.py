@@ -20,9 +20,11 @@ the postback fails with a TLS error (a systemic failure, exit 3) and nothing is 
 from __future__ import annotations
 
 import contextlib
+import html
 import http.server
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -43,13 +45,36 @@ REPO = Path(__file__).resolve().parents[1]
 # A token with characters that percent-encoding changes: an echo of the URL-encoded request
 # must be caught too.
 SPECIAL_TOKEN = "vt/SECRET+tok=en&7f3a"
+# Every character HTML, JSON and form encoding change: & < > + / and a space.
+ESCAPED_TOKEN = "vt/SECRET+to k&<en>=7f"
 PG_PASSWORD = "pg-SECRET-pw-5e1d"
-SECRETS = (SECRET_TOKEN, SECRET_API_KEY, SPECIAL_TOKEN, PG_PASSWORD)
+SECRETS = (SECRET_TOKEN, SECRET_API_KEY, SPECIAL_TOKEN, ESCAPED_TOKEN, PG_PASSWORD)
 MARKER = "SECRET"
 
 
+def lower_hex(text: str) -> str:
+    """Percent-encoding with lower-case hex digits (``%2f``), as some servers write it."""
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+def go_json(text: str) -> str:
+    """A JSON string as Go's encoding/json writes it: ``& < >`` as ``\\u0026 \\u003c \\u003e``."""
+    return json.dumps(text)[1:-1].replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def html_escaped(text: str) -> str:
+    """HTML-escaped, ``+`` as ``&#43;`` too."""
+    return html.escape(text).replace("+", "&#43;")
+
+
 def forms(secret: str) -> set[str]:
-    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    """The secret as a server may echo it: as is, percent-encoded (upper- and lower-case hex,
+    ``+`` for a space), JSON-escaped (Go's way too), HTML-escaped, and combinations."""
+    percent = {quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    out = {secret, json.dumps(secret)[1:-1], go_json(secret), html.escape(secret), html_escaped(secret)}
+    out |= percent | {lower_hex(p) for p in percent}
+    out |= {go_json(html.escape(secret)), quote(html.escape(secret), safe=""), html.escape(quote_plus(secret))}
+    return out
 
 
 def assert_clean(name: str, data: bytes | str) -> None:
@@ -160,6 +185,20 @@ def echo(received: t.Any, n: int) -> Answer | None:
     }.get(received.transaction_id or "")
 
 
+def echo_encoded(received: t.Any, n: int) -> Answer | None:
+    """400 answers that echo the token back in the encodings servers use (issue 11, finding 7)."""
+    token = received.query.get("verification_token", "")
+    form_encoded = quote_plus(token)
+    return {
+        "tx-20": Answer.status(400, f"bad token {lower_hex(quote(token, safe=''))} in /?{lower_hex(received.raw_query)}"),
+        "tx-21": Answer.status(400, f'{{"message":"bad token {go_json(token)}"}}', {"Content-Type": "application/json"}),
+        "tx-22": Answer.status(400, f"<p>bad token {html_escaped(token)}</p>", {"Content-Type": "text/html"}),
+        "tx-23": Answer.status(400, f"token={lower_hex(form_encoded)}&raw={form_encoded}"),
+        "tx-24": Answer.status(400, f'{{"html":"{go_json(html.escape(token))}","url":"{quote(html.escape(token), safe="")}"}}'),
+        "tx-25": Answer.error_json(f"bad token {token}"),  # JSON-escaped by json.dumps
+    }.get(received.transaction_id or "")
+
+
 # --- every mode ---------------------------------------------------------------------------------
 
 
@@ -193,6 +232,29 @@ def test_live_answers_that_echo_the_token(tmp_path: Path) -> None:
     dead = (tmp_path / "state" / "dead_letter.jsonl").read_text()
     assert dead.count('"reason"') == 4 and "you sent /?nid=1" in dead and "***" in dead
     scan_run(tmp_path, proc)
+
+
+def test_a_token_echoed_in_any_encoding_is_scrubbed(tmp_path: Path) -> None:
+    """A token with & < > + / and a space, echoed back lower-case percent-encoded, JSON-escaped
+    as Go does, HTML-escaped, form-encoded, and combinations of those: the dead letters keep
+    an excerpt of each answer, never the token; nor do the logs, the summary or any other file."""
+    records = [track(i) for i in range(20, 26)] + [track(1)]
+    with Receiver(script=echo_encoded) as rx:
+        config = files(tmp_path, postback_url=rx.url, verification_token=ESCAPED_TOKEN)
+        proc = run_cli(tmp_path, config, singer_lines("orders", records, state={"s": 1}))
+        sent = {r.query.get("verification_token") for r in rx.requests}
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert sent == {ESCAPED_TOKEN}  # the token did travel, to Everflow only
+    dead = (tmp_path / "state" / "dead_letter.jsonl").read_text()
+    assert dead.count('"reason"') == 6 and dead.count("bad token ***") == 4, dead
+    assert set(scan_run(tmp_path, proc)) >= {"dead_letter.jsonl", "summary.json"}
+
+
+def test_dry_run_with_a_token_that_every_encoding_changes(tmp_path: Path) -> None:
+    config = files(tmp_path, dry_run=True, verification_token=ESCAPED_TOKEN)
+    proc = run_cli(tmp_path, config, singer_lines("orders", mixed_records(), state={"s": 1}))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert set(scan_run(tmp_path, proc)) >= {"dry_run.jsonl", "dead_letter.jsonl", "summary.json"}
 
 
 @pytest.mark.parametrize("failure", ["401", "outage_503", "redirect", "refused", "timeout"])
