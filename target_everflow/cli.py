@@ -103,3 +103,5 @@ def main() -> None:
 
 
 # Operator commands register here (one line each), so that adding one touches only its module.
+from target_everflow.history import history_command; cli.add_command(history_command)  # noqa: E402, E702, I001
+from target_everflow.ledger_commands import ledger_command; cli.add_command(ledger_command)  # noqa: E402, E702, I001

@@ -7,6 +7,7 @@ EXIT_CONFIG = 1  # a setting is wrong, or the Everflow API check failed: nothing
 EXIT_INPUT = 2  # the Singer input is broken (not JSON, RECORD before SCHEMA, ...)
 EXIT_DELIVERY = 3  # Everflow or the network failed systemically; the next run resumes
 EXIT_LEDGER = 4  # the idempotency ledger cannot be opened or written
+EXIT_THRESHOLD = 5  # a failure threshold (max_dead_letter_ratio, max_dead_letters) was passed
 EXIT_SIGNAL_BASE = 128  # + signal number (130 for SIGINT, 143 for SIGTERM)
 
 

@@ -204,7 +204,33 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=400,
         description="Delivered keys older than this are pruned at start-up.",
     ),
+    # --- Failure thresholds --------------------------------------------------------------
+    th.Property(
+        "max_dead_letter_ratio",
+        th.NumberType(minimum=0, maximum=1),
+        default=0.05,
+        title="Max dead-letter ratio",
+        description=(
+            "The run exits with code 5 when dead letters / (delivered + dead letters) is above "
+            "this (0.05 = 5%; 1 turns it off). A dry run counts planned postbacks as delivered; "
+            "skipped records are not failures."
+        ),
+    ),
+    th.Property(
+        "max_dead_letters",
+        th.IntegerType(minimum=0),
+        title="Max dead letters",
+        description=(
+            "The run exits with code 5 when it dead-letters more records than this. Unset: no "
+            "limit on the count."
+        ),
+    ),
 ).to_dict()
+
+
+def schema_default(name: str) -> t.Any:
+    """A setting's default, as the config schema states it (the one place defaults live)."""
+    return CONFIG_SCHEMA["properties"][name].get("default")
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 
@@ -276,6 +302,8 @@ class Settings:
     ledger_url: str | None = field(repr=False)
     in_doubt: str
     ledger_retention_days: int
+    max_dead_letter_ratio: float
+    max_dead_letters: int | None
 
     @property
     def state_dir(self) -> Path:
@@ -351,11 +379,23 @@ class Settings:
             ledger_url=config.get("ledger_url") or None,
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
+            max_dead_letter_ratio=float(
+                _given(config, "max_dead_letter_ratio", schema_default("max_dead_letter_ratio"))
+            ),
+            max_dead_letters=(
+                None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
+            ),
         )
 
     def secrets(self) -> list[str]:
         """Secret values of this run, for redaction."""
         return [s for s in (self.api_key, self.verification_token) if s]
+
+
+def _given(config: t.Mapping[str, t.Any], name: str, default: t.Any) -> t.Any:
+    """``config[name]``, or ``default`` when it is absent or null."""
+    value = config.get(name)
+    return default if value is None else value
 
 
 def markdown_table() -> str:
