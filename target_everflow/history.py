@@ -36,7 +36,7 @@ def history_table(runs: list[dict[str, t.Any]]) -> str:
          _count(run["pid"]), run["run_id"]]
         for run in runs
     ]
-    return format_table(headers, rows, right=range(3, 14))
+    return format_table(headers, rows, right=[1, *range(3, 11), 13])
 
 
 @click.command("history")
@@ -53,7 +53,7 @@ def history_command(config: tuple[str, ...], last: int, as_json: bool) -> None:
         runs = recent_runs(ledger, last)
         where = ledger.description
     if as_json:
-        click.echo(json.dumps(runs, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(runs, indent=2))
         return
     if not runs:
         click.echo(f"No runs recorded in ledger {where} yet.")

@@ -45,7 +45,8 @@ if t.TYPE_CHECKING:
 
 STATUSES = (DELIVERED, PENDING, SENDING, HELD)
 CLAIM_COLUMNS = ("stream", "event", "transaction_id")
-"""Written at claim time by releases that have them (older rows and releases: shown blank)."""
+"""Written at claim time by target versions that record them (reconciliation, issue 13); the
+commands read them where the ledger table has them and show blanks where it does not."""
 MAX_LISTED = 10_000
 """Most in-doubt keys listed or released at once (a crash leaves at most max_concurrency)."""
 MAX_CELL = 80
@@ -192,7 +193,7 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps({
             "ledger": where, "counts": counts, "total": sum(counts.values()),
             "in_doubt_orphaned": orphaned, "oldest_pending": pending,
-        }, indent=2, ensure_ascii=False))
+        }, indent=2))
         return
     notes = {
         DELIVERED: "accepted by Everflow (a replay skips them as duplicates)",
@@ -273,7 +274,7 @@ def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(
             [{"delivery_key": r["delivery_key"], "status": r["status"], "stream": r["stream"],
               "event": r["event"], "transaction_id": r["transaction_id"], "run": r["owner"],
-              "since": r["updated_at"]} for r in rows], indent=2, ensure_ascii=False))
+              "since": r["updated_at"]} for r in rows], indent=2))
         return
     if not rows:
         click.echo(f"No in-doubt keys in ledger {where}.")

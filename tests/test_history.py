@@ -14,7 +14,7 @@ from pathlib import Path
 
 from target_everflow.run_history import target_version
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE, run_target, singer_lines, track
-from tests.ledgers import TestLedger, cli, ledger  # noqa: F401 - the fixture
+from tests.ledgers import Backend, backend, cli, put, rows  # noqa: F401 - the fixture
 from tests.receiver import Answer, Receiver
 
 
@@ -31,9 +31,9 @@ def three_runs(config: dict, rx: Receiver, tmp_path: Path) -> list:
     return results
 
 
-def test_history_after_three_runs_as_a_table_and_as_json(ledger: TestLedger, base_config, tmp_path):
+def test_history_after_three_runs_as_a_table_and_as_json(backend: Backend, base_config, tmp_path):
     with Receiver() as rx:
-        config = {**base_config, "postback_url": rx.url, "ledger_url": ledger.url, "max_concurrency": 1}
+        config = {**base_config, "postback_url": rx.url, "ledger_url": backend.url, "max_concurrency": 1}
         results = three_runs(config, rx, tmp_path)
     assert [r.code for r in results] == [0, 5, 0], results[1].stderr[-2000:]
 
@@ -63,7 +63,7 @@ def test_history_after_three_runs_as_a_table_and_as_json(ledger: TestLedger, bas
     # summary_path keeps only the current run: the last run's summary, as the history has it
     assert json.loads(Path(config["summary_path"]).read_text()) == runs[0]["summary"]
     # the run that delivered a conversion is the ledger's owner of its key (the run id)
-    assert ledger.sql("SELECT owner FROM {t} WHERE delivery_key = 'm:msg-6'") == [(runs[1]["run_id"],)]
+    assert backend.sql("SELECT owner FROM {t} WHERE delivery_key = 'm:msg-6'") == [(runs[1]["run_id"],)]
 
     table = cli(config, "history", tmp_path=tmp_path)
     assert table.code == 0, table.stderr
@@ -118,11 +118,11 @@ def test_history_needs_a_ledger(base_config, tmp_path):
     assert shown.stderr.strip() == "target-everflow: Setting 'ledger_url' is none: there is no ledger to look into."
 
 
-def test_history_is_pruned_with_the_ledger_retention(ledger: TestLedger, base_config, tmp_path):
+def test_history_is_pruned_with_the_ledger_retention(backend: Backend, base_config, tmp_path):
     with Receiver() as rx:
-        config = {**base_config, "postback_url": rx.url, "ledger_url": ledger.url, **DEAD_LETTERS_ON_PURPOSE}
+        config = {**base_config, "postback_url": rx.url, "ledger_url": backend.url, **DEAD_LETTERS_ON_PURPOSE}
         assert run_target(config, singer_lines("orders", [track(1)]), tmp_path).code == 0
-        ledger.sql("UPDATE {runs} SET started_at = started_at - 11 * 86400")
+        backend.sql("UPDATE {t}_runs SET started_at = started_at - 11 * 86400")
         assert run_target({**config, "ledger_retention_days": 10}, singer_lines("orders", [track(2)]), tmp_path).code == 0
     runs = cli(config, "history", "--json", tmp_path=tmp_path).json()
     assert [run["records_read"] for run in runs] == [1]  # the old run is gone, the new one kept

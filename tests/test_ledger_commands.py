@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE, REPO, dead_letter_records, run_target, singer_lines, track
-from tests.ledgers import TestLedger, cli, ledger  # noqa: F401 - the fixture
+from tests.ledgers import Backend, backend, cli, put, rows  # noqa: F401 - the fixture
 from tests.receiver import Answer, Receiver
 
 DEAD_RUN = "gone-host:4242:0badcafe"
 
 
-def live(base_config: dict, ledger: TestLedger, url: str = "https://www.example-tracking.test/", **changes) -> dict:
-    return {**base_config, "postback_url": url, "ledger_url": ledger.url, **changes}
+def live(base_config: dict, backend: Backend, url: str = "https://www.example-tracking.test/", **changes) -> dict:
+    return {**base_config, "postback_url": url, "ledger_url": backend.url, **changes}
 
 
 def opened(config: dict, tmp_path: Path) -> None:
@@ -31,9 +31,9 @@ def opened(config: dict, tmp_path: Path) -> None:
     assert run_target(config, singer_lines("orders", []), tmp_path).code == 0
 
 
-def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(ledger: TestLedger, base_config, tmp_path):
+def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(backend: Backend, base_config, tmp_path):
     with Receiver(script=Receiver.per_transaction({"tx-1": [Answer.drop()]})) as rx:
-        config = live(base_config, ledger, rx.url, in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE)
+        config = live(base_config, backend, rx.url, in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE)
         first = run_target(config, singer_lines("orders", [track(1), track(2)]), tmp_path)
         assert first.code == 0, first.stderr[-2000:]
         assert rx.count_by_transaction() == {"tx-2": 1}  # tx-1 got no answer: in doubt
@@ -57,7 +57,7 @@ def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(ledger: 
         released = cli(config, "ledger", "release", "--all-in-doubt", "--yes", tmp_path=tmp_path)
         assert released.code == 0, released.stderr
         assert "Released 1 key(s)" in released.stdout and "m:msg-1" in released.stdout
-        assert "m:msg-1" not in ledger.rows()
+        assert "m:msg-1" not in rows(backend)
 
         # After the release the replay sends it, once; a second replay is a duplicate again.
         sent = run_target(config, [], tmp_path, args=["--input", str(replay)])
@@ -66,18 +66,18 @@ def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(ledger: 
         assert again.code == 0
         accepted = rx.count_by_transaction()
     assert accepted == {"tx-1": 1, "tx-2": 1}
-    assert ledger.rows()["m:msg-1"] == "delivered"
+    assert rows(backend)["m:msg-1"] == "delivered"
     assert cli(config, "ledger", "in-doubt", "--json", tmp_path=tmp_path).json() == []
 
 
-def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(ledger: TestLedger, base_config, tmp_path):
-    config = live(base_config, ledger)
+def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(backend: Backend, base_config, tmp_path):
+    config = live(base_config, backend)
     opened(config, tmp_path)
-    ledger.put("m:held", "in_doubt", owner=DEAD_RUN, age_days=1)
-    ledger.put("m:orphan", "sending", owner=DEAD_RUN, lease_until=time.time() - 60)
-    ledger.put("m:in-flight", "sending", owner=DEAD_RUN, lease_until=time.time() + 600)
-    ledger.put("m:done", "delivered")
-    ledger.put("m:claimed", "pending", owner=DEAD_RUN, lease_until=time.time() - 60)  # never sent
+    put(backend, "m:held", "in_doubt", owner=DEAD_RUN, age_days=1)
+    put(backend, "m:orphan", "sending", owner=DEAD_RUN, lease_until=time.time() - 60)
+    put(backend, "m:in-flight", "sending", owner=DEAD_RUN, lease_until=time.time() + 600)
+    put(backend, "m:done", "delivered")
+    put(backend, "m:claimed", "pending", owner=DEAD_RUN, lease_until=time.time() - 60)  # never sent
     table = cli(config, "ledger", "in-doubt", tmp_path=tmp_path)
     assert table.code == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -88,8 +88,8 @@ def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(ledger: TestLedger,
 
     # With the claim-time columns (written by releases that record them) they are shown.
     for column in ("stream", "event", "transaction_id"):
-        ledger.sql(f"ALTER TABLE {{t}} ADD COLUMN {column} TEXT")
-    ledger.sql("UPDATE {t} SET stream = 'segment_shop-order_completed', event = 'Order Completed',"
+        backend.sql(f"ALTER TABLE {{t}} ADD COLUMN {column} TEXT")
+    backend.sql("UPDATE {t} SET stream = 'segment_shop-order_completed', event = 'Order Completed',"
                " transaction_id = 'tx\x07bell' WHERE delivery_key = 'm:held'")
     rows = {r["delivery_key"]: r for r in cli(config, "ledger", "in-doubt", "--json", tmp_path=tmp_path).json()}
     assert set(rows) == {"m:held", "m:orphan"}
@@ -100,14 +100,14 @@ def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(ledger: TestLedger,
     assert "segment_shop-order_completed  Order Completed  tx\\x07bell" in table  # escaped
 
 
-def test_status_counts_keys_by_status_and_names_the_oldest_pending(ledger: TestLedger, base_config, tmp_path):
-    config = live(base_config, ledger)
+def test_status_counts_keys_by_status_and_names_the_oldest_pending(backend: Backend, base_config, tmp_path):
+    config = live(base_config, backend)
     opened(config, tmp_path)
     for i in range(3):
-        ledger.put(f"m:d{i}", "delivered")
-    ledger.put("m:held", "in_doubt")
-    ledger.put("m:new", "pending", owner=DEAD_RUN, lease_until=time.time() + 600)
-    ledger.put("m:old", "sending", owner=DEAD_RUN, lease_until=time.time() - 60, age_days=2)
+        put(backend, f"m:d{i}", "delivered")
+    put(backend, "m:held", "in_doubt")
+    put(backend, "m:new", "pending", owner=DEAD_RUN, lease_until=time.time() + 600)
+    put(backend, "m:old", "sending", owner=DEAD_RUN, lease_until=time.time() - 60, age_days=2)
     status = cli(config, "ledger", "status", "--json", tmp_path=tmp_path)
     assert status.code == 0, status.stderr
     data = status.json()
@@ -122,33 +122,33 @@ def test_status_counts_keys_by_status_and_names_the_oldest_pending(ledger: TestL
     assert "1 sending key(s) belong to runs that died" in text
 
 
-def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(ledger: TestLedger, base_config, tmp_path):
-    config = live(base_config, ledger)
+def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(backend: Backend, base_config, tmp_path):
+    config = live(base_config, backend)
     opened(config, tmp_path)
-    ledger.put("m:old-delivered", "delivered", age_days=40)
-    ledger.put("m:old-held", "in_doubt", age_days=40)
-    ledger.put("m:old-claim", "pending", owner=DEAD_RUN, age_days=40)
-    ledger.put("m:recent", "delivered", age_days=5)
-    ledger.sql("UPDATE {runs} SET started_at = started_at - 40 * 86400")  # the run of opened()
+    put(backend, "m:old-delivered", "delivered", age_days=40)
+    put(backend, "m:old-held", "in_doubt", age_days=40)
+    put(backend, "m:old-claim", "pending", owner=DEAD_RUN, age_days=40)
+    put(backend, "m:recent", "delivered", age_days=5)
+    backend.sql("UPDATE {t}_runs SET started_at = started_at - 40 * 86400")  # the run of opened()
     opened(config, tmp_path)  # and one from today
     forgot = cli(config, "ledger", "forget", "--older-than", "30", tmp_path=tmp_path)
     assert forgot.code == 0, forgot.stderr
     assert forgot.stdout.startswith("Forgot 2 delivered or held key(s) and 1 run(s) older than 30 days")
-    assert ledger.rows() == {"m:old-claim": "pending", "m:recent": "delivered"}
+    assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
     assert len(cli(config, "history", "--json", tmp_path=tmp_path).json()) == 1
     assert cli(config, "ledger", "forget", tmp_path=tmp_path).code == 2  # --older-than is required
 
 
-def test_release_refuses_without_a_terminal_or_yes(ledger: TestLedger, base_config, tmp_path):
-    config = live(base_config, ledger)
+def test_release_refuses_without_a_terminal_or_yes(backend: Backend, base_config, tmp_path):
+    config = live(base_config, backend)
     opened(config, tmp_path)
-    ledger.put("m:held", "in_doubt")
+    put(backend, "m:held", "in_doubt")
     for args in (["--all-in-doubt"], ["m:held"]):
         refused = cli(config, "ledger", "release", *args, tmp_path=tmp_path)  # stdin: /dev/null
         assert refused.code == 1 and refused.stdout == ""
         assert refused.stderr.splitlines() == [
             "target-everflow: ledger release: refusing without confirmation: run it on a terminal, or add --yes"]
-    assert ledger.rows() == {"m:held": "in_doubt"}
+    assert rows(backend) == {"m:held": "in_doubt"}
     bad = cli(config, "ledger", "release", "--yes", tmp_path=tmp_path)
     assert bad.code == 1 and "name the keys to release, or give --all-in-doubt" in bad.stderr
 
@@ -184,29 +184,29 @@ def _on_a_terminal(config_path: Path, answer: bytes, cwd: Path) -> tuple[int, st
     return proc.wait(10), seen.decode(errors="replace")
 
 
-def test_release_asks_on_a_terminal(ledger: TestLedger, base_config, tmp_path):
-    config = live(base_config, ledger)
+def test_release_asks_on_a_terminal(backend: Backend, base_config, tmp_path):
+    config = live(base_config, backend)
     opened(config, tmp_path)
-    ledger.put("m:held", "in_doubt")
+    put(backend, "m:held", "in_doubt")
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     code, said = _on_a_terminal(path, b"n\n", tmp_path)
     assert code == 1 and "Releasing 1 key(s)" in said and "Nothing released." in said
-    assert ledger.rows() == {"m:held": "in_doubt"}
+    assert rows(backend) == {"m:held": "in_doubt"}
     code, said = _on_a_terminal(path, b"y\n", tmp_path)
     assert code == 0 and "Released 1 key(s)" in said, said
-    assert ledger.rows() == {}
+    assert rows(backend) == {}
 
 
-def test_release_named_keys(ledger: TestLedger, base_config, tmp_path):
+def test_release_named_keys(backend: Backend, base_config, tmp_path):
     """A delivered key may be released (a conversion Everflow is known not to have); a key a
     live run holds is not; an unknown key is reported. Exit 1 when any key was not released."""
-    config = live(base_config, ledger)
+    config = live(base_config, backend)
     opened(config, tmp_path)
-    ledger.put("m:done", "delivered")
-    ledger.put("m:held", "in_doubt")
-    ledger.put("m:live", "pending", owner=DEAD_RUN, lease_until=time.time() + 600)
-    ledger.put("m:stale", "pending", owner=DEAD_RUN, lease_until=time.time() - 1)
+    put(backend, "m:done", "delivered")
+    put(backend, "m:held", "in_doubt")
+    put(backend, "m:live", "pending", owner=DEAD_RUN, lease_until=time.time() + 600)
+    put(backend, "m:stale", "pending", owner=DEAD_RUN, lease_until=time.time() - 1)
     result = cli(config, "ledger", "release", "m:done", "m:held", "m:live", "m:stale", "m:nope", "--yes",
                  tmp_path=tmp_path)
     assert result.code == 1
@@ -214,7 +214,7 @@ def test_release_named_keys(ledger: TestLedger, base_config, tmp_path):
     assert "SENT AGAIN" in result.stdout and "Released 3 key(s)" in result.stdout
     assert "m:live: claimed by a live run right now: not released" in result.stderr
     assert "m:nope: not in the ledger (nothing to release)" in result.stderr
-    assert ledger.rows() == {"m:live": "pending"}
+    assert rows(backend) == {"m:live": "pending"}
     ok = cli(config, "ledger", "release", "--all-in-doubt", "--yes", tmp_path=tmp_path)
     assert ok.code == 0 and "No in-doubt keys" in ok.stdout
 
@@ -231,15 +231,15 @@ def test_commands_need_a_ledger_they_can_open(base_config, tmp_path):
         assert result.code == 1 and "there is no ledger" in result.stderr
 
 
-def test_meltano_commands_run_the_subcommands(ledger: TestLedger, base_config, tmp_path):
+def test_meltano_commands_run_the_subcommands(backend: Backend, base_config, tmp_path):
     """Each Meltano plugin command of meltano.yml, as Meltano invokes it (settings as
     TARGET_EVERFLOW_* variables, ``--config ENV``), plus the arguments a user adds."""
     (loader,) = [p for p in yaml.safe_load((REPO / "meltano.yml").read_text())["plugins"]["loaders"]
                  if p["name"] == "target-everflow"]
     commands = loader["commands"]
-    config = live(base_config, ledger, **DEAD_LETTERS_ON_PURPOSE)
+    config = live(base_config, backend, **DEAD_LETTERS_ON_PURPOSE)
     opened(config, tmp_path)
-    ledger.put("m:held", "in_doubt")
+    put(backend, "m:held", "in_doubt")
     env = {f"TARGET_EVERFLOW_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
            for k, v in config.items()}
     added = {"history": ["--json"], "ledger-status": [], "ledger-in-doubt": [],
@@ -250,7 +250,7 @@ def test_meltano_commands_run_the_subcommands(ledger: TestLedger, base_config, t
                               text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL,
                               env={**os.environ, **env})
         assert proc.returncode == 0, (name, proc.stderr)
-    assert ledger.rows() == {}
+    assert rows(backend) == {}
 
 
 def test_ledger_help_lists_its_commands(tmp_path):
