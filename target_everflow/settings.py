@@ -232,6 +232,7 @@ def schema_default(name: str) -> t.Any:
     """A setting's default, as the config schema states it (the one place defaults live)."""
     return CONFIG_SCHEMA["properties"][name].get("default")
 
+
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 
 
@@ -353,6 +354,7 @@ class Settings:
             raise ConfigError("in_doubt", "must be resend or dead_letter")
 
         summary_path = config.get("summary_path")
+        ratio = config.get("max_dead_letter_ratio")
         return cls(
             postback_url=postback_url,
             network_id=network_id,
@@ -380,7 +382,7 @@ class Settings:
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
             max_dead_letter_ratio=float(
-                _given(config, "max_dead_letter_ratio", schema_default("max_dead_letter_ratio"))
+                schema_default("max_dead_letter_ratio") if ratio is None else ratio
             ),
             max_dead_letters=(
                 None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
@@ -390,12 +392,6 @@ class Settings:
     def secrets(self) -> list[str]:
         """Secret values of this run, for redaction."""
         return [s for s in (self.api_key, self.verification_token) if s]
-
-
-def _given(config: t.Mapping[str, t.Any], name: str, default: t.Any) -> t.Any:
-    """``config[name]``, or ``default`` when it is absent or null."""
-    value = config.get(name)
-    return default if value is None else value
 
 
 def markdown_table() -> str:
