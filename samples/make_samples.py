@@ -2,9 +2,11 @@
 
 Three streams, one per shape a tap hands over: raw Segment JSON (an archive), a Segment
 warehouse table as tap-postgres emits it, and a tap-flattened stream. Web and mobile, several
-event names, and at least one record for every skip and dead-letter reason a dry run can show.
+event names, at least one record for every skip and dead-letter reason a dry run can show, and
+a night of ordinary purchases around them (so the dead letters stay under 5%).
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -65,6 +67,19 @@ raw_records = [
     # mobile whose ip is an object: a required field of the wrong type, dead-lettered (type_mismatch)
     raw("ios-009", "Order Completed", {"total": 15}, {**ios_ctx, "ip": {"v4": "198.51.100.23"}}),
 ]
+
+# A night of ordinary web purchases: what most of a real run is. They keep the demo's two
+# deliberate dead letters under the default max_dead_letter_ratio (5%), so `make demo` exits 0
+# with no threshold set (README, "Failure thresholds").
+ORDINARY = 40
+for n in range(ORDINARY):
+    minute = 19 * 60 + n * 7  # from 19:00, one every 7 minutes
+    raw_records.append(raw(
+        f"ajs-{100 + n:03d}", "Order Completed",
+        {"orderId": 50400 + n, "total": round(12 + (n * 7919) % 90 + 0.99, 2), "currency": "USD"},
+        with_ref(web_ctx, hashlib.md5(f"demo-click-{n}".encode()).hexdigest()),
+        ts=f"2026-11-20T{minute // 60 % 24:02d}:{minute % 60:02d}:00.000Z",
+    ))
 
 wh_schema = {"type": "object", "properties": {
     "id": {"type": "string"}, "event": {"type": ["string", "null"]}, "event_text": {"type": ["string", "null"]},

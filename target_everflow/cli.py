@@ -26,6 +26,8 @@ PROG = "target-everflow"
 # Operator commands defined in their own modules, imported only when named (no import loop:
 # those modules import this one for config_option/load_target/fail). One line per command.
 LAZY_COMMANDS = {
+    "history": "target_everflow.history:history_command",
+    "ledger": "target_everflow.ledger_commands:ledger_command",
     "reconcile": "target_everflow.reconcile:reconcile_command",
     "report": "target_everflow.report:report_command",
 }

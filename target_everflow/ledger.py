@@ -873,6 +873,30 @@ class _SQLLedger(Ledger):
             self._log.info("ledger: pruned %d row(s) older than %d days", n, retention_days)
         return n
 
+    # ---- for the run history and the operator commands (history.py, ledger_commands.py) --
+
+    @property
+    def table(self) -> str:
+        """The ledger table (``?table=`` of ledger_url, else ``everflow_ledger``)."""
+        return self._table
+
+    def transaction(self, fn: Callable[[Any], _T], what: str) -> _T:
+        """Run ``fn(cursor)`` in one transaction on the ledger's connection (errors ->
+        :class:`LedgerError` saying it could not ``what``). Write its SQL through :meth:`sql`."""
+        return self._run(fn, what)
+
+    def sql(self, text: str) -> str:
+        """``text`` for this database: ``?`` placeholders, ``{t}`` the ledger table,
+        ``{in_keys}`` matched against :meth:`keys_param`."""
+        return self._sql(text)
+
+    def keys_param(self, keys: Sequence[str]) -> Any:
+        return self._keys_param(keys)
+
+    def now(self, cur: Any) -> float:
+        """The ledger's clock (epoch seconds; PostgreSQL's server clock)."""
+        return self._now(cur)
+
     # ---- group-committed marks --------------------------------------------------------
 
     def mark_sending(self, key: str) -> None:

@@ -1,8 +1,9 @@
 """One run of the target: the resources every sink shares, opened before any record is read.
 
 ``Run.open()`` does everything that can fail for a reason other than a record: the Everflow API
-check, the dead-letter file, the ledger. ``Run.finish()`` logs the summary (and writes it to
-``summary_path``) and closes everything, whatever way the run ended.
+check, the dead-letter file, the ledger (and this run's row in the run history).
+``Run.finish()`` logs the summary (and writes it to ``summary_path``), applies the failure
+thresholds, records the run's end and closes everything, whatever way the run ended.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 
 from target_everflow.accounting import DeadLetters, RunSummary, dumps
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
-from target_everflow.errors import TargetEverflowError
-from target_everflow.ledger import Ledger, LedgerError, open_ledger
+from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
+from target_everflow.ledger import Ledger, LedgerError, _SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.postback import PostbackClient
 from target_everflow.records import MISSING, SegmentEvent
+from target_everflow.run_history import RunHistory
+from target_everflow.thresholds import verdict
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -36,7 +39,7 @@ DRY_RUN_POSTBACK_URL = "https://dry-run.invalid/"
 
 
 class LedgerUnavailable(TargetEverflowError):
-    exit_code = 4
+    exit_code = EXIT_LEDGER
 
 
 class Run:
@@ -55,6 +58,7 @@ class Run:
         self.metrics = RunMetrics(self.summary, dry_run=settings.dry_run)
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
+        self.history: RunHistory | None = None
         self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
         self.opened = False
         self._active_batches = 0
@@ -95,6 +99,8 @@ class Run:
                     s.ledger_url, default_dir=s.state_dir, lease_seconds=lease,
                     retention_days=s.ledger_retention_days, logger=self.logger,
                 )
+                if isinstance(self.ledger, _SQLLedger):  # (ledger_url none keeps no history)
+                    self.history = RunHistory.begin(self.ledger, s.ledger_retention_days)
         except LedgerError as exc:
             raise LedgerUnavailable(str(exc)) from None
         client = PostbackClient(
@@ -226,29 +232,41 @@ class Run:
 
     # -- end -------------------------------------------------------------------------------
 
-    def finish(self) -> dict[str, t.Any]:
-        """Log the summary, write ``summary_path``, close everything. Safe to call twice."""
+    def finish(self, code: int = EXIT_OK) -> int:
+        """Log the summary, write ``summary_path``, apply the failure thresholds, record the
+        run's end in the history, close everything; return the run's exit code (``code``, or
+        5 when it was 0 and a threshold was passed). The threshold's line is the last."""
         self._progress_stop.set()
         if self._progress is not None:
             self._progress.join(timeout=5.0)  # its last METRIC lines come before the final ones
         errors: list[str] = []
-        for closer in (
-            self.dead_letters.close,
-            self.engine.close if self.engine else None,
-            self.ledger.close if self.ledger else None,
-        ):
+        for closer in (self.dead_letters.close, self.engine.close if self.engine else None):
             if closer is None:
                 continue
             try:
                 closer()
             except Exception as exc:  # noqa: BLE001 - report every failure, close the rest
                 errors.append(str(exc))
+        data = self.summary.as_dict(dry_run=self.settings.dry_run)
+        code, threshold = verdict(
+            self.settings, data["delivered"], sum(data["dead_lettered"].values()), code
+        )
+        if self.history is not None:
+            try:
+                self.history.end(code, data)
+            except LedgerError as exc:
+                errors.append(str(exc))
+            self.history = None
+        if self.ledger is not None:
+            try:
+                self.ledger.close()
+            except Exception as exc:  # noqa: BLE001 - reported like the others
+                errors.append(str(exc))
         self.engine = None  # type: ignore[assignment]
         self.ledger = None
         if self._scratch_dir:
             shutil.rmtree(self._scratch_dir, ignore_errors=True)
             self._scratch_dir = None
-        data = self.summary.as_dict(dry_run=self.settings.dry_run)
         for line in self.summary.lines(dry_run=self.settings.dry_run):
             self.logger.info("%s", line)
         self.metrics.emit(final=True)
@@ -265,7 +283,9 @@ class Run:
             path.write_text(dumps(data) + "\n", encoding="utf-8")
         for error in errors:
             self.logger.error("While closing: %s", error)
-        return data
+        if threshold is not None:
+            (self.logger.error if code == EXIT_THRESHOLD else self.logger.warning)("%s", threshold)
+        return code
 
 
 def _host(url: str | None) -> str:

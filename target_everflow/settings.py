@@ -303,22 +303,39 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=400,
         description="Delivered keys older than this are pruned at start-up.",
     ),
+    # --- Failure thresholds --------------------------------------------------------------
+    th.Property(
+        "max_dead_letter_ratio",
+        th.NumberType(minimum=0, maximum=1),
+        default=0.05,
+        title="Max dead-letter ratio",
+        description=(
+            "The run exits with code 5 when dead letters / (delivered + dead letters) is above "
+            "this (0.05 = 5%; 1 turns it off). A dry run counts planned postbacks as delivered; "
+            "skipped records are not failures."
+        ),
+    ),
+    th.Property(
+        "max_dead_letters",
+        th.IntegerType(minimum=0),
+        title="Max dead letters",
+        description=(
+            "The run exits with code 5 when it dead-letters more records than this. Unset: no "
+            "limit on the count."
+        ),
+    ),
 ).to_dict()
+
+
+def schema_default(name: str) -> t.Any:
+    """A setting's default, as the config schema states it (the one place defaults live)."""
+    return CONFIG_SCHEMA["properties"][name].get("default")
+
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 # Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
 LIVE_REQUIRED = ("postback_url", "network_id")
 SETTINGS_GROUP_VALIDATION = [list(LIVE_REQUIRED), ["dry_run"]]
-
-
-def schema_default(name: str) -> t.Any:
-    """The default of setting ``name``, as ``CONFIG_SCHEMA`` states it (the one place it is said)."""
-    return CONFIG_SCHEMA["properties"][name].get("default")
-
-
-def _schema_default(name: str) -> t.Any:
-    """A setting's default, from the schema (the one place defaults are stated)."""
-    return CONFIG_SCHEMA["properties"][name].get("default")
 
 
 class ConfigError(TargetEverflowError):
@@ -394,6 +411,8 @@ class Settings:
     reconcile_not_found_after_hours: float
     api_requests_per_second: float
     reconcile_report_path: Path
+    max_dead_letter_ratio: float
+    max_dead_letters: int | None
 
     @property
     def state_dir(self) -> Path:
@@ -442,7 +461,7 @@ class Settings:
         if in_doubt not in {"resend", "dead_letter"}:
             raise ConfigError("in_doubt", "must be resend or dead_letter")
 
-        reconcile = bool(config.get("reconcile", _schema_default("reconcile")))
+        reconcile = bool(config.get("reconcile", schema_default("reconcile")))
         if reconcile and not api_key:
             raise ConfigError(
                 "reconcile",
@@ -457,6 +476,7 @@ class Settings:
         report_path = config.get("reconcile_report_path")
 
         summary_path = config.get("summary_path")
+        ratio = config.get("max_dead_letter_ratio")
         return cls(
             postback_url=postback_url,
             network_id=network_id,
@@ -486,20 +506,26 @@ class Settings:
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
             reconcile=reconcile,
             reconcile_after_minutes=float(
-                config.get("reconcile_after_minutes", _schema_default("reconcile_after_minutes"))
+                config.get("reconcile_after_minutes", schema_default("reconcile_after_minutes"))
             ),
             reconcile_not_found_after_hours=float(
                 config.get(
                     "reconcile_not_found_after_hours",
-                    _schema_default("reconcile_not_found_after_hours"),
+                    schema_default("reconcile_not_found_after_hours"),
                 )
             ),
             api_requests_per_second=float(
-                config.get("api_requests_per_second", _schema_default("api_requests_per_second"))
+                config.get("api_requests_per_second", schema_default("api_requests_per_second"))
             ),
             reconcile_report_path=(
                 Path(report_path) if report_path
                 else dead_letter_path.parent / "reconcile_report.json"
+            ),
+            max_dead_letter_ratio=float(
+                schema_default("max_dead_letter_ratio") if ratio is None else ratio
+            ),
+            max_dead_letters=(
+                None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
             ),
         )
 

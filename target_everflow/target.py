@@ -318,8 +318,12 @@ class TargetEverflow(Target):
             code = self._input_broken(
                 InputError(f"The Singer input is not UTF-8 text (byte {exc.start} of a line)")
             )
+        except BaseException as exc:  # unexpected: recorded in the run history, then raised
+            code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+            raise
         finally:
-            self.run.finish()
+            # Everything is settled and STATE emitted: the failure thresholds may make it 5.
+            code = self.run.finish(code)
         return code
 
     def _input_broken(self, exc: InputError) -> int:

@@ -76,6 +76,12 @@ class RunResult(t.NamedTuple):
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip().startswith("{")]
 
 
+DEAD_LETTERS_ON_PURPOSE = {"max_dead_letter_ratio": 1}
+"""Settings for a test whose run dead-letters on purpose and checks those outcomes with exit 0:
+the ratio threshold off (by default a run dead-lettering over 5% exits 5). Tests of the
+thresholds themselves set their own."""
+
+
 def config_under(directory: Path) -> dict:
     """The tests' usual settings, every file the target writes under ``directory``."""
     return {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dead_letter_records, read_jsonl, run_in_process, run_target, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_in_process, run_target, singer_lines, track
 from tests.receiver import Answer, Receiver, ReceiverProcess, accepted_by_transaction
 
 
@@ -95,7 +95,8 @@ def test_permanent_answers_are_dead_lettered_once_never_retried(base_config, ans
     records = [track(1), track(2), track(3)]
     script = Receiver.per_transaction({"tx-2": [answer]})
     with Receiver(script=script) as rx:
-        code, _ = run_in_process(live(base_config, rx.url), singer_lines("orders", records))
+        code, _ = run_in_process(live(base_config, rx.url, **DEAD_LETTERS_ON_PURPOSE),
+                                 singer_lines("orders", records))
         by_txn = {tx: n for tx, n in rx.count_by_transaction().items()}
         tx2_requests = [r for r in rx.requests if r.transaction_id == "tx-2"]
     assert code == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dead_letter_records, postgres_url, read_jsonl, run_target, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, postgres_url, read_jsonl, run_target, singer_lines, track
 from tests.receiver import Receiver, ReceiverProcess, accepted_by_transaction
 
 
@@ -128,7 +128,7 @@ def _pending_row(db: Path, key: str, owner: str, status: str = "sending") -> Non
 @pytest.mark.parametrize("in_doubt", ["resend", "dead_letter"])
 def test_expired_claims_follow_in_doubt(base_config, tmp_path, in_doubt):
     with Receiver() as rx:
-        config = live(base_config, rx.url, in_doubt=in_doubt)
+        config = live(base_config, rx.url, in_doubt=in_doubt, **DEAD_LETTERS_ON_PURPOSE)
         assert run_target(config, numbered(0, 1), tmp_path).code == 0  # creates the ledger
         db = Path(config["dead_letter_path"]).parent / "ledger.sqlite3"
         _pending_row(db, "m:msg-7", "other-host:4242:abcd1234")

@@ -48,7 +48,7 @@ from target_everflow.mapping import (
 )
 from target_everflow.records import MISSING, SegmentEvent, compile_path
 from target_everflow.settings import Settings
-from tests.conftest import dead_letter_records, read_jsonl, run_in_process, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_in_process, singer_lines, track
 from tests.receiver import Receiver
 from tests.test_mapping import ALLOWED_PARAMS, ORDER, set_path, to_flat, to_warehouse
 
@@ -345,7 +345,8 @@ def test_every_record_of_a_run_has_exactly_one_outcome(
     config = {
         "dry_run": True, "network_id": 1, "advertiser_id": 7, "event_mapping": MAPPING,
         "dead_letter_path": str(tmp / "dl.jsonl"), "dry_run_output": str(tmp / "dry.jsonl"),
-        "summary_path": str(tmp / "summary.json"), "progress_interval": 0, **changes,
+        "summary_path": str(tmp / "summary.json"), "progress_interval": 0,
+        **DEAD_LETTERS_ON_PURPOSE, **changes,
     }  # fmt: skip
     lines = []
     for record, stream in records:
@@ -365,10 +366,12 @@ MB = 1024 * 1024
 
 
 def dry(tmp_path: Path, **changes: t.Any) -> dict:
+    """A dry run's settings; these runs dead-letter nasty values on purpose (thresholds off)."""
     return {
         "dry_run": True, "network_id": 1, "event_mapping": {"Order Completed": 0},
         "dead_letter_path": str(tmp_path / "dl.jsonl"), "dry_run_output": str(tmp_path / "dry.jsonl"),
-        "summary_path": str(tmp_path / "summary.json"), "progress_interval": 0, **changes,
+        "summary_path": str(tmp_path / "summary.json"), "progress_interval": 0,
+        **DEAD_LETTERS_ON_PURPOSE, **changes,
     }  # fmt: skip
 
 

@@ -144,6 +144,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[
             ledger.close()
     if be.kind == "postgres":
         be.sql("DROP TABLE IF EXISTS {t}")
+        be.sql("DROP TABLE IF EXISTS {t}_runs")  # the run history (tests/test_history.py)
 
 
 def _dead_pid() -> int:

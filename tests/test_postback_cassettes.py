@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import vcr
 
-from tests.conftest import SECRET_TOKEN, dead_letter_records, run_in_process, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_TOKEN, dead_letter_records, run_in_process, singer_lines, track
 from tests.receiver import Answer, Receiver
 
 CASSETTE = Path(__file__).parent / "cassettes" / "postback" / "live_run.yaml"
@@ -66,7 +66,8 @@ def _config(base_config: dict, url: str) -> dict:
 
 def test_live_run_replays_from_cassette(base_config):
     with _vcr("none").use_cassette(str(CASSETTE)) as cassette:
-        code, _ = run_in_process(_config(base_config, HOST), singer_lines("orders", _records()))
+        config = {**_config(base_config, HOST), **DEAD_LETTERS_ON_PURPOSE}  # 2 of 5 rejected
+        code, _ = run_in_process(config, singer_lines("orders", _records()))
         assert cassette.all_played, "the target did not send every recorded postback"
         assert cassette.play_count == 5
     assert code == 0

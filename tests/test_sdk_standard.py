@@ -41,6 +41,7 @@ from singer_sdk.testing import get_target_test_class
 from singer_sdk.testing import target_test_streams
 
 from target_everflow.target import TargetEverflow
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE
 
 # Outputs of the SDK's runs go to a directory of their own, created once for this module.
 OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="target-everflow-sdk-tests-"))
@@ -60,7 +61,7 @@ class TestTargetEverflowStandard(get_target_test_class(TargetEverflow, config=SD
     def test_target_record_missing_key_property(self, tmp_path: Path) -> None:  # type: ignore[override]
         """Replaces the SDK's (see the module docstring): dead-lettered, not raised."""
         text = _read("record_missing_key_property")
-        target = TargetEverflow(config=_config(tmp_path))
+        target = TargetEverflow(config={**_config(tmp_path), **DEAD_LETTERS_ON_PURPOSE})
         assert target.main(io.StringIO(text)) == 0
         assert target.run.summary.as_dict()["dead_lettered"] == {"invalid_record": _records(text)}
         (line,) = [json.loads(x) for x in Path(_config(tmp_path)["dead_letter_path"]).read_text().splitlines()
@@ -133,7 +134,7 @@ def test_record_breaking_its_schema_does_not_crash_the_run(name: str, tmp_path: 
     """Either every record gets an outcome (dead letter invalid_record), or the run stops as
     on broken input (exit 2): never an exception out of main() with the config exit code."""
     text = _read(name)
-    target = TargetEverflow(config=_config(tmp_path))
+    target = TargetEverflow(config={**_config(tmp_path), **DEAD_LETTERS_ON_PURPOSE})
     code = target.main(io.StringIO(text))
     assert code == 0
     assert target.run.summary.accounted() == _records(text)

@@ -38,7 +38,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from target_everflow.settings import CONFIG_SCHEMA
-from tests.conftest import SECRET_API_KEY, SECRET_TOKEN, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_API_KEY, SECRET_TOKEN, singer_lines, track
 from tests.receiver import Answer, Receiver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +120,7 @@ def files(tmp: Path, **changes: t.Any) -> dict:
         "dry_run_output": str(tmp / "dry_run.jsonl"), "summary_path": str(tmp / "summary.json"),
         "progress_interval": 0, "request_timeout": 5,
         "verification_token": SPECIAL_TOKEN, "api_key": SECRET_API_KEY, "preflight": False,
+        **DEAD_LETTERS_ON_PURPOSE,  # every mode's run dead-letters some records on purpose
         **changes,
     }  # fmt: skip
 

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIGURES, dead_letter_records, read_jsonl, run_in_process, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, FIGURES, dead_letter_records, read_jsonl, run_in_process, singer_lines, track
 from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
 
 CONVERSIONS = int(os.environ.get("TARGET_EVERFLOW_SOAK_CONVERSIONS", "20000"))
@@ -336,7 +336,7 @@ def test_no_answer_is_in_doubt_and_resent(base_config: dict, fault: Answer, capl
 
 @pytest.mark.parametrize("fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"])
 def test_no_answer_with_in_doubt_dead_letter_is_never_sent_again(base_config: dict, fault: Answer) -> None:
-    config = live(base_config, "", in_doubt="dead_letter")
+    config = live(base_config, "", in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE)
     with Receiver(script=Receiver.per_transaction({"tx-1": [fault]})) as rx:
         config["postback_url"] = rx.url
         code, _ = run_in_process(config, singer_lines("orders", [track(1), track(2)]))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dead_letter_records, read_jsonl, run_target, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_target, singer_lines, track
 from tests.receiver import Receiver
 
 SCHEMA = json.dumps({"type": "SCHEMA", "stream": "orders", "schema": {"type": "object", "properties": {}}, "key_properties": []})
@@ -156,10 +156,12 @@ CASES: dict[str, Case] = {
 
 
 def _config(tmp_path: Path, changes: dict) -> dict:
+    """A dry run's settings; a case's few records include bad ones on purpose (thresholds off)."""
     return {
         "dry_run": True, "network_id": 1, "event_mapping": {"Order Completed": 0},
         "dead_letter_path": str(tmp_path / "dl.jsonl"), "dry_run_output": str(tmp_path / "dry.jsonl"),
-        "summary_path": str(tmp_path / "summary.json"), "progress_interval": 0, **changes,
+        "summary_path": str(tmp_path / "summary.json"), "progress_interval": 0,
+        **DEAD_LETTERS_ON_PURPOSE, **changes,
     }  # fmt: skip
 
 

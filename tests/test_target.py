@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import simplejson
 
-from tests.conftest import SECRET_API_KEY, SECRET_TOKEN, config_under, run_in_process, run_target
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_API_KEY, SECRET_TOKEN, config_under, run_in_process, run_target
 from tests.test_mapping import (
     MOBILE_BASE_CONTEXT,
     MOBILE_CONTEXT,
@@ -125,11 +125,13 @@ EXPECTED_STREAMS = {
 
 
 def dry_config(base_config: dict, **changes: t.Any) -> dict:
+    """A dry run; the inputs of these tests hold bad records on purpose (thresholds off)."""
     return {
         **base_config,
         "dry_run": True,
         "advertiser_id": 7,
         "verification_token": SECRET_TOKEN,
+        **DEAD_LETTERS_ON_PURPOSE,
         **changes,
     }
 
@@ -359,6 +361,7 @@ def test_live_run_sends_the_token_and_logs_it_nowhere(base_config: dict, tmp_pat
             "postback_url": f"http://127.0.0.1:{server.server_address[1]}/",
             "verification_token": SECRET_TOKEN,
             "advertiser_id": 7,
+            **DEAD_LETTERS_ON_PURPOSE,  # NO_APP_ID is a dead letter: one of two
         }
         records = [WEB_1, NO_APP_ID]
         result = run_target(config, stream_lines(RAW, records), tmp_path)

@@ -1,0 +1,385 @@
+"""``target-everflow ledger ...``: look into the idempotency ledger and act on it.
+
+Each command takes ``--config`` like the target and opens the ledger a run with that config
+would use (``ledger_url``, else the SQLite file next to the dead letters), SQLite or PostgreSQL:
+
+* ``status``: keys by status, and the oldest claim not yet delivered;
+* ``in-doubt``: the keys held for a person (an in-doubt conversion dead-lettered with
+  ``in_doubt: dead_letter``) and claims a run marked *sending* and then died with, each with its
+  stream, event, transaction and the run that held it;
+* ``release KEY... | --all-in-doubt``: makes keys sendable again (deletes their rows), so that
+  replaying their dead letters sends them. Asks first on a terminal; ``--yes`` for scripts;
+  refuses without either. A delivered key may be released too: its conversion is then sent
+  again when replayed (for a conversion Everflow is known not to have recorded);
+* ``forget --older-than DAYS``: prunes delivered and held keys, and runs of the history, older
+  than DAYS days.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import typing as t
+from datetime import datetime, timezone
+
+import click
+
+from target_everflow.cli import PROG, config_option, fail, load_target
+from target_everflow.errors import TargetEverflowError
+from target_everflow.ledger import (
+    DELIVERED,
+    HELD,
+    PENDING,
+    SENDING,
+    LedgerError,
+    PostgresLedger,
+    _SQLLedger,
+    open_ledger,
+)
+from target_everflow.run_history import forget_runs
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+STATUSES = (DELIVERED, PENDING, SENDING, HELD)
+CLAIM_COLUMNS = ("stream", "event", "transaction_id")
+"""Written at claim time by target versions that record them (reconciliation, issue 13); the
+commands read them where the ledger table has them and show blanks where it does not."""
+MAX_LISTED = 10_000
+"""Most in-doubt keys listed or released at once (a crash leaves at most max_concurrency)."""
+MAX_CELL = 80
+SHOWN_KEYS = 20
+COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a lease all the same
+
+
+# --- helpers shared with history.py ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def configured_ledger(config: Sequence[str]) -> Iterator[_SQLLedger]:
+    """The ledger of ``--config``, opened without pruning; a failure exits with one line."""
+    from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - heavy, load on use
+
+    settings = load_target(config).settings
+    if (settings.ledger_url or "").strip().lower() == "none":
+        fail(TargetEverflowError("Setting 'ledger_url' is none: there is no ledger to look into."))
+    logger = logging.getLogger("target_everflow.commands")
+    logger.setLevel(logging.WARNING)
+    try:
+        ledger = open_ledger(
+            settings.ledger_url, default_dir=settings.state_dir,
+            lease_seconds=COMMAND_LEASE_SECONDS, retention_days=0, logger=logger,
+        )
+    except LedgerError as exc:
+        fail(LedgerUnavailable(str(exc)))
+    assert isinstance(ledger, _SQLLedger)
+    try:
+        yield ledger
+    except LedgerError as exc:
+        fail(LedgerUnavailable(str(exc)))
+    finally:
+        with contextlib.suppress(LedgerError):
+            ledger.close()
+
+
+def utc(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cell(value: t.Any, limit: int = MAX_CELL) -> str:
+    """A value as one table cell: control characters escaped, at most ``limit`` characters."""
+    if value is None:
+        return ""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
+                 right: Iterable[int] = ()) -> str:
+    """Plain-text columns, two spaces apart (``right``: column indexes aligned right)."""
+    rows = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    right = set(right)
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _ledger_columns(ledger: _SQLLedger, cur: t.Any) -> set[str]:
+    if isinstance(ledger, PostgresLedger):
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s",
+            (ledger.table.lower(),),
+        )
+        return {str(r[0]) for r in cur.fetchall()}
+    cur.execute(f"PRAGMA table_info({ledger.table})")
+    return {str(r[1]) for r in cur.fetchall()}
+
+
+def _shown_keys(keys: Sequence[str]) -> str:
+    shown = ", ".join(cell(k) for k in keys[:SHOWN_KEYS])
+    more = len(keys) - SHOWN_KEYS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+@click.group("ledger")
+def ledger_command() -> None:
+    """Look into the idempotency ledger and act on it (SQLite or PostgreSQL)."""
+
+
+@ledger_command.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead.")
+def status_command(config: tuple[str, ...], as_json: bool) -> None:
+    """Keys by status, and the oldest claim not yet delivered."""
+    with configured_ledger(config) as ledger:
+
+        def tx(cur: t.Any) -> tuple[dict[str, int], tuple[t.Any, ...] | None, int, float]:
+            now = ledger.now(cur)
+            cur.execute(ledger.sql("SELECT status, COUNT(*) FROM {t} GROUP BY status"))
+            counts = {str(status): int(n) for status, n in cur.fetchall()}
+            cur.execute(
+                ledger.sql(
+                    "SELECT delivery_key, status, owner, created_at, lease_until FROM {t}"
+                    " WHERE status IN ('pending', 'sending') ORDER BY created_at, delivery_key"
+                    " LIMIT 1"
+                )
+            )
+            oldest = cur.fetchone()
+            cur.execute(
+                ledger.sql(
+                    "SELECT COUNT(*) FROM {t} WHERE status = 'sending'"
+                    " AND (lease_until IS NULL OR lease_until <= ?)"
+                ),
+                (now,),
+            )
+            orphaned = int(cur.fetchone()[0])
+            return counts, oldest, orphaned, now
+
+        counts, oldest, orphaned, now = ledger.transaction(tx, "count keys")
+        where = ledger.description
+    counts = {s: counts.get(s, 0) for s in STATUSES} | counts
+    pending = None
+    if oldest is not None:
+        key, status, owner, created, lease = oldest
+        pending = {
+            "delivery_key": key, "status": status, "run": owner, "claimed_at": created,
+            "lease_until": lease, "lease_expired": lease is None or lease <= now,
+        }
+    if as_json:
+        click.echo(json.dumps({
+            "ledger": where, "counts": counts, "total": sum(counts.values()),
+            "in_doubt_orphaned": orphaned, "oldest_pending": pending,
+        }, indent=2))
+        return
+    notes = {
+        DELIVERED: "accepted by Everflow (a replay skips them as duplicates)",
+        PENDING: "claimed by a run, not sent yet",
+        SENDING: "claimed by a run, postback on its way",
+        HELD: f"in doubt, held for a person: {PROG} ledger in-doubt",
+    }
+    click.echo(f"Ledger {where}:")
+    rows = [[status, str(n), notes.get(status, "")] for status, n in counts.items()]
+    rows.append(["total", str(sum(counts.values())), ""])
+    click.echo(format_table(["Status", "Keys", ""], rows, right=[1]))
+    if orphaned:
+        click.echo(f"{orphaned} sending key(s) belong to runs that died: in doubt "
+                   f"({PROG} ledger in-doubt).")
+    if pending is None:
+        click.echo("Oldest pending: none.")
+    else:
+        state = ("lease expired: its run is gone, the next run takes it over"
+                 if pending["lease_expired"] else "its run is live")
+        click.echo(
+            f"Oldest pending: {cell(pending['delivery_key'])} ({pending['status']}), claimed "
+            f"{utc(pending['claimed_at'])} UTC ({ago(now - pending['claimed_at'])} ago) by run "
+            f"{cell(pending['run'])}; {state}."
+        )
+
+
+def _in_doubt_rows(ledger: _SQLLedger, keys: Sequence[str] | None = None) -> tuple[list[dict[str, t.Any]], float]:
+    """Rows in doubt: held (``in_doubt``) or *sending* under an expired lease; with ``keys``,
+    those keys' rows whatever their status. Each row has the claim-time columns when the
+    ledger has them (else None)."""
+
+    def tx(cur: t.Any) -> tuple[list[dict[str, t.Any]], float]:
+        now = ledger.now(cur)
+        present = _ledger_columns(ledger, cur)
+        extra = [c if c in present else "NULL" for c in CLAIM_COLUMNS]
+        columns = ["delivery_key", "status", "owner", "lease_until", "updated_at", *extra]
+        select = f"SELECT {', '.join(columns)} FROM {{t}}"
+        if keys is None:
+            cur.execute(
+                ledger.sql(
+                    select + " WHERE status = 'in_doubt' OR (status = 'sending'"
+                    " AND (lease_until IS NULL OR lease_until <= ?))"
+                    " ORDER BY updated_at, delivery_key LIMIT ?"
+                ),
+                (now, MAX_LISTED + 1),
+            )
+        else:
+            cur.execute(ledger.sql(select + " WHERE delivery_key {in_keys}"),
+                        (ledger.keys_param(list(keys)),))
+        names = ["delivery_key", "status", "owner", "lease_until", "updated_at", *CLAIM_COLUMNS]
+        return [dict(zip(names, r)) for r in cur.fetchall()], now
+
+    return ledger.transaction(tx, "read in-doubt keys")
+
+
+def _releasable(row: dict[str, t.Any], now: float) -> bool:
+    if row["status"] in (DELIVERED, HELD):
+        return True
+    return row["lease_until"] is None or row["lease_until"] <= now  # its run is gone
+
+
+def _label(row: dict[str, t.Any]) -> str:
+    return {HELD: "held", SENDING: "sending, run gone", PENDING: "pending, run gone"}.get(
+        row["status"], row["status"])
+
+
+@ledger_command.command("in-doubt")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON instead.")
+def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
+    """In-doubt keys: held for a person, or claimed and sent by a run that died."""
+    with configured_ledger(config) as ledger:
+        rows, _ = _in_doubt_rows(ledger)
+        where = ledger.description
+    more = len(rows) > MAX_LISTED
+    rows = rows[:MAX_LISTED]
+    if as_json:
+        click.echo(json.dumps(
+            [{"delivery_key": r["delivery_key"], "status": r["status"], "stream": r["stream"],
+              "event": r["event"], "transaction_id": r["transaction_id"], "run": r["owner"],
+              "since": r["updated_at"]} for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No in-doubt keys in ledger {where}.")
+        return
+    click.echo(f"{len(rows)}{'+' if more else ''} in-doubt key(s) in ledger {where}:")
+    click.echo(format_table(
+        ["Key", "State", "Stream", "Event", "Transaction", "Held by run", "Since (UTC)"],
+        [[r["delivery_key"], _label(r), r["stream"], r["event"], r["transaction_id"], r["owner"],
+          utc(r["updated_at"])] for r in rows],
+    ))
+    click.echo(
+        "Check each in Everflow's conversion report; to send one again: "
+        f"{PROG} ledger release KEY (or --all-in-doubt), then replay its dead letter."
+    )
+
+
+@ledger_command.command("release")
+@config_option
+@click.argument("keys", nargs=-1, metavar="[KEY]...")
+@click.option("--all-in-doubt", is_flag=True, help="Release every in-doubt key (see ledger in-doubt).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+def release_command(config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt: bool,
+                    yes: bool) -> None:
+    """Make keys sendable again: a replay of their records sends them.
+
+    KEY is a delivery key as `ledger in-doubt` shows it (m:<messageId>, ...). A delivered key may
+    be released too: its conversion is sent again when replayed.
+    """
+    if bool(keys) == all_in_doubt:
+        fail(TargetEverflowError("ledger release: name the keys to release, or give --all-in-doubt"))
+    if not yes and not sys.stdin.isatty():
+        fail(TargetEverflowError(
+            "ledger release: refusing without confirmation: run it on a terminal, or add --yes"))
+    wanted = list(dict.fromkeys(keys))
+    with configured_ledger(config) as ledger:
+        rows, now = _in_doubt_rows(ledger, None if all_in_doubt else wanted)
+        rows = rows[:MAX_LISTED]
+        found = {r["delivery_key"] for r in rows}
+        missing = [k for k in wanted if k not in found]
+        busy = [r["delivery_key"] for r in rows if not _releasable(r, now)]
+        plan = [r for r in rows if _releasable(r, now)]
+        for key in missing:
+            click.echo(f"{cell(key)}: not in the ledger (nothing to release)", err=True)
+        for key in busy:
+            click.echo(f"{cell(key)}: claimed by a live run right now: not released", err=True)
+        if not plan:
+            if all_in_doubt:
+                click.echo(f"No in-doubt keys in ledger {ledger.description}: nothing to release.")
+                return
+            sys.exit(1)
+        delivered = sum(1 for r in plan if r["status"] == DELIVERED)
+        click.echo(f"Releasing {len(plan)} key(s) in ledger {ledger.description}: "
+                   f"{_shown_keys([r['delivery_key'] for r in plan])}")
+        if delivered:
+            click.echo(f"{delivered} of them were delivered: their conversions are SENT AGAIN "
+                       "when replayed.")
+        if not yes and not click.confirm("Release them?", default=False):
+            click.echo("Nothing released.", err=True)
+            sys.exit(1)
+        released = _delete_unchanged(ledger, plan)
+    changed = [r["delivery_key"] for r in plan if r["delivery_key"] not in released]
+    for key in changed:
+        click.echo(f"{cell(key)}: changed meanwhile (claimed by a run): not released", err=True)
+    click.echo(f"Released {len(released)} key(s): a replay of their records sends them "
+               "(dead letters: see README, 'Dead letters').")
+    if missing or busy or changed:
+        sys.exit(1)
+
+
+def _delete_unchanged(ledger: _SQLLedger, rows: Sequence[dict[str, t.Any]]) -> set[str]:
+    """Delete each row if it is still as it was read (same status and owner, and a pending or
+    sending one still without a live lease); return the keys deleted."""
+
+    def tx(cur: t.Any) -> set[str]:
+        now = ledger.now(cur)
+        deleted: set[str] = set()
+        for row in rows:
+            cur.execute(
+                ledger.sql(
+                    "DELETE FROM {t} WHERE delivery_key = ? AND status = ? AND owner = ?"
+                    " AND (status IN ('delivered', 'in_doubt')"
+                    " OR lease_until IS NULL OR lease_until <= ?)"
+                    " RETURNING delivery_key"
+                ),
+                (row["delivery_key"], row["status"], row["owner"], now),
+            )
+            deleted.update(r[0] for r in cur.fetchall())
+        return deleted
+
+    return ledger.transaction(tx, "release keys")
+
+
+@ledger_command.command("forget")
+@config_option
+@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
+              help="Forget delivered and held keys, and runs, older than this many days.")
+def forget_command(config: tuple[str, ...], days: float) -> None:
+    """Prune delivered and held keys (and the run history) older than DAYS days.
+
+    A conversion replayed after its key is forgotten is no longer recognised as a duplicate.
+    """
+    with configured_ledger(config) as ledger:
+        keys = ledger.prune(days)
+        runs = forget_runs(ledger, days)
+        where = ledger.description
+    click.echo(f"Forgot {keys} delivered or held key(s) and {runs} run(s) older than {days:g} "
+               f"days in ledger {where}.")
+
