@@ -7,6 +7,7 @@ EXIT_CONFIG = 1  # a setting is wrong, or the Everflow API check failed: nothing
 EXIT_INPUT = 2  # the Singer input is broken (not JSON, RECORD before SCHEMA, ...)
 EXIT_DELIVERY = 3  # Everflow or the network failed systemically; the next run resumes
 EXIT_LEDGER = 4  # the idempotency ledger cannot be opened or written
+EXIT_OUTPUT = 5  # an output file (dead letters, dry-run output) could not be written mid-run
 EXIT_SIGNAL_BASE = 128  # + signal number (130 for SIGINT, 143 for SIGTERM)
 
 
@@ -24,6 +25,13 @@ class DeliveryAborted(TargetEverflowError):
     """A systemic delivery failure: the run stops; undelivered records are not dead-lettered."""
 
     exit_code = EXIT_DELIVERY
+
+
+class OutputError(TargetEverflowError):
+    """An output file could not be written mid-run (disk full, ...): the run stops; what was
+    written is counted, records without an outcome come again from the last STATE."""
+
+    exit_code = EXIT_OUTPUT
 
 
 class Terminated(TargetEverflowError):

@@ -34,7 +34,7 @@ from singer_sdk.exceptions import InvalidJSONSchema, RecordsWithoutSchemaExcepti
 from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessageType
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
-from target_everflow.errors import InputError
+from target_everflow.errors import InputError, Terminated
 
 try:
     import msgspec
@@ -106,6 +106,8 @@ class SegmentReader(GenericSingerReader[str]):
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
+        self.stop_signal: int | None = None
+        """Set by the target's signal handler: no line is read after it."""
 
     # -- one line --------------------------------------------------------------------------
 
@@ -113,9 +115,19 @@ class SegmentReader(GenericSingerReader[str]):
         """Parse one line (see the module docstring); raise ``InputError`` naming the line."""
         if _decoder is not None:
             try:
-                return _decoder.decode(line)  # type: ignore[no-any-return]
+                message = _decoder.decode(line)
             except _MSGSPEC_REFUSES:
                 pass
+            else:
+                if isinstance(message, dict) and not _keys_once(line, message):
+                    text = line.decode("utf-8") if isinstance(line, bytes) else line
+                    try:
+                        repeated = _loads(text)[1]
+                    except (ValueError, RecursionError):  # (the exact check cannot tell)
+                        repeated = None
+                    if repeated is not None:
+                        raise _repeated(self.line_number, repeated)
+                return message  # type: ignore[no-any-return]
         return self._parse_leniently(line)
 
     def _parse_leniently(self, line: str | bytes) -> t.Any:
@@ -134,7 +146,7 @@ class SegmentReader(GenericSingerReader[str]):
         if number == 1 and text.startswith(_BOM):
             text = text[1:]
         try:
-            return json.loads(text, parse_float=Decimal, parse_int=_parse_int)
+            message, repeated = _loads(text)
         except RecursionError:
             raise broken(number, "it is JSON nested too deeply to read (about 1,000 levels)") from None
         except ValueError as exc:  # JSONDecodeError is a ValueError
@@ -150,6 +162,9 @@ class SegmentReader(GenericSingerReader[str]):
             else:
                 problem = f"it is not JSON ({exc})"
             raise broken(number, f"{problem}: {_excerpt(text)}") from None
+        if repeated is not None:
+            raise _repeated(number, repeated)
+        return message
 
     def check_message(self, message: t.Any) -> str:
         """The message's type, or ``InputError`` when it is not a Singer message."""
@@ -208,6 +223,8 @@ class SegmentReader(GenericSingerReader[str]):
         stats: dict[str, int] = defaultdict(int)
         source = file_input or self.default_input
         for number, line in enumerate(_lines(source), 1):
+            if self.stop_signal is not None:  # a signal that could not stop the run at once
+                raise Terminated(self.stop_signal)
             self.line_number = number
             self._current_message = line  # type: ignore[assignment]
             try:
@@ -233,6 +250,63 @@ class SegmentReader(GenericSingerReader[str]):
                 raise broken(number, _first_line(exc)) from None
             stats[kind] += 1
         return Counter(**stats)
+
+
+def _loads(text: str) -> tuple[t.Any, str | None]:
+    """``json.loads`` as the reader parses (numbers exactly as written), and the first key the
+    outermost object names more than once (None when it names each once)."""
+    outermost: list[list[tuple[str, t.Any]]] = []
+
+    def pairs(items: list[tuple[str, t.Any]]) -> dict:
+        outermost[:] = [items]  # objects close inside out: the outermost one comes last
+        return dict(items)
+
+    message = json.loads(text, parse_float=Decimal, parse_int=_parse_int, object_pairs_hook=pairs)
+    if isinstance(message, dict) and outermost and len(outermost[0]) != len(message):
+        seen: set[str] = set()
+        for key, _ in outermost[0]:
+            if key in seen:
+                return message, key
+            seen.add(key)
+    return message, None
+
+
+def _repeated(number: int, key: str) -> InputError:
+    """The error for a message that names a key twice (``{"type": "RECORD", "type": "STATE"}``:
+    JSON readers silently keep the last one)."""
+    shown = repr(key) if len(key) <= 40 else repr(key[:37] + "...")
+    return broken(
+        number,
+        f"the message has the key {shown} more than once; which value is meant is ambiguous, "
+        "so the line is not read (a Singer message names each of its keys once)",
+    )
+
+
+_RAW_MESSAGE = msgspec.json.Decoder(dict[str, msgspec.Raw]) if msgspec is not None else None
+_SEPARATORS = ((b":", b","), (b": ", b", "))
+"""How taps write JSON: compact (the SDK, most libraries) or Python's ``json.dumps`` default."""
+
+
+def _keys_once(line: str | bytes, message: dict) -> bool:
+    """Whether the message object names each of its keys once, as far as a cheap check can
+    tell: the line is exactly its decoded keys and their values, written compactly or with
+    Python's default separators. False means "not sure" (a repeated key, or an unusual layout):
+    the exact, slower check then decides.
+    """
+    data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+    try:
+        top = _RAW_MESSAGE.decode(data)  # type: ignore[union-attr]
+    except _MSGSPEC_REFUSES:
+        return False
+    if len(top) != len(message):
+        return False
+    body = data.rstrip(b"\r\n")
+    keys = [b'"' + key.encode("utf-8", "surrogatepass") + b'"' for key in top]
+    values = [bytes(raw) for raw in top.values()]
+    for colon, comma in _SEPARATORS:
+        if body == b"{" + comma.join(k + colon + v for k, v in zip(keys, values)) + b"}":
+            return True
+    return False
 
 
 def _lines(source: t.Any) -> t.Iterable[str | bytes]:

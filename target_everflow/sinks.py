@@ -13,6 +13,7 @@ from singer_sdk.helpers._compat import (
 from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks import BatchSink
 
+from target_everflow.accounting import shown
 from target_everflow.mapping import (
     DEAD_LETTER,
     DUPLICATE,
@@ -147,15 +148,17 @@ class EverflowSink(BatchSink):
     def _account(self, outcome: Outcome, record: dict) -> None:
         run = self.run
         event = outcome.event or run.event_label(record, self.stream_name)
-        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
         if outcome.kind == DEAD_LETTER:
+            # Written first, counted after: a dead letter the file could not take (OutputError:
+            # the run stops) is not counted, and its record comes again from the last STATE.
             run.dead_letters.write(
                 self.stream_name, record, outcome.reason, outcome.message, field=outcome.field
             )
             run.logger.warning(
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
-                self.stream_name, run.message_id(record), outcome.reason, outcome.message,
+                shown(self.stream_name), run.message_id(record), outcome.reason, outcome.message,
             )
+        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
 
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})
