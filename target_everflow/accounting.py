@@ -131,11 +131,16 @@ class _EscapedRecord(logging.LogRecord):
     """A log record whose message is always one line: the backstop under ``shown``.
 
     Whatever a message was built from (a record value the call site did not escape, a
-    server's answer, a stream name the SDK logs), a newline in it is written as ``\\n``. A
-    traceback (``exc_info``) is the formatter's, after the message: unchanged.
+    server's answer, a stream name the SDK logs), a newline in it is written as ``\\n``; so is
+    one in the logger's name. A traceback (``exc_info``) is the formatter's, after the message:
+    unchanged.
     """
 
     escapes = True
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = escape_control(self.name)  # (the SDK names a sink's logger after its stream)
 
     def getMessage(self) -> str:  # noqa: N802 - logging's name
         return escape_control(super().getMessage())
@@ -152,6 +157,7 @@ def escape_log_records() -> None:
 
     def factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        record.name = escape_control(record.name)
         message = record.getMessage
         record.getMessage = lambda: escape_control(message())  # type: ignore[method-assign]
         return record

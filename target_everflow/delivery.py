@@ -141,11 +141,23 @@ class DryRunWriter:
             text = _dumps_line(line)
         except TypeError:  # not only strings after all: the general encoder
             text = dumps(line)
-        self._file.write(text + "\n")
+        try:
+            self._file.write(text + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.count += 1
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"Cannot write the planned postbacks to {self.path}: {exc.strerror or exc}. Stopping: "
+            "the next run resumes from the last STATE."
+        )
 
     def close(self) -> None:
         self._file.close()

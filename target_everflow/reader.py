@@ -283,30 +283,47 @@ def _repeated(number: int, key: str) -> InputError:
 
 
 _RAW_MESSAGE = msgspec.json.Decoder(dict[str, msgspec.Raw]) if msgspec is not None else None
-_SEPARATORS = ((b":", b","), (b": ", b", "))
-"""How taps write JSON: compact (the SDK, most libraries) or Python's ``json.dumps`` default."""
+_KEY_LITERALS: dict[str, bytes] = {}
+"""``"key"`` as UTF-8 bytes, for the few keys Singer messages have (bounded)."""
+
+
+def _key_literal(key: str) -> bytes:
+    literal = _KEY_LITERALS.get(key)
+    if literal is None:
+        literal = b'"' + key.encode("utf-8", "surrogatepass") + b'"'
+        if len(_KEY_LITERALS) < 256:
+            _KEY_LITERALS[key] = literal
+    return literal
 
 
 def _keys_once(line: str | bytes, message: dict) -> bool:
-    """Whether the message object names each of its keys once, as far as a cheap check can
-    tell: the line is exactly its decoded keys and their values, written compactly or with
-    Python's default separators. False means "not sure" (a repeated key, or an unusual layout):
-    the exact, slower check then decides.
+    """Whether the message object names each of its keys once, as far as a cheap check can tell.
+
+    Its keys and values as written (msgspec's ``Raw``, a shallow pass) are laid out again,
+    compactly or with Python's default separators; the line must be exactly that. A key written
+    twice makes the line longer than its decoded keys and values can account for (a key's
+    literal is never shorter than its plain UTF-8 form): compact lines are decided by their
+    length alone. False means "not sure" (a repeated key, or another layout): the exact, slower
+    check then decides.
     """
     data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
     try:
         top = _RAW_MESSAGE.decode(data)  # type: ignore[union-attr]
     except _MSGSPEC_REFUSES:
         return False
-    if len(top) != len(message):
+    n = len(top)
+    if n != len(message) or n == 0:
         return False
-    body = data.rstrip(b"\r\n")
-    keys = [b'"' + key.encode("utf-8", "surrogatepass") + b'"' for key in top]
-    values = [bytes(raw) for raw in top.values()]
-    for colon, comma in _SEPARATORS:
-        if body == b"{" + comma.join(k + colon + v for k, v in zip(keys, values)) + b"}":
-            return True
-    return False
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":
+        end -= 1
+    compact = 1 + n + sum(len(_key_literal(key)) + len(raw) + 1 for key, raw in top.items())
+    if end == compact:
+        return True
+    if end != compact + 2 * n - 1:
+        return False
+    pairs = [_key_literal(key) + b": " + bytes(raw) for key, raw in top.items()]
+    return data[:end] == b"{" + b", ".join(pairs) + b"}"
 
 
 def _lines(source: t.Any) -> t.Iterable[str | bytes]:

@@ -33,7 +33,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         description=(
             "Everflow S2S postback base URL (your tracking domain), e.g. "
             "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
-            "(loopback hosts excepted, for tests)."
+            "(loopback hosts excepted, for tests); no fragment, credentials, or query parameter "
+            "the target sends itself; a non-ASCII path is percent-encoded."
         ),
     ),
     th.Property(
