@@ -235,7 +235,7 @@ def is_loopback(host: str) -> bool:
 _URL_SAFE = "/!$&'()*+,;=:@%-._~?"
 """What stays as it is when a postback URL's path or query is percent-encoded: every printable
 ASCII character that may appear there (``%`` too: what is encoded already stays encoded)."""
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 
 def check_postback_url(url: str) -> str:
@@ -256,9 +256,14 @@ def check_postback_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as exc:
         raise ConfigError("postback_url", f"is not a valid URL ({exc})") from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:  # (its message would echo the text after the host)
+        raise ConfigError(
+            "postback_url", "is not a valid URL (its port is not a number from 0 to 65535)"
+        ) from None
     if parts.scheme not in {"http", "https"} or not host:
         raise ConfigError("postback_url", "must be an https:// URL with a host")
     if parts.scheme != "https" and not is_loopback(host):
