@@ -314,15 +314,14 @@ def _keys_once(line: str | bytes, message: dict) -> bool:
     n = len(top)
     if n != len(message) or n == 0:
         return False
-    end = len(data)
-    while end and data[end - 1] in b"\r\n":
-        end -= 1
-    compact = 1 + n + sum(len(_key_literal(key)) + len(raw) + 1 for key, raw in top.items())
+    end = len(data) - (data.endswith(b"\n") + data.endswith(b"\r\n"))
+    literals = [_key_literal(key) for key in top]
+    compact = 1 + 2 * n + sum(map(len, literals)) + sum(map(len, top.values()))
     if end == compact:
         return True
     if end != compact + 2 * n - 1:
         return False
-    pairs = [_key_literal(key) + b": " + bytes(raw) for key, raw in top.items()]
+    pairs = [literal + b": " + bytes(raw) for literal, raw in zip(literals, top.values())]
     return data[:end] == b"{" + b", ".join(pairs) + b"}"
 
 
