@@ -261,7 +261,8 @@ class DeadLetters:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _drop_torn_tail(self.path)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o666)
         return self._fd
 
     def write(
@@ -291,7 +292,8 @@ class DeadLetters:
         try:
             text = dumps(line)
         except Exception as exc:  # noqa: BLE001 - whatever it is, the record is still kept
-            line["record"] = _stand_in(record, f"the record cannot be written as JSON ({type(exc).__name__}: {str(exc)[:200]})")
+            why = f"the record cannot be written as JSON ({type(exc).__name__}: {str(exc)[:200]})"
+            line["record"] = _stand_in(record, why)
             text = dumps(line)
         with self._lock:
             if self.failed is not None:
@@ -299,7 +301,8 @@ class DeadLetters:
             schema_line = ""
             if stream not in self._streams_announced:
                 schema = self._schemas(stream) or {"type": "object", "properties": {}}
-                schema_line = dumps({"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": []}) + "\n"
+                announce = {"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": []}
+                schema_line = dumps(announce) + "\n"
             # backslashreplace: a lone surrogate (a "\ud800" JSON escape in the input) is written
             # as that same JSON escape, so the record is kept exactly instead of failing the write.
             self._append((schema_line + text + "\n").encode("utf-8", "backslashreplace"))
