@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from target_everflow.accounting import DeadLetters, RunSummary, dumps
-from target_everflow.errors import DeliveryAborted
+from target_everflow.errors import DeliveryAborted, OutputError
 from target_everflow.ledger import ClaimStatus, Ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, DUPLICATE, SKIPPED, Conversion
 from target_everflow.metrics import conversion_fields
@@ -193,11 +193,23 @@ class DryRunWriter:
             text = _dumps_line(line)
         except TypeError:  # not only strings after all: the general encoder
             text = dumps(line)
-        self._file.write(text + "\n")
+        try:
+            self._file.write(text + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.count += 1
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"Cannot write the planned postbacks to {self.path}: {exc.strerror or exc}. Stopping: "
+            "the next run resumes from the last STATE."
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -297,11 +309,18 @@ class DeliveryEngine:
     def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
         self.summary.count(conversion.stream, conversion.event, kind, reason)
 
-    def _dead_letter(self, conversion: Conversion, reason: str, message: str, status: int | None = None) -> None:
-        self.dead_letters.write(
-            conversion.stream, conversion.record, reason, message, field=None, status=status
-        )
+    def _dead_letter(self, conversion: Conversion, reason: str, message: str, status: int | None = None) -> bool:
+        """Dead-letter a conversion's record; False when the file could not take it (the run
+        stops: the record has no outcome, and comes again from the last STATE)."""
+        try:
+            self.dead_letters.write(
+                conversion.stream, conversion.record, reason, message, field=None, status=status
+            )
+        except OutputError as exc:
+            self.request_stop(str(exc))
+            return False
         self._count(conversion, DEAD_LETTER, reason)
+        return True
 
     def _claim(self, conversions: list[Conversion]) -> list[Conversion]:
         """Claim every key; account for those not to be sent; return those to send."""
@@ -339,14 +358,14 @@ class DeliveryEngine:
                             conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
                             extra=conversion_fields(conversion, IN_DOUBT),
                         )
-                        self._dead_letter(
+                        if self._dead_letter(
                             conversion,
                             IN_DOUBT,
                             "a previous run claimed this conversion and stopped before recording "
                             "Everflow's answer: check Everflow's conversion report for transaction "
                             f"{conversion.transaction_id} before replaying it",
-                        )
-                        held.append(conversion.key)
+                        ):
+                            held.append(conversion.key)
                 else:  # BUSY: another live run is sending it right now
                     busy.append(conversion)
             if held:
@@ -459,14 +478,13 @@ class DeliveryEngine:
             else "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
             extra=conversion_fields(conversion, IN_DOUBT),
         )
-        if not resend:
-            self._dead_letter(
-                conversion,
-                IN_DOUBT,
-                f"no answer from Everflow ({answer.detail}) after the postback was sent: check "
-                f"Everflow's conversion report for transaction {conversion.transaction_id} before "
-                "replaying it",
-            )
+        if not resend and self._dead_letter(
+            conversion,
+            IN_DOUBT,
+            f"no answer from Everflow ({answer.detail}) after the postback was sent: check "
+            f"Everflow's conversion report for transaction {conversion.transaction_id} before "
+            "replaying it",
+        ):
             self.dead_letters.flush()  # durable before the hold (see _claim)
             self.ledger.mark_held([conversion.key])  # no later run sends it either
         return resend

@@ -9,6 +9,7 @@ EXIT_DELIVERY = 3  # Everflow or the network failed systemically; the next run r
 EXIT_LEDGER = 4  # the idempotency ledger cannot be opened or written
 EXIT_THRESHOLD = 5  # a failure threshold was passed (issue 14)
 EXIT_RECONCILE = 6  # reconcile found conversions Everflow rejected or does not have
+EXIT_OUTPUT = 7  # an output file (dead letters, dry-run output) could not be written mid-run
 EXIT_SIGNAL_BASE = 128  # + signal number (130 for SIGINT, 143 for SIGTERM)
 
 
@@ -26,6 +27,13 @@ class DeliveryAborted(TargetEverflowError):
     """A systemic delivery failure: the run stops; undelivered records are not dead-lettered."""
 
     exit_code = EXIT_DELIVERY
+
+
+class OutputError(TargetEverflowError):
+    """An output file could not be written mid-run (disk full, ...): the run stops; what was
+    written is counted, records without an outcome come again from the last STATE."""
+
+    exit_code = EXIT_OUTPUT
 
 
 class Terminated(TargetEverflowError):

@@ -49,6 +49,13 @@ MISSING_REQUIRED_FIELD = "missing_required_field"
 TYPE_MISMATCH = "type_mismatch"
 INVALID_RECORD = "invalid_record"
 
+IDENTITY_PARAMETERS = ("nid", "transaction_id", "aid", "adv_event_id", "timestamp")
+"""The parameters that say which conversion a postback is (the field table adds the rest)."""
+POSTBACK_PARAMETERS = frozenset(
+    (*IDENTITY_PARAMETERS, "verification_token", *(f.param.split("[", 1)[0] for f in FIELDS))
+)
+"""Every parameter a postback may carry (``verification_token`` is added by the client)."""
+
 NON_TRACK_CALLS = frozenset({"identify", "page", "screen", "group", "alias"})
 """Segment's other call types (any raw ``type`` other than ``track`` is skipped as not_track)."""
 MOBILE_LIBRARIES = frozenset(
@@ -240,7 +247,11 @@ class Mapper:
         self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
+        self._slug_names: dict[str, str] = {}
+        for name in settings.event_mapping:
+            self._slug_names.setdefault(slug(name), name)
         self._slugged: dict[str, int | None] = {}
+        self._rows: dict[str, str] = {}
         self._head: list[tuple[str, str]] = []
         if settings.network_id is not None:
             self._head.append(("nid", str(settings.network_id)))
@@ -258,6 +269,25 @@ class Mapper:
                     self._slugged.clear()
                 self._slugged[name] = found
         return found
+
+    def summary_event(self, name: str) -> str | None:
+        """The run summary's row for a mapped event name, None for a name that is not mapped.
+
+        An ``event_mapping`` name, or its slug (a warehouse table's name), is its own row; any
+        other spelling that maps (``ORDER COMPLETED``) counts under the ``event_mapping`` name it
+        matches, so mapped rows stay as few as the mapping's names, whatever the input spells.
+        """
+        if name in self._events:
+            return name
+        if self.event_id_for(name) is None:
+            return None
+        row = self._rows.get(name)
+        if row is None:
+            slugged = slug(name)
+            row = name if name == slugged else self._slug_names[slugged]
+            if len(self._rows) < 1_000:
+                self._rows[name] = row
+        return row
 
     @classmethod
     def event_name(cls, event: SegmentEvent, stream: str) -> str:

@@ -45,7 +45,7 @@ from singer_sdk.exceptions import InvalidJSONSchema, RecordsWithoutSchemaExcepti
 from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessageType
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
-from target_everflow.errors import InputError
+from target_everflow.errors import InputError, Terminated
 
 try:
     import msgspec
@@ -129,6 +129,8 @@ class SegmentReader(GenericSingerReader[str]):
         nothing is). The reader waits for input at most that long before calling it again, so
         what it does happens on time even while no line comes. The target drains its batches
         by age here (``max_batch_age_seconds``)."""
+        self.stop_signal: int | None = None
+        """Set by the target's signal handler: no line is read after it."""
 
     # -- one line --------------------------------------------------------------------------
 
@@ -136,9 +138,19 @@ class SegmentReader(GenericSingerReader[str]):
         """Parse one line (see the module docstring); raise ``InputError`` naming the line."""
         if _decoder is not None:
             try:
-                return _decoder.decode(line)  # type: ignore[no-any-return]
+                message = _decoder.decode(line)
             except _MSGSPEC_REFUSES:
                 pass
+            else:
+                if isinstance(message, dict) and not _keys_once(line, message):
+                    text = line.decode("utf-8") if isinstance(line, bytes) else line
+                    try:
+                        repeated = _loads(text)[1]
+                    except (ValueError, RecursionError):  # (the exact check cannot tell)
+                        repeated = None
+                    if repeated is not None:
+                        raise _repeated(self.line_number, repeated)
+                return message  # type: ignore[no-any-return]
         return self._parse_leniently(line)
 
     def _parse_leniently(self, line: str | bytes) -> t.Any:
@@ -157,7 +169,7 @@ class SegmentReader(GenericSingerReader[str]):
         if number == 1 and text.startswith(_BOM):
             text = text[1:]
         try:
-            return json.loads(text, parse_float=Decimal, parse_int=_parse_int)
+            message, repeated = _loads(text)
         except RecursionError:
             raise broken(number, "it is JSON nested too deeply to read (about 1,000 levels)") from None
         except ValueError as exc:  # JSONDecodeError is a ValueError
@@ -173,6 +185,9 @@ class SegmentReader(GenericSingerReader[str]):
             else:
                 problem = f"it is not JSON ({exc})"
             raise broken(number, f"{problem}: {_excerpt(text)}") from None
+        if repeated is not None:
+            raise _repeated(number, repeated)
+        return message
 
     def check_message(self, message: t.Any) -> str:
         """The message's type, or ``InputError`` when it is not a Singer message."""
@@ -233,6 +248,8 @@ class SegmentReader(GenericSingerReader[str]):
         number = 0
         for block in self._blocks(source):
             for line in block:
+                if self.stop_signal is not None:  # a signal that could not stop the run at once
+                    raise Terminated(self.stop_signal)
                 number += 1
                 self.line_number = number
                 self._current_message = line  # type: ignore[assignment]
@@ -299,6 +316,8 @@ class SegmentReader(GenericSingerReader[str]):
         poller.register(fd, select.POLLIN | select.POLLPRI)
         partial: list[bytes] = []  # the start of a line whose newline has not come yet
         while True:
+            if self.stop_signal is not None:  # a signal whose batch settled: stop waiting
+                raise Terminated(self.stop_signal)
             wait = self._due()
             wait = _IDLE_WAIT if wait is None else min(max(wait, 0.0), _IDLE_WAIT)
             # A signal interrupts the wait: its handler runs, and what it raises ends the read.
@@ -323,7 +342,80 @@ class SegmentReader(GenericSingerReader[str]):
             yield io.BytesIO(complete)  # its lines, each with its newline
 
 
-def _lines(source: t.Any) -> t.Any:
+def _loads(text: str) -> tuple[t.Any, str | None]:
+    """``json.loads`` as the reader parses (numbers exactly as written), and the first key the
+    outermost object names more than once (None when it names each once)."""
+    outermost: list[list[tuple[str, t.Any]]] = []
+
+    def pairs(items: list[tuple[str, t.Any]]) -> dict:
+        outermost[:] = [items]  # objects close inside out: the outermost one comes last
+        return dict(items)
+
+    message = json.loads(text, parse_float=Decimal, parse_int=_parse_int, object_pairs_hook=pairs)
+    if isinstance(message, dict) and outermost and len(outermost[0]) != len(message):
+        seen: set[str] = set()
+        for key, _ in outermost[0]:
+            if key in seen:
+                return message, key
+            seen.add(key)
+    return message, None
+
+
+def _repeated(number: int, key: str) -> InputError:
+    """The error for a message that names a key twice (``{"type": "RECORD", "type": "STATE"}``:
+    JSON readers silently keep the last one)."""
+    shown = repr(key) if len(key) <= 40 else repr(key[:37] + "...")
+    return broken(
+        number,
+        f"the message has the key {shown} more than once; which value is meant is ambiguous, "
+        "so the line is not read (a Singer message names each of its keys once)",
+    )
+
+
+_RAW_MESSAGE = msgspec.json.Decoder(dict[str, msgspec.Raw]) if msgspec is not None else None
+_KEY_LITERALS: dict[str, bytes] = {}
+"""``"key"`` as UTF-8 bytes, for the few keys Singer messages have (bounded)."""
+
+
+def _key_literal(key: str) -> bytes:
+    literal = _KEY_LITERALS.get(key)
+    if literal is None:
+        literal = b'"' + key.encode("utf-8", "surrogatepass") + b'"'
+        if len(_KEY_LITERALS) < 256:
+            _KEY_LITERALS[key] = literal
+    return literal
+
+
+def _keys_once(line: str | bytes, message: dict) -> bool:
+    """Whether the message object names each of its keys once, as far as a cheap check can tell.
+
+    Its keys and values as written (msgspec's ``Raw``, a shallow pass) are laid out again,
+    compactly or with Python's default separators; the line must be exactly that. A key written
+    twice makes the line longer than its decoded keys and values can account for (a key's
+    literal is never shorter than its plain UTF-8 form): compact lines are decided by their
+    length alone. False means "not sure" (a repeated key, or another layout): the exact, slower
+    check then decides.
+    """
+    data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+    try:
+        top = _RAW_MESSAGE.decode(data)  # type: ignore[union-attr]
+    except _MSGSPEC_REFUSES:
+        return False
+    n = len(top)
+    if n != len(message) or n == 0:
+        return False
+    end = len(data) - (data.endswith(b"\n") + data.endswith(b"\r\n"))
+    literals = [_key_literal(key) for key in top]
+    compact = 1 + 2 * n + sum(map(len, literals)) + sum(map(len, top.values()))
+    if end == compact:
+        return True
+    if end != compact + 2 * n - 1:
+        return False
+    pairs = [literal + b": " + bytes(raw) for literal, raw in zip(literals, top.values())]
+    return data[:end] == b"{" + b", ".join(pairs) + b"}"
+
+
+def _lines(source: t.Any) -> t.Iterable[str | bytes]:
     """The lines of the input: the raw bytes beneath a text file or pipe, else its text lines."""
     buffer = getattr(source, "buffer", None)
     if isinstance(source, io.TextIOWrapper) and buffer is not None:

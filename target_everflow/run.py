@@ -17,7 +17,7 @@ import time
 import typing as t
 from pathlib import Path
 
-from target_everflow.accounting import DeadLetters, RunSummary, dumps
+from target_everflow.accounting import DeadLetters, RunSummary, check_output, dumps, shown
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, _SQLLedger, open_ledger
@@ -54,7 +54,7 @@ class Run:
         self.settings = settings
         self.logger = logger
         self.mapper = Mapper(settings, logger)
-        self.summary = RunSummary()
+        self.summary = RunSummary(self.mapper.summary_event)
         self.metrics = RunMetrics(self.summary, dry_run=settings.dry_run)
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
@@ -78,12 +78,13 @@ class Run:
         s = self.settings
         if s.preflight:
             self.check_api()
-        try:
-            self.dead_letters.check_writable()
-        except OSError as exc:
-            raise TargetEverflowError(
-                f"Setting 'dead_letter_path': cannot write {s.dead_letter_path}: {exc.strerror}"
-            ) from None
+        # Every file the run writes, checked before anything is read: a path that cannot be
+        # written fails now (exit 1, naming the setting), not after the work is done.
+        check_output("dead_letter_path", s.dead_letter_path)
+        if s.dry_run:
+            check_output("dry_run_output", s.dry_run_output)
+        if s.summary_path:
+            check_output("summary_path", s.summary_path)
         policy = RetryPolicy(max_retries=s.max_retries)
         lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
         try:
@@ -183,13 +184,14 @@ class Run:
         if seen < DROPPED_WARNINGS_PER_FIELD:
             self.logger.warning(
                 "Left out optional field %s of a record of stream %s (message id %s, event %r): %s",
-                param, stream, conversion.message_id or conversion.key, conversion.event, why,
+                param, shown(stream), shown(conversion.message_id or conversion.key),
+                conversion.event, why,
                 extra=conversion_fields(conversion, "dropped_field", field=param),
             )
             if seen + 1 == DROPPED_WARNINGS_PER_FIELD:
                 self.logger.warning(
                     "Further dropped %s fields on stream %s are counted in the run summary only.",
-                    param, stream, extra=log_fields(stream=stream, reason="dropped_field", field=param),
+                    param, shown(stream), extra=log_fields(stream=stream, reason="dropped_field", field=param),
                 )
 
     @staticmethod
@@ -207,10 +209,11 @@ class Run:
 
     @staticmethod
     def message_id(record: t.Any) -> str:
+        """A record's message id for a log line (escaped, bounded), or ``unknown``."""
         if not isinstance(record, dict):
             return "unknown"
         found = SegmentEvent(record, "").first("messageId", "id")
-        return "unknown" if found is MISSING else str(found)[:100]
+        return "unknown" if found is MISSING else shown(found, 100)
 
     def _report_progress(self) -> None:
         last_requests, last_at = 0, time.monotonic()
@@ -277,12 +280,19 @@ class Run:
                 "%d records were kept in %s (replay: see README, 'Dead letters')",
                 self.dead_letters.count, self.settings.dead_letter_path,
             )
+        # After the last STATE nothing can fail the run: a summary file that cannot be written
+        # (checked at start-up; a disk that filled since) or a close that fails is a warning.
         if self.settings.summary_path:
             path = self.settings.summary_path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(dumps(data) + "\n", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(dumps(data) + "\n", encoding="utf-8")
+            except OSError as exc:
+                self.logger.warning(
+                    "Could not write the run summary to %s: %s", path, exc.strerror or exc
+                )
         for error in errors:
-            self.logger.error("While closing: %s", error)
+            self.logger.warning("While closing: %s", error)
         if threshold is not None:
             (self.logger.error if code == EXIT_THRESHOLD else self.logger.warning)("%s", threshold)
         return code

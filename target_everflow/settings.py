@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from singer_sdk import typing as th
 
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
+from target_everflow.mapping import POSTBACK_PARAMETERS
 
 DEFAULT_EVENT_MAPPING: dict[str, int] = {"Order Completed": 0}
 DEFAULT_API_URL = "https://api.eflow.team/v1"
@@ -32,7 +34,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         description=(
             "Everflow S2S postback base URL (your tracking domain), e.g. "
             "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
-            "(loopback hosts excepted, for tests)."
+            "(loopback hosts excepted, for tests); no fragment, credentials, or query parameter "
+            "the target sends itself; a non-ASCII path is percent-encoded."
         ),
     ),
     th.Property(
@@ -358,13 +361,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_URL_SAFE = "/!$&'()*+,;=:@%-._~?"
+"""What stays as it is when a postback URL's path or query is percent-encoded: every printable
+ASCII character that may appear there (``%`` too: what is encoded already stays encoded)."""
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
 def check_postback_url(url: str) -> str:
-    """Return the URL if it is an acceptable postback base, else raise ``ConfigError``."""
+    """The postback base URL to use, or ``ConfigError`` naming what is wrong (never echoing the
+    URL, whose query string could hold a secret).
+
+    A path or query holding non-ASCII characters or spaces is percent-encoded as UTF-8 (a
+    request line is ASCII: sent as it is, every postback would fail as a network error). A
+    fragment, credentials, or a query string setting a parameter the target sends itself are
+    refused: the postback would go out without its parameters, or with two values for one.
+    """
+    if "#" in url:
+        raise ConfigError(
+            "postback_url",
+            "must not have a fragment ('#...'): nothing after '#' reaches the server, so every "
+            "postback would arrive without its parameters",
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
     except ValueError as exc:
         raise ConfigError("postback_url", f"is not a valid URL ({exc})") from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:  # (its message would echo the text after the host)
+        raise ConfigError(
+            "postback_url", "is not a valid URL (its port is not a number from 0 to 65535)"
+        ) from None
     if parts.scheme not in {"http", "https"} or not host:
         raise ConfigError("postback_url", "must be an https:// URL with a host")
     if parts.scheme != "https" and not is_loopback(host):
@@ -373,9 +401,32 @@ def check_postback_url(url: str) -> str:
             "must use https (the verification token travels in the query string); "
             "plain http is only accepted for loopback hosts",
         )
-    if parts.username or parts.password:
-        raise ConfigError("postback_url", "must not contain credentials")
-    return url
+    if "@" in parts.netloc:
+        raise ConfigError("postback_url", "must not contain credentials (user:password@)")
+    if not _HOST.fullmatch(host) and not _is_ip(host):
+        raise ConfigError(
+            "postback_url",
+            "must name its host in ASCII (an internationalised domain in its xn-- form)",
+        )
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name.strip().lower() in POSTBACK_PARAMETERS:
+            raise ConfigError(
+                "postback_url",
+                f"its query string sets {name.strip().lower()!r}, a parameter the target sends "
+                "itself: remove it (set network_id, advertiser_id or verification_token instead)",
+            )
+    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+    if (path, query) == (parts.path, parts.query):
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -427,7 +478,7 @@ class Settings:
         postback_url = config.get("postback_url") or None
         network_id = config.get("network_id")
         if postback_url is not None:
-            check_postback_url(postback_url)
+            postback_url = check_postback_url(postback_url)
         if not dry_run:
             for name in LIVE_REQUIRED:
                 if config.get(name) in (None, ""):

@@ -14,6 +14,7 @@ from singer_sdk.helpers._compat import (
 from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks import BatchSink
 
+from target_everflow.accounting import shown
 from target_everflow.mapping import (
     DEAD_LETTER,
     DUPLICATE,
@@ -160,18 +161,20 @@ class EverflowSink(BatchSink):
     def _account(self, outcome: Outcome, record: dict) -> None:
         run = self.run
         event = outcome.event or run.event_label(record, self.stream_name)
-        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
         if outcome.kind == DEAD_LETTER:
+            # Written first, counted after: a dead letter the file could not take (OutputError:
+            # the run stops) is not counted, and its record comes again from the last STATE.
             run.dead_letters.write(
                 self.stream_name, record, outcome.reason, outcome.message, field=outcome.field
             )
             message_id = run.message_id(record)
             run.logger.warning(
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
-                self.stream_name, message_id, outcome.reason, outcome.message,
+                shown(self.stream_name), message_id, outcome.reason, outcome.message,
                 extra=log_fields(stream=self.stream_name, event=event, reason=outcome.reason,
                                  message_id=message_id, field=outcome.field),
             )
+        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
 
     def start_drain(self) -> dict:
         self.pending_since = None  # records read from now on start the next batch

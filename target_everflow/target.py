@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 import time
 import typing as t
@@ -14,10 +15,12 @@ from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
+from target_everflow.accounting import escape_log_records
 from target_everflow.errors import (
     EXIT_INPUT,
     EXIT_OK,
     InputError,
+    OutputError,
     TargetEverflowError,
     Terminated,
 )
@@ -101,6 +104,7 @@ class TargetEverflow(Target):
         setup_mapper: bool = True,
         message_reader: t.Any = None,
     ) -> None:
+        escape_log_records()  # no log line can be forged by a value in the input
         super().__init__(
             config=config,
             parse_env_config=parse_env_config,
@@ -119,6 +123,9 @@ class TargetEverflow(Target):
         self.run = Run(self.settings, self.logger, self._schema_of)
         self.message_reader.due = self.drain_by_age  # asked before each wait for input
         self._terminating: int | None = None
+        self._shielded = 0
+        """> 0 while a STATE is written: a signal then must not raise into the main thread."""
+        self._finishing = False
         self._state_written: str | None = None
 
     @classmethod
@@ -160,7 +167,11 @@ class TargetEverflow(Target):
         if written == self._state_written:
             return  # already emitted (the SDK re-emits the latest STATE at every drain)
         self._state_written = written
-        super()._write_state_message(state)
+        self._shielded += 1  # a signal never cuts a STATE line in half
+        try:
+            super()._write_state_message(state)
+        finally:
+            self._shielded -= 1
 
     def _process_record_message(self, message_dict: dict) -> None:
         if not isinstance(message_dict["record"], dict):
@@ -245,17 +256,26 @@ class TargetEverflow(Target):
         if json.dumps(self._latest_state, sort_keys=True) != self._state_written:
             self._write_state_message(dict(self._latest_state))
 
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
-        """SIGTERM/SIGINT: stop reading; the batch in flight settles within a bounded time."""
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop reading; the batch in flight settles within a bounded time.
+
+        ``Terminated`` is raised into the main thread only where that is safe: not while a batch
+        settles (the engine stops it), not while a STATE is written or the run finishes, and
+        not inside the logging machinery (which would print ``--- Logging error ---`` and go
+        on). Where it is not raised, the reader stops before the next line.
+        """
         if self._terminating is not None:
             return
         self._terminating = signum
+        self.message_reader.stop_signal = signum
+        if self._finishing:
+            return  # main() reports it once the summary is out
         self.logger.warning(
             "Received signal %d: no more records are read; settling what is in flight.", signum
         )
         if self.run.engine is not None:
             self.run.engine.request_stop(f"stopped by signal {signum}")
-        if not self.run.in_batch:
+        if not self.run.in_batch and not self._shielded and not _in_logging(frame):
             raise Terminated(signum)
 
     # -- command line ------------------------------------------------------------------------
@@ -309,7 +329,8 @@ class TargetEverflow(Target):
         except InputError as exc:
             code = self._input_broken(exc)
         except TargetEverflowError as exc:
-            code = self._stopped(exc)
+            # (a dead-letter file that failed stops the engine too: that is the cause to report)
+            code = self._stopped(self.run.dead_letters.failed or exc)
         except LedgerError as exc:  # the ledger failed mid-run: nothing more is sent
             code = self._stopped(LedgerUnavailable(str(exc)))
         except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
@@ -318,12 +339,21 @@ class TargetEverflow(Target):
             code = self._input_broken(
                 InputError(f"The Singer input is not UTF-8 text (byte {exc.start} of a line)")
             )
+        except OSError as exc:  # an output that could not be written mid-run (disk full, ...)
+            code = self._stopped(_output_failed(exc))
         except BaseException as exc:  # unexpected: recorded in the run history, then raised
             code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
             raise
         finally:
+            self._finishing = True  # a signal from here on is reported, never raised
             # Everything is settled and STATE emitted: the failure thresholds may make it 5.
             code = self.run.finish(code)
+        if self._terminating is not None and code == EXIT_OK:
+            self.logger.warning(
+                "Received signal %d while finishing, after every record read had its outcome and "
+                "the last STATE was emitted.", self._terminating,
+            )
+            code = Terminated(self._terminating).exit_code
         return code
 
     def _input_broken(self, exc: InputError) -> int:
@@ -369,6 +399,24 @@ def plugin_settings_schema() -> dict:
     schema = copy.deepcopy(TargetEverflow.config_jsonschema)
     TargetEverflow.append_builtin_config(schema)
     return schema
+def _in_logging(frame: FrameType | None) -> bool:
+    """Whether the interrupted main thread is inside the logging module."""
+    while frame is not None:
+        if frame.f_code.co_filename == logging.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _output_failed(exc: OSError) -> OutputError:
+    """An I/O error mid-run, as one line (its type, reason and file; never its text, which
+    could hold a URL)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputError(
+        f"Stopping: an output could not be written: {type(exc).__name__}: "
+        f"{exc.strerror or 'I/O error'}{where}. Records without an outcome were not "
+        "dead-lettered; the next run resumes from the last STATE."
+    )
 
 
 def _first_line(exc: Exception) -> str:

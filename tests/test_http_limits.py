@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import config_under, run_target, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, run_target, singer_lines, track
 
 PEAK_RSS_LIMIT_MB = 150
 MB = 1024 * 1024
@@ -342,7 +342,7 @@ def test_a_huge_postback_answer_is_read_up_to_64_kb(tmp_path: Path, answer: str,
         "gzip_bomb": gzip_bomb(bomb, "400 Bad Request"),
     }[answer]
     with misbehaving(behaviour) as server:
-        child = run_measured(tmp_path, live_config(tmp_path, server.url, request_timeout=60),
+        child = run_measured(tmp_path, live_config(tmp_path, server.url, request_timeout=60, **DEAD_LETTERS_ON_PURPOSE),
                              singer_lines("orders", [track(1), track(2)]))  # fmt: skip
     print(f"peak RSS {child.peak_rss_mb:.0f} MB")
     assert child.peak_rss_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {child.peak_rss_mb:.0f} MB"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from target_everflow.settings import CONFIG_SCHEMA
 from target_everflow.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
-from tests.conftest import config_under, dead_letter_records, run_in_process, singer_lines, track
+from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, dead_letter_records, run_in_process, singer_lines, track
 
 
 def about() -> dict:
@@ -48,7 +48,7 @@ def test_add_record_metadata_adds_nothing(tmp_path: Path) -> None:
     """The SDK would add _sdc_* columns to every record (and so to the dead letters)."""
     config = {**config_under(tmp_path), "dry_run": True, "add_record_metadata": True}
     lines = singer_lines("tracks", [track(1), track(2, tid=None), {**track(3), "properties": {"total": "x"}}])
-    code, _ = run_in_process({**config, "strict_types": True}, lines)
+    code, _ = run_in_process({**config, "strict_types": True, **DEAD_LETTERS_ON_PURPOSE}, lines)
     assert code == 0
     dead = dead_letter_records(Path(config["dead_letter_path"]))
     assert dead, "the test needs a dead letter to look at"

@@ -79,6 +79,11 @@ CASES: dict[str, Case] = {
     "no_type": Case(
         text(SCHEMA, rec(1), json.dumps({"stream": "orders", "record": track(2)})),
         2, ("at line 3", 'the message has no "type"'), [], {"msg-1"}),
+    "duplicate_key_in_a_message": Case(  # read by its last "type", this STATE was a RECORD
+        text(SCHEMA, rec(1), state(1),
+             '{"type": "STATE", "value": {"upto": 9}, "type": "RECORD", "stream": "orders", "record": '
+             + json.dumps(track(2)) + "}", rec(3), state(3)),
+        2, ("at line 4", "the message has the key 'type' more than once"), [{"upto": 1}], {"msg-1"}),
     "json_but_not_an_object": Case(
         text(SCHEMA, rec(1), state(1), "[1, 2, 3]"),
         2, ("at line 4", "it is a list, not a Singer message"), [{"upto": 1}], {"msg-1"}),
