@@ -31,7 +31,14 @@ from pathlib import Path
 from target_everflow.accounting import DeadLetters, RunSummary, dumps
 from target_everflow.errors import DeliveryAborted
 from target_everflow.ledger import ClaimStatus, Ledger
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, DUPLICATE, SKIPPED, Conversion
+from target_everflow.mapping import (
+    CLAIMED_ELSEWHERE,
+    DEAD_LETTER,
+    DELIVERED,
+    DUPLICATE,
+    SKIPPED,
+    Conversion,
+)
 from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
 
 IN_DOUBT = "in_doubt"
@@ -159,6 +166,8 @@ class _Result:
     attempts: int
     settled: bool = False
     """Its outcome is accounted for already (dead-lettered in doubt by the worker)."""
+    claim_lost: bool = False
+    """Not sent (again): the fence found the claim taken over by another run."""
 
 
 class DeliveryEngine:
@@ -325,6 +334,7 @@ class DeliveryEngine:
             future.add_done_callback(finished.put)
         grace_deadline: float | None = None
         release: list[str] = []
+        lost: list[str] = []
         try:
             while futures:
                 try:
@@ -335,7 +345,7 @@ class DeliveryEngine:
                     while True:
                         if future in futures:
                             futures.discard(future)
-                            self._settle(future.result(), release)
+                            self._settle(future.result(), release, lost)
                         try:
                             future = finished.get_nowait()
                         except queue.Empty:
@@ -355,11 +365,23 @@ class DeliveryEngine:
                         )
                         futures = set()
         finally:
+            if lost:
+                self.logger.warning(
+                    "%d conversion(s) of this batch were not sent: another run took their claims "
+                    "over (this run's ledger lease had expired: was it paused, suspended or cut "
+                    "off from the ledger?) and sends them; counted as skipped (%s): %s%s",
+                    len(lost), CLAIMED_ELSEWHERE, ", ".join(json.dumps(k) for k in lost[:5]),
+                    ", ..." if len(lost) > 5 else "",
+                )
             if release:
                 self.ledger.release(release)
 
-    def _settle(self, result: _Result, release: list[str]) -> None:
+    def _settle(self, result: _Result, release: list[str], lost: list[str]) -> None:
         conversion, answer = result.conversion, result.answer
+        if result.claim_lost:  # another run owns it now and sends it: not ours to count twice
+            self._count(conversion, SKIPPED, CLAIMED_ELSEWHERE)
+            lost.append(conversion.key)
+            return
         if answer is None:  # not sent: the run is stopping; a later run sends it
             release.append(conversion.key)
             return
@@ -407,14 +429,16 @@ class DeliveryEngine:
     def _send_one(self, conversion: Conversion) -> _Result:
         attempts = 0
         answer: Answer | None = None
-        if self._stop.is_set():
-            return _Result(conversion, None, 0)
-        # Durable before it leaves: only claims that may have been sent can be in doubt
-        # after a crash, so a killed run leaves at most its in-flight requests in doubt.
-        self.ledger.mark_sending(conversion.key)
         while True:
             if self._stop.is_set() or not self.limiter.acquire(self._stop):
                 return _Result(conversion, None if attempts == 0 else answer, attempts)
+            # The fence, before every attempt: a committed write that proves this run still
+            # holds the claim (a run paused past its lease may have lost it to another run,
+            # which sends it). Durable before it leaves: only claims that may have been sent
+            # can be in doubt after a crash, so a killed run leaves at most its in-flight
+            # requests in doubt.
+            if not self.ledger.mark_sending(conversion.key):
+                return _Result(conversion, answer, attempts, claim_lost=True)
             with self._lock:
                 self.in_flight += 1
             try:

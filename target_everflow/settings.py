@@ -180,6 +180,16 @@ CONFIG_SCHEMA = th.PropertiesList(
         ),
     ),
     th.Property(
+        "ledger_timeout",
+        th.NumberType(exclusive_minimum=0),
+        default=30,
+        description=(
+            "Seconds the ledger may take to answer: PostgreSQL's connect, lock and statement "
+            "timeouts and SQLite's wait for another process's lock. A ledger that does not "
+            "answer within it (plus 5 s) fails the run with exit code 4, naming the wait."
+        ),
+    ),
+    th.Property(
         "in_doubt",
         th.StringType(allowed_values=["resend", "dead_letter"]),
         default="resend",
@@ -274,6 +284,7 @@ class Settings:
     max_retries: int
     request_timeout: float
     ledger_url: str | None = field(repr=False)
+    ledger_timeout: float
     in_doubt: str
     ledger_retention_days: int
 
@@ -349,6 +360,9 @@ class Settings:
             max_retries=int(config.get("max_retries", 5)),
             request_timeout=float(config.get("request_timeout", 30)),
             ledger_url=config.get("ledger_url") or None,
+            ledger_timeout=float(
+                config.get("ledger_timeout", CONFIG_SCHEMA["properties"]["ledger_timeout"]["default"])
+            ),
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
         )

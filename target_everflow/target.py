@@ -209,8 +209,7 @@ class TargetEverflow(Target):
         self.logger.warning(
             "Received signal %d: no more records are read; settling what is in flight.", signum
         )
-        if self.run.engine is not None:
-            self.run.engine.request_stop(f"stopped by signal {signum}")
+        self.run.interrupt(f"stopped by signal {signum}")
         if not self.run.in_batch:
             raise Terminated(signum)
 
