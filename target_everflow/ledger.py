@@ -178,9 +178,6 @@ _SECRET_KEYS = frozenset({"password", "pass", "passwd", "pwd", "sslpassword"})
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 _KEYWORD_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
 _PG_SCHEMES = frozenset({"postgresql", "postgres"})
-_MIN_CHECKED_SECRET = 4
-"""The final check looks for secrets this long or longer in what would be shown (shorter ones
-match innocent text, e.g. ``p`` in ``postgresql``)."""
 
 
 class _Reading(NamedTuple):
@@ -229,7 +226,7 @@ def _read_url(url: str) -> _Reading:
             f"{k}=***" if k.lower() in _SECRET_KEYS else f"{k}={_keyword_quote(v)}"
             for k, v, _ in pairs
         )
-        return _checked(shown, found)
+        return _Reading(shown, frozenset(found))
     scheme = scheme_match.group(1)
     rest = text[scheme_match.end() :]
     if scheme.lower() == "sqlite":  # sqlite:///path: no authority, and a path is no secret
@@ -237,7 +234,8 @@ def _read_url(url: str) -> _Reading:
             return _Reading(HIDDEN_URL, frozenset({rest}))
         base, question, query = rest.partition("?")
         shown_query, query_secrets = _mask_query(query)
-        return _checked(f"{scheme}://{base}" + (f"?{shown_query}" if question else ""), query_secrets)
+        shown = f"{scheme}://{base}" + (f"?{shown_query}" if question else "")
+        return _Reading(shown, frozenset(query_secrets))
     found: set[str] = set()
     # The userinfo ends at the LAST "@": a password with an unencoded "@" is masked whole.
     userinfo, at, hostpart = rest.rpartition("@")
@@ -264,28 +262,26 @@ def _read_url(url: str) -> _Reading:
     shown = f"{scheme}://{authority}{base}" + (f"?{shown_query}" if question else "")
     if scheme.lower() in _PG_SCHEMES and rest.count("@") <= 1 and not query_secrets:
         shown = _sqlalchemy_shown(text, found, shown)
-    return _checked(shown, found)
+    return _Reading(shown, frozenset(found))
 
 
 def _sqlalchemy_shown(text: str, secrets: set[str], ours: str) -> str:
-    """SQLAlchemy's rendering of a plain URL, if it reads the password as we do."""
+    """SQLAlchemy's rendering of a plain URL, if it reads the password as we do and shows no
+    secret more often than our own rendering does (ours has every password-like value masked,
+    so a secret shows there only where it is also something else, e.g. a user named alike)."""
     try:
         from sqlalchemy.engine import make_url  # noqa: PLC0415 - only needed here
 
         parsed = make_url(text)
+        if parsed.password is not None and str(parsed.password) not in secrets:
+            return ours
+        shown = parsed.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not SQLAlchemy's idea of a URL: ours stands
         return ours
-    if parsed.password is not None and str(parsed.password) not in secrets:
+    visible, baseline = shown.replace("***", "\0"), ours.replace("***", "\0")
+    if any(visible.count(s) > baseline.count(s) for s in secrets if s):
         return ours
-    return parsed.render_as_string(hide_password=True)
-
-
-def _checked(shown: str, secrets: set[str] | frozenset[str]) -> _Reading:
-    """Fail closed: if any secret is still visible, show nothing."""
-    visible = shown.replace("***", "\0")
-    if any(len(s) >= _MIN_CHECKED_SECRET and s in visible for s in secrets):
-        return _Reading(HIDDEN_URL, frozenset(secrets))
-    return _Reading(shown, frozenset(secrets))
+    return shown
 
 
 def _mask_query(query: str) -> tuple[str, set[str]]:

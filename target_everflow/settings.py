@@ -175,8 +175,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         secret=True,
         description=(
             "Where delivered conversions are recorded: sqlite:///path (default: "
-            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db (shared by "
-            "parallel runs), or none (no protection against re-sends)."
+            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db or a libpq connection "
+            "string (shared by parallel runs), or none (no protection against re-sends)."
         ),
     ),
     th.Property(

@@ -113,11 +113,13 @@ def test_the_lease_clock_counts_a_suspend() -> None:
 # --- the delivery engine: a lost claim is skipped, not sent --------------------------------------
 
 
+@pytest.mark.parametrize("rival_does", ["deliver", "let_go"])
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, tmp_path: pathlib.Path) -> None:
+def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, rival_does: str, tmp_path: pathlib.Path) -> None:
     """Run A sends tx-1 (its answer held back), loses every claim to run B meanwhile (its
-    leases expired), then gets tx-1's answer: it sends nothing more, counts the rest skipped
-    (claimed_elsewhere), says so, and exits 0."""
+    leases expired), then gets tx-1's answer: it sends none of what B holds and says so. Once B
+    has delivered them they are skipped (claimed_elsewhere); if B lets them go instead (it
+    failed, or died and its lease ran out), A sends them after all: nothing is lost. Exit 0."""
     table = f"tfence_{uuid.uuid4().hex[:10]}"
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -145,6 +147,13 @@ def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, tmp_path: path
                         _sql(kind, url, tmp_path, table, "UPDATE {t} SET lease_until = 0")
                         keys = [f"m:msg-{i}" for i in range(1, 6)]
                         assert rival.claim(keys) == {"m:msg-1": I, **{k: C for k in keys[1:]}}
+                        time.sleep(2.0)  # A runs into the fence and waits for B's outcome
+                        if rival_does == "deliver":
+                            for key in keys[1:]:
+                                rival.mark_delivered(key, 200)
+                        else:
+                            rival.release(keys[1:])
+                        rival.flush()
                     finally:
                         rival.close()
                     code = proc.wait(60)
@@ -158,12 +167,16 @@ def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, tmp_path: path
             _sql(kind, url, tmp_path, table, "DROP TABLE IF EXISTS {t}")
     stderr = (tmp_path / "stderr").read_text()
     assert code == 0, stderr[-3000:]
-    assert sent == {"tx-1": 1}, sent  # nothing of what B now owns left A
     summary = json.loads(pathlib.Path(config["summary_path"]).read_text())
-    assert summary["delivered"] == 1 and summary["skipped"] == {"claimed_elsewhere": 4}, summary
     assert summary["records_read"] == 5
     assert "4 conversion(s) of this batch were not sent: another run took their claims over" in stderr
     assert "claimed_elsewhere" in stderr and "Traceback" not in stderr
+    if rival_does == "deliver":
+        assert sent == {"tx-1": 1}, sent  # nothing of what B owned left A
+        assert summary["delivered"] == 1 and summary["skipped"] == {"claimed_elsewhere": 4}, summary
+    else:  # sent once each, by A, after B let them go
+        assert sent == {f"tx-{i}": 1 for i in range(1, 6)}, sent
+        assert summary["delivered"] == 5 and summary["skipped"] == {}, summary
 
 
 def _sql(kind: str, url: str, tmp_path: pathlib.Path, table: str, sql: str) -> None:
@@ -346,3 +359,42 @@ def test_a_paused_run_never_resends_silently(tmp_path: pathlib.Path) -> None:
             raise AssertionError(f"{scenario.kind}: {scenario.error!r}") from scenario.error
     figures = [scenario.check(log) for scenario in scenarios]
     print("\n" + "\n".join(json.dumps(f) for f in figures))
+
+
+# --- two live runs on overlapping input never wait for each other holding claims ------------------
+
+
+def test_a_run_sends_what_it_claimed_before_waiting_for_another_runs_claims(tmp_path: pathlib.Path) -> None:
+    """Another live run holds tx-2's claim. This run sends tx-1 (its own claim) at once, and
+    waits for tx-2 only after that: were it to hold tx-1 unsent while waiting, two runs each
+    holding what the other needs would wait for each other until the busy deadline (minutes)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    other = open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
+    config = {**config_under(tmp_path), "ledger_url": url, "request_timeout": 5}
+    try:
+        assert other.claim(["m:msg-2"]) == {"m:msg-2": C}
+        with Receiver() as rx:
+            config["postback_url"] = rx.url
+            (tmp_path / "config.json").write_text(json.dumps(config))
+            (tmp_path / "input.singer").write_text("\n".join(singer_lines("orders", [track(1), track(2)])) + "\n")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / "config.json"),
+                 "--input", str(tmp_path / "input.singer")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path,
+            )  # fmt: skip
+            try:
+                sent_while_waiting = rx.wait_for(1, timeout=60)
+                other.mark_delivered("m:msg-2", 200)  # the other run delivers its claim
+                other.flush()
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            sent = [r.transaction_id for r in rx.requests]
+    finally:
+        other.close()
+    assert sent_while_waiting and sent == ["tx-1"], sent
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    summary = json.loads(pathlib.Path(config["summary_path"]).read_text())
+    assert summary["delivered"] == 1 and summary["skipped"] == {"duplicate": 1}, summary

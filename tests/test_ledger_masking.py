@@ -45,6 +45,9 @@ MARK = "Pw7MARKq"
         ("sqlite:////tmp/ledger.db", "sqlite:////tmp/ledger.db"),
         ("sqlite:////tmp/a@b/ledger.db?table=t", "sqlite:////tmp/a@b/ledger.db?table=t"),
         ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
+        # a password that is also the user's name is masked, and the rest still shown
+        ("postgresql://postgres:postgres@127.0.0.1:5432/test", "postgresql://postgres:***@127.0.0.1:5432/test"),
+        ("host=h user=postgres password=postgres", "host=h user=postgres password=***"),
     ],
 )
 def test_redact_url_masks_every_spelling_and_fails_closed(url: str, shown: str) -> None:
