@@ -7,7 +7,7 @@ Each conversion has a *delivery key* (computed by ``mapping.py``). The delivery 
 ledger like this, for one batch::
 
     statuses = ledger.claim(keys)          # ONE transaction for the whole batch
-    # CLAIMED   -> send it                 (the row is now ``pending``, owned by us, leased)
+    # CLAIMED   -> send it, each attempt after ledger.mark_sending(key) returned True (the fence)
     # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
     # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
     # IN_DOUBT  -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
@@ -30,10 +30,23 @@ ledger like this, for one batch::
   is taken over when its lease has expired or, immediately, when the owner ran on this machine
   (same hostname and same boot / PID namespace) and its pid no longer exists (fast restart after
   a crash).
+* ``mark_sending`` is the fence: one ``UPDATE ... WHERE owner = <us> ... RETURNING`` that marks
+  the claim *sending* and renews its lease; it answers False when another process took the
+  claim over (our lease expired while this one was paused, suspended or cut off), and then the
+  postback is not sent. When the heartbeat is overdue (time since the last renewal, measured on
+  ``CLOCK_BOOTTIME``, which keeps counting through a suspend, is over half the lease) the
+  caller renews every lease before its postback leaves.
 * ``mark_delivered`` is committed by a background writer within a few milliseconds, batching
   all queued marks into one transaction; ``flush()`` waits for them and raises
   :class:`LedgerError` if a commit failed, so a mark is never silently lost and no STATE is
   emitted past a delivery that is not in the ledger.
+
+* Every database call runs on one I/O thread that owns the connection; callers wait for it
+  with a deadline (``ledger_timeout`` + 5 s). PostgreSQL connections get connect, lock, statement
+  and idle-in-transaction timeouts and TCP keepalives; SQLite's busy wait is ``ledger_timeout``.
+  A ledger that does not answer raises :class:`LedgerError` naming the wait, and the main
+  thread never blocks in libpq or SQLite, so SIGTERM is always handled
+  (:meth:`Ledger.stop_waiting_after` bounds every wait to the stop grace).
 
 Therefore a conversion is sent twice **only** if the process died (or lost its database)
 between Everflow's answer and the ledger commit of ``delivered`` (a few milliseconds), and only
@@ -48,7 +61,9 @@ Backends (``ledger_url``)
   ``sqlite:////absolute/path.db``, as SQLAlchemy writes them. One machine; several processes may share the file (WAL mode, local disks only).
 * ``postgresql://user:pass@host:port/db`` or ``postgres://...``: shared by many processes and
   machines; needs ``pip install 'target-everflow[postgres]'``. Other query parameters
-  (``sslmode=...``) are passed to libpq.
+  (``sslmode=...``) are passed to libpq. A libpq keyword/value string (``host=... dbname=...
+  password=...``) works too. The URL is read by this module (:func:`_pg_params`) and handed to
+  libpq as keywords; it is printed only through :func:`redact_url`, which fails closed.
 * ``none``: no ledger (:class:`NullLedger`); every key is claimable, so a re-run re-sends
   everything. Unsafe except for one-off loads.
 
@@ -121,6 +136,8 @@ _T = TypeVar("_T")
 ANSWER_MARGIN = 5.0
 """Seconds a caller waits for the ledger beyond ``ledger_timeout`` (the database's own lock and
 statement timeouts fire first and say more) before it gives up on an unanswering ledger."""
+STOP_FLOOR = 0.5
+"""Seconds any ledger call may still take once the stop grace is over."""
 PRUNE_BATCH = 10_000
 """Rows deleted per prune transaction."""
 
@@ -249,8 +266,10 @@ def _read_url(url: str) -> _Reading:
         user, colon, password = userinfo.partition(":")
         if colon:
             found |= {password, urllib.parse.unquote(password)}
-        # A "/", "?" or "#" before the ":" means the "@" may belong to a path or a query.
-        unsure = any(c in user for c in "/?#")
+        # A "/", "?" or "#" before the ":", or between two "@"s, means an "@" may belong to a
+        # path or a query rather than end the password: which one is not certain.
+        between = rest[rest.index("@") : len(userinfo)]
+        unsure = any(c in user or c in between for c in "/?#")
         authority = f"{user}:***@" if colon else f"{user}@"
     else:
         authority = ""
@@ -833,11 +852,14 @@ class _SQLLedger(Ledger):
         job = _Job(fn)
         self._jobs.put(job)
         limit = self._timeout + ANSWER_MARGIN
-        deadline = time.monotonic() + limit
+        started = time.monotonic()
+        deadline = started + limit
         try:
             while not job.done.is_set():
                 give_up_at = self._give_up_at
-                end = deadline if give_up_at is None else min(deadline, give_up_at)
+                # Stopping: wait until the grace is over, and a healthy ledger's few milliseconds
+                # even after that (the last delivered marks are worth recording).
+                end = deadline if give_up_at is None else min(deadline, max(give_up_at, started + STOP_FLOOR))
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break

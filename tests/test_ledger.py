@@ -36,6 +36,8 @@ from target_everflow.ledger import (
     redact_url,
 )
 
+from tests.conftest import wait_for
+
 PG_ENV = "TARGET_EVERFLOW_TEST_POSTGRES_URL"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -172,12 +174,7 @@ def _within(seconds: float, fn: Any) -> Any:
 
 
 def _wait_for(pred: Any, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
+    return wait_for(pred, timeout, step=0.005)
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,13 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-import typing as t
 import uuid
 
 import pytest
 
 from target_everflow.ledger import ClaimStatus, lease_clock, open_ledger
-from tests.conftest import config_under, postgres_url, singer_lines, track
+from tests.conftest import config_under, pg_execute, postgres_url, singer_lines, track, wait_for
 from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
 from tests.test_ledger import Backend, backend  # noqa: F401 - the fixture, both ledgers
 
@@ -44,15 +43,6 @@ IN_DOUBT = re.compile(
     r"(was claimed by a run that stopped|got no answer)"
 )
 TOOK_OVER = re.compile(r"took over (\d+) claim\(s\) of (\S+) \(([^)]*)\), (\d+) of them in doubt")
-
-
-def _wait_for(pred: t.Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # --- the fence, one ledger call at a time ------------------------------------------------------
@@ -68,7 +58,7 @@ def test_the_fence_refuses_a_claim_another_run_took_over(backend: Backend) -> No
     # The holder freezes: nothing renews its leases, and the rival takes its claims over.
     holder._stop_heartbeat.set()
     holder._heartbeat.join(5)
-    assert _wait_for(lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5)
+    assert wait_for(lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5)
     assert rival.claim(["sent", "unsent"]) == {"sent": I, "unsent": C}
 
     # It wakes up: neither postback may leave, and the rival's rows are untouched.
@@ -186,12 +176,7 @@ def _sql(kind: str, url: str, tmp_path: pathlib.Path, table: str, sql: str) -> N
             conn.execute(sql.format(t="everflow_ledger"))
             conn.commit()
         return
-    import psycopg2
-
-    conn = psycopg2.connect(postgres_url())
-    conn.autocommit = True
-    with contextlib.closing(conn):
-        conn.cursor().execute(sql.format(t=table))
+    pg_execute(sql.format(t=table))
 
 
 # --- the whole scenario: SIGSTOP past the lease, a second run, SIGCONT ----------------------------
@@ -254,17 +239,8 @@ class PauseScenario:
                     return True
                 conn.execute("ROLLBACK")
                 return False
-        return bool(self.pg("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        return bool(pg_execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
                             " AND state <> 'idle'", (self.app,))[0][0])  # fmt: skip
-
-    def pg(self, sql: str, params: tuple = ()) -> list[tuple]:
-        import psycopg2
-
-        conn = psycopg2.connect(postgres_url())
-        conn.autocommit = True
-        with contextlib.closing(conn), conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
 
     def leases_of_a_expired(self) -> bool:
         sql = "SELECT count(*) FROM {t} WHERE status IN ('pending', 'sending') AND lease_until > {now}"
@@ -273,7 +249,7 @@ class PauseScenario:
             with contextlib.closing(conn):
                 live = conn.execute(sql.format(t="everflow_ledger", now=time.time())).fetchone()[0]
         else:
-            live = self.pg(sql.format(t=self.table, now="EXTRACT(EPOCH FROM clock_timestamp())"))[0][0]
+            live = pg_execute(sql.format(t=self.table, now="EXTRACT(EPOCH FROM clock_timestamp())"))[0][0]
         return live == 0
 
     def drive(self, log: pathlib.Path) -> None:
@@ -285,7 +261,7 @@ class PauseScenario:
     def _drive(self, log: pathlib.Path) -> None:
         a = self.start("a")
         try:
-            assert _wait_for(lambda: self.sent(log) >= 2 * MAX_CONCURRENCY, 60), "run A did not start sending"
+            assert wait_for(lambda: self.sent(log) >= 2 * MAX_CONCURRENCY, 60), "run A did not start sending"
             time.sleep(0.5)
             os.kill(a.pid, signal.SIGSTOP)
             for _ in range(100):  # freeze it outside a ledger transaction (else B waits on A's locks)
@@ -294,7 +270,7 @@ class PauseScenario:
                 os.kill(a.pid, signal.SIGCONT)
                 time.sleep(0.03)
                 os.kill(a.pid, signal.SIGSTOP)
-            assert _wait_for(self.leases_of_a_expired, 120, step=0.5), "A's leases never expired"
+            assert wait_for(self.leases_of_a_expired, 120, step=0.5), "A's leases never expired"
             time.sleep(1.0)
             b = self.start("b")
             self.codes["b"] = b.wait(120)
@@ -307,7 +283,7 @@ class PauseScenario:
                     a.kill()
                     a.wait()
                 if self.kind == "postgres":
-                    self.pg(f"DROP TABLE IF EXISTS {self.table}")
+                    pg_execute(f"DROP TABLE IF EXISTS {self.table}")
 
     def check(self, log: pathlib.Path) -> dict:
         mine = [e for e in read_log(log) if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-")]

@@ -26,7 +26,7 @@ import uuid
 import pytest
 
 from target_everflow.ledger import open_ledger
-from tests.conftest import config_under, postgres_url, singer_lines, track
+from tests.conftest import config_under, pg_execute, postgres_url, singer_lines, track, wait_for
 from tests.receiver import Receiver
 
 GRACE = 2.0  # request_timeout 2 -> the stop grace is min(2, 10) s
@@ -144,21 +144,16 @@ class Target:
             self.proc.wait()
 
 
-def _wait_for(pred: t.Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
-
-def _pg() -> t.Any:
-    import psycopg2
-
-    conn = psycopg2.connect(postgres_url())
-    conn.autocommit = True
-    return conn
+def _ended(target: Target, ending: str, code: int | None, waited: float, says: str) -> None:
+    """It failed with exit 4 and a line naming the wait, or SIGTERM ended it within the grace."""
+    stderr = target.stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+    if ending == "ledger_timeout":
+        assert code == 4, (code, waited, stderr[-3000:])
+        assert says in stderr, stderr[-3000:]
+    else:
+        assert code == 128 + signal.SIGTERM, (code, waited, stderr[-3000:])
+        assert waited <= GRACE + MARGIN
 
 
 def _pg_params() -> dict[str, str]:
@@ -173,9 +168,7 @@ def _pg_params() -> dict[str, str]:
 def pg_table() -> t.Iterator[str]:
     table = f"thang_{uuid.uuid4().hex[:10]}"
     yield table
-    conn = _pg()
-    with contextlib.closing(conn):
-        conn.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+    pg_execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _live_config(tmp_path: pathlib.Path, postback_url: str, **changes: t.Any) -> dict:
@@ -209,15 +202,9 @@ def test_a_silent_postgresql_connection_never_hangs_the_run(
                 code, waited = target.terminate()
         finally:
             target.kill()
-    stderr = target.stderr
-    assert "Traceback" not in stderr, stderr[-3000:]
-    if ending == "ledger_timeout":
-        assert code == 4, (code, waited, stderr[-3000:])
-        assert "no answer within 8 s while trying to" in stderr and "ledger_timeout is 3 s" in stderr, stderr[-3000:]
-    else:
-        assert code == 128 + signal.SIGTERM, (code, waited, stderr[-3000:])
-        assert waited <= GRACE + MARGIN
-        assert "Stopped by signal 15" in stderr
+    _ended(target, ending, code, waited, "no answer within 8 s while trying to")
+    assert "ledger_timeout is 3 s" in target.stderr or ending == "sigterm"
+    assert "Stopped by signal 15" in target.stderr or ending == "ledger_timeout"
 
 
 @pytest.mark.postgres
@@ -262,11 +249,8 @@ def _pg_lock(table: str, statement: str, tmp_path: pathlib.Path) -> t.Iterator[N
 
 
 def _waiting_on_a_lock(app: str) -> bool:
-    conn = _pg()
-    with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
-                    (app,))  # fmt: skip
-        return bool(cur.fetchone()[0])
+    return bool(pg_execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                           " AND wait_event_type = 'Lock'", (app,))[0][0])  # fmt: skip
 
 
 @pytest.mark.postgres
@@ -300,13 +284,11 @@ def test_sigterm_while_waiting_for_a_postgresql_lock_ends_the_run_within_its_gra
     with _pg_lock(pg_table, LOCKS["uncommitted_delete"], tmp_path):
         target = Target(tmp_path, _live_config(tmp_path, "https://track.example.com/", ledger_url=url), 5)
         try:
-            assert _wait_for(lambda: _waiting_on_a_lock(app), 60), target.stderr[-3000:]
+            assert wait_for(lambda: _waiting_on_a_lock(app), 60), target.stderr[-3000:]
             code, waited = target.terminate()
         finally:
             target.kill()
-    assert code == 128 + signal.SIGTERM, (code, waited, target.stderr[-3000:])
-    assert waited <= GRACE + MARGIN
-    assert "Traceback" not in target.stderr
+    _ended(target, "sigterm", code, waited, "")
 
 
 # --- SQLite: another process holds the write lock --------------------------------------------------
@@ -335,16 +317,10 @@ def test_sqlite_busy_wait_never_hangs_the_run(ending: str, tmp_path: pathlib.Pat
             if ending == "ledger_timeout":
                 code, waited = target.wait(60)
             else:
-                assert _wait_for(lambda: "Meltano SDK v" in target.stderr, 60)  # it is up
+                assert wait_for(lambda: "Meltano SDK v" in target.stderr, 60)  # it is up
                 time.sleep(1.0)  # in SQLite's busy wait by now (30 s by default)
                 code, waited = target.terminate()
         finally:
             target.kill()
-    stderr = target.stderr
-    assert "Traceback" not in stderr, stderr[-3000:]
-    if ending == "ledger_timeout":
-        assert code == 4, (code, stderr[-3000:])
-        assert "waited 2 s (ledger_timeout) for another process to release its lock on the SQLite file" in stderr
-    else:
-        assert code == 128 + signal.SIGTERM, (code, waited, stderr[-3000:])
-        assert waited <= GRACE + MARGIN
+    _ended(target, ending, code, waited,
+           "waited 2 s (ledger_timeout) for another process to release its lock on the SQLite file")  # fmt: skip

@@ -10,14 +10,13 @@ exceptions a program using the ledger would see.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import uuid
 
 import pytest
 
 from target_everflow.ledger import HIDDEN_URL, LedgerError, _url_secrets, open_ledger, redact_url
-from tests.conftest import config_under, postgres_url, run_target, singer_lines, track
+from tests.conftest import config_under, pg_execute, postgres_url, run_target, singer_lines, track
 from tests.receiver import Receiver
 
 MARK = "Pw7MARKq"
@@ -41,6 +40,7 @@ MARK = "Pw7MARKq"
         (f"host=h password='{MARK}", HIDDEN_URL),  # unterminated quote
         (f"u:{MARK}@h/db", HIDDEN_URL),  # not a URL
         (f"postgresql://h/db?sslcert=/a:{MARK}@b", HIDDEN_URL),  # the "@" may be a path's
+        (f"postgresql://u:{MARK}@h/db?sslcert=/a@b", HIDDEN_URL),  # which "@" ends the password?
         (f"sqlite://u:{MARK}@/tmp/l.db", HIDDEN_URL),
         ("sqlite:////tmp/ledger.db", "sqlite:////tmp/ledger.db"),
         ("sqlite:////tmp/a@b/ledger.db?table=t", "sqlite:////tmp/a@b/ledger.db?table=t"),
@@ -109,12 +109,7 @@ def _scan(result_text: str, root: pathlib.Path) -> list[str]:
 
 
 def _drop(table: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(postgres_url())
-    conn.autocommit = True
-    with contextlib.closing(conn):
-        conn.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+    pg_execute(f"DROP TABLE IF EXISTS {table}")
 
 
 @pytest.mark.postgres

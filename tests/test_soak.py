@@ -74,6 +74,7 @@ import pytest
 from tests.conftest import (
     FIGURES,
     dead_letter_records,
+    pg_execute,
     postgres_url,
     read_jsonl,
     run_in_process,
@@ -188,16 +189,7 @@ class Soak:
                 return conn.execute(sql.format(t=LEDGER_TABLE), params).fetchall()
             finally:
                 conn.close()
-        import psycopg2
-
-        conn = psycopg2.connect(postgres_url())
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.format(t=self.table).replace("?", "%s"), params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return pg_execute(sql.format(t=self.table).replace("?", "%s"), params)
 
     def in_transaction(self, number: int) -> bool:
         """Does run ``number`` hold a ledger transaction open (frozen, it would block others)?"""
@@ -212,17 +204,8 @@ class Soak:
                     conn.execute("ROLLBACK")
                 conn.close()
             return False
-        import psycopg2
-
-        conn = psycopg2.connect(postgres_url())
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
-                            (self.app(number),))  # fmt: skip
-                return bool(cur.fetchone()[0])
-        finally:
-            conn.close()
+        return bool(pg_execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                               " AND state <> 'idle'", (self.app(number),))[0][0])  # fmt: skip
 
     def drop(self) -> None:
         if self.ledger == "postgres":
