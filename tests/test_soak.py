@@ -104,6 +104,7 @@ IN_DOUBT = re.compile(
 )
 OWNER = re.compile(r"ledger \S+ opened \(owner (\S+)\)")
 LEDGER_TABLE = "everflow_ledger"
+TOOK_OVER = re.compile(r"took over \d+ claim\(s\) of (\S+) \([^)]*\), (\d+) of them in doubt")
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Run:
     no_answer_reports: list[str] = field(default_factory=list)
     in_doubt_lines: int = 0
     paused: bool = False
-    took_over_from: int | None = None  # the number of the frozen run this one took over from
+    takeovers: list[tuple[str, int]] = field(default_factory=list)  # (previous owner, in doubt)
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -345,7 +346,6 @@ class Soak:
             with contextlib.suppress(ValueError):
                 states.append(json.loads(line))
         taking_over = self._start(len(self.runs), states[-1]["upto"] if states else frozen.resume)
-        taking_over.took_over_from = frozen.number
         assert taking_over.proc is not None
         before = self._requests_so_far()  # the frozen run wakes up once this one is sending
         deadline = time.monotonic() + 600
@@ -365,6 +365,7 @@ class Soak:
         stderr = (run_dir / "stderr").read_text(encoding="utf-8", errors="replace")
         owner = OWNER.search(stderr)
         run.owner = owner.group(1) if owner else None
+        run.takeovers = [(m.group(1), int(m.group(2))) for m in TOOK_OVER.finditer(stderr)]
         for match in IN_DOUBT.finditer(stderr):
             run.in_doubt_lines += 1
             if match.group(5).startswith("was claimed"):
@@ -452,15 +453,14 @@ class Soak:
             outcomes = s["delivered"] + sum(s["skipped"].values()) + sum(s["dead_lettered"].values())
             assert s["records_read"] == outcomes == run.records, (run.number, s, shown)
             assert s["in_doubt"] == run.in_doubt_lines, (run.number, s["in_doubt"], run.in_doubt_lines, shown)
-            # Its delivered count is the ledger rows it recorded. Around a takeover a postback the
-            # frozen run had in flight may be counted by both runs (it got the answer; the other
-            # resent it, or found it delivered): each one was reported in doubt by the run that
-            # took over, which bounds the difference.
+            # Its delivered count is the ledger rows it recorded. Around a takeover of a frozen
+            # run (by whichever live run claims them first) a postback the frozen run had in
+            # flight may be counted by both (it got the answer; the other resent it, or found it
+            # delivered): each was a claim taken over in doubt, which bounds the difference.
             rows = len(by_owner.get(run.owner or "", ()))
-            takers = [r for r in self.runs if r.took_over_from == run.number]
-            if run.took_over_from is not None:
-                takers.append(run)
-            slack = sum(len(r.crash_reports) for r in takers)
+            frozen = {r.owner for r in self.runs if r.paused}
+            slack = sum(n for r in self.runs for owner, n in r.takeovers if owner == run.owner and owner in frozen)
+            slack += sum(n for owner, n in run.takeovers if owner in frozen)
             assert rows <= s["delivered"] <= rows + slack, (run.number, s["delivered"], rows, slack, shown)
         total_dead = sum(len(v) for v in dead.values())
         assert sum(sum(r.summary["dead_lettered"].values()) for r in finished) <= total_dead, shown
