@@ -40,9 +40,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make test-fast: everything but the end-to-end pipelines
+## make test-fast: everything but the end-to-end pipelines, the soak and the slow lease tests
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not e2e and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not soak and not slow" $(PYTEST_ARGS)
 
 test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)

@@ -31,7 +31,14 @@ from pathlib import Path
 from target_everflow.accounting import DeadLetters, RunSummary, dumps
 from target_everflow.errors import DeliveryAborted, OutputError
 from target_everflow.ledger import ClaimStatus, Ledger
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, DUPLICATE, SKIPPED, Conversion
+from target_everflow.mapping import (
+    CLAIMED_ELSEWHERE,
+    DEAD_LETTER,
+    DELIVERED,
+    DUPLICATE,
+    SKIPPED,
+    Conversion,
+)
 from target_everflow.metrics import conversion_fields
 from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
 
@@ -223,6 +230,8 @@ class _Result:
     attempts: int
     settled: bool = False
     """Its outcome is accounted for already (dead-lettered in doubt by the worker)."""
+    claim_lost: bool = False
+    """Not sent (again): the fence found the claim taken over by another run."""
 
 
 class DeliveryEngine:
@@ -285,26 +294,59 @@ class DeliveryEngine:
     # -- one batch -------------------------------------------------------------------------
 
     def deliver(self, conversions: list[Conversion]) -> None:
-        """Deliver a batch (keys unique within it); return when every one has its outcome."""
+        """Deliver a batch (keys unique within it); return when every one has its outcome.
+
+        What it claims it sends at once; keys another live run holds are waited for only
+        after that, so two runs on overlapping input never wait for each other while each
+        holds claims the other needs."""
         if not conversions:
             return
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason or "the run is stopping")
-        to_send = self._claim(conversions)
+        to_send, waiting = self._claim(conversions)
+        lost_keys: set[str] = set()
+        deadline: float | None = None
         try:
-            if self.dry_run is not None:
-                for conversion in to_send:
-                    self.dry_run.write(conversion)
-                    self.ledger.mark_delivered(conversion.key, 0)
-                    self._count(conversion, DELIVERED)
-                self.dry_run.flush()
-            else:
-                self._send_all(to_send)
+            while True:
+                lost = self._send(to_send)
+                # Claims another run took over while this one was paused: it sends them. They
+                # are waited for like any claim a live run holds, until it has recorded them
+                # (skipped here: claimed_elsewhere) or let them go (ours again), so that no
+                # STATE of this run passes a conversion only a run that may die still holds.
+                lost_keys.update(c.key for c in lost)
+                waiting += lost
+                if not waiting:
+                    break
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.policy.worst_case_seconds(self.client.timeout) + 60
+                    self.logger.info(
+                        "%d conversions are being sent by another run right now; waiting for it.",
+                        len(waiting),
+                    )
+                if now > deadline or self._stop.wait(self.busy_wait):
+                    self.request_stop(
+                        self._stop_reason
+                        or f"{len(waiting)} conversions stayed claimed by another live run"
+                    )
+                    raise DeliveryAborted(self._stop_reason)
+                to_send, waiting = self._claim(waiting, lost_keys)
         finally:
             self.dead_letters.flush()
             self.ledger.flush()
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason)
+
+    def _send(self, to_send: list[Conversion]) -> list[Conversion]:
+        """Send (or, in a dry run, plan) them; return those whose claim was lost."""
+        if self.dry_run is None:
+            return self._send_all(to_send)
+        for conversion in to_send:
+            self.dry_run.write(conversion)
+            self.ledger.mark_delivered(conversion.key, 0)
+            self._count(conversion, DELIVERED)
+        self.dry_run.flush()
+        return []
 
     def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
         self.summary.count(conversion.stream, conversion.event, kind, reason)
@@ -322,75 +364,66 @@ class DeliveryEngine:
         self._count(conversion, DEAD_LETTER, reason)
         return True
 
-    def _claim(self, conversions: list[Conversion]) -> list[Conversion]:
-        """Claim every key; account for those not to be sent; return those to send."""
-        pending = conversions
-        to_send: list[Conversion] = []
-        deadline: float | None = None
-        while pending:
-            statuses = self.ledger.claim(
-                [c.key for c in pending], {c.key: c.ledger_metadata() for c in pending}
-            )
-            busy: list[Conversion] = []
-            held: list[str] = []
-            for conversion in pending:
-                status = statuses[conversion.key]
-                if status is ClaimStatus.CLAIMED:
-                    to_send.append(conversion)
-                elif status in (ClaimStatus.DELIVERED, ClaimStatus.HELD):
-                    self._count(conversion, SKIPPED, DUPLICATE)
-                elif status is ClaimStatus.IN_DOUBT:
-                    self.summary.bump(IN_DOUBT)
-                    if self.in_doubt == "resend":
-                        self.logger.warning(
-                            "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
-                            "claimed by a run that stopped before recording Everflow's answer; "
-                            "resending it (in_doubt=resend).",
-                            conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
-                            extra=conversion_fields(conversion, IN_DOUBT),
-                        )
-                        to_send.append(conversion)
-                    else:
-                        self.logger.warning(
-                            "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
-                            "claimed by a run that stopped before recording Everflow's answer; "
-                            "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
-                            conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
-                            extra=conversion_fields(conversion, IN_DOUBT),
-                        )
-                        if self._dead_letter(
-                            conversion,
-                            IN_DOUBT,
-                            "a previous run claimed this conversion and stopped before recording "
-                            "Everflow's answer: check Everflow's conversion report for transaction "
-                            f"{conversion.transaction_id} before replaying it",
-                        ):
-                            held.append(conversion.key)
-                else:  # BUSY: another live run is sending it right now
-                    busy.append(conversion)
-            if held:
-                # The dead letters first: a key held in the ledger is never sent again, so its
-                # record must already be safe in the file if the run dies right after.
-                self.dead_letters.flush()
-                self.ledger.mark_held(held)
-            pending = busy
-            if pending:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.policy.worst_case_seconds(self.client.timeout) + 60
-                    self.logger.info(
-                        "%d conversions are being sent by another run right now; waiting for it.",
-                        len(pending),
-                    )
-                if now > deadline or self._stop.wait(self.busy_wait):
-                    self.request_stop(
-                        self._stop_reason
-                        or f"{len(pending)} conversions stayed claimed by another live run"
-                    )
-                    raise DeliveryAborted(self._stop_reason)
-        return to_send
+    def _claim(
+        self, conversions: list[Conversion], lost: set[str] | frozenset[str] = frozenset()
+    ) -> tuple[list[Conversion], list[Conversion]]:
+        """Claim every key (one transaction); account for those not to be sent; return those
+        to send and those another live run holds (to claim again later).
 
-    def _send_all(self, conversions: list[Conversion]) -> None:
+        A key found delivered (or held) is a ``duplicate``, or ``claimed_elsewhere`` when it is
+        one of ``lost``: another run took it over from this one and delivered it."""
+        statuses = self.ledger.claim(
+            [c.key for c in conversions], {c.key: c.ledger_metadata() for c in conversions}
+        )
+        to_send: list[Conversion] = []
+        busy: list[Conversion] = []
+        held: list[str] = []
+        for conversion in conversions:
+            status = statuses[conversion.key]
+            if status is ClaimStatus.CLAIMED:
+                to_send.append(conversion)
+            elif status in (ClaimStatus.DELIVERED, ClaimStatus.HELD):
+                self._count(conversion, SKIPPED, CLAIMED_ELSEWHERE if conversion.key in lost else DUPLICATE)
+            elif status is ClaimStatus.IN_DOUBT:
+                self.summary.bump(IN_DOUBT)
+                if self.in_doubt == "resend":
+                    self.logger.warning(
+                        "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
+                        "claimed by a run that stopped before recording Everflow's answer; "
+                        "resending it (in_doubt=resend).",
+                        conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        extra=conversion_fields(conversion, IN_DOUBT),
+                    )
+                    to_send.append(conversion)
+                else:
+                    self.logger.warning(
+                        "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
+                        "claimed by a run that stopped before recording Everflow's answer; "
+                        "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
+                        conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        extra=conversion_fields(conversion, IN_DOUBT),
+                    )
+                    if self._dead_letter(
+                        conversion,
+                        IN_DOUBT,
+                        "a previous run claimed this conversion and stopped before recording "
+                        "Everflow's answer: check Everflow's conversion report for transaction "
+                        f"{conversion.transaction_id} before replaying it",
+                    ):
+                        held.append(conversion.key)
+            else:  # BUSY: another live run is sending it right now
+                busy.append(conversion)
+        if held:
+            # The dead letters first: a key held in the ledger is never sent again, so its
+            # record must already be safe in the file if the run dies right after.
+            self.dead_letters.flush()
+            self.ledger.mark_held(held)
+        return to_send, busy
+
+    def _send_all(self, conversions: list[Conversion]) -> list[Conversion]:
+        """Send them; return those whose claim another run took over (not sent, not counted)."""
+        if not conversions:
+            return []
         # Each future reports itself on a queue when done: settling one is O(1). (wait() with
         # FIRST_COMPLETED installs a waiter on every pending future, each time: O(batch) per
         # postback, which at 5,000 per batch cost more CPU than the requests themselves.)
@@ -402,6 +435,7 @@ class DeliveryEngine:
             future.add_done_callback(finished.put)
         grace_deadline: float | None = None
         release: list[str] = []
+        lost: list[Conversion] = []
         try:
             while futures:
                 try:
@@ -412,7 +446,7 @@ class DeliveryEngine:
                     while True:
                         if future in futures:
                             futures.discard(future)
-                            self._settle(future.result(), release)
+                            self._settle(future.result(), release, lost)
                         try:
                             future = finished.get_nowait()
                         except queue.Empty:
@@ -434,11 +468,24 @@ class DeliveryEngine:
                         )
                         futures = set()
         finally:
+            if lost:
+                self.logger.warning(
+                    "%d conversion(s) of this batch were not sent: another run took their claims "
+                    "over (this run's ledger lease had expired: was it paused, suspended or cut "
+                    "off from the ledger?) and sends them; once it has, they are counted as "
+                    "skipped (%s) here: %s%s",
+                    len(lost), CLAIMED_ELSEWHERE, ", ".join(json.dumps(c.key) for c in lost[:5]),
+                    ", ..." if len(lost) > 5 else "",
+                )
             if release:
                 self.ledger.release(release)
+        return lost
 
-    def _settle(self, result: _Result, release: list[str]) -> None:
+    def _settle(self, result: _Result, release: list[str], lost: list[Conversion]) -> None:
         conversion, answer = result.conversion, result.answer
+        if result.claim_lost:  # another run owns it now and sends it: counted once it has
+            lost.append(conversion)
+            return
         if answer is None:  # not sent: the run is stopping; a later run sends it
             release.append(conversion.key)
             return
@@ -492,14 +539,16 @@ class DeliveryEngine:
     def _send_one(self, conversion: Conversion) -> _Result:
         attempts = 0
         answer: Answer | None = None
-        if self._stop.is_set():
-            return _Result(conversion, None, 0)
-        # Durable before it leaves: only claims that may have been sent can be in doubt
-        # after a crash, so a killed run leaves at most its in-flight requests in doubt.
-        self.ledger.mark_sending(conversion.key)
         while True:
             if self._stop.is_set() or not self.limiter.acquire(self._stop):
                 return _Result(conversion, None if attempts == 0 else answer, attempts)
+            # The fence, before every attempt: a committed write that proves this run still
+            # holds the claim (a run paused past its lease may have lost it to another run,
+            # which sends it). Durable before it leaves: only claims that may have been sent
+            # can be in doubt after a crash, so a killed run leaves at most its in-flight
+            # requests in doubt.
+            if not self.ledger.mark_sending(conversion.key):
+                return _Result(conversion, answer, attempts, claim_lost=True)
             with self._lock:
                 self.in_flight += 1
             started = time.monotonic()

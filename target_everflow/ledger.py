@@ -7,7 +7,7 @@ Each conversion has a *delivery key* (computed by ``mapping.py``). The delivery 
 ledger like this, for one batch::
 
     statuses = ledger.claim(keys)          # ONE transaction for the whole batch
-    # CLAIMED   -> send it                 (the row is now ``pending``, owned by us, leased)
+    # CLAIMED   -> send it, each attempt after ledger.mark_sending(key) returned True (the fence)
     # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
     # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
     # IN_DOUBT  -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
@@ -30,10 +30,23 @@ ledger like this, for one batch::
   is taken over when its lease has expired or, immediately, when the owner ran on this machine
   (same hostname and same boot / PID namespace) and its pid no longer exists (fast restart after
   a crash).
+* ``mark_sending`` is the fence: one ``UPDATE ... WHERE owner = <us> ... RETURNING`` that marks
+  the claim *sending* and renews its lease; it answers False when another process took the
+  claim over (our lease expired while this one was paused, suspended or cut off), and then the
+  postback is not sent. When the heartbeat is overdue (time since the last renewal, measured on
+  ``CLOCK_BOOTTIME``, which keeps counting through a suspend, is over half the lease) the
+  caller renews every lease before its postback leaves.
 * ``mark_delivered`` is committed by a background writer within a few milliseconds, batching
   all queued marks into one transaction; ``flush()`` waits for them and raises
   :class:`LedgerError` if a commit failed, so a mark is never silently lost and no STATE is
   emitted past a delivery that is not in the ledger.
+
+* Every database call runs on one I/O thread that owns the connection; callers wait for it
+  with a deadline (``ledger_timeout`` + 5 s). PostgreSQL connections get connect, lock, statement
+  and idle-in-transaction timeouts and TCP keepalives; SQLite's busy wait is ``ledger_timeout``.
+  A ledger that does not answer raises :class:`LedgerError` naming the wait, and the main
+  thread never blocks in libpq or SQLite, so SIGTERM is always handled
+  (:meth:`Ledger.stop_waiting_after` bounds every wait to the stop grace).
 
 Therefore a conversion is sent twice **only** if the process died (or lost its database)
 between Everflow's answer and the ledger commit of ``delivered`` (a few milliseconds), and only
@@ -48,7 +61,9 @@ Backends (``ledger_url``)
   ``sqlite:////absolute/path.db``, as SQLAlchemy writes them. One machine; several processes may share the file (WAL mode, local disks only).
 * ``postgresql://user:pass@host:port/db`` or ``postgres://...``: shared by many processes and
   machines; needs ``pip install 'target-everflow[postgres]'``. Other query parameters
-  (``sslmode=...``) are passed to libpq.
+  (``sslmode=...``) are passed to libpq. A libpq keyword/value string (``host=... dbname=...
+  password=...``) works too. The URL is read by this module (:func:`_pg_params`) and handed to
+  libpq as keywords; it is printed only through :func:`redact_url`, which fails closed.
 * ``none``: no ledger (:class:`NullLedger`); every key is claimable, so a re-run re-sends
   everything. Unsafe except for one-off loads.
 
@@ -70,10 +85,13 @@ import abc
 import collections
 import contextlib
 import enum
+import functools
 import json
 import logging
+import math
 import os
 import pathlib
+import queue
 import random
 import re
 import secrets
@@ -84,7 +102,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from target_everflow.masking import mask
 
@@ -141,11 +159,42 @@ METADATA_COLUMNS = (
     "event_time",
 )
 """What ``claim(keys, metadata)`` writes for each key (the metadata mapping's keys)."""
-SCHEMA_LOCK_TIMEOUT = 10.0
-"""Seconds the in-place upgrade waits for the table lock (PostgreSQL) before it gives up."""
 
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
+
+ANSWER_MARGIN = 5.0
+"""Seconds a caller waits for the ledger beyond ``ledger_timeout`` (the database's own lock and
+statement timeouts fire first and say more) before it gives up on an unanswering ledger."""
+STOP_FLOOR = 0.5
+"""Seconds any ledger call may still take once the stop grace is over."""
+PRUNE_BATCH = 10_000
+"""Rows deleted per prune transaction."""
+
+
+def _pick_lease_clock() -> Callable[[], float]:
+    """CLOCK_BOOTTIME where there is one (Linux): unlike ``time.monotonic`` it keeps counting
+    while the machine is suspended, which is exactly when a lease runs out unnoticed."""
+    clock_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_id is not None:
+        try:
+            time.clock_gettime(clock_id)
+        except OSError:
+            pass
+        else:
+            return functools.partial(time.clock_gettime, clock_id)
+    return time.monotonic
+
+
+lease_clock = _pick_lease_clock()
+"""Seconds on the clock that measures time since the last lease renewal."""
+
+
+def _default_timeout() -> float:
+    """Setting ``ledger_timeout``'s default, from the config schema (the one place defaults live)."""
+    from target_everflow.settings import CONFIG_SCHEMA  # noqa: PLC0415 - settings pulls in the SDK
+
+    return float(CONFIG_SCHEMA["properties"]["ledger_timeout"]["default"])
 
 
 class ClaimStatus(enum.Enum):
@@ -164,68 +213,233 @@ class LedgerError(Exception):
 
 # --------------------------------------------------------------------------------------------
 # URLs and secrets
+#
+# ``ledger_url`` leaves the process only through :func:`redact_url`, which fails closed: when it
+# cannot tell for sure where the password is, it prints ``<ledger_url hidden>``. Connections are
+# made from the same reading of the URL (:func:`_pg_params`), never by handing the raw text to
+# libpq, so libpq's own error messages cannot echo a piece of a password that we read
+# differently (an unencoded ``/`` makes libpq take part of the password for the host).
+
+HIDDEN_URL = "<ledger_url hidden>"
+_SECRET_KEYS = frozenset({"password", "pass", "passwd", "pwd", "sslpassword"})
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_KEYWORD_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
+_PG_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
-_SECRET_QUERY_KEYS = {"password", "pass", "passwd", "pwd", "sslpassword"}
+class _Reading(NamedTuple):
+    """One reading of a ``ledger_url``: what may be shown, and every secret-looking value."""
+
+    shown: str
+    secrets: frozenset[str]
 
 
 def redact_url(url: str | None) -> str:
-    """``url`` with the password (in the authority or in a ``password=`` query) shown as ``***``.
+    """``ledger_url`` as it may be printed: passwords shown as ``***``; ``<ledger_url hidden>``
+    when the URL cannot be read with certainty. The only way ``ledger_url`` reaches any output.
 
     >>> redact_url("postgresql://user:s3cret@db.example:5432/app?sslmode=require")
     'postgresql://user:***@db.example:5432/app?sslmode=require'
+    >>> redact_url("host=db port=5432 dbname=app password='s3 cret'")
+    'host=db port=5432 dbname=app password=***'
     """
-    if not url:
-        return ""
-    if "://" not in url:  # not a URL with an authority; still mask a "user:pass@" prefix
-        return re.sub(r"^([^:/@]*):[^@]*@", r"\1:***@", url) if "@" in url else url
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        # Unparseable (e.g. a broken IPv6 literal): mask anything that looks like user:pass@.
-        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = "&".join(
-                f"{urllib.parse.quote(k)}=***"
-                if k.lower() in _SECRET_QUERY_KEYS
-                else urllib.parse.urlencode([(k, v)])
-                for k, v in pairs
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return url  # nothing secret (and keep e.g. sqlite:/// exactly as written)
-    out = url.replace(parts.netloc, netloc, 1) if netloc != parts.netloc else url
-    if query != parts.query:
-        base = out.partition("?")[0]
-        out = f"{base}?{query}" + (f"#{parts.fragment}" if parts.fragment else "")
-    return out
+        return _read_url(url or "").shown
+    except Exception:  # noqa: BLE001 - fail closed, whatever went wrong
+        return HIDDEN_URL
 
 
-def _url_secrets(url: str) -> set[str]:
-    """The password(s) in ``url``, raw and percent-decoded, to scrub from error texts."""
+def _url_secrets(url: str) -> frozenset[str]:
+    """Every value of ``url`` that may be a password (raw, percent-decoded, each reading of an
+    ambiguous URL), to scrub from driver error texts."""
+    try:
+        return _read_url(url).secrets
+    except Exception:  # noqa: BLE001
+        return frozenset({url})
+
+
+def _read_url(url: str) -> _Reading:
+    text = url.strip()
+    if not text or text.lower() == "none":
+        return _Reading(text, frozenset())
+    scheme_match = _SCHEME_RE.match(text)
+    if scheme_match is None:
+        pairs = _parse_keywords(text) if _KEYWORD_RE.match(text) else None
+        if pairs is None:  # neither a URL nor a libpq connection string: say nothing of it
+            return _Reading(HIDDEN_URL, frozenset({text}))
+        found = {v for k, v, _ in pairs if k.lower() in _SECRET_KEYS}
+        found |= {raw for k, _, raw in pairs if k.lower() in _SECRET_KEYS}
+        shown = " ".join(
+            f"{k}=***" if k.lower() in _SECRET_KEYS else f"{k}={_keyword_quote(v)}"
+            for k, v, _ in pairs
+        )
+        return _Reading(shown, frozenset(found))
+    scheme = scheme_match.group(1)
+    rest = text[scheme_match.end() :]
+    if scheme.lower() == "sqlite":  # sqlite:///path: no authority, and a path is no secret
+        if rest.partition("/")[0]:
+            return _Reading(HIDDEN_URL, frozenset({rest}))
+        base, question, query = rest.partition("?")
+        shown_query, query_secrets = _mask_query(query)
+        shown = f"{scheme}://{base}" + (f"?{shown_query}" if question else "")
+        return _Reading(shown, frozenset(query_secrets))
     found: set[str] = set()
+    # The userinfo ends at the LAST "@": a password with an unencoded "@" is masked whole.
+    userinfo, at, hostpart = rest.rpartition("@")
+    unsure = False
+    if at:
+        # Every other reading of the "@"s too, for the scrub of error texts.
+        for i, char in enumerate(rest):
+            if char == "@" and ":" in rest[:i]:
+                candidate = rest[:i].split(":", 1)[1]
+                found |= {candidate, urllib.parse.unquote(candidate)}
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            found |= {password, urllib.parse.unquote(password)}
+        # A "/", "?" or "#" before the ":", or between two "@"s, means an "@" may belong to a
+        # path or a query rather than end the password: which one is not certain.
+        between = rest[rest.index("@") : len(userinfo)]
+        unsure = any(c in user or c in between for c in "/?#")
+        authority = f"{user}:***@" if colon else f"{user}@"
+    else:
+        authority = ""
+    base, question, query = hostpart.partition("?")
+    shown_query, query_secrets = _mask_query(query)
+    found |= query_secrets
+    if unsure:
+        return _Reading(HIDDEN_URL, frozenset(found))
+    shown = f"{scheme}://{authority}{base}" + (f"?{shown_query}" if question else "")
+    if scheme.lower() in _PG_SCHEMES and rest.count("@") <= 1 and not query_secrets:
+        shown = _sqlalchemy_shown(text, found, shown)
+    return _Reading(shown, frozenset(found))
+
+
+def _sqlalchemy_shown(text: str, secrets: set[str], ours: str) -> str:
+    """SQLAlchemy's rendering of a plain URL, if it reads the password as we do and shows no
+    secret more often than our own rendering does (ours has every password-like value masked,
+    so a secret shows there only where it is also something else, e.g. a user named alike)."""
     try:
-        parts = urllib.parse.urlsplit(url)
-        userinfo = parts.netloc.rpartition("@")[0]
-        if ":" in userinfo:
-            raw = userinfo.split(":", 1)[1]
-            found |= {raw, urllib.parse.unquote(raw)}
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-            if k.lower() in _SECRET_QUERY_KEYS:
-                found |= {v, urllib.parse.quote(v)}
-    except ValueError:
-        m = re.search(r"://[^:/@]*:([^@]*)@", url)
-        if m:
-            found.add(m.group(1))
-    return {s for s in found if s}
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only needed here
+
+        parsed = make_url(text)
+        if parsed.password is not None and str(parsed.password) not in secrets:
+            return ours
+        shown = parsed.render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not SQLAlchemy's idea of a URL: ours stands
+        return ours
+    visible, baseline = shown.replace("***", "\0"), ours.replace("***", "\0")
+    if any(visible.count(s) > baseline.count(s) for s in secrets if s):
+        return ours
+    return shown
+
+
+def _mask_query(query: str) -> tuple[str, set[str]]:
+    """A URL query with its password-like values shown as ``***`` (raw pieces kept as
+    written), and those values. The whole rest of a piece is the value, ``#`` included."""
+    if not query:
+        return query, set()
+    pieces, secrets = [], set()
+    for piece in query.split("&"):
+        key, eq, value = piece.partition("=")
+        if urllib.parse.unquote_plus(key).lower() in _SECRET_KEYS:
+            secrets |= {value, urllib.parse.unquote(value), urllib.parse.unquote_plus(value)}
+            pieces.append(f"{key}=***" if eq else key)
+        else:
+            pieces.append(piece)
+    return "&".join(pieces), {s for s in secrets if s}
+
+
+def _parse_keywords(text: str) -> list[tuple[str, str, str]] | None:
+    """A libpq keyword/value connection string (``host=h dbname=d password='a b'``) as
+    ``(key, value, raw value)`` triples, or None when it is not one (libpq's quoting rules:
+    single quotes, backslash escapes)."""
+    pairs: list[tuple[str, str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return pairs or None
+        match = _KEYWORD_RE.match(text, i)
+        if match is None:
+            return None
+        i = start = match.end()
+        chars: list[str] = []
+        quoted = i < n and text[i] == "'"
+        if quoted:
+            i += 1
+        while True:
+            if i >= n:
+                if quoted:
+                    return None  # unterminated quote
+                break
+            char = text[i]
+            if char == "\\" and i + 1 < n:
+                chars.append(text[i + 1])
+                i += 2
+                continue
+            if quoted and char == "'":
+                i += 1
+                break
+            if not quoted and char.isspace():
+                break
+            chars.append(char)
+            i += 1
+        if not quoted and not chars:
+            return None  # "key=" with nothing: libpq would read the next word as the value
+        pairs.append((match.group(1), "".join(chars), text[start:i]))
+
+
+def _keyword_quote(value: str) -> str:
+    if value and not any(c.isspace() or c in "'\\" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pg_params(text: str) -> tuple[dict[str, str], str]:
+    """The libpq connection keywords of a PostgreSQL ``ledger_url`` (a URL or a keyword/value
+    string) read exactly as :func:`redact_url` reads it, and the ledger table (``table=``).
+    Raises :class:`LedgerError` (saying nothing of the URL) when it cannot be read."""
+    table = DEFAULT_TABLE
+    params: dict[str, str] = {}
+    scheme_match = _SCHEME_RE.match(text)
+    if scheme_match is None:
+        pairs = _parse_keywords(text)
+        if pairs is None:
+            raise LedgerError("ledger_url is not a PostgreSQL URL or connection string")
+        for key, value, _ in pairs:
+            params[key] = value
+    else:
+        rest = text[scheme_match.end() :]
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at:
+            user, colon, password = userinfo.partition(":")
+            if user:
+                params["user"] = urllib.parse.unquote(user)
+            if colon:
+                params["password"] = urllib.parse.unquote(password)
+        base, _, query = hostpart.partition("?")
+        hosts, _, dbname = base.partition("/")
+        names, ports = [], []
+        for host in hosts.split(",") if hosts else []:
+            if host.startswith("["):  # [IPv6]:port
+                name, _, after = host[1:].partition("]")
+                port = after[1:] if after.startswith(":") else ""
+            else:
+                name, _, port = host.partition(":")
+            names.append(urllib.parse.unquote(name))
+            ports.append(urllib.parse.unquote(port))
+        if any(names):
+            params["host"] = ",".join(names)
+        if any(ports):
+            params["port"] = ",".join(ports)
+        if dbname:
+            params["dbname"] = urllib.parse.unquote(dbname)
+        for piece in query.split("&") if query else []:
+            key, _, value = piece.partition("=")
+            params[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+    table = params.pop("table", table)
+    return params, table
 
 
 def _scrub(text: str, secret_values: set[str]) -> str:
@@ -309,13 +523,24 @@ class Ledger(abc.ABC):
     def mark_delivered(self, key: str, http_status: int) -> None:
         """Queue ``key`` as delivered; committed by the writer thread within a few ms."""
 
-    def mark_sending(self, key: str) -> None:
+    def mark_sending(self, key: str) -> bool:
         """Record, durably, that a postback for ``key`` is about to leave; blocks until committed.
+
+        The fence: True only when the committed write proved that this process still holds the
+        claim (one statement: our owner, still pending or sending; its lease renewed). False:
+        another process took the claim over (our lease expired while we were paused, suspended
+        or cut off) or it is no longer pending: the postback must not be sent. Called before
+        every attempt.
 
         Only a claim marked sending can be *in doubt* after a crash: claims a dead run never
         got to send are taken over as plain claims, so in-doubt keys stay few (at most the
         dead run's requests in flight).
         """
+        return True
+
+    def stop_waiting_after(self, seconds: float) -> None:
+        """The run is stopping (a signal): every wait for the ledger, current or later, ends
+        within ``seconds`` (a :class:`LedgerError` if the ledger has not answered by then)."""
 
     @abc.abstractmethod
     def release(self, keys: Sequence[str]) -> None:
@@ -417,8 +642,29 @@ class NullLedger(Ledger):
 # The SQL ledger (shared logic; the two backends differ in connection, placeholders and arrays)
 
 
+class _Job:
+    """One piece of ledger I/O for the I/O thread, and its outcome."""
+
+    __slots__ = ("cancelled", "done", "error", "fn", "result", "started")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started = False
+        self.cancelled = False
+
+
 class _SQLLedger(Ledger):
-    """Claims, the group-commit writer thread and the lease heartbeat thread."""
+    """Claims, the group-commit writer thread and the lease heartbeat thread.
+
+    Every database call runs on one I/O thread (``ledger-io``), which owns the connection;
+    callers wait for it with a deadline (``timeout`` + :data:`ANSWER_MARGIN`). So no thread,
+    and above all not the main thread (the only one Python runs signal handlers on), is ever
+    stuck in libpq or in SQLite's busy wait: a ledger that does not answer fails the run
+    (:class:`LedgerError`, exit 4) naming the wait, and SIGTERM is always handled.
+    """
 
     #: SQL fragment matching ``delivery_key`` against one list parameter.
     _IN_KEYS: str
@@ -429,12 +675,16 @@ class _SQLLedger(Ledger):
         description: str,
         table: str,
         lease_seconds: float,
+        timeout: float | None = None,
         logger: logging.Logger | None = None,
         commit_delay: float = 0.002,
         max_batch: int = 10_000,
     ) -> None:
         if not lease_seconds > 0:
             raise LedgerError(f"the ledger lease must be > 0 seconds, got {lease_seconds!r}")
+        timeout = _default_timeout() if timeout is None else float(timeout)
+        if not timeout > 0:
+            raise LedgerError(f"ledger_timeout must be > 0 seconds, got {timeout!r}")
         if not _TABLE_RE.match(table):
             raise LedgerError(
                 f"ledger_url {description}: table {table!r} is not a plain SQL identifier"
@@ -445,13 +695,20 @@ class _SQLLedger(Ledger):
         self._scope = _machine_scope()
         self._table = table
         self._lease = float(lease_seconds)
+        self._timeout = timeout
         self._log = logger or _LOG
         self._commit_delay = commit_delay
         self._max_batch = max_batch
 
         self._conn: Any = None
-        self._conn_lock = threading.RLock()
         self._closed = False
+
+        # The I/O thread and its jobs.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs_lock = threading.Lock()
+        self._io: threading.Thread | None = None
+        self._hung: LedgerError | None = None  # set once a wait ran out: fail fast from then on
+        self._give_up_at: float | None = None  # time.monotonic() deadline once the run stops
 
         # Writer state, all guarded by _cond.
         self._cond = threading.Condition()
@@ -461,10 +718,14 @@ class _SQLLedger(Ledger):
         self._flush_waiters = 0
         self._stopping = False
         self._failed: LedgerError | None = None
+        self._fenced: dict[str, bool] = {}  # mark_sending's answers, by key
         self.writer_commits = 0  # number of writer transactions (diagnostics, tests)
 
+        # Leases. Time since the last renewal is measured on a clock that counts a suspend.
+        self._clock: Callable[[], float] = lease_clock
         self._stop_heartbeat = threading.Event()
-        self._last_renewal = time.monotonic()
+        self._renew_lock = threading.Lock()
+        self._last_renewal = self._clock()
         self._writer: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
 
@@ -472,7 +733,7 @@ class _SQLLedger(Ledger):
 
     @abc.abstractmethod
     def _connect(self) -> None:
-        """Open ``self._conn``."""
+        """Open ``self._conn`` (on the I/O thread), with every timeout set."""
 
     @abc.abstractmethod
     def _create_schema(self, cur: Any) -> None:
@@ -519,9 +780,6 @@ class _SQLLedger(Ledger):
     def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
         """Write :data:`METADATA_COLUMNS` of our own rows (one statement per batch)."""
 
-    def _before_alter(self, cur: Any) -> None:
-        """Bound the wait for the table lock an ALTER TABLE takes (PostgreSQL)."""
-
     def _lock_timed_out(self, exc: BaseException) -> bool:
         return False
 
@@ -534,23 +792,27 @@ class _SQLLedger(Ledger):
 
         Only a table that lacks a column is altered (an ALTER TABLE locks the whole table, so
         an up-to-date ledger is never locked for it). On PostgreSQL the lock is waited for at
-        most :data:`SCHEMA_LOCK_TIMEOUT` seconds; then opening fails with one clear line.
+        most ``ledger_timeout`` seconds (the lock timeout of every ledger statement); then opening
+        fails with one clear line.
         """
         t = self._table
         have = self._column_names(cur)
         missing = [(name, kind) for name, kind in ADDED_COLUMNS if name not in have]
         if missing:
-            self._before_alter(cur)
-            real = "REAL" if isinstance(self, SQLiteLedger) else "DOUBLE PRECISION"
+            sqlite = isinstance(self, SQLiteLedger)
+            real = "REAL" if sqlite else "DOUBLE PRECISION"
+            # Two runs may upgrade at once: PostgreSQL's IF NOT EXISTS makes the second a no-op
+            # (SQLite's BEGIN IMMEDIATE already serialises the check and the ALTER).
+            add = "ADD COLUMN" if sqlite else "ADD COLUMN IF NOT EXISTS"
             try:
                 for name, kind in missing:
-                    cur.execute(f"ALTER TABLE {t} ADD COLUMN {name} {kind.format(real=real)}")
+                    cur.execute(f"ALTER TABLE {t} {add} {name} {kind.format(real=real)}")
             except Exception as e:
                 if self._lock_timed_out(e):
                     raise LedgerError(
                         f"could not upgrade the ledger table {t} in place (adding "
                         f"{len(missing)} column(s)): another process kept it locked for more "
-                        f"than {SCHEMA_LOCK_TIMEOUT:g} s; run again once it has finished"
+                        f"than {self._timeout:g} s (ledger_timeout); run again once it has finished"
                     ) from None
                 raise
             self._log.info(
@@ -570,23 +832,26 @@ class _SQLLedger(Ledger):
 
     def open(self, retention_days: int) -> None:
         """Connect, create the schema, prune, start the threads. Errors -> LedgerError."""
+        self._io = threading.Thread(target=self._io_loop, name="ledger-io", daemon=True)
+        self._io.start()
         try:
-            self._connect()
-            cur = self._begin()
-            self._create_schema(cur)
-            self._upgrade_schema(cur)
-            self._commit()
+            self._call(self._connect_or_raise, "connect")
+            self._run(self._create_schema, "create the ledger table")
+            self._run(self._upgrade_schema, "upgrade the ledger table")
             if retention_days > 0:
                 self.prune(retention_days)
-        except Exception as e:  # any driver/OS error is reported the same way
+        except LedgerError as e:
             self._abandon()
-            if isinstance(e, LedgerError) and str(e) == PSYCOPG2_MISSING:
+            if str(e) == PSYCOPG2_MISSING:
                 raise
-            reason = str(e) if isinstance(e, LedgerError) else self._describe_error(e)
+            reason = str(e).removeprefix(f"ledger {self.description}: ")
             raise LedgerError(
                 f"cannot open the ledger (ledger_url={self.description}): {reason}"
             ) from None
-        self._last_renewal = time.monotonic()
+        except BaseException:  # e.g. SIGTERM's exception while waiting: not a ledger error
+            self._abandon()
+            raise
+        self._last_renewal = self._clock()
         self._writer = threading.Thread(target=self._writer_loop, name="ledger-writer", daemon=True)
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="ledger-heartbeat", daemon=True
@@ -595,11 +860,26 @@ class _SQLLedger(Ledger):
         self._heartbeat.start()
         self._log.info("ledger %s opened (owner %s)", self.description, self.owner)
 
+    def _connect_or_raise(self) -> None:
+        try:
+            self._connect()
+        except LedgerError:
+            raise
+        except Exception as e:  # any driver/OS error is reported the same way
+            raise LedgerError(self._describe_error(e)) from None
+
     def _abandon(self) -> None:
+        """Give the connection up without waiting: it is closed when the I/O thread is free
+        (never, if it is stuck: it is a daemon thread and goes with the process)."""
+        self._closed = True
+        if self._io is not None and self._io.is_alive():
+            self._jobs.put(_Job(self._close_quietly))
+            self._jobs.put(None)
+
+    def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self._close_connection()
         self._conn = None
-        self._closed = True
 
     def close(self) -> None:
         if self._closed:
@@ -609,18 +889,98 @@ class _SQLLedger(Ledger):
             self._stopping = True
             self._cond.notify_all()
         self._stop_heartbeat.set()
+        # Both threads only wait for the I/O thread, with a deadline: these joins end.
         if self._writer is not None:
             self._writer.join()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        with self._conn_lock:
-            self._abandon()
+        with contextlib.suppress(LedgerError):
+            self._call(self._close_quietly, "close the connection")
+        self._jobs.put(None)
         with self._cond:
             failed = self._failed
             lost = self._enqueued - self._committed
         if failed is not None:
             suffix = f" ({lost} delivered mark(s) not committed)" if lost else ""
             raise LedgerError(f"{failed}{suffix}")
+
+    def stop_waiting_after(self, seconds: float) -> None:
+        give_up_at = time.monotonic() + max(0.0, seconds)
+        if self._give_up_at is None or give_up_at < self._give_up_at:
+            self._give_up_at = give_up_at
+
+    # ---- the I/O thread -----------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._jobs_lock:
+                if job.cancelled:
+                    continue
+                job.started = True
+            try:
+                job.result = job.fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                job.error = e
+            job.done.set()
+
+    def _call(self, fn: Callable[[], _T], what: str) -> _T:
+        """Run ``fn()`` on the I/O thread; wait for it at most ``timeout`` + ANSWER_MARGIN
+        seconds (less once the run is stopping). The wait is a plain timed wait, so signal
+        handlers run on the main thread meanwhile."""
+        if threading.current_thread() is self._io:
+            return fn()
+        if self._hung is not None:
+            raise self._hung
+        if self._io is None or not self._io.is_alive():
+            raise LedgerError(f"ledger {self.description} is closed")
+        job = _Job(fn)
+        self._jobs.put(job)
+        limit = self._timeout + ANSWER_MARGIN
+        started = time.monotonic()
+        deadline = started + limit
+        try:
+            while not job.done.is_set():
+                give_up_at = self._give_up_at
+                # Stopping: wait until the grace is over, and a healthy ledger's few milliseconds
+                # even after that (the last delivered marks are worth recording).
+                end = deadline if give_up_at is None else min(deadline, max(give_up_at, started + STOP_FLOOR))
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                job.done.wait(min(remaining, 0.2))
+        except BaseException:  # a signal handler's exception: the job is not ours any more
+            self._cancel(job)
+            raise
+        if not job.done.is_set():
+            self._cancel(job)
+            if self._give_up_at is not None and time.monotonic() < deadline:
+                err = LedgerError(
+                    f"ledger {self.description}: stopped waiting for the ledger to {what}: "
+                    "the run is stopping and the ledger did not answer within the grace period"
+                )
+            else:
+                err = LedgerError(
+                    f"ledger {self.description}: no answer within {limit:g} s while trying to "
+                    f"{what} (ledger_timeout is {self._timeout:g} s): the database, or the "
+                    "network to it, is not answering"
+                )
+            self._hung = err
+            with self._cond:
+                if self._failed is None:
+                    self._failed = err
+                self._cond.notify_all()
+            raise err
+        if job.error is not None:
+            raise job.error
+        return cast(_T, job.result)
+
+    def _cancel(self, job: _Job) -> None:
+        with self._jobs_lock:
+            if not job.started:
+                job.cancelled = True
 
     # ---- transactions -----------------------------------------------------------------
 
@@ -631,29 +991,32 @@ class _SQLLedger(Ledger):
             raise LedgerError(f"ledger {self.description} is closed")
 
     def _run(self, fn: Callable[[Any], _T], what: str) -> _T:
-        """Run ``fn(cursor)`` in one transaction (retried on deadlock); errors -> LedgerError."""
+        """Run ``fn(cursor)`` in one transaction on the I/O thread (retried on deadlock);
+        errors -> LedgerError."""
+        return self._call(lambda: self._transaction(fn, what), what)
+
+    def _transaction(self, fn: Callable[[Any], _T], what: str) -> _T:
         attempt = 0
-        with self._conn_lock:
-            while True:
-                if self._conn is None:
-                    raise LedgerError(f"ledger {self.description} is closed")
-                try:
-                    cur = self._begin()
-                    result = fn(cur)
-                    self._commit()
-                    return result
-                except LedgerError:
-                    self._rollback_quietly()
-                    raise
-                except Exception as e:
-                    self._rollback_quietly()
-                    if self._retryable(e) and attempt < 6:
-                        attempt += 1
-                        time.sleep(random.uniform(0.005, 0.02) * attempt)
-                        continue
-                    raise LedgerError(
-                        f"ledger {self.description}: could not {what}: {self._describe_error(e)}"
-                    ) from None
+        while True:
+            if self._conn is None:
+                raise LedgerError(f"ledger {self.description} is closed")
+            try:
+                cur = self._begin()
+                result = fn(cur)
+                self._commit()
+                return result
+            except LedgerError:
+                self._rollback_quietly()
+                raise
+            except Exception as e:
+                self._rollback_quietly()
+                if self._retryable(e) and attempt < 6:
+                    attempt += 1
+                    time.sleep(random.uniform(0.005, 0.02) * attempt)
+                    continue
+                raise LedgerError(
+                    f"ledger {self.description}: could not {what}: {self._describe_error(e)}"
+                ) from None
 
     def _rollback_quietly(self) -> None:
         with contextlib.suppress(Exception):  # the connection may be gone; that is reported
@@ -856,22 +1219,31 @@ class _SQLLedger(Ledger):
         return self._run(tx, "read the ledger")
 
     def prune(self, retention_days: int) -> int:
-        """Delete delivered and held rows not updated for ``retention_days``; return the count."""
+        """Delete delivered and held rows not updated for ``retention_days``; return the count.
+
+        In transactions of at most :data:`PRUNE_BATCH` rows, so that no statement of a large,
+        long-unpruned ledger runs into the statement timeout."""
 
         def tx(cur: Any) -> int:
             cutoff = self._now(cur) - retention_days * 86400.0
             cur.execute(
                 self._sql(
-                    "DELETE FROM {t} WHERE status IN ('delivered', 'in_doubt') AND updated_at < ?"
+                    "DELETE FROM {t} WHERE delivery_key IN (SELECT delivery_key FROM {t}"
+                    " WHERE status IN ('delivered', 'in_doubt') AND updated_at < ? LIMIT ?)"
                 ),
-                (cutoff,),
+                (cutoff, PRUNE_BATCH),
             )
             return int(cur.rowcount or 0)
 
-        n = self._run(tx, "prune old rows")
-        if n:
-            self._log.info("ledger: pruned %d row(s) older than %d days", n, retention_days)
-        return n
+        total = 0
+        while True:
+            n = self._run(tx, "prune old rows")
+            total += n
+            if n < PRUNE_BATCH:
+                break
+        if total:
+            self._log.info("ledger: pruned %d row(s) older than %d days", total, retention_days)
+        return total
 
     # ---- for the run history and the operator commands (history.py, ledger_commands.py) --
 
@@ -899,12 +1271,14 @@ class _SQLLedger(Ledger):
 
     # ---- group-committed marks --------------------------------------------------------
 
-    def mark_sending(self, key: str) -> None:
+    def mark_sending(self, key: str) -> bool:
+        self._renew_if_lease_may_have_expired()
         with self._cond:
             self._check()
             self._queue.append((key, None))
             self._enqueued += 1
             self._wait_committed(self._enqueued)
+            return self._fenced.pop(key, False)
 
     def mark_delivered(self, key: str, http_status: int) -> None:
         with self._cond:
@@ -928,7 +1302,8 @@ class _SQLLedger(Ledger):
     def _wait_committed(self, target: int) -> None:
         """Wait (holding ``_cond``) until the first ``target`` marks are committed.
 
-        A waiter makes the writer commit at once instead of gathering more marks.
+        A waiter makes the writer commit at once instead of gathering more marks. The writer
+        commits or fails within its own deadline (it waits for the I/O thread), so this ends.
         """
         self._flush_waiters += 1
         self._cond.notify_all()
@@ -961,18 +1336,24 @@ class _SQLLedger(Ledger):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
 
-            def write(cur: Any, items: list[tuple[str, int | None]] = batch) -> None:
+            def write(cur: Any, items: list[tuple[str, int | None]] = batch) -> set[str]:
                 now = self._now(cur)
-                sending = [k for k, status in items if status is None]
+                sending = sorted({k for k, status in items if status is None})
                 marks = [(k, status) for k, status in items if status is not None]
+                fenced: set[str] = set()
                 if sending:
+                    # The fence: the owner check and the write are one statement, so a claim
+                    # another process took over (our lease had expired) changes no row and is
+                    # not sent. It also renews the claim's lease.
                     cur.execute(
                         self._sql(
-                            "UPDATE {t} SET status = 'sending', updated_at = ?"
-                            " WHERE delivery_key {in_keys} AND status = 'pending' AND owner = ?"
+                            "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
+                            " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
+                            " AND owner = ? RETURNING delivery_key"
                         ),
-                        (now, self._keys_param(sorted(set(sending))), self.owner),
+                        (now + self._lease, now, self._keys_param(sending), self.owner),
                     )
+                    fenced = {r[0] for r in cur.fetchall()}
                 if marks:
                     self._upsert_delivered(cur, marks, now)
                     cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
@@ -982,9 +1363,10 @@ class _SQLLedger(Ledger):
                         ),
                         (now, self._keys_param(sorted({k for k, _ in marks}))),
                     )
+                return fenced
 
             try:
-                self._run(write, "commit delivered marks")
+                fenced = self._run(write, "commit delivered marks")
             except Exception as e:
                 err = (
                     e
@@ -997,23 +1379,29 @@ class _SQLLedger(Ledger):
                 self._log.error("%s", err)
                 with self._cond:
                     # Sticky: every later call raises; the marks are not silently dropped.
-                    self._failed = err
+                    if self._failed is None:
+                        self._failed = err
                     self._cond.notify_all()
                 return
             with self._cond:
+                for key, status in batch:
+                    if status is None:
+                        self._fenced[key] = key in fenced
                 self._committed += len(batch)
                 self.writer_commits += 1
                 self._cond.notify_all()
 
-    # ---- lease heartbeat --------------------------------------------------------------
+    # ---- leases -----------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
         interval = self._lease / 3.0
         while not self._stop_heartbeat.wait(interval):
+            if self._hung is not None:
+                return  # the ledger stopped answering: the run is failing already
             try:
                 self.renew_leases()
             except Exception as e:
-                silent_for = time.monotonic() - self._last_renewal
+                silent_for = self._clock() - self._last_renewal
                 self._log.warning("ledger: could not renew leases (%s)", e)
                 if silent_for >= self._lease:
                     with self._cond:
@@ -1028,6 +1416,7 @@ class _SQLLedger(Ledger):
 
     def renew_leases(self) -> int:
         """Extend the lease of all our pending rows (one UPDATE); return the row count."""
+        started = self._clock()
 
         def tx(cur: Any) -> int:
             cur.execute(
@@ -1040,8 +1429,26 @@ class _SQLLedger(Ledger):
             return int(cur.rowcount or 0)
 
         n = self._run(tx, "renew leases")
-        self._last_renewal = time.monotonic()
+        self._last_renewal = started
         return n
+
+    def _renew_if_lease_may_have_expired(self) -> None:
+        """Before a postback leaves: if the heartbeat is overdue (this process was paused, the
+        machine suspended, the ledger slow), renew every lease first. Time since the last
+        renewal is measured on ``lease_clock``, which keeps counting through a suspend."""
+        if self._clock() - self._last_renewal < self._lease / 2:
+            return
+        with self._renew_lock:
+            silent_for = self._clock() - self._last_renewal
+            if silent_for < self._lease / 2:
+                return  # another sender renewed meanwhile
+            self._log.warning(
+                "ledger: leases last renewed %.0f s ago (lease %.0f s; was this process paused "
+                "or the machine suspended?): renewing them before sending more",
+                silent_for,
+                self._lease,
+            )
+            self.renew_leases()
 
 
 def _schema_statements(t: str, real: str) -> list[str]:
@@ -1081,12 +1488,12 @@ class SQLiteLedger(_SQLLedger):
                 f"SQLite {sqlite3.sqlite_version} is too old (3.35+ needed for RETURNING)"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the caller's threads, the writer and the heartbeat, always
-        # used under self._conn_lock. isolation_level=None: we issue BEGIN IMMEDIATE ourselves
-        # (the write lock is taken up front, so concurrent processes serialise instead of
-        # failing on lock upgrade). timeout: wait up to 30 s for another process's transaction.
+        # One connection, used by the I/O thread only. isolation_level=None: we issue BEGIN
+        # IMMEDIATE ourselves (the write lock is taken up front, so concurrent processes
+        # serialise instead of failing on lock upgrade). timeout: SQLite's busy wait for
+        # another process's transaction, ledger_timeout seconds (then "database is locked").
         self._conn = sqlite3.connect(
-            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
         if mode != "wal":
@@ -1114,6 +1521,14 @@ class SQLiteLedger(_SQLLedger):
             f"UPDATE {self._table} SET {sets} WHERE delivery_key = ? AND owner = ?",
             [(*(m.get(c) for c in METADATA_COLUMNS), k, self.owner) for k, m in rows],
         )
+    def _describe_error(self, exc: BaseException) -> str:
+        text = _error_text(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
+            return (
+                f"waited {self._timeout:g} s (ledger_timeout) for another process to release "
+                f"its lock on the SQLite file {self.path}: {text}"
+            )
+        return text
 
     def _begin(self) -> Any:
         cur = self._conn.cursor()
@@ -1176,30 +1591,77 @@ class PostgresLedger(_SQLLedger):
 
     _IN_KEYS = "= ANY(%s)"
 
-    def __init__(self, url: str, *, table: str = DEFAULT_TABLE, **kwargs: Any) -> None:
-        self._dsn = url
+    def __init__(self, url: str, *, table: str | None = None, **kwargs: Any) -> None:
+        """``url``: a ``postgresql://`` URL or a libpq keyword/value connection string."""
+        description = redact_url(url)
+        self._params, url_table = _pg_params(url)
         self._secrets = _url_secrets(url)
+        # When the URL cannot be shown, nothing the driver says about it can be either.
+        self._hide_driver_text = description == HIDDEN_URL
         self._psycopg2: Any = None
-        super().__init__(description=redact_url(url), table=table, **kwargs)
+        super().__init__(description=description, table=table or url_table, **kwargs)
 
     def _describe_error(self, exc: BaseException) -> str:
-        return _scrub(_error_text(exc), self._secrets)
+        code = getattr(exc, "pgcode", None)
+        if self._hide_driver_text:
+            text = type(exc).__name__ + (f" (SQLSTATE {code})" if code else "")
+        else:
+            text = _scrub(_error_text(exc), self._secrets)
+        if code == "55P03":  # lock_not_available
+            return (
+                f"gave up after {self._timeout:g} s (lock_timeout) waiting for a lock on the "
+                f"ledger table {self._table} that another connection holds (an open "
+                f"transaction, e.g. a DELETE in psql not yet committed?): {text}"
+            )
+        if code == "57014":  # query_canceled: our statement_timeout
+            return (
+                f"a ledger statement ran longer than {self._timeout + 1:g} s "
+                f"(statement_timeout): {text}"
+            )
+        if code == "25P03":  # idle_in_transaction_session_timeout: this process was stalled
+            return f"the server ended this run's ledger session (it stalled mid-transaction): {text}"
+        if "timeout expired" in text:
+            return f"could not connect within {self._connect_timeout()} s (connect_timeout): {text}"
+        return text
+
+    def _connect_timeout(self) -> str:
+        return self._params.get("connect_timeout") or str(max(2, math.ceil(self._timeout)))
 
     def _connect(self) -> None:
         try:
             import psycopg2
-            import psycopg2.extensions
         except ImportError:
             raise LedgerError(PSYCOPG2_MISSING) from None
         self._psycopg2 = psycopg2
-        try:
-            params = psycopg2.extensions.parse_dsn(self._dsn)
-        except psycopg2.Error:
-            raise LedgerError("not a valid PostgreSQL URL") from None
-        extra: dict[str, Any] = {"application_name": "target-everflow ledger"}
-        if "connect_timeout" not in params:
-            extra["connect_timeout"] = 10
-        self._conn = psycopg2.connect(self._dsn, **extra)
+        timeout = self._timeout
+        params = {
+            "application_name": "target-everflow ledger",
+            "connect_timeout": self._connect_timeout(),
+            # A peer that vanished (host down, NAT state dropped) is noticed within about
+            # ledger_timeout: keepalives while idle, tcp_user_timeout while data is unacknowledged.
+            "keepalives": "1",
+            "keepalives_idle": str(max(1, int(timeout // 3))),
+            "keepalives_interval": str(max(1, int(timeout // 6))),
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(int(timeout * 1000)),
+            **self._params,
+        }
+        self._conn = psycopg2.connect(**params)
+        # Server-side bounds for every statement of this session. idle_in_transaction: if this
+        # process stalls inside a transaction (SIGSTOP, a suspended VM), the server ends the
+        # session and its row locks do not block every other run.
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('lock_timeout', %s, false),"
+                " set_config('statement_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (
+                    f"{int(timeout * 1000)}ms",
+                    f"{int((timeout + 1) * 1000)}ms",
+                    f"{int(max(2 * timeout, 10) * 1000)}ms",
+                ),
+            )
+        self._conn.commit()
 
     def _create_schema(self, cur: Any) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog; serialise it.
@@ -1216,9 +1678,6 @@ class PostgresLedger(_SQLLedger):
             (self._table,),
         )
         return {str(r[0]).lower() for r in cur.fetchall()}
-
-    def _before_alter(self, cur: Any) -> None:
-        cur.execute(f"SET LOCAL lock_timeout = '{int(SCHEMA_LOCK_TIMEOUT * 1000)}ms'")
 
     def _lock_timed_out(self, exc: BaseException) -> bool:
         return getattr(exc, "pgcode", None) == "55P03"  # lock_not_available
@@ -1321,20 +1780,24 @@ def open_ledger(
     default_dir: pathlib.Path,
     lease_seconds: float,
     retention_days: int,
+    timeout: float | None = None,
     logger: logging.Logger | None = None,
 ) -> Ledger:
     """Open the ledger named by setting ``ledger_url``.
 
     ``None``/``""`` -> SQLite at ``default_dir/ledger.sqlite3``;
     ``"none"`` -> :class:`NullLedger`; ``sqlite://...``; ``postgresql://...``/``postgres://...``
-    (optionally ``?table=name``). Creates the schema, prunes delivered/held rows older than
+    (optionally ``?table=name``) or a libpq keyword/value string (``host=... dbname=...``,
+    optionally ``table=name``). Creates the schema, prunes delivered/held rows older than
     ``retention_days`` (``<= 0``: keep everything) and starts the writer and heartbeat threads.
+    ``timeout``: setting ``ledger_timeout`` (None: its default).
 
-    Raises :class:`LedgerError` naming ``ledger_url`` (password masked) when it cannot be opened.
+    Raises :class:`LedgerError` naming ``ledger_url`` (through :func:`redact_url`) when it
+    cannot be opened.
     """
     log = logger or _LOG
     text = (url or "").strip()
-    kwargs: dict[str, Any] = {"lease_seconds": lease_seconds, "logger": log}
+    kwargs: dict[str, Any] = {"lease_seconds": lease_seconds, "timeout": timeout, "logger": log}
     ledger: _SQLLedger
     if text.lower() == "none":
         log.warning(
@@ -1342,33 +1805,34 @@ def open_ledger(
             "conversions to Everflow again"
         )
         return NullLedger()
+    scheme_match = _SCHEME_RE.match(text)
+    scheme = scheme_match.group(1).lower().partition("+")[0] if scheme_match else ""
     if not text:
         ledger = SQLiteLedger(pathlib.Path(default_dir) / DEFAULT_SQLITE_RELPATH, **kwargs)
-    else:
-        scheme = text.partition(":")[0].lower()
-        if scheme == "sqlite":
-            base, table = _split_table(text)
-            raw_path = base[len("sqlite:") :]
-            # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
-            if raw_path.startswith("//"):
-                raw_path = raw_path[2:]
-            if raw_path.startswith("/"):
-                raw_path = raw_path[1:]
-            if not raw_path:
-                raise LedgerError(
-                    f"ledger_url {text!r} has no file path (expected sqlite:///path/ledger.db)"
-                )
-            ledger = SQLiteLedger(
-                pathlib.Path(urllib.parse.unquote(raw_path)), table=table, **kwargs
-            )
-        elif scheme in ("postgresql", "postgres"):
-            dsn, table = _split_table(text)
-            ledger = PostgresLedger(dsn, table=table, **kwargs)
-            ledger.description = redact_url(text)
-        else:
+    elif scheme == "sqlite":
+        if redact_url(text) == HIDDEN_URL:  # e.g. sqlite://user:pass@host/...: not a file
             raise LedgerError(
-                f"ledger_url {redact_url(text)!r} is not supported: expected "
-                "sqlite:///path/ledger.db, postgresql://user:password@host:port/db or none"
+                f"ledger_url {HIDDEN_URL} is not a valid SQLite URL (expected sqlite:///path/ledger.db)"
             )
+        base, table = _split_table(text)
+        raw_path = base[len("sqlite:") :]
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
+        if raw_path.startswith("//"):
+            raw_path = raw_path[2:]
+        if raw_path.startswith("/"):
+            raw_path = raw_path[1:]
+        if not raw_path:
+            raise LedgerError(
+                f"ledger_url {redact_url(text)} has no file path (expected sqlite:///path/ledger.db)"
+            )
+        ledger = SQLiteLedger(pathlib.Path(urllib.parse.unquote(raw_path)), table=table, **kwargs)
+    elif scheme in _PG_SCHEMES or (not scheme_match and _parse_keywords(text) is not None):
+        ledger = PostgresLedger(text, **kwargs)
+    else:
+        raise LedgerError(
+            f"ledger_url {redact_url(text)} is not supported: expected "
+            "sqlite:///path/ledger.db, postgresql://user:password@host:port/db, a PostgreSQL "
+            "connection string (host=... dbname=...) or none"
+        )
     ledger.open(retention_days)
     return ledger

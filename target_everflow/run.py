@@ -93,12 +93,14 @@ class Run:
                 self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
                 self.ledger = open_ledger(
                     None, default_dir=Path(self._scratch_dir), lease_seconds=lease,
-                    retention_days=s.ledger_retention_days, logger=self.logger,
+                    retention_days=s.ledger_retention_days, timeout=s.ledger_timeout,
+                    logger=self.logger,
                 )
             else:
                 self.ledger = open_ledger(
                     s.ledger_url, default_dir=s.state_dir, lease_seconds=lease,
-                    retention_days=s.ledger_retention_days, logger=self.logger,
+                    retention_days=s.ledger_retention_days, timeout=s.ledger_timeout,
+                    logger=self.logger,
                 )
                 if isinstance(self.ledger, _SQLLedger):  # (ledger_url none keeps no history)
                     self.history = RunHistory.begin(self.ledger, s.ledger_retention_days)
@@ -122,7 +124,7 @@ class Run:
             in_doubt=s.in_doubt,
             dry_run=dry_run,
             logger=self.logger,
-            stop_grace=min(s.request_timeout, 10.0),
+            stop_grace=self.stop_grace,
             metrics=self.metrics,
         )
         self.logger.info(
@@ -161,6 +163,18 @@ class Run:
         }
 
     # -- during the run --------------------------------------------------------------------
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds a stopping run gives what is in flight (postbacks, ledger writes)."""
+        return min(self.settings.request_timeout, 10.0)
+
+    def interrupt(self, reason: str) -> None:
+        """A signal: stop sending; every wait for Everflow or the ledger ends within the grace."""
+        if self.engine is not None:
+            self.engine.request_stop(reason)
+        if self.ledger is not None:
+            self.ledger.stop_waiting_after(self.stop_grace)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

@@ -274,8 +274,19 @@ CONFIG_SCHEMA = th.PropertiesList(
         secret=True,
         description=(
             "Where delivered conversions are recorded: sqlite:///path (default: "
-            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db (shared by "
-            "parallel runs), or none (no protection against re-sends)."
+            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db or a libpq connection "
+            "string (shared by parallel runs), or none (no protection against re-sends)."
+        ),
+    ),
+    th.Property(
+        "ledger_timeout",
+        th.NumberType(exclusive_minimum=0),
+        title="Ledger timeout (seconds)",
+        default=30,
+        description=(
+            "Seconds the ledger may take to answer: PostgreSQL's connect, lock and statement "
+            "timeouts and SQLite's wait for another process's lock. A ledger that does not "
+            "answer within it (plus 5 s) fails the run with exit code 4, naming the wait."
         ),
     ),
     th.Property(
@@ -455,6 +466,7 @@ class Settings:
     request_timeout: float
     max_batch_age_seconds: float
     ledger_url: str | None = field(repr=False)
+    ledger_timeout: float
     in_doubt: str
     ledger_retention_days: int
     reconcile: bool
@@ -553,6 +565,9 @@ class Settings:
                 config.get("max_batch_age_seconds", schema_default("max_batch_age_seconds"))
             ),
             ledger_url=config.get("ledger_url") or None,
+            ledger_timeout=float(
+                config.get("ledger_timeout", schema_default("ledger_timeout"))
+            ),
             in_doubt=in_doubt,
             ledger_retention_days=int(config.get("ledger_retention_days", 400)),
             reconcile=reconcile,

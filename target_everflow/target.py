@@ -273,8 +273,7 @@ class TargetEverflow(Target):
         self.logger.warning(
             "Received signal %d: no more records are read; settling what is in flight.", signum
         )
-        if self.run.engine is not None:
-            self.run.engine.request_stop(f"stopped by signal {signum}")
+        self.run.interrupt(f"stopped by signal {signum}")
         if not self.run.in_batch and not self._shielded and not _in_logging(frame):
             raise Terminated(signum)
 

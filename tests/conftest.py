@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import typing as t
 from pathlib import Path
 
@@ -28,6 +29,30 @@ def postgres_url() -> str:
     if not url:
         pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server for this test (.ci/run sets it)")
     return url
+
+
+def pg_execute(sql: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on the test PostgreSQL server (autocommit); its rows, if any."""
+    import psycopg2
+
+    conn = psycopg2.connect(postgres_url())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def wait_for(pred: t.Callable[[], t.Any], timeout: float, step: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true (True) or ``timeout`` seconds passed (its last answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
 
 
 FIGURES: list[str] = []
