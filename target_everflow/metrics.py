@@ -203,11 +203,13 @@ def log_fields(*, stream: str, event: str | None = None, reason: str | None = No
     """A log call's ``extra``: the fields JSON logs (``SINGER_SDK_LOG_CONFIG``) are filtered by.
 
     ``stream_name`` is the SDK's own field (its ``StructuredFormatter`` puts it at the top
-    level); the others (``event``, ``reason``, ``message_id``, and e.g. ``delivery_key``,
+    level); the others (``event_name``, ``reason``, ``message_id``, and e.g. ``delivery_key``,
     ``transaction_id``, ``field``) land in the line's ``extra`` object. Values are bounded;
     None values are left out.
     """
-    fields = {"stream_name": stream, "event": event, "reason": reason, "message_id": message_id, **more}
+    # "event_name", not "event": Meltano reads a plugin's JSON log lines into structlog, whose
+    # own "event" key (the message) an "event" field would collide with.
+    fields = {"stream_name": stream, "event_name": event, "reason": reason, "message_id": message_id, **more}
     return {
         k: label(v)[:MAX_FIELD] if isinstance(v, str) else v
         for k, v in fields.items() if v is not None

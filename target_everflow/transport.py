@@ -35,6 +35,11 @@ from urllib3.util.wait import wait_for_read
 READ_CHUNK = 16 * 1024
 WATCH_INTERVAL = 0.05  # how often the watchdog looks for requests past their deadline
 WATCH_LINGER = 5.0  # an idle watchdog thread ends after this long
+STALL = 1.0
+"""A watchdog tick this much later than due means the process was stopped (SIGSTOP, a frozen VM
+or container, a debugger) or starved: that time is added to every deadline in flight, so an
+answer that arrived meanwhile is still read, and the deadline counts time the process could act."""
+MIN_WAIT = 0.05  # the shortest socket timeout (only the watchdog decides a deadline passed)
 
 
 class TransportError(Exception):
@@ -110,10 +115,13 @@ class _Call:
         """Why it was ended from outside: ``deadline`` (the watchdog) or ``closed`` (``close()``)."""
 
     def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
-        if self.cut is not None or left <= 0:
+        """Seconds left for the next socket operation; raises once the watchdog cut the call.
+
+        Only the watchdog decides that a deadline passed (after discounting a stopped process's
+        time, see ``STALL``): past the deadline this returns ``MIN_WAIT`` until it does."""
+        if self.cut is not None:
             raise TimeoutError("the deadline passed")
-        return left
+        return max(self.deadline - time.monotonic(), MIN_WAIT)
 
     def shutdown(self) -> None:
         """Wake whatever blocks on this request's socket (a read returns at once)."""
@@ -285,10 +293,15 @@ class HttpClient:
             self._calls.discard(call)
 
     def _watch(self) -> None:
-        idle_since = time.monotonic()
+        idle_since = last = time.monotonic()
         while True:
             with self._lock:
                 now = time.monotonic()
+                stalled = now - last - WATCH_INTERVAL
+                last = now
+                for call in self._calls:
+                    if stalled > STALL:
+                        call.deadline += stalled
                 for call in self._calls:
                     if call.cut is None and now >= call.deadline:
                         call.cut = "deadline"

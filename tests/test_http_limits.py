@@ -331,6 +331,44 @@ def test_a_deadline_counts_the_whole_attempt() -> None:
     assert took < 1.5 + 5  # (a generous margin: this checks that it ends, not how fast)
 
 
+PAUSED_CLIENT = """
+import sys
+from target_everflow.transport import HttpClient
+client = HttpClient(sys.argv[1], timeout=2, body_limit=1024)
+print("sent", flush=True)
+reply = client.request("GET", "/")
+print(reply.status_code, reply.content.decode(), flush=True)
+"""
+
+
+def test_a_stopped_process_still_reads_the_answer_that_came_meanwhile(tmp_path: Path) -> None:
+    """A process frozen mid-request (SIGSTOP: a frozen VM or container, a debugger) for longer
+    than its deadline reads the answer that arrived meanwhile when it resumes: the deadline
+    counts time the process could act (the watchdog discounts the stop), so a postback that
+    Everflow answered is not mistaken for one that timed out."""
+
+    def answer_soon(conn: socket.socket, stop: threading.Event) -> None:
+        time.sleep(0.3)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    with misbehaving(answer_soon) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_CLIENT, server.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert server.got_request.wait(30)
+            os.kill(proc.pid, signal.SIGSTOP)  # before the answer comes (0.3 s)
+            time.sleep(4)  # twice the 2 s deadline; the answer arrives meanwhile
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.splitlines()[-1] == "200 ok"
+
+
 # --- finding 4: answers are read up to a bound; memory stays flat ------------------------------
 
 

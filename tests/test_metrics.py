@@ -203,12 +203,12 @@ def test_json_logs_carry_stream_event_reason_and_message_id(base_config, tmp_pat
 
     (mapped,) = by_reason("missing_required_field")
     assert mapped["level"] == "warning" and mapped["stream_name"] == "orders"
-    assert mapped["extra"]["event"] == "Order Completed" and mapped["extra"]["message_id"] == "msg-103"
+    assert mapped["extra"]["event_name"] == "Order Completed" and mapped["extra"]["message_id"] == "msg-103"
     assert mapped["extra"]["field"] == "app_id"
     rejected = by_reason("rejected")
     assert sorted(e["extra"]["message_id"] for e in rejected) == ["msg-3", "msg-6"]
     assert {e["extra"]["transaction_id"] for e in rejected} == {"tx-3", "tx-6"}
-    assert all(e["stream_name"] == "orders" and e["extra"]["event"] == "Order Completed" for e in rejected)
+    assert all(e["stream_name"] == "orders" and e["extra"]["event_name"] == "Order Completed" for e in rejected)
     (http_400,) = by_reason("http_400")
     assert http_400["extra"]["http_status"] == 400 and http_400["extra"]["delivery_key"] == "m:msg-4"
     (in_doubt,) = by_reason("in_doubt")
