@@ -81,7 +81,7 @@ def test_a_lease_that_may_have_expired_is_renewed_before_the_next_send(
     the next postback leaves, the run renews every lease it holds (the heartbeat is late)."""
     ledger = backend.open(lease=60)
     suspended = [0.0]
-    monkeypatch.setattr(ledger, "_clock", lambda: lease_clock() + suspended[0])
+    monkeypatch.setattr(ledger._leases, "clock", lambda: lease_clock() + suspended[0])
     assert ledger.claim(["now", "later"]) == {"now": C, "later": C}
     backend.sql("UPDATE {t} SET lease_until = ?", (time.time() + 2,))  # wall time went on
     suspended[0] = 45.0

@@ -12,6 +12,7 @@ import collections
 import os
 import pathlib
 import socket
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from target_everflow.ledger.base import DELIVERED, HELD, SENDING, ClaimStatus
@@ -73,9 +74,27 @@ def owner_is_dead(owner: str, scope: str, my_scope: str) -> bool:
     return not _pid_alive(pid)
 
 
-def claim_rows(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatus]:
+def claim_rows(
+    ledger: SQLLedger,
+    cur: Any,
+    keys: list[str],
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, ClaimStatus]:
     """Claim ``keys`` (sorted, distinct) inside the caller's transaction: new keys are inserted,
-    claims of owners that are gone or whose lease expired are taken over."""
+    claims of owners that are gone or whose lease expired are taken over. ``metadata`` is
+    written to the rows made ours (claimed or in doubt)."""
+    answers = _claim(ledger, cur, keys)
+    if metadata:
+        ours = sorted(
+            k for k, s in answers.items()
+            if s in (ClaimStatus.CLAIMED, ClaimStatus.IN_DOUBT) and k in metadata
+        )
+        if ours:
+            ledger._write_metadata(cur, [(k, metadata[k]) for k in ours])
+    return answers
+
+
+def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatus]:
     now = ledger.now(cur)
     lease_until = now + ledger.lease_seconds
     out: dict[str, ClaimStatus] = {}
@@ -168,3 +187,27 @@ def claim_rows(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimS
         out[k] = ClaimStatus.BUSY
     return out
 
+
+def change_own_claims(
+    ledger: SQLLedger, set_sql: str, keys: Sequence[str], what: str, now: bool = False
+) -> set[str]:
+    """``UPDATE {t} SET <set_sql>`` (or DELETE when ``set_sql`` is empty) of our pending or
+    sending claims of ``keys``; the keys changed. ``now``: the ledger time is the first
+    parameter of ``set_sql``."""
+    ledger._check()
+    ks = sorted(set(keys))
+    if not ks:
+        return set()
+    head = f"UPDATE {{t}} SET {set_sql}" if set_sql else "DELETE FROM {t}"
+
+    def tx(cur: Any) -> set[str]:
+        cur.execute(
+            ledger.sql(
+                f"{head} WHERE delivery_key {{in_keys}} AND status IN ('pending', 'sending')"
+                " AND owner = ? RETURNING delivery_key"
+            ),
+            ((ledger.now(cur),) if now else ()) + (ledger.keys_param(ks), ledger.owner),
+        )
+        return {r[0] for r in cur.fetchall()}
+
+    return ledger.transaction(tx, what)

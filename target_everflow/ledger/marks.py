@@ -13,8 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from target_everflow.ledger.base import LedgerError
+
+if TYPE_CHECKING:
+    from target_everflow.ledger.sql import SQLLedger
 
 Mark = tuple[str, "int | None"]
 """(key, HTTP status) for a delivered mark; (key, None) for a sending mark."""
@@ -159,3 +163,35 @@ class MarkQueue:
                 self._committed += len(batch)
                 self.commits += 1
                 self._cond.notify_all()
+
+
+def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
+    """Commit ``items`` (one transaction, the caller's); return the keys whose sending mark
+    found the claim still ours."""
+    now = ledger.now(cur)
+    sending = sorted({k for k, status in items if status is None})
+    marks = [(k, status) for k, status in items if status is not None]
+    fenced: set[str] = set()
+    if sending:
+        # The fence: the owner check and the write are one statement, so a claim another
+        # process took over (our lease had expired) changes no row and is not sent. It also
+        # renews the claim's lease.
+        cur.execute(
+            ledger.sql(
+                "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
+                " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
+                " AND owner = ? RETURNING delivery_key"
+            ),
+            (now + ledger.lease_seconds, now, ledger.keys_param(sending), ledger.owner),
+        )
+        fenced = {r[0] for r in cur.fetchall()}
+    if marks:
+        ledger._upsert_delivered(cur, marks, now)
+        cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
+            ledger.sql(
+                "UPDATE {t} SET sent_at = ? WHERE delivery_key {in_keys}"
+                " AND status = 'delivered' AND sent_at IS NULL"
+            ),
+            (now, ledger.keys_param(sorted({k for k, _ in marks}))),
+        )
+    return fenced

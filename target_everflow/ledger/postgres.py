@@ -38,13 +38,13 @@ class PostgresLedger(SQLLedger):
             text = mask(error_text(exc), self._secrets)
         if code == "55P03":  # lock_not_available
             return (
-                f"gave up after {self._timeout:g} s (lock_timeout) waiting for a lock on the "
+                f"gave up after {self.timeout:g} s (lock_timeout) waiting for a lock on the "
                 f"ledger table {self.table} that another connection holds (an open "
                 f"transaction, e.g. a DELETE in psql not yet committed?): {text}"
             )
         if code == "57014":  # query_canceled: our statement_timeout
             return (
-                f"a ledger statement ran longer than {self._timeout + 1:g} s "
+                f"a ledger statement ran longer than {self.timeout + 1:g} s "
                 f"(statement_timeout): {text}"
             )
         if code == "25P03":  # idle_in_transaction_session_timeout: this process was stalled
@@ -54,7 +54,7 @@ class PostgresLedger(SQLLedger):
         return text
 
     def _connect_timeout(self) -> str:
-        return self._params.get("connect_timeout") or str(max(2, math.ceil(self._timeout)))
+        return self._params.get("connect_timeout") or str(max(2, math.ceil(self.timeout)))
 
     def _connect(self) -> None:
         try:
@@ -62,7 +62,7 @@ class PostgresLedger(SQLLedger):
         except ImportError:
             raise LedgerError(PSYCOPG2_MISSING) from None
         self._psycopg2 = psycopg2
-        timeout = self._timeout
+        timeout = self.timeout
         params = {
             "application_name": "target-everflow ledger",
             "connect_timeout": self._connect_timeout(),

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from target_everflow.ledger.base import LedgerError
+
+if TYPE_CHECKING:
+    from target_everflow.ledger.sql import SQLLedger
+
 # Columns added after release 0.1.0, all nullable, added in place when a ledger is opened (an
 # older release keeps working on an upgraded table: it never names them). "{real}" is the
 # backend's floating point type. Times are epoch seconds.
@@ -57,3 +64,40 @@ def recon_index(t: str) -> str:
         " WHERE status = 'delivered' AND transaction_id IS NOT NULL"
         " AND (recon_status IS NULL OR recon_status = 'pending')"
     )
+
+
+def create(ledger: SQLLedger, cur: Any) -> None:
+    """Create the table and its indexes where missing."""
+    ledger.lock_for_ddl(cur, f"target_everflow_ledger:{ledger.table}")
+    for stmt in create_statements(ledger.table, ledger.real_type):
+        cur.execute(stmt)
+
+def upgrade(ledger: SQLLedger, cur: Any) -> None:
+    """Add the columns the table lacks: in place, idempotent, no data touched.
+
+    Only a table that lacks a column is altered (an ALTER TABLE locks the whole table, so
+    an up-to-date ledger is never locked for it). On PostgreSQL the lock is waited for at
+    most ``ledger_timeout`` seconds (the lock timeout of every ledger statement); then opening
+    fails with one clear line.
+    """
+    t = ledger.table
+    missing = missing_columns(ledger.column_names(cur), ledger.real_type)
+    if missing:
+        # Two runs may upgrade at once: PostgreSQL's IF NOT EXISTS makes the second a no-op
+        # (SQLite's BEGIN IMMEDIATE already serialises the check and the ALTER).
+        add = "ADD COLUMN" if ledger.dialect == "sqlite" else "ADD COLUMN IF NOT EXISTS"
+        try:
+            for name, kind in missing:
+                cur.execute(f"ALTER TABLE {t} {add} {name} {kind}")
+        except Exception as e:
+            if ledger._lock_timed_out(e):
+                raise LedgerError(
+                    f"could not upgrade the ledger table {t} in place (adding "
+                    f"{len(missing)} column(s)): another process kept it locked for more "
+                    f"than {ledger.timeout:g} s (ledger_timeout); run again once it has finished"
+                ) from None
+            raise
+        ledger.log.info(
+            "ledger: table %s upgraded in place (added %s)", t, ", ".join(n for n, _ in missing)
+        )
+    cur.execute(recon_index(t))

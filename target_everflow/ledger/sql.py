@@ -1,25 +1,19 @@
-"""The SQL ledger: what SQLite and PostgreSQL share (claims, marks, leases, transactions).
+"""The SQL ledger: what SQLite and PostgreSQL share.
 
 A backend (``sqlite.py``, ``postgres.py``) supplies the connection, the placeholders and the
-array parameters; everything else is here. Every database call runs on the ledger's I/O thread
-(``io.py``); ``delivered`` marks are group-committed (``marks.py``); claims are in
-``claims.py``. A heartbeat thread extends the lease of all this run's pending rows every
-``lease_seconds / 3``.
+array parameters. Every database call runs on the ledger's I/O thread (``io.py``); claims are
+made in ``claims.py``, marks group-committed in ``marks.py``, leases renewed in ``leases.py``.
 
 Other modules (reconciliation, run history, operator commands, the report) use the public
-helpers only: :meth:`SQLLedger.transaction`, :meth:`~SQLLedger.sql`,
-:meth:`~SQLLedger.keys_param`, :meth:`~SQLLedger.now`, :meth:`~SQLLedger.query`,
-:meth:`~SQLLedger.column_names`, :meth:`~SQLLedger.lock_for_ddl`, :attr:`~SQLLedger.table`,
-:attr:`~SQLLedger.dialect` and :attr:`~SQLLedger.real_type`.
+helpers only: ``transaction``, ``sql``, ``keys_param``, ``now``, ``query``, ``column_names``,
+``lock_for_ddl``, ``table``, ``dialect`` and ``real_type``.
 """
-
 from __future__ import annotations
 
 import abc
 import contextlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -31,13 +25,18 @@ from target_everflow.ledger.base import (
     Ledger,
     LedgerError,
     default_timeout,
-    lease_clock,
     new_owner,
 )
-from target_everflow.ledger.claims import claim_rows, machine_scope, owner_is_dead
+from target_everflow.ledger.claims import (
+    change_own_claims,
+    claim_rows,
+    machine_scope,
+    owner_is_dead,
+)
 from target_everflow.ledger.io import LedgerIO
-from target_everflow.ledger.marks import Mark, MarkQueue
-from target_everflow.ledger.schema import create_statements, missing_columns, recon_index
+from target_everflow.ledger.leases import Leases
+from target_everflow.ledger.marks import Mark, MarkQueue, write_marks
+from target_everflow.ledger.schema import create, upgrade
 from target_everflow.ledger.urls import error_text
 from target_everflow.retry import LEDGER_RETRY
 
@@ -82,7 +81,7 @@ class SQLLedger(Ledger):
         self.table = table
         """The ledger table (``?table=`` of ledger_url, else ``everflow_ledger``)."""
         self.lease_seconds = float(lease_seconds)
-        self._timeout = timeout
+        self.timeout = timeout
         self.log = logger or LOG
         self._conn: Any = None
         self._closed = False
@@ -93,12 +92,11 @@ class SQLLedger(Ledger):
             f"{self._describe_error(e)}",
             commit_delay=commit_delay, max_batch=max_batch,
         )  # fmt: skip
-        # Leases. Time since the last renewal is measured on a clock that counts a suspend.
-        self._clock: Callable[[], float] = lease_clock
-        self._stop_heartbeat = threading.Event()
-        self._renew_lock = threading.Lock()
-        self._last_renewal = self._clock()
-        self._heartbeat: threading.Thread | None = None
+        self._leases = Leases(
+            description=description, lease_seconds=self.lease_seconds, logger=self.log,
+            renew=lambda: self.renew_leases(), hung=lambda: self._io.hung is not None,
+            fail=self._fail,
+        )  # fmt: skip
 
     # ---- backend hooks ----------------------------------------------------------------
 
@@ -200,8 +198,8 @@ class SQLLedger(Ledger):
         self._io.start()
         try:
             self._io.call(self._connect_or_raise, "connect")
-            self.transaction(self._create_schema, "create the ledger table")
-            self.transaction(self._upgrade_schema, "upgrade the ledger table")
+            self.transaction(lambda cur: create(self, cur), "create the ledger table")
+            self.transaction(lambda cur: upgrade(self, cur), "upgrade the ledger table")
             if retention_days > 0:
                 self.prune(retention_days)
         except LedgerError as e:
@@ -215,12 +213,8 @@ class SQLLedger(Ledger):
         except BaseException:  # e.g. SIGTERM's exception while waiting: not a ledger error
             self._abandon()
             raise
-        self._last_renewal = self._clock()
-        self._heartbeat = threading.Thread(
-            target=self._heartbeat_loop, name="ledger-heartbeat", daemon=True
-        )
         self._marks.start()
-        self._heartbeat.start()
+        self._leases.start()
         self.log.info("ledger %s opened (owner %s)", self.description, self.owner)
 
     def _connect_or_raise(self) -> None:
@@ -230,41 +224,6 @@ class SQLLedger(Ledger):
             raise
         except Exception as e:  # any driver/OS error is reported the same way
             raise LedgerError(self._describe_error(e)) from None
-
-    def _create_schema(self, cur: Any) -> None:
-        self.lock_for_ddl(cur, f"target_everflow_ledger:{self.table}")
-        for stmt in create_statements(self.table, self.real_type):
-            cur.execute(stmt)
-
-    def _upgrade_schema(self, cur: Any) -> None:
-        """Add the columns the table lacks: in place, idempotent, no data touched.
-
-        Only a table that lacks a column is altered (an ALTER TABLE locks the whole table, so
-        an up-to-date ledger is never locked for it). On PostgreSQL the lock is waited for at
-        most ``ledger_timeout`` seconds (the lock timeout of every ledger statement); then opening
-        fails with one clear line.
-        """
-        t = self.table
-        missing = missing_columns(self.column_names(cur), self.real_type)
-        if missing:
-            # Two runs may upgrade at once: PostgreSQL's IF NOT EXISTS makes the second a no-op
-            # (SQLite's BEGIN IMMEDIATE already serialises the check and the ALTER).
-            add = "ADD COLUMN" if self.dialect == "sqlite" else "ADD COLUMN IF NOT EXISTS"
-            try:
-                for name, kind in missing:
-                    cur.execute(f"ALTER TABLE {t} {add} {name} {kind}")
-            except Exception as e:
-                if self._lock_timed_out(e):
-                    raise LedgerError(
-                        f"could not upgrade the ledger table {t} in place (adding "
-                        f"{len(missing)} column(s)): another process kept it locked for more "
-                        f"than {self._timeout:g} s (ledger_timeout); run again once it has finished"
-                    ) from None
-                raise
-            self.log.info(
-                "ledger: table %s upgraded in place (added %s)", t, ", ".join(n for n, _ in missing)
-            )
-        cur.execute(recon_index(t))
 
     def _abandon(self) -> None:
         """Give the connection up without waiting: it is closed when the I/O thread is free
@@ -281,11 +240,9 @@ class SQLLedger(Ledger):
         if self._closed:
             return
         self._closed = True
-        self._stop_heartbeat.set()
         # Both threads only wait for the I/O thread, with a deadline: these joins end.
+        self._leases.stop()
         lost = self._marks.stop()
-        if self._heartbeat is not None:
-            self._heartbeat.join()
         with contextlib.suppress(LedgerError):
             self._io.call(self._close_quietly, "close the connection")
         self._io.stop()
@@ -347,54 +304,24 @@ class SQLLedger(Ledger):
         if not ordered:
             return {}
 
-        def tx(cur: Any) -> dict[str, ClaimStatus]:
-            # Sorted, so concurrent transactions lock overlapping keys in the same order.
-            answers = claim_rows(self, cur, sorted(ordered))
-            if metadata:
-                ours = sorted(
-                    k for k, s in answers.items()
-                    if s in (ClaimStatus.CLAIMED, ClaimStatus.IN_DOUBT) and k in metadata
-                )
-                if ours:
-                    self._write_metadata(cur, [(k, metadata[k]) for k in ours])
-            return answers
-
-        answers = self.transaction(tx, "claim keys")
+        # Sorted, so concurrent transactions lock overlapping keys in the same order.
+        answers = self.transaction(
+            lambda cur: claim_rows(self, cur, sorted(ordered), metadata), "claim keys"
+        )
         return {k: answers[k] for k in ordered}
 
     def _owner_is_dead(self, owner: str, scope: str) -> bool:
         """True when ``owner`` ran on this machine and its process no longer exists."""
         return owner_is_dead(owner, scope, self.scope)
 
-    def _own_rows(self, set_sql: str, keys: Sequence[str], what: str, now: bool = False) -> set[str]:
-        """``UPDATE {t} SET <set_sql>`` (or DELETE when ``set_sql`` is empty) of our pending or
-        sending claims of ``keys``; the keys changed. ``now``: the ledger time is the first
-        parameter of ``set_sql``."""
-        self._check()
-        ks = sorted(set(keys))
-        if not ks:
-            return set()
-        head = f"UPDATE {{t}} SET {set_sql}" if set_sql else "DELETE FROM {t}"
-
-        def tx(cur: Any) -> set[str]:
-            cur.execute(
-                self.sql(
-                    f"{head} WHERE delivery_key {{in_keys}} AND status IN ('pending', 'sending')"
-                    " AND owner = ? RETURNING delivery_key"
-                ),
-                ((self.now(cur),) if now else ()) + (self.keys_param(ks), self.owner),
-            )
-            return {r[0] for r in cur.fetchall()}
-
-        return self.transaction(tx, what)
-
     def release(self, keys: Sequence[str]) -> None:
-        self._own_rows("", keys, "release claims")
+        change_own_claims(self, "", keys, "release claims")
 
     def mark_held(self, keys: Sequence[str]) -> None:
         ks = set(keys)
-        held = self._own_rows(
-            "status = 'in_doubt', lease_until = NULL, updated_at = ?", ks, "mark keys held", now=True
+        held = change_own_claims(
+            self, "status = 'in_doubt', lease_until = NULL, updated_at = ?", ks, "mark keys held",
+            now=True,
         )
         if len(held) != len(ks):
             self.log.warning(
@@ -443,7 +370,7 @@ class SQLLedger(Ledger):
     # ---- group-committed marks (marks.py) ----------------------------------------------
 
     def mark_sending(self, key: str) -> bool:
-        self._renew_if_lease_may_have_expired()
+        self._leases.renew_if_overdue()
         return self._marks.sending(key)
 
     def mark_delivered(self, key: str, http_status: int) -> None:
@@ -454,59 +381,13 @@ class SQLLedger(Ledger):
             raise LedgerError(f"ledger {self.description} is closed")
 
     def _commit_marks(self, items: list[Mark]) -> set[str]:
-        return self.transaction(lambda cur: self._write_marks(cur, items), "commit delivered marks")
+        return self.transaction(lambda cur: write_marks(self, cur, items), "commit delivered marks")
 
-    def _write_marks(self, cur: Any, items: list[Mark]) -> set[str]:
-        now = self.now(cur)
-        sending = sorted({k for k, status in items if status is None})
-        marks = [(k, status) for k, status in items if status is not None]
-        fenced: set[str] = set()
-        if sending:
-            # The fence: the owner check and the write are one statement, so a claim another
-            # process took over (our lease had expired) changes no row and is not sent. It also
-            # renews the claim's lease.
-            cur.execute(
-                self.sql(
-                    "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
-                    " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
-                    " AND owner = ? RETURNING delivery_key"
-                ),
-                (now + self.lease_seconds, now, self.keys_param(sending), self.owner),
-            )
-            fenced = {r[0] for r in cur.fetchall()}
-        if marks:
-            self._upsert_delivered(cur, marks, now)
-            cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
-                self.sql(
-                    "UPDATE {t} SET sent_at = ? WHERE delivery_key {in_keys}"
-                    " AND status = 'delivered' AND sent_at IS NULL"
-                ),
-                (now, self.keys_param(sorted({k for k, _ in marks}))),
-            )
-        return fenced
-
-    # ---- leases -----------------------------------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        interval = self.lease_seconds / 3.0
-        while not self._stop_heartbeat.wait(interval):
-            if self._io.hung is not None:
-                return  # the ledger stopped answering: the run is failing already
-            try:
-                self.renew_leases()
-            except Exception as e:
-                silent_for = self._clock() - self._last_renewal
-                self.log.warning("ledger: could not renew leases (%s)", e)
-                if silent_for >= self.lease_seconds:
-                    self._fail(LedgerError(
-                        f"ledger {self.description}: leases not renewed for {silent_for:.0f} s; "
-                        f"other processes may take over this run's claims ({e})"
-                    ))  # fmt: skip
-                    return
+    # ---- leases (leases.py) -----------------------------------------------------------
 
     def renew_leases(self) -> int:
         """Extend the lease of all our pending rows (one UPDATE); return the row count."""
-        started = self._clock()
+        started = self._leases.clock()
 
         def tx(cur: Any) -> int:
             cur.execute(
@@ -519,23 +400,5 @@ class SQLLedger(Ledger):
             return int(cur.rowcount or 0)
 
         n = self.transaction(tx, "renew leases")
-        self._last_renewal = started
+        self._leases.last_renewal = started
         return n
-
-    def _renew_if_lease_may_have_expired(self) -> None:
-        """Before a postback leaves: if the heartbeat is overdue (this process was paused, the
-        machine suspended, the ledger slow), renew every lease first. Time since the last
-        renewal is measured on ``lease_clock``, which keeps counting through a suspend."""
-        if self._clock() - self._last_renewal < self.lease_seconds / 2:
-            return
-        with self._renew_lock:
-            silent_for = self._clock() - self._last_renewal
-            if silent_for < self.lease_seconds / 2:
-                return  # another sender renewed meanwhile
-            self.log.warning(
-                "ledger: leases last renewed %.0f s ago (lease %.0f s; was this process paused "
-                "or the machine suspended?): renewing them before sending more",
-                silent_for,
-                self.lease_seconds,
-            )
-            self.renew_leases()

@@ -36,7 +36,7 @@ class SQLiteLedger(SQLLedger):
         # serialise instead of failing on lock upgrade). timeout: SQLite's busy wait for
         # another process's transaction, ledger_timeout seconds (then "database is locked").
         self._conn = sqlite3.connect(
-            str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False
+            str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
         if mode != "wal":
@@ -65,7 +65,7 @@ class SQLiteLedger(SQLLedger):
         text = error_text(exc)
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
             return (
-                f"waited {self._timeout:g} s (ledger_timeout) for another process to release "
+                f"waited {self.timeout:g} s (ledger_timeout) for another process to release "
                 f"its lock on the SQLite file {self.path}: {text}"
             )
         return text
