@@ -56,8 +56,7 @@ def test_the_fence_refuses_a_claim_another_run_took_over(backend: Backend) -> No
     assert holder.mark_sending("sent") is True  # still ours: the postback may leave
 
     # The holder freezes: nothing renews its leases, and the rival takes its claims over.
-    holder._stop_heartbeat.set()
-    holder._heartbeat.join(5)
+    holder._leases.stop()
     assert wait_for(lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5)
     assert rival.claim(["sent", "unsent"]) == {"sent": I, "unsent": C}
 
