@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import random
 import threading
 import time
 import typing as t
@@ -41,37 +40,12 @@ from target_everflow.mapping import (
 )
 from target_everflow.metrics import conversion_fields
 from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
+from target_everflow.retry import RetryPolicy
 
 if t.TYPE_CHECKING:
     from target_everflow.metrics import RunMetrics
 
 IN_DOUBT = "in_doubt"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When to try again: exponential backoff with full jitter, honouring ``Retry-After``."""
-
-    max_retries: int = 5
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 300.0
-
-    def delay(self, retry: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (retry - 1)))
-        jittered = (rng or random).uniform(0, ceiling)
-        if retry_after is not None:
-            return min(self.retry_after_max, max(retry_after, jittered))
-        return jittered
-
-    def worst_case_seconds(self, timeout: float) -> float:
-        """How long one conversion can take at most: every attempt times out, every wait maxed."""
-        waits = sum(
-            min(self.retry_after_max, max(self.backoff_max, self.backoff_base * 2 ** (i - 1)))
-            for i in range(1, self.max_retries + 1)
-        )
-        return timeout * (self.max_retries + 1) + waits
 
 
 class RateLimiter:

@@ -19,25 +19,30 @@ deadline of ``request_timeout`` seconds (connect, send, read the whole answer), 
 ``BODY_LIMIT`` bytes of an answer are read (after decompression).
 
 429 and 5xx answers, and connection errors, are retried (at most ``MAX_ATTEMPTS`` attempts per
-call, exponential backoff with jitter, capped; ``Retry-After`` is honoured). A timeout is not
-retried: the request already waited ``request_timeout`` seconds.
+call, exponential backoff with equal jitter, capped; ``Retry-After`` is honoured up to
+``MAX_RETRY_AFTER``): ``retry.API_RETRY``. A timeout is not retried: the request already waited
+``request_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import typing as t
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from urllib3.util import make_headers
 
-from target_everflow.postback import retry_after_seconds
 from target_everflow.masking import mask
-from target_everflow.settings import DEFAULT_API_URL, DEFAULT_EVENT_MAPPING, is_loopback
+from target_everflow.retry import API_RETRY, retry_after_seconds
+from target_everflow.settings import (
+    DEFAULT_API_URL,
+    DEFAULT_EVENT_MAPPING,
+    is_loopback,
+    schema_default,
+)
 from target_everflow.transport import (
     DeadlineExceeded,
     HttpClient,
@@ -49,11 +54,8 @@ from target_everflow.transport import (
 
 API_KEY_HEADER = "X-Eflow-API-Key"
 EU_API_URL = "https://api-eu.eflow.team/v1"
-DEFAULT_REQUEST_TIMEOUT = 30.0
-MAX_ATTEMPTS = 4  # per API call: the first try and up to three retries
-BACKOFF_BASE = 1.0  # seconds before the first retry (before jitter)
-BACKOFF_CAP = 8.0  # no single backoff sleep is longer than this
-MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the check fails instead
+MAX_ATTEMPTS = API_RETRY.max_attempts  # per API call: the first try and up to three retries
+MAX_RETRY_AFTER = API_RETRY.retry_after_max  # a longer Retry-After is not waited for: fail instead
 USER_AGENT = "target-everflow (preflight)"
 BODY_LIMIT = 4 * 1024 * 1024  # an API page (the advertiser's events) is read up to this, decoded
 REDACTED = "[redacted]"
@@ -61,7 +63,6 @@ SECURITY_HINT = "a network API key, created under Control Center > Security"
 SKIP_HINT = "or set preflight: false to skip the check"
 
 _LOG = logging.getLogger(__name__)
-_RANDOM = random.Random()
 
 
 class PreflightError(Exception):
@@ -86,7 +87,6 @@ class PreflightReport:
     events: list[tuple[str, int, str]]  # (Segment event, Everflow id, Everflow name or "base conversion")
     network_id: int | None = None
     network_name: str | None = None
-    requests_made: int = field(default=0, compare=False)
 
     def lines(self) -> list[str]:
         """Human lines: what was verified."""
@@ -210,7 +210,7 @@ def _advertiser_id(config: t.Mapping[str, t.Any], mapping: dict[str, int]) -> in
 def _timeout(config: t.Mapping[str, t.Any]) -> float:
     value = config.get("request_timeout")
     if value is None:
-        return DEFAULT_REQUEST_TIMEOUT
+        return float(schema_default("request_timeout"))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise PreflightError("Setting 'request_timeout': must be a number of seconds > 0.", "config")
     return float(value)
@@ -219,12 +219,6 @@ def _timeout(config: t.Mapping[str, t.Any]) -> float:
 def _retry_after(response: Reply) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
     return retry_after_seconds(response.headers.get("Retry-After"))
-
-
-def backoff_delay(retry: int) -> float:
-    """Sleep before retry number ``retry`` (1-based): capped exponential, equal jitter."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (retry - 1)))
-    return ceiling / 2 + _RANDOM.uniform(0, ceiling / 2)
 
 
 def _error_text(response: Reply, secret: str | None = None) -> str:
@@ -360,7 +354,7 @@ class _Api:
                 reason = _connection_reason(exc)
                 # A certificate that does not verify will not verify on a retry either.
                 if attempt < MAX_ATTEMPTS and not isinstance(exc, TlsFailed):
-                    delay = backoff_delay(attempt)
+                    delay = API_RETRY.delay(attempt)
                     self.log.warning(
                         "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
                         reason, what, delay, attempt + 1, MAX_ATTEMPTS,
@@ -395,7 +389,7 @@ class _Api:
 
             if status == 429 or status >= 500:
                 retry_after = _retry_after(response) if status == 429 or status == 503 else None
-                if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                if retry_after is not None and not API_RETRY.waits_for(retry_after):
                     if status == 429:
                         raise self.fail(
                             f"The Everflow API is rate limiting this key: {what} answered HTTP "
@@ -410,7 +404,7 @@ class _Api:
                         "server",
                     )
                 if attempt < MAX_ATTEMPTS:
-                    delay = retry_after if retry_after is not None else backoff_delay(attempt)
+                    delay = API_RETRY.delay(attempt, retry_after)
                     if status == 429 and self.limiter is not None:
                         self.limiter.hold(delay)  # the bucket's other users wait too
                     self.log.warning(
@@ -539,7 +533,6 @@ def run_preflight(
     finally:
         if client is None:
             http.close()
-    report.requests_made = api.requests_made
     return report
 
 

@@ -36,11 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from target_everflow.errors import TargetEverflowError
-from target_everflow.ledger import NullLedger, SQLiteLedger, open_ledger
+from target_everflow.ledger import SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER
-
-if t.TYPE_CHECKING:
-    from target_everflow.ledger import Ledger
 
 DAY = 86400.0
 RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
@@ -169,12 +166,12 @@ def _text(value: t.Any) -> str:
 class _Reader:
     """Read-only queries on an open SQL ledger, in the backend's dialect."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: SQLLedger) -> None:
         self.ledger = ledger
-        self.sqlite = isinstance(ledger, SQLiteLedger)
+        self.sqlite = ledger.dialect == "sqlite"
 
     def rows(self, sql: str, params: t.Sequence[t.Any] = ()) -> list[tuple[t.Any, ...]]:
-        return self.ledger.query(sql, params)[1]  # type: ignore[attr-defined]
+        return self.ledger.query(sql, params)[1]
 
     def day(self, column: str) -> str:
         """The UTC day number (epoch days) of an epoch-seconds column."""
@@ -191,10 +188,10 @@ class _Reader:
         return bool(found and found[0][0])
 
     def columns(self, table: str) -> set[str]:
-        return {c.lower() for c in self.ledger.query(f"SELECT * FROM {table} WHERE 1 = 0")[0]}  # type: ignore[attr-defined]
+        return {c.lower() for c in self.ledger.query(f"SELECT * FROM {table} WHERE 1 = 0")[0]}
 
 
-def read_report(ledger: Ledger, *, days: int, runs: int, now: float | None = None) -> Report:
+def read_report(ledger: SQLLedger, *, days: int, runs: int, now: float | None = None) -> Report:
     """Everything the page shows, from an open ledger (see the module docstring)."""
     now = time.time() if now is None else now
     today = math.floor(now / DAY)
@@ -206,9 +203,8 @@ def read_report(ledger: Ledger, *, days: int, runs: int, now: float | None = Non
         days=[_day((first + i) * DAY) for i in range(days)],
     )
     reader = _Reader(ledger)
-    table = ledger._table  # type: ignore[attr-defined]  # noqa: SLF001 - the table the URL names
     _read_conversions(reader, report, since=since, now=now)
-    runs_table = f"{table}_runs"
+    runs_table = f"{ledger.table}_runs"
     report.history = reader.table_exists(runs_table)
     if report.history:
         _read_dead_letters(reader, report, since=since)
@@ -335,7 +331,7 @@ def build_report(ledger_url: str | None, *, default_dir: Path, days: int, runs: 
     ledger = open_ledger(ledger_url, default_dir=default_dir, lease_seconds=60.0,
                          retention_days=0, logger=log)  # 0: never prunes
     try:
-        if isinstance(ledger, NullLedger):
+        if not isinstance(ledger, SQLLedger):
             raise TargetEverflowError(
                 "ledger_url is none: there is no ledger to report on (set ledger_url to the "
                 "ledger your runs use)"

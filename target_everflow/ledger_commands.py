@@ -34,8 +34,7 @@ from target_everflow.ledger import (
     PENDING,
     SENDING,
     LedgerError,
-    PostgresLedger,
-    _SQLLedger,
+    SQLLedger,
     open_ledger,
 )
 from target_everflow.run_history import forget_runs
@@ -58,7 +57,7 @@ COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a l
 
 
 @contextlib.contextmanager
-def configured_ledger(config: Sequence[str]) -> Iterator[_SQLLedger]:
+def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     """The ledger of ``--config``, opened without pruning; a failure exits with one line."""
     from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - heavy, load on use
 
@@ -74,7 +73,7 @@ def configured_ledger(config: Sequence[str]) -> Iterator[_SQLLedger]:
         )
     except LedgerError as exc:
         fail(LedgerUnavailable(str(exc)))
-    assert isinstance(ledger, _SQLLedger)
+    assert isinstance(ledger, SQLLedger)
     try:
         yield ledger
     except LedgerError as exc:
@@ -122,18 +121,6 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
         ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def _ledger_columns(ledger: _SQLLedger, cur: t.Any) -> set[str]:
-    if isinstance(ledger, PostgresLedger):
-        cur.execute(
-            "SELECT column_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema() AND table_name = %s",
-            (ledger.table.lower(),),
-        )
-        return {str(r[0]) for r in cur.fetchall()}
-    cur.execute(f"PRAGMA table_info({ledger.table})")
-    return {str(r[1]) for r in cur.fetchall()}
 
 
 def _shown_keys(keys: Sequence[str]) -> str:
@@ -220,14 +207,14 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
         )
 
 
-def _in_doubt_rows(ledger: _SQLLedger, keys: Sequence[str] | None = None) -> tuple[list[dict[str, t.Any]], float]:
+def _in_doubt_rows(ledger: SQLLedger, keys: Sequence[str] | None = None) -> tuple[list[dict[str, t.Any]], float]:
     """Rows in doubt: held (``in_doubt``) or *sending* under an expired lease; with ``keys``,
     those keys' rows whatever their status. Each row has the claim-time columns when the
     ledger has them (else None)."""
 
     def tx(cur: t.Any) -> tuple[list[dict[str, t.Any]], float]:
         now = ledger.now(cur)
-        present = _ledger_columns(ledger, cur)
+        present = ledger.column_names(cur)
         extra = [c if c in present else "NULL" for c in CLAIM_COLUMNS]
         columns = ["delivery_key", "status", "owner", "lease_until", "updated_at", *extra]
         select = f"SELECT {', '.join(columns)} FROM {{t}}"
@@ -344,7 +331,7 @@ def release_command(config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt
         sys.exit(1)
 
 
-def _delete_unchanged(ledger: _SQLLedger, rows: Sequence[dict[str, t.Any]]) -> set[str]:
+def _delete_unchanged(ledger: SQLLedger, rows: Sequence[dict[str, t.Any]]) -> set[str]:
     """Delete each row if it is still as it was read (same status and owner, and a pending or
     sending one still without a live lease); return the keys deleted."""
 

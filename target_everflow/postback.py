@@ -17,12 +17,10 @@ import json
 import re
 import typing as t
 from dataclasses import dataclass
-from datetime import timezone
-from email.utils import parsedate_to_datetime
-from time import time
 from urllib.parse import quote, urlsplit
 
 from target_everflow.masking import REDACTED, mask
+from target_everflow.retry import retry_after_seconds
 from target_everflow.transport import (
     Abandoned,
     ConnectFailed,
@@ -41,7 +39,10 @@ USER_AGENT = "target-everflow"
 BODY_LIMIT = 64 * 1024
 """At most this much of an answer is read (after decompression): Everflow's are ~100 bytes."""
 
-__all__ = ["REDACTED", "Answer", "PostbackClient", "Reply", "Verdict", "classify", "encode_query", "excerpt"]
+__all__ = [
+    "REDACTED", "Answer", "PostbackClient", "Reply", "Verdict", "classify", "encode_query", "excerpt",
+    "retry_after_seconds",
+]
 
 
 class Verdict(str, enum.Enum):
@@ -102,24 +103,6 @@ def _quote(text: str) -> str:
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:
     """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8."""
     return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in params)
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # an HTTP date is always GMT
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, moment.timestamp() - (now if now is not None else time()))
 
 
 class PostbackClient:

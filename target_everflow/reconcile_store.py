@@ -15,9 +15,10 @@ and never check one key at the same time:
 * :meth:`record` writes the verdicts and gives the keys up, only where this run still owns them
   (a key taken over after an expired lease is not overwritten).
 
-Everything runs through the ledger's own transaction helper (``_run``: one connection, retried
-on deadlocks, errors as ``LedgerError`` with the password masked) and its clock (PostgreSQL's
-server clock, so skewed hosts agree on leases).
+Everything runs through the ledger's public SQL helpers (``SQLLedger.transaction``: one
+connection, retried on deadlocks, errors as ``LedgerError`` with the password masked; ``sql``,
+``keys_param``) and its clock (``now``: PostgreSQL's server clock, so skewed hosts agree on
+leases).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import typing as t
 from dataclasses import dataclass
 
-from target_everflow.ledger import Ledger, LedgerError, PostgresLedger, _SQLLedger
+from target_everflow.ledger import Ledger, LedgerError, SQLLedger
 
 CONFIRMED = "confirmed"
 PENDING = "pending"
@@ -96,7 +97,7 @@ class ReconcileStore:
     """The reconciliation's SQL over an open SQL ledger; see the module docstring."""
 
     def __init__(self, ledger: Ledger, *, lease_seconds: float) -> None:
-        if not isinstance(ledger, _SQLLedger):
+        if not isinstance(ledger, SQLLedger):
             raise LedgerError(
                 "ledger_url is none: no ledger records what was delivered, so there is nothing "
                 "to reconcile"
@@ -104,20 +105,19 @@ class ReconcileStore:
         self.ledger = ledger
         self.owner = ledger.owner
         self.lease = float(lease_seconds)
-        self._pg = isinstance(ledger, PostgresLedger)
-        self._t = ledger._table  # noqa: SLF001 - the ledger's own helpers, used as they are
+        self._pg = ledger.dialect == "postgresql"
         self.run_started = self.now()
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _run(self, fn: t.Callable[[t.Any], t.Any], what: str) -> t.Any:
-        return self.ledger._run(fn, what)  # noqa: SLF001
+        return self.ledger.transaction(fn, what)
 
     def _sql(self, sql: str) -> str:
-        return self.ledger._sql(sql)  # noqa: SLF001
+        return self.ledger.sql(sql)
 
     def _now(self, cur: t.Any) -> float:
-        return self.ledger._now(cur)  # noqa: SLF001
+        return self.ledger.now(cur)
 
     def now(self) -> float:
         """The ledger's clock."""
@@ -190,7 +190,7 @@ class ReconcileStore:
                     "UPDATE {t} SET recon_owner = NULL, recon_lease_until = NULL"
                     " WHERE delivery_key {in_keys} AND recon_owner = ?"
                 ),
-                (self.ledger._keys_param(sorted(keys)), self.owner),  # noqa: SLF001
+                (self.ledger.keys_param(sorted(keys)), self.owner),
             )
 
         if keys:

@@ -17,10 +17,9 @@ import typing as t
 from importlib import metadata
 
 from target_everflow.accounting import dumps
-from target_everflow.ledger import PostgresLedger
 
 if t.TYPE_CHECKING:
-    from target_everflow.ledger import _SQLLedger
+    from target_everflow.ledger import SQLLedger
 
 COUNTS = (
     "records_read", "delivered", "skipped", "dead_lettered", "in_doubt", "requests", "retries",
@@ -32,7 +31,7 @@ COLUMNS = (
 DEFAULT_LAST = 20
 
 
-def runs_table(ledger: _SQLLedger) -> str:
+def runs_table(ledger: SQLLedger) -> str:
     return f"{ledger.table}_runs"
 
 
@@ -43,13 +42,10 @@ def target_version() -> str:
         return "unknown"
 
 
-def _create(ledger: _SQLLedger, cur: t.Any) -> None:
+def _create(ledger: SQLLedger, cur: t.Any) -> None:
     runs = runs_table(ledger)
-    real = "REAL"
-    if isinstance(ledger, PostgresLedger):
-        real = "DOUBLE PRECISION"
-        # Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"target_everflow_runs:{runs}",))
+    real = ledger.real_type
+    ledger.lock_for_ddl(cur, f"target_everflow_runs:{runs}")
     counts = ",\n".join(f"            {name} INTEGER" for name in COUNTS)
     cur.execute(
         f"""CREATE TABLE IF NOT EXISTS {runs} (
@@ -70,12 +66,12 @@ def _create(ledger: _SQLLedger, cur: t.Any) -> None:
 class RunHistory:
     """This run's row in the history."""
 
-    def __init__(self, ledger: _SQLLedger) -> None:
+    def __init__(self, ledger: SQLLedger) -> None:
         self.ledger = ledger
         self.run_id = ledger.owner
 
     @classmethod
-    def begin(cls, ledger: _SQLLedger, retention_days: int) -> RunHistory:
+    def begin(cls, ledger: SQLLedger, retention_days: int) -> RunHistory:
         """Record the start of this run (and prune runs older than ``retention_days``)."""
         history = cls(ledger)
         runs = runs_table(ledger)
@@ -125,7 +121,7 @@ class RunHistory:
         ledger.transaction(tx, "record the run's end in the run history")
 
 
-def recent_runs(ledger: _SQLLedger, last: int) -> list[dict[str, t.Any]]:
+def recent_runs(ledger: SQLLedger, last: int) -> list[dict[str, t.Any]]:
     """The last ``last`` runs, newest first, each a dict of :data:`COLUMNS` (summary parsed)."""
 
     def tx(cur: t.Any) -> list[tuple[t.Any, ...]]:
@@ -150,7 +146,7 @@ def recent_runs(ledger: _SQLLedger, last: int) -> list[dict[str, t.Any]]:
     return runs
 
 
-def forget_runs(ledger: _SQLLedger, days: float) -> int:
+def forget_runs(ledger: SQLLedger, days: float) -> int:
     """Delete runs that started more than ``days`` days ago; return how many."""
 
     def tx(cur: t.Any) -> int:

@@ -470,10 +470,12 @@ def test_5xx_gives_up_after_four_attempts(client: CapturingClient) -> None:
 
 
 def test_backoff_is_capped() -> None:
+    policy = everflow_api.API_RETRY
+    assert (policy.backoff_base, policy.backoff_max) == (1.0, 8.0)
     for retry in range(1, 12):
-        delay = everflow_api.backoff_delay(retry)
-        ceiling = min(everflow_api.BACKOFF_CAP, everflow_api.BACKOFF_BASE * 2 ** (retry - 1))
-        assert ceiling / 2 <= delay <= ceiling <= everflow_api.BACKOFF_CAP
+        delay = policy.delay(retry)
+        ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (retry - 1))
+        assert ceiling / 2 <= delay <= ceiling <= policy.backoff_max
 
 
 class CannedClient:

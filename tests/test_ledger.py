@@ -274,7 +274,7 @@ def test_expired_lease_of_another_host_is_taken_over_as_in_doubt(backend: Backen
 def test_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(backend: Backend) -> None:
     ledger = backend.open()
     assert isinstance(ledger, (SQLiteLedger, PostgresLedger))
-    host, scope = socket.gethostname(), ledger._scope
+    host, scope = socket.gethostname(), ledger.scope
     future = time.time() + 600
     dead = _dead_pid()
     backend.fake_row("crashed", owner=f"{host}:{dead}:abcd", lease_until=future, scope=scope)
@@ -413,7 +413,7 @@ def test_leases_that_cannot_be_renewed_make_the_ledger_fail(
     monkeypatch.setattr(ledger, "renew_leases", broken)
     ledger.claim(["h1"])
     # Once the lease may have expired, other processes may own our claims: stop sending.
-    assert _wait_for(lambda: ledger._failed is not None, timeout=2.0)
+    assert _wait_for(lambda: ledger.failure is not None, timeout=2.0)
     with pytest.raises(LedgerError, match="leases not renewed"):
         ledger.claim(["h2"])
     with pytest.raises(LedgerError, match="leases not renewed"):

@@ -56,8 +56,7 @@ def test_the_fence_refuses_a_claim_another_run_took_over(backend: Backend) -> No
     assert holder.mark_sending("sent") is True  # still ours: the postback may leave
 
     # The holder freezes: nothing renews its leases, and the rival takes its claims over.
-    holder._stop_heartbeat.set()
-    holder._heartbeat.join(5)
+    holder._leases.stop()
     assert wait_for(lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5)
     assert rival.claim(["sent", "unsent"]) == {"sent": I, "unsent": C}
 
@@ -81,7 +80,7 @@ def test_a_lease_that_may_have_expired_is_renewed_before_the_next_send(
     the next postback leaves, the run renews every lease it holds (the heartbeat is late)."""
     ledger = backend.open(lease=60)
     suspended = [0.0]
-    monkeypatch.setattr(ledger, "_clock", lambda: lease_clock() + suspended[0])
+    monkeypatch.setattr(ledger._leases, "clock", lambda: lease_clock() + suspended[0])
     assert ledger.claim(["now", "later"]) == {"now": C, "later": C}
     backend.sql("UPDATE {t} SET lease_until = ?", (time.time() + 2,))  # wall time went on
     suspended[0] = 45.0
