@@ -32,6 +32,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from target_everflow.mapping import Conversion
+    from target_everflow.metrics import PointWriter
     from target_everflow.settings import Settings
 
 DROPPED_WARNINGS_PER_FIELD = 20
@@ -50,19 +51,19 @@ class Run:
         settings: Settings,
         logger: logging.Logger,
         schemas: Callable[[str], dict | None],
+        metric_writer: PointWriter,
     ) -> None:
         self.settings = settings
         self.logger = logger
         self.mapper = Mapper(settings, logger)
         self.summary = RunSummary(self.mapper.summary_event)
-        self.metrics = RunMetrics(self.summary, dry_run=settings.dry_run)
+        self.metrics = RunMetrics(self.summary, metric_writer, dry_run=settings.dry_run)
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
         self.history: RunHistory | None = None
         self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
         self.opened = False
         self._active_batches = 0
-        self.batch_settled = False
         self._lock = threading.Lock()
         self._dropped_warned: dict[tuple[str, str], int] = {}
         self._scratch_dir: str | None = None
@@ -182,7 +183,6 @@ class Run:
             self._active_batches += 1
         try:
             yield
-            self.batch_settled = True
         finally:
             with self._lock:
                 self._active_batches -= 1

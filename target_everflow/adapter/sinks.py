@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import time
 import typing as t
+from datetime import date
+from datetime import time as dt_time
 
 from singer_sdk.exceptions import InvalidRecord
-from singer_sdk.helpers._compat import (
-    date_fromisoformat,
-    datetime_fromisoformat,
-    time_fromisoformat,
-)
-from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks import BatchSink
 
 from target_everflow.accounting import shown
@@ -23,12 +19,16 @@ from target_everflow.mapping import (
     Conversion,
     Outcome,
 )
+from target_everflow.mapping import event_time as _event_time
+from target_everflow.fields import Mismatch
 from target_everflow.metrics import log_fields
 from target_everflow.settings import CONFIG_SCHEMA
 
 if t.TYPE_CHECKING:
     from target_everflow.run import Run
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
+
+DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
 
 
 def _kind(value: t.Any) -> str:
@@ -39,23 +39,98 @@ def _kind(value: t.Any) -> str:
     return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a value"
 
 
+def _datelike(prop: t.Any) -> str | None:
+    """``date-time``, ``date`` or ``time`` when a property declares that format (or an
+    ``anyOf`` branch does), else None."""
+    if not isinstance(prop, dict):
+        return None
+    if prop.get("format") in DATELIKE_FORMATS:
+        return t.cast("str", prop["format"])
+    for branch in prop.get("anyOf", ()):
+        if isinstance(branch, dict) and branch.get("format") in DATELIKE_FORMATS:
+            return t.cast("str", branch["format"])
+    return None
+
+
+def without_datelike_formats(schema: t.Any) -> t.Any:
+    """A copy of a JSON schema that declares no date/time formats: the SDK then parses no
+    timestamp, and every record stays as it was received (a dead letter holds it verbatim)."""
+    if isinstance(schema, dict):
+        return {
+            k: without_datelike_formats(v) for k, v in schema.items()
+            if not (k == "format" and v in DATELIKE_FORMATS)
+        }
+    if isinstance(schema, list):
+        return [without_datelike_formats(v) for v in schema]
+    return schema
+
+
+def _not_datelike(kind: str, value: t.Any) -> str | None:
+    """What is wrong with a value of a column declared ``kind`` (None: it parses)."""
+    if not isinstance(value, str):
+        return f"{_kind(value)}, not a {kind} text"
+    try:
+        if kind == "date":
+            date.fromisoformat(value)
+        elif kind == "time":
+            dt_time.fromisoformat(value)
+        else:
+            _event_time(value)
+    except (ValueError, TypeError, OverflowError, Mismatch):
+        return f"{value[:40]!r} is not a {kind}"
+    return None
+
+
 class EverflowSink(BatchSink):
     """Maps each record as it arrives; delivers the batch's conversions when drained.
 
     Skips are final at once; dead letters are written at once and made durable before the
     batch returns; conversions wait for ``process_batch``. The SDK emits STATE only after every
     sink's ``process_batch`` returned, so STATE never covers a record without its outcome.
+    Records reach ``process_record`` as they were received: the SDK is shown the schema
+    without date/time formats (so it parses no timestamp) and validates nothing; the sink
+    checks ``validate_records`` and key properties itself.
     """
 
     # records per batch when the config was not validated (which fills in the schema default)
     MAX_SIZE_DEFAULT = CONFIG_SCHEMA["properties"]["batch_size_rows"]["default"]
 
-    def __init__(self, target: TargetEverflow, *args: t.Any, **kwargs: t.Any) -> None:
-        super().__init__(target, *args, **kwargs)
+    def __init__(
+        self,
+        target: TargetEverflow,
+        stream_name: str,
+        schema: dict,
+        key_properties: t.Sequence[str] | None,
+    ) -> None:
+        # The SDK is given no key properties (it would raise for a record that lacks one);
+        # ``key_properties`` answers with the stream's own, and ``check_record`` checks them.
+        self.stream_key_properties = list(key_properties or [])
+        super().__init__(target, stream_name, schema, None)
+        self.target_everflow = target
         self.run: Run = target.run
-        self._invalid: tuple[int, str, str | None] | None = None
+        self.record_validator: t.Any = None
+        self.holding = 0
+        """Records taken since the last batch settled (they have no final outcome yet)."""
         self.pending_since: float | None = None
         """``time.monotonic()`` when the oldest record of the current batch was read."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.run.open()  # programmatic use: resources open before the first record
+        # Validated (validate_records) against the schema as the tap declared it; the SDK sees
+        # no date/time formats, so it parses no timestamp.
+        self.record_validator = super().get_validator()
+        self.schema = without_datelike_formats(self.schema)
+        self.target_everflow.sinks.add(self)
+
+    @property
+    def key_properties(self) -> t.Sequence[str]:
+        """The stream's key properties, as its SCHEMA message names them."""
+        return self.stream_key_properties
+
+    def get_validator(self) -> None:
+        """None: the SDK validates nothing (``check_record`` does, a bad record is dead-lettered)."""
+        return None
 
     @property
     def include_sdc_metadata_properties(self) -> bool:
@@ -66,68 +141,36 @@ class EverflowSink(BatchSink):
     # one bad record, not a broken run: it is dead-lettered (invalid_record) and the run goes
     # on. (The SDK would raise, or log a traceback per record and deliver it anyway.)
 
-    def _validate_and_parse(self, record: dict) -> dict:
-        if self._validator is not None:
+    def check_record(self, record: dict) -> tuple[str, str | None] | None:
+        """Why a record is invalid (message, field), or None."""
+        if self.record_validator is not None:
             try:
-                self._validator.validate(record)
+                self.record_validator.validate(record)
             except InvalidRecord as exc:
                 cause = exc.__cause__
                 path = ".".join(str(p) for p in getattr(cause, "absolute_path", ()))
-                self._invalid = (
-                    id(record),
+                return (
                     f"the record does not match stream {self.stream_name}'s schema"
                     + (f" at {path}" if path else "") + f": {exc.error_message[:300]}",
                     path or None,
                 )
-                return record
-        try:
-            self._parse_timestamps_in_record(
-                record=record, schema=self.schema, treatment=self.datetime_error_treatment
-            )
-        except (ValueError, TypeError, OverflowError):
-            self._parse_timestamps_leniently(record)
-        return record
-
-    def _parse_timestamps_leniently(self, record: dict) -> None:
-        """A column the SCHEMA declares date-time holds something else (``12345``, ``"soon"``).
-
-        With ``validate_records`` the record breaks its schema: dead-lettered (invalid_record).
-        Without, the schema is not trusted (README): the values that parse are parsed, the others
-        stay as they came, and the mapper judges them by Segment's rules (a bad ``timestamp`` is
-        a dropped field, or a type_mismatch with ``strict_types``).
-        """
-        for key, value in record.items():
-            prop = self.schema["properties"].get(key)
-            if value is None or not isinstance(prop, dict):
-                continue
-            kind = get_datelike_property_type(prop)
-            if kind is None or not isinstance(value, str):
-                problem = None if kind is None else f"{_kind(value)}, not a {kind} text"
-            else:
-                parse = {"date": date_fromisoformat, "time": time_fromisoformat}.get(
-                    kind, datetime_fromisoformat
-                )
-                try:
-                    record[key] = parse(value)
-                    problem = None
-                except (ValueError, TypeError, OverflowError):
-                    problem = f"{value[:40]!r} is not a {kind}"
-            if problem and self._validator is not None and self._invalid is None:
-                self._invalid = (
-                    id(record),
-                    f"the record does not match stream {self.stream_name}'s schema at {key}: "
-                    f"{problem}",
-                    key,
-                )
-
-    def _singer_validate_message(self, record: dict) -> None:
-        missing = [k for k in self._key_properties if k not in record]
-        if missing and self._invalid is None:
-            self._invalid = (
-                id(record),
+            properties = self.original_schema.get("properties", {})
+            for key, value in record.items():
+                kind = _datelike(properties.get(key))
+                problem = None if kind is None or value is None else _not_datelike(kind, value)
+                if problem:
+                    return (
+                        f"the record does not match stream {self.stream_name}'s schema at {key}: "
+                        f"{problem}",
+                        key,
+                    )
+        missing = [k for k in self.key_properties if k not in record]
+        if missing:
+            return (
                 f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
                 missing[0],
             )
+        return None
 
     def dead_letter_unreadable(self, record: t.Any, message: str) -> None:
         """A RECORD message whose record is not an object: dead-lettered at once, made durable."""
@@ -139,10 +182,11 @@ class EverflowSink(BatchSink):
         if self.pending_since is None:
             self.pending_since = time.monotonic()
         run = self.run
+        self.holding += 1
         run.summary.read()
-        if self._invalid is not None:
-            _, message, field = self._invalid
-            self._invalid = None
+        invalid = self.check_record(record)
+        if invalid is not None:
+            message, field = invalid
             self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field), record)
             return
         result = run.mapper.map(record, self.stream_name)
@@ -187,3 +231,5 @@ class EverflowSink(BatchSink):
                 self.run.engine.deliver(list(conversions.values()))
             finally:
                 self.run.dead_letters.flush()  # the mapping's dead letters of this batch too
+        self.holding = 0
+        self.target_everflow.batch_settled()
