@@ -24,7 +24,6 @@ from target_everflow.ledger import Ledger, LedgerError, _SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.postback import PostbackClient
-from target_everflow.records import MISSING, SegmentEvent
 from target_everflow.run_history import RunHistory
 from target_everflow.thresholds import verdict
 
@@ -207,27 +206,6 @@ class Run:
                     "Further dropped %s fields on stream %s are counted in the run summary only.",
                     param, shown(stream), extra=log_fields(stream=stream, reason="dropped_field", field=param),
                 )
-
-    @staticmethod
-    def event_label(record: t.Any, stream: str) -> str:
-        if not isinstance(record, dict):
-            return "(unknown)"
-        event = SegmentEvent(record, stream)
-        name = event.first("event_text", "event")
-        if isinstance(name, str) and name.strip():
-            return name
-        call = event.get("type")
-        if isinstance(call, str) and call.strip() and call.strip().lower() != "track":
-            return f"({call.strip().lower()})"
-        return Mapper.stream_event(stream)
-
-    @staticmethod
-    def message_id(record: t.Any) -> str:
-        """A record's message id for a log line (escaped, bounded), or ``unknown``."""
-        if not isinstance(record, dict):
-            return "unknown"
-        found = SegmentEvent(record, "").first("messageId", "id")
-        return "unknown" if found is MISSING else shown(found, 100)
 
     def _report_progress(self) -> None:
         last_requests, last_at = 0, time.monotonic()

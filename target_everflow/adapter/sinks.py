@@ -28,6 +28,8 @@ if t.TYPE_CHECKING:
     from target_everflow.run import Run
     from target_everflow.adapter.target import TargetEverflow
 
+UNKNOWN_EVENT = "(unknown)"
+"""The summary's event for a record that is not a JSON object."""
 DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
 
 
@@ -175,7 +177,9 @@ class EverflowSink(BatchSink):
     def dead_letter_unreadable(self, record: t.Any, message: str) -> None:
         """A RECORD message whose record is not an object: dead-lettered at once, made durable."""
         self.run.summary.read()
-        self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, "record"), record)
+        self._account(
+            Outcome(DEAD_LETTER, INVALID_RECORD, message, "record", event=UNKNOWN_EVENT), record
+        )
         self.run.dead_letters.flush()  # durable before any STATE that follows it
 
     def process_record(self, record: dict, context: dict) -> None:
@@ -184,12 +188,14 @@ class EverflowSink(BatchSink):
         run = self.run
         self.holding += 1
         run.summary.read()
+        event = run.mapper.view(record, self.stream_name)  # the record's one view
         invalid = self.check_record(record)
         if invalid is not None:
             message, field = invalid
-            self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field), record)
+            self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field, event=event.label,
+                                  message_id=event.message_id), record)
             return
-        result = run.mapper.map(record, self.stream_name)
+        result = run.mapper.map(event)
         if isinstance(result, Outcome):
             self._account(result, record)
             return
@@ -204,14 +210,15 @@ class EverflowSink(BatchSink):
 
     def _account(self, outcome: Outcome, record: dict) -> None:
         run = self.run
-        event = outcome.event or run.event_label(record, self.stream_name)
+        event = outcome.event or UNKNOWN_EVENT
         if outcome.kind == DEAD_LETTER:
             # Written first, counted after: a dead letter the file could not take (OutputError:
             # the run stops) is not counted, and its record comes again from the last STATE.
             run.dead_letters.write(
-                self.stream_name, record, outcome.reason, outcome.message, field=outcome.field
+                self.stream_name, record, outcome.reason, outcome.message, field=outcome.field,
+                message_id=outcome.message_id,
             )
-            message_id = run.message_id(record)
+            message_id = "unknown" if outcome.message_id is None else shown(outcome.message_id, 100)
             run.logger.warning(
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
                 shown(self.stream_name), message_id, outcome.reason, outcome.message,
