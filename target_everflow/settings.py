@@ -19,8 +19,6 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
 from target_everflow.mapping import POSTBACK_PARAMETERS
 
-DEFAULT_EVENT_MAPPING: dict[str, int] = {"Order Completed": 0}
-DEFAULT_API_URL = "https://api.eflow.team/v1"
 STATE_DIR = ".target-everflow"
 
 CONFIG_SCHEMA: dict[str, t.Any] = {
@@ -358,6 +356,16 @@ def schema_default(name: str) -> t.Any:
     return CONFIG_SCHEMA["properties"][name].get("default")
 
 
+def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:
+    """A setting's value, or its schema default when it is not given (or given as null)."""
+    value = config.get(name)
+    return schema_default(name) if value is None else value
+
+
+DEFAULT_EVENT_MAPPING: dict[str, int] = schema_default("event_mapping")
+DEFAULT_API_URL: str = schema_default("api_url")
+
+
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 # Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
 LIVE_REQUIRED = ("postback_url", "network_id")
@@ -497,7 +505,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
         """Validate the cross-setting rules; raise ``ConfigError`` naming the setting."""
-        dry_run = bool(config.get("dry_run", False))
+        dry_run = bool(_setting(config, "dry_run"))
 
         postback_url = config.get("postback_url") or None
         network_id = config.get("network_id")
@@ -532,11 +540,11 @@ class Settings:
             raise ConfigError("preflight", "is true but api_key is not set")
         preflight = preflight and not dry_run  # a dry run touches no network (--check still can)
 
-        in_doubt = config.get("in_doubt", "resend")
+        in_doubt = _setting(config, "in_doubt")
         if in_doubt not in {"resend", "dead_letter"}:
             raise ConfigError("in_doubt", "must be resend or dead_letter")
 
-        reconcile = bool(config.get("reconcile", schema_default("reconcile")))
+        reconcile = bool(_setting(config, "reconcile"))
         if reconcile and not api_key:
             raise ConfigError(
                 "reconcile",
@@ -547,7 +555,7 @@ class Settings:
             raise ConfigError(
                 "reconcile", "is true but ledger_url is none: nothing records what was delivered"
             )
-        dead_letter_path = Path(config.get("dead_letter_path") or f"{STATE_DIR}/dead_letter.jsonl")
+        dead_letter_path = Path(config.get("dead_letter_path") or schema_default("dead_letter_path"))
         report_path = config.get("reconcile_report_path")
 
         summary_path = config.get("summary_path")
@@ -561,40 +569,29 @@ class Settings:
             api_url=(config.get("api_url") or DEFAULT_API_URL).rstrip("/"),
             preflight=preflight,
             event_mapping=event_mapping,
-            platform=config.get("platform", "auto"),
-            strict_types=bool(config.get("strict_types", False)),
-            send_timestamp=bool(config.get("send_timestamp", True)),
+            platform=_setting(config, "platform"),
+            strict_types=bool(_setting(config, "strict_types")),
+            send_timestamp=bool(_setting(config, "send_timestamp")),
             dry_run=dry_run,
-            dry_run_output=Path(config.get("dry_run_output") or "everflow_dry_run.jsonl"),
+            dry_run_output=Path(config.get("dry_run_output") or schema_default("dry_run_output")),
             dead_letter_path=dead_letter_path,
             summary_path=Path(summary_path) if summary_path else None,
-            progress_interval=float(config.get("progress_interval", 10)),
-            max_concurrency=int(config.get("max_concurrency", 16)),
-            max_requests_per_second=float(config.get("max_requests_per_second", 0)),
-            max_retries=int(config.get("max_retries", 5)),
-            request_timeout=float(config.get("request_timeout", 30)),
-            max_batch_age_seconds=float(
-                config.get("max_batch_age_seconds", schema_default("max_batch_age_seconds"))
-            ),
+            progress_interval=float(_setting(config, "progress_interval")),
+            max_concurrency=int(_setting(config, "max_concurrency")),
+            max_requests_per_second=float(_setting(config, "max_requests_per_second")),
+            max_retries=int(_setting(config, "max_retries")),
+            request_timeout=float(_setting(config, "request_timeout")),
+            max_batch_age_seconds=float(_setting(config, "max_batch_age_seconds")),
             ledger_url=config.get("ledger_url") or None,
-            ledger_timeout=float(
-                config.get("ledger_timeout", schema_default("ledger_timeout"))
-            ),
+            ledger_timeout=float(_setting(config, "ledger_timeout")),
             in_doubt=in_doubt,
-            ledger_retention_days=int(config.get("ledger_retention_days", 400)),
+            ledger_retention_days=int(_setting(config, "ledger_retention_days")),
             reconcile=reconcile,
-            reconcile_after_minutes=float(
-                config.get("reconcile_after_minutes", schema_default("reconcile_after_minutes"))
-            ),
+            reconcile_after_minutes=float(_setting(config, "reconcile_after_minutes")),
             reconcile_not_found_after_hours=float(
-                config.get(
-                    "reconcile_not_found_after_hours",
-                    schema_default("reconcile_not_found_after_hours"),
-                )
+                _setting(config, "reconcile_not_found_after_hours")
             ),
-            api_requests_per_second=float(
-                config.get("api_requests_per_second", schema_default("api_requests_per_second"))
-            ),
+            api_requests_per_second=float(_setting(config, "api_requests_per_second")),
             reconcile_report_path=(
                 Path(report_path) if report_path
                 else dead_letter_path.parent / "reconcile_report.json"
@@ -606,10 +603,6 @@ class Settings:
                 None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
             ),
         )
-
-    def secrets(self) -> list[str]:
-        """Secret values of this run, for redaction."""
-        return [s for s in (self.api_key, self.verification_token) if s]
 
 
 def markdown_table(properties: t.Mapping[str, dict] | None = None) -> str:
