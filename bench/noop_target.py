@@ -15,7 +15,7 @@ from singer_sdk import typing as th
 from singer_sdk.sinks import BatchSink
 from singer_sdk.target_base import Target
 
-from target_everflow.target import TargetEverflow
+from target_everflow.adapter.target import TargetEverflow
 
 
 class NoopSink(BatchSink):

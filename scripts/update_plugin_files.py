@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without the package installed, too
 
 from target_everflow.settings import SETTINGS_GROUP_VALIDATION  # noqa: E402
-from target_everflow.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema  # noqa: E402
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema  # noqa: E402
 
 MELTANO_YML = REPO / "meltano.yml"
 VARIANT = "maintainers"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from target_everflow import fields, settings
-from target_everflow.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,5 +1,5 @@
 """``python -m target_everflow`` is the ``target-everflow`` command."""
 
-from target_everflow.cli import main
+from target_everflow.adapter.cli import main
 
 main()

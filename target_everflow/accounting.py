@@ -29,7 +29,6 @@ import simplejson
 
 from target_everflow.errors import OutputError, TargetEverflowError
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED
-from target_everflow.records import MISSING, SegmentEvent
 
 
 def json_default(value: t.Any) -> t.Any:
@@ -223,15 +222,13 @@ UNWRITABLE = "_target_everflow_unwritable"
 """The key of the stand-in written for a record that cannot be written as JSON at all."""
 
 
-def _stand_in(record: t.Any, why: str) -> dict[str, t.Any]:
+def _stand_in(why: str, message_id: str | None) -> dict[str, t.Any]:
     """What the dead-letter file keeps of a record it cannot write: why, and its message id."""
     stand_in: dict[str, t.Any] = {UNWRITABLE: why}
-    if isinstance(record, dict):
+    if message_id is not None:
         try:
-            found = SegmentEvent(record, "").first("messageId", "id")
-            if found is not MISSING:
-                dumps(found)  # a message id that cannot be written either is left out
-                stand_in["messageId"] = found
+            dumps(message_id)  # a message id that cannot be written either is left out
+            stand_in["messageId"] = message_id
         except Exception:  # noqa: BLE001, S110 - the stand-in itself must always be writable
             pass
     return stand_in
@@ -274,9 +271,11 @@ class DeadLetters:
         *,
         field: str | None = None,
         status: int | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Append one dead letter (and its stream's SCHEMA first, once); ``OutputError`` when
-        the file cannot take it."""
+        the file cannot take it. ``message_id`` (the record's, read once at the door) is kept
+        in a stand-in for a record that cannot be written as JSON."""
         line: dict[str, t.Any] = {
             "type": "RECORD",
             "stream": stream,
@@ -293,7 +292,7 @@ class DeadLetters:
             text = dumps(line)
         except Exception as exc:  # noqa: BLE001 - whatever it is, the record is still kept
             why = f"the record cannot be written as JSON ({type(exc).__name__}: {str(exc)[:200]})"
-            line["record"] = _stand_in(record, why)
+            line["record"] = _stand_in(why, message_id)
             text = dumps(line)
         with self._lock:
             if self.failed is not None:

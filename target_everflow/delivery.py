@@ -330,7 +330,8 @@ class DeliveryEngine:
         stops: the record has no outcome, and comes again from the last STATE)."""
         try:
             self.dead_letters.write(
-                conversion.stream, conversion.record, reason, message, field=None, status=status
+                conversion.stream, conversion.record, reason, message, field=None, status=status,
+                message_id=conversion.message_id,
             )
         except OutputError as exc:
             self.request_stop(str(exc))

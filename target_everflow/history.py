@@ -11,7 +11,7 @@ import typing as t
 
 import click
 
-from target_everflow.cli import PROG, config_option
+from target_everflow.adapter.cli import PROG, config_option
 from target_everflow.ledger_commands import configured_ledger, format_table, utc
 from target_everflow.run_history import COUNTS, DEFAULT_LAST, recent_runs
 

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 import click
 
-from target_everflow.cli import PROG, config_option, fail, load_target
+from target_everflow.adapter.cli import PROG, config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import (
     DELIVERED,

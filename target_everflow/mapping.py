@@ -9,6 +9,7 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +32,16 @@ from target_everflow.fields import (
     render,
     render_json,
 )
-from target_everflow.records import MISSING, SegmentEvent, compile_path, fold, slug
+from target_everflow.records import (
+    MISSING,
+    SegmentEvent,
+    SegmentObject,
+    compile_path,
+    fold,
+    id_text,
+    slug,
+    stream_event,
+)
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
@@ -58,8 +68,6 @@ POSTBACK_PARAMETERS = frozenset(
 )
 """Every parameter a postback may carry (``verification_token`` is added by the client)."""
 
-NON_TRACK_CALLS = frozenset({"identify", "page", "screen", "group", "alias"})
-"""Segment's other call types (any raw ``type`` other than ``track`` is skipped as not_track)."""
 MOBILE_LIBRARIES = frozenset(
     fold(name)
     for name in (
@@ -76,10 +84,6 @@ MOBILE_LIBRARIES = frozenset(
 MOBILE_OS = frozenset({"ios", "ipados", "android"})
 
 _P = compile_path
-TYPE = _P("type")
-EVENT_TEXT = _P("event_text")
-EVENT_NAME = (EVENT_TEXT, _P("event"))
-MESSAGE_ID = (_P("messageId"), _P("id"))
 REFERRER_TYPE = _P("context.referrer.type")
 REFERRER_ID = _P("context.referrer.id")
 PROPERTY_TRANSACTION_ID = _P("properties.transaction_id")
@@ -99,6 +103,8 @@ class Outcome:
     field: str | None = None
     event: str = ""
     """The event name, where it is known (the summary counts per event)."""
+    message_id: str | None = None
+    """The record's message id, where it has one (log lines name it)."""
 
 
 @dataclass(slots=True)
@@ -291,18 +297,15 @@ class Mapper:
                 self._rows[name] = row
         return row
 
-    @classmethod
-    def event_name(cls, event: SegmentEvent, stream: str) -> str:
-        """``event_text`` or ``event``; without one, the stream stands for the event."""
-        name = event.first(*EVENT_NAME)
-        if isinstance(name, str) and name.strip():
-            return name
-        return cls.stream_event(stream)
+    @staticmethod
+    def view(record: dict, stream: str) -> SegmentEvent:
+        """The door: the one view of a record, built once; everything downstream reads it."""
+        return SegmentEvent(record, stream)
 
     @staticmethod
     def stream_event(stream: str) -> str:
         """A database tap's stream ``schema-table`` stands for the event ``table``."""
-        return stream.rsplit("-", 1)[-1]
+        return stream_event(stream)
 
     def _platform(self, event: SegmentEvent) -> str:
         if self.settings.platform != "auto":
@@ -336,33 +339,29 @@ class Mapper:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def map(self, record: t.Any, stream: str) -> Conversion | Outcome:  # noqa: C901, PLR0912
-        """Map one record. Never raises for bad input: that is an ``Outcome`` too."""
-        if not isinstance(record, dict):
-            return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
-        event = SegmentEvent(record, stream)
+    def map(self, event: SegmentEvent | t.Any, stream: str = "") -> Conversion | Outcome:  # noqa: C901, PLR0912
+        """Map one record's view (``view``; a record given as it is is viewed here). Never
+        raises for bad input: that is an ``Outcome`` too."""
+        if not isinstance(event, SegmentEvent):
+            if not isinstance(event, dict):
+                return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
+            event = self.view(event, stream)
+        stream, record, name, message_id = event.stream, event.record, event.name, event.message_id
+        outcome = functools.partial(Outcome, message_id=message_id)
 
-        call = event.get(TYPE)
-        # A raw or tap-flattened event says its call type; a warehouse row (it has
-        # event_text) is a track by construction and a `type` column there is a property.
-        if isinstance(call, str) and call.strip() and event.get(EVENT_TEXT) is MISSING:
-            kind = call.strip().lower()
-            if kind != "track":
-                shown = kind[:40]
-                return Outcome(
-                    SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=f"({shown})"
-                )
+        if event.call != "track":
+            shown = event.call[:40]
+            return outcome(SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=event.label)
 
-        name = self.event_name(event, stream)
         event_id = self.event_id_for(name)
         if event_id is None:
-            return Outcome(
+            return outcome(
                 SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
             )
 
         raw_tid = self._transaction_id(event)
         if raw_tid is MISSING:
-            return Outcome(
+            return outcome(
                 SKIPPED,
                 NO_TRANSACTION_ID,
                 "no Everflow transaction id (context.referrer.id with referrer type everflow, "
@@ -373,7 +372,7 @@ class Mapper:
         try:
             transaction_id = as_string(raw_tid).strip()
         except Mismatch as exc:
-            return Outcome(
+            return outcome(
                 DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
             )
 
@@ -395,7 +394,7 @@ class Mapper:
                 if not self.settings.send_timestamp:
                     pass  # not sent: its type does not matter
                 elif strict:
-                    return Outcome(
+                    return outcome(
                         DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
                     )
                 else:
@@ -408,7 +407,7 @@ class Mapper:
                 value = self._value(event, plan, dropped)
             except Mismatch as exc:
                 if plan.required or strict:
-                    return Outcome(
+                    return outcome(
                         DEAD_LETTER,
                         TYPE_MISMATCH,
                         f"{plan.param} ({plan.paths[0].path}): {exc}",
@@ -419,7 +418,7 @@ class Mapper:
                 continue
             if value is None:
                 if plan.required:
-                    return Outcome(
+                    return outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
                         f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
@@ -432,10 +431,8 @@ class Mapper:
 
         if strict and dropped:
             param, why = dropped[0]
-            return Outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
+            return outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
 
-        message_id = event.first(*MESSAGE_ID)
-        message_id = _key_part(message_id) if message_id is not MISSING else None
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),
             stream=stream,
@@ -451,7 +448,7 @@ class Mapper:
         )
 
     def _value(
-        self, event: SegmentEvent, plan: _Plan, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, plan: _Plan, dropped: list[tuple[str, str]]
     ) -> str | None:
         if plan.items:
             return self._line_items(event, plan, dropped)
@@ -490,7 +487,7 @@ class Mapper:
             if not isinstance(product, dict):
                 dropped.append((f"{plan.param}[{i}]", "the product is not an object"))
                 continue
-            item = SegmentEvent(product, event.stream)
+            item = SegmentObject(product, event.stream)
             parts: list[str] = []
             for key, path, types in plan.items:
                 value = item.get(path)
@@ -551,12 +548,7 @@ def _storable(text: str | None) -> str | None:
 
 
 def _key_part(value: t.Any) -> str:
-    if value is MISSING:
-        return ""
-    try:
-        return str(value)
-    except ValueError:  # an int with more digits than Python will print
-        return hex(value) if isinstance(value, int) else type(value).__name__
+    return "" if value is MISSING else id_text(value)
 
 
 def _json_loads(text: str) -> t.Any:

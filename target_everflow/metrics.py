@@ -30,19 +30,14 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 import threading
 import typing as t
 from collections import Counter
-
-from singer_sdk import metrics as sdk_metrics
 
 from target_everflow.accounting import label
 from target_everflow.mapping import DELIVERED
 
 if t.TYPE_CHECKING:
-    import logging
-
     from target_everflow.accounting import RunSummary
     from target_everflow.mapping import Conversion
 
@@ -55,8 +50,13 @@ class Metric(str, enum.Enum):
     RECORDS_SKIPPED = "records_skipped"
     RECORDS_DEAD_LETTERED = "records_dead_lettered"
     POSTBACK_RETRIES = "postback_retries"
-    HTTP_REQUEST_COUNT = sdk_metrics.Metric.HTTP_REQUEST_COUNT.value
-    HTTP_REQUEST_DURATION = sdk_metrics.Metric.HTTP_REQUEST_DURATION.value
+    HTTP_REQUEST_COUNT = "http_request_count"
+    HTTP_REQUEST_DURATION = "http_request_duration"
+
+
+PointWriter = t.Callable[[str, Metric, float, dict[str, t.Any]], None]
+"""Writes one point (kind ``counter``/``timer``, metric, value, tags): the adapter's
+``point_writer`` writes it as singer-sdk's METRIC line."""
 
 
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
@@ -114,11 +114,10 @@ class RunMetrics:
     """Collects what the run summary does not count (HTTP status classes, latency) and emits
     every metric in the SDK's METRIC format. Thread-safe; :meth:`answered` is O(1)."""
 
-    def __init__(self, summary: RunSummary, *, dry_run: bool = False,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(self, summary: RunSummary, writer: PointWriter, *, dry_run: bool = False) -> None:
         self.summary = summary
         self.dry_run = dry_run
-        self.logger = logger or sdk_metrics.get_metrics_logger()
+        self.writer = writer
         self._lock = threading.Lock()
         self._classes: Counter[str] = Counter()
         self._window = LatencyHistogram()
@@ -190,8 +189,7 @@ class RunMetrics:
     def _log(self, kind: str, metric: Metric, value: float, tags: dict[str, t.Any]) -> None:
         if self.dry_run:
             tags["dry_run"] = True
-        tags[sdk_metrics.Tag.PID.value] = os.getpid()
-        sdk_metrics.log(self.logger, sdk_metrics.Point(kind, metric, value, tags))  # type: ignore[arg-type]
+        self.writer(kind, metric, value, tags)
 
 
 MAX_FIELD = 200

@@ -54,6 +54,6 @@ reconcile_command = click.Command(
     ),
 )
 
-from target_everflow.cli import config_option, fail, load_target  # noqa: E402 - see above
+from target_everflow.adapter.cli import config_option, fail, load_target  # noqa: E402 - see above
 
 config_option(reconcile_command)

@@ -112,8 +112,8 @@ def _index(obj: dict) -> dict[str, str]:
     return layout
 
 
-class SegmentEvent:
-    """One Singer record viewed as a Segment event."""
+class SegmentObject:
+    """A JSON object looked up by Segment path, whatever its shape (a record, a product)."""
 
     __slots__ = ("record", "stream", "_top", "_nested", "_parsed", "_flat", "_has_json")
 
@@ -245,5 +245,51 @@ class SegmentEvent:
                 return found
         return MISSING
 
-    def has_top(self, name: str) -> bool:
-        return fold(name) in self._top
+
+
+_TYPE = compile_path("type")
+_EVENT_TEXT = compile_path("event_text")
+EVENT_NAME = (_EVENT_TEXT, compile_path("event"))
+MESSAGE_ID = (compile_path("messageId"), compile_path("id"))
+
+
+def stream_event(stream: str) -> str:
+    """A database tap's stream ``schema-table`` stands for the event ``table``."""
+    return stream.rsplit("-", 1)[-1]
+
+
+def id_text(value: t.Any) -> str:
+    """A record value (an id) as text, also an int with more digits than Python will print."""
+    try:
+        return str(value)
+    except ValueError:
+        return hex(value) if isinstance(value, int) else type(value).__name__
+
+
+class SegmentEvent(SegmentObject):
+    """One Singer record viewed as a Segment event: built once per record, at the door
+    (``Mapper.view``); what says which event it is is read here, once.
+
+    - ``call``: the call type, lower-cased (``track``, ``identify``, ...). A raw or
+      tap-flattened event says it; a warehouse row (it has ``event_text``) is a track by
+      construction and a ``type`` column there is a property.
+    - ``name``: ``event_text`` or ``event``; without one, the stream stands for the event.
+    - ``label``: the event as the run summary and log lines name it (``(identify)`` for a call
+      that is not a track).
+    - ``message_id``: ``messageId`` (or a warehouse row's ``id``) as text, or None.
+    """
+
+    __slots__ = ("call", "name", "label", "message_id")
+
+    def __init__(self, record: dict, stream: str) -> None:
+        super().__init__(record, stream)
+        call = self.get(_TYPE)
+        if isinstance(call, str) and call.strip() and self.get(_EVENT_TEXT) is MISSING:
+            self.call = call.strip().lower()
+        else:
+            self.call = "track"
+        name = self.first(*EVENT_NAME)
+        self.name: str = name if isinstance(name, str) and name.strip() else stream_event(stream)
+        self.label = self.name if self.call == "track" else f"({self.call[:40]})"
+        found = self.first(*MESSAGE_ID)
+        self.message_id: str | None = None if found is MISSING else id_text(found)

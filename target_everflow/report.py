@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from target_everflow.cli import config_option, fail, load_target
+from target_everflow.adapter.cli import config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError
 from target_everflow.html_report import build_report, render
 from target_everflow.ledger import LedgerError

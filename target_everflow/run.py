@@ -24,7 +24,6 @@ from target_everflow.ledger import Ledger, LedgerError, _SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.postback import PostbackClient
-from target_everflow.records import MISSING, SegmentEvent
 from target_everflow.run_history import RunHistory
 from target_everflow.thresholds import verdict
 
@@ -32,6 +31,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from target_everflow.mapping import Conversion
+    from target_everflow.metrics import PointWriter
     from target_everflow.settings import Settings
 
 DROPPED_WARNINGS_PER_FIELD = 20
@@ -50,19 +50,19 @@ class Run:
         settings: Settings,
         logger: logging.Logger,
         schemas: Callable[[str], dict | None],
+        metric_writer: PointWriter,
     ) -> None:
         self.settings = settings
         self.logger = logger
         self.mapper = Mapper(settings, logger)
         self.summary = RunSummary(self.mapper.summary_event)
-        self.metrics = RunMetrics(self.summary, dry_run=settings.dry_run)
+        self.metrics = RunMetrics(self.summary, metric_writer, dry_run=settings.dry_run)
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
         self.history: RunHistory | None = None
         self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
         self.opened = False
         self._active_batches = 0
-        self.batch_settled = False
         self._lock = threading.Lock()
         self._dropped_warned: dict[tuple[str, str], int] = {}
         self._scratch_dir: str | None = None
@@ -182,7 +182,6 @@ class Run:
             self._active_batches += 1
         try:
             yield
-            self.batch_settled = True
         finally:
             with self._lock:
                 self._active_batches -= 1
@@ -207,27 +206,6 @@ class Run:
                     "Further dropped %s fields on stream %s are counted in the run summary only.",
                     param, shown(stream), extra=log_fields(stream=stream, reason="dropped_field", field=param),
                 )
-
-    @staticmethod
-    def event_label(record: t.Any, stream: str) -> str:
-        if not isinstance(record, dict):
-            return "(unknown)"
-        event = SegmentEvent(record, stream)
-        name = event.first("event_text", "event")
-        if isinstance(name, str) and name.strip():
-            return name
-        call = event.get("type")
-        if isinstance(call, str) and call.strip() and call.strip().lower() != "track":
-            return f"({call.strip().lower()})"
-        return Mapper.stream_event(stream)
-
-    @staticmethod
-    def message_id(record: t.Any) -> str:
-        """A record's message id for a log line (escaped, bounded), or ``unknown``."""
-        if not isinstance(record, dict):
-            return "unknown"
-        found = SegmentEvent(record, "").first("messageId", "id")
-        return "unknown" if found is MISSING else shown(found, 100)
 
     def _report_progress(self) -> None:
         last_requests, last_at = 0, time.monotonic()

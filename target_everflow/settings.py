@@ -1,4 +1,4 @@
-"""The target's settings: the typed config schema and a validated, frozen view of it.
+"""The target's settings: the config schema (plain JSON schema) and a validated, frozen view of it.
 
 The JSON schema (``CONFIG_SCHEMA``) is what ``--about``, Meltano and the SDK's own validation
 see. ``Settings.from_config`` adds the rules a JSON schema cannot say well (live mode needs a
@@ -16,334 +16,354 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from singer_sdk import typing as th
-
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
 from target_everflow.mapping import POSTBACK_PARAMETERS
 
-DEFAULT_EVENT_MAPPING: dict[str, int] = {"Order Completed": 0}
-DEFAULT_API_URL = "https://api.eflow.team/v1"
 STATE_DIR = ".target-everflow"
 
-CONFIG_SCHEMA = th.PropertiesList(
-    # --- Everflow postback -------------------------------------------------------------
-    th.Property(
-        "postback_url",
-        th.StringType,
-        title="Postback URL",
-        description=(
-            "Everflow S2S postback base URL (your tracking domain), e.g. "
-            "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
-            "(loopback hosts excepted, for tests); no fragment, credentials, or query parameter "
-            "the target sends itself; a non-ASCII path is percent-encoded."
-        ),
-    ),
-    th.Property(
-        "network_id",
-        th.IntegerType(minimum=1),
-        title="Network ID",
-        description="Everflow network id, sent as `nid`. Required unless dry_run.",
-    ),
-    th.Property(
-        "advertiser_id",
-        th.IntegerType(minimum=1),
-        title="Advertiser ID",
-        description=(
-            "Everflow advertiser (brand) id, sent as `aid`; needed by the API check when "
-            "event_mapping has non-zero event ids."
-        ),
-    ),
-    th.Property(
-        "verification_token",
-        th.StringType,
-        title="Verification token",
-        secret=True,
-        description="The advertiser's postback verification token, sent as `verification_token`.",
-    ),
-    th.Property(
-        "event_mapping",
-        th.ObjectType(additional_properties=th.IntegerType(minimum=0)),
-        title="Event mapping",
-        default=DEFAULT_EVENT_MAPPING,
-        description=(
-            "Segment event name -> Everflow advertiser event id (integer >= 0). 0 is the base "
-            "conversion. Names also match by Segment's slug (Order Completed = order_completed)."
-        ),
-    ),
-    th.Property(
-        "platform",
-        th.StringType(allowed_values=["auto", "web", "mobile"]),
-        title="Platform",
-        default="auto",
-        description=(
-            "auto: a record is mobile when its context says so (os, device type or a Segment "
-            "mobile library); web/mobile: treat every record as that platform."
-        ),
-    ),
-    th.Property(
-        "strict_types",
-        th.BooleanType,
-        title="Strict types",
-        default=False,
-        description=(
-            "Dead-letter a record (type_mismatch) when an optional field cannot be coerced to "
-            "its Everflow type, instead of leaving the field out with a warning."
-        ),
-    ),
-    th.Property(
-        "send_timestamp",
-        th.BooleanType,
-        title="Send timestamp",
-        default=True,
-        description="Send the event time as `timestamp` (Unix seconds).",
-    ),
-    # --- Everflow API check ------------------------------------------------------------
-    th.Property(
-        "api_key",
-        th.StringType,
-        title="API key",
-        secret=True,
-        description=(
-            "Everflow network API key (Control Center > Security). Enables the pre-flight check "
-            "of the key and of every mapped event id."
-        ),
-    ),
-    th.Property(
-        "api_url",
-        th.StringType,
-        title="API URL",
-        default=DEFAULT_API_URL,
-        description="Everflow REST API base URL (EU accounts: https://api-eu.eflow.team/v1).",
-    ),
-    th.Property(
-        "preflight",
-        th.BooleanType,
-        title="Pre-flight check",
-        description=(
-            "Check the API key and event mapping before reading records. Default: true when "
-            "api_key is set (never in dry run, which touches no network; --check runs it)."
-        ),
-    ),
-    # --- Did Everflow count it? (target-everflow reconcile) -------------------------------
-    th.Property(
-        "reconcile",
-        th.BooleanType,
-        default=False,
-        title="Reconcile after each run",
-        description=(
-            "After a normal (not dry) run, in the same process and after the last STATE, check "
-            "the conversions delivered by earlier runs against Everflow's conversion report, as "
-            "`target-everflow reconcile` does (needs api_key). A reporting API failure is then "
-            "only a warning."
-        ),
-    ),
-    th.Property(
-        "reconcile_after_minutes",
-        th.NumberType(minimum=0),
-        default=30,
-        title="Reconcile after (minutes)",
-        description=(
-            "A delivered conversion is checked once it was sent at least this long ago "
-            "(Everflow's report lags); one Everflow still has as pending is checked again after "
-            "as long."
-        ),
-    ),
-    th.Property(
-        "reconcile_not_found_after_hours",
-        th.NumberType(minimum=0),
-        default=24,
-        title="Not found after (hours)",
-        description=(
-            "A conversion still missing from Everflow's conversion report this long after it "
-            "was sent is reported not_found."
-        ),
-    ),
-    th.Property(
-        "api_requests_per_second",
-        th.NumberType(exclusive_minimum=0),
-        default=5,
-        title="API requests per second",
-        description=(
-            "Rate limit of reconcile's Everflow REST API requests (one token bucket; 429 "
-            "answers and their Retry-After are honoured too). Everflow allows a network key "
-            "about 30 requests/s."
-        ),
-    ),
-    th.Property(
-        "reconcile_report_path",
-        th.StringType,
-        title="Reconcile report file",
-        description=(
-            "Where reconcile writes its JSON report of the rejected and not-found conversions. "
-            "Default: reconcile_report.json in dead_letter_path's directory."
-        ),
-    ),
-    # --- Outputs -------------------------------------------------------------------------
-    th.Property(
-        "dry_run",
-        th.BooleanType,
-        title="Dry run",
-        default=False,
-        description="Send nothing: write each planned postback to dry_run_output instead.",
-    ),
-    th.Property(
-        "dry_run_output",
-        th.StringType,
-        title="Dry run output",
-        default="everflow_dry_run.jsonl",
-        description="Where dry run writes its planned postbacks (JSON lines).",
-    ),
-    th.Property(
-        "dead_letter_path",
-        th.StringType,
-        title="Dead letter path",
-        default=f"{STATE_DIR}/dead_letter.jsonl",
-        description=(
-            "Where records that could not be delivered are kept, with the reason (a Singer "
-            "stream you can replay with --input)."
-        ),
-    ),
-    th.Property(
-        "summary_path",
-        th.StringType,
-        title="Summary path",
-        description="Also write the run summary as JSON to this file.",
-    ),
-    th.Property(
-        "progress_interval",
-        th.NumberType(minimum=0),
-        title="Progress interval",
-        default=10,
-        description="Seconds between progress log lines on long runs (0 turns them off).",
-    ),
-    # --- Delivery engine -----------------------------------------------------------------
-    th.Property(
-        "max_concurrency",
-        th.IntegerType(minimum=1, maximum=512),
-        title="Max concurrency",
-        default=16,
-        description="Postbacks in flight at once (one pooled keep-alive session).",
-    ),
-    th.Property(
-        "max_requests_per_second",
-        th.NumberType(minimum=0),
-        title="Max requests per second",
-        default=0,
-        description="Global request rate limit over all streams and retries (0 = unlimited).",
-    ),
-    th.Property(
-        "max_retries",
-        th.IntegerType(minimum=0, maximum=50),
-        title="Max retries",
-        default=5,
-        description="Retries of a transient failure (timeout, connection error, 429, 5xx).",
-    ),
-    th.Property(
-        "request_timeout",
-        th.NumberType(exclusive_minimum=0),
-        title="Request timeout",
-        default=30,
-        description="Seconds per request attempt.",
-    ),
-    th.Property(
-        "batch_size_rows",
-        th.IntegerType(minimum=1),
-        title="Batch size (rows)",
-        default=5000,
-        description=(
-            "Records per batch (the SDK's setting): a batch's postbacks go out concurrently, "
-            "and STATE moves on after each batch is settled."
-        ),
-    ),
-    th.Property(
-        "max_batch_age_seconds",
-        th.NumberType(exclusive_minimum=0),
-        default=5,
-        title="Max batch age (seconds)",
-        description=(
-            "A record waits at most this long for its batch to fill: when the oldest record "
-            "read is this old, every batch is delivered and the STATE after it emitted, even "
-            "while the tap sends nothing more (a streaming tap, a slow extraction)."
-        ),
-    ),
-    # --- Idempotency ledger --------------------------------------------------------------
-    th.Property(
-        "ledger_url",
-        th.StringType,
-        title="Ledger URL",
-        secret=True,
-        description=(
-            "Where delivered conversions are recorded: sqlite:///path (default: "
-            f"{STATE_DIR}/ledger.sqlite3), postgresql://user:pass@host/db or a libpq connection "
-            "string (shared by parallel runs), or none (no protection against re-sends)."
-        ),
-    ),
-    th.Property(
-        "ledger_timeout",
-        th.NumberType(exclusive_minimum=0),
-        title="Ledger timeout (seconds)",
-        default=30,
-        description=(
-            "Seconds the ledger may take to answer: PostgreSQL's connect, lock and statement "
-            "timeouts and SQLite's wait for another process's lock. A ledger that does not "
-            "answer within it (plus 5 s) fails the run with exit code 4, naming the wait."
-        ),
-    ),
-    th.Property(
-        "in_doubt",
-        th.StringType(allowed_values=["resend", "dead_letter"]),
-        title="In doubt",
-        default="resend",
-        description=(
-            "What to do with a conversion claimed by a run that died before recording "
-            "Everflow's answer: resend it (at-least-once) or dead-letter it (at-most-once)."
-        ),
-    ),
-    th.Property(
-        "validate_records",
-        th.BooleanType,
-        title="Validate records",
-        default=False,
-        description=(
-            "Validate each record against its stream's SCHEMA first; a record that breaks it is "
-            "dead-lettered (invalid_record). Off by default: records are read by Segment's "
-            "names whatever the tap declared (file taps often declare every column a string)."
-        ),
-    ),
-    th.Property(
-        "ledger_retention_days",
-        th.IntegerType(minimum=1),
-        title="Ledger retention (days)",
-        default=400,
-        description="Delivered keys older than this are pruned at start-up.",
-    ),
-    # --- Failure thresholds --------------------------------------------------------------
-    th.Property(
-        "max_dead_letter_ratio",
-        th.NumberType(minimum=0, maximum=1),
-        default=0.05,
-        title="Max dead-letter ratio",
-        description=(
-            "The run exits with code 5 when dead letters / (delivered + dead letters) is above "
-            "this (0.05 = 5%; 1 turns it off). A dry run counts planned postbacks as delivered; "
-            "skipped records are not failures."
-        ),
-    ),
-    th.Property(
-        "max_dead_letters",
-        th.IntegerType(minimum=0),
-        title="Max dead letters",
-        description=(
-            "The run exits with code 5 when it dead-letters more records than this. Unset: no "
-            "limit on the count."
-        ),
-    ),
-).to_dict()
+CONFIG_SCHEMA: dict[str, t.Any] = {
+    "type": "object",
+    "properties": {
+        "postback_url": {
+            "type": ["string", "null"],
+            "title": "Postback URL",
+            "description": (
+                "Everflow S2S postback base URL (your tracking domain), e.g. "
+                "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
+                "(loopback hosts excepted, for tests); no fragment, credentials, or query "
+                "parameter the target sends itself; a non-ASCII path is percent-encoded."
+            ),
+        },
+        "network_id": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "title": "Network ID",
+            "description": (
+                "Everflow network id, sent as `nid`. Required unless dry_run."
+            ),
+        },
+        "advertiser_id": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "title": "Advertiser ID",
+            "description": (
+                "Everflow advertiser (brand) id, sent as `aid`; needed by the API check when "
+                "event_mapping has non-zero event ids."
+            ),
+        },
+        "verification_token": {
+            "type": ["string", "null"],
+            "title": "Verification token",
+            "description": (
+                "The advertiser's postback verification token, sent as `verification_token`."
+            ),
+            "secret": True,
+            "writeOnly": True,
+        },
+        "event_mapping": {
+            "type": ["object", "null"],
+            "properties": {},
+            "additionalProperties": {
+                "type": ["integer"],
+                "minimum": 0,
+            },
+            "title": "Event mapping",
+            "default": {
+                "Order Completed": 0,
+            },
+            "description": (
+                "Segment event name -> Everflow advertiser event id (integer >= 0). 0 is the "
+                "base conversion. Names also match by Segment's slug (Order Completed = "
+                "order_completed)."
+            ),
+        },
+        "platform": {
+            "type": ["string", "null"],
+            "enum": ["auto", "web", "mobile"],
+            "title": "Platform",
+            "default": "auto",
+            "description": (
+                "auto: a record is mobile when its context says so (os, device type or a "
+                "Segment mobile library); web/mobile: treat every record as that platform."
+            ),
+        },
+        "strict_types": {
+            "type": ["boolean", "null"],
+            "title": "Strict types",
+            "default": False,
+            "description": (
+                "Dead-letter a record (type_mismatch) when an optional field cannot be coerced "
+                "to its Everflow type, instead of leaving the field out with a warning."
+            ),
+        },
+        "send_timestamp": {
+            "type": ["boolean", "null"],
+            "title": "Send timestamp",
+            "default": True,
+            "description": "Send the event time as `timestamp` (Unix seconds).",
+        },
+        "api_key": {
+            "type": ["string", "null"],
+            "title": "API key",
+            "description": (
+                "Everflow network API key (Control Center > Security). Enables the pre-flight "
+                "check of the key and of every mapped event id."
+            ),
+            "secret": True,
+            "writeOnly": True,
+        },
+        "api_url": {
+            "type": ["string", "null"],
+            "title": "API URL",
+            "default": "https://api.eflow.team/v1",
+            "description": (
+                "Everflow REST API base URL (EU accounts: https://api-eu.eflow.team/v1)."
+            ),
+        },
+        "preflight": {
+            "type": ["boolean", "null"],
+            "title": "Pre-flight check",
+            "description": (
+                "Check the API key and event mapping before reading records. Default: true when"
+                " api_key is set (never in dry run, which touches no network; --check runs it)."
+            ),
+        },
+        "reconcile": {
+            "type": ["boolean", "null"],
+            "title": "Reconcile after each run",
+            "default": False,
+            "description": (
+                "After a normal (not dry) run, in the same process and after the last STATE, "
+                "check the conversions delivered by earlier runs against Everflow's conversion "
+                "report, as `target-everflow reconcile` does (needs api_key). A reporting API "
+                "failure is then only a warning."
+            ),
+        },
+        "reconcile_after_minutes": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "title": "Reconcile after (minutes)",
+            "default": 30,
+            "description": (
+                "A delivered conversion is checked once it was sent at least this long ago "
+                "(Everflow's report lags); one Everflow still has as pending is checked again "
+                "after as long."
+            ),
+        },
+        "reconcile_not_found_after_hours": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "title": "Not found after (hours)",
+            "default": 24,
+            "description": (
+                "A conversion still missing from Everflow's conversion report this long after "
+                "it was sent is reported not_found."
+            ),
+        },
+        "api_requests_per_second": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "title": "API requests per second",
+            "default": 5,
+            "description": (
+                "Rate limit of reconcile's Everflow REST API requests (one token bucket; 429 "
+                "answers and their Retry-After are honoured too). Everflow allows a network key"
+                " about 30 requests/s."
+            ),
+        },
+        "reconcile_report_path": {
+            "type": ["string", "null"],
+            "title": "Reconcile report file",
+            "description": (
+                "Where reconcile writes its JSON report of the rejected and not-found "
+                "conversions. Default: reconcile_report.json in dead_letter_path's directory."
+            ),
+        },
+        "dry_run": {
+            "type": ["boolean", "null"],
+            "title": "Dry run",
+            "default": False,
+            "description": (
+                "Send nothing: write each planned postback to dry_run_output instead."
+            ),
+        },
+        "dry_run_output": {
+            "type": ["string", "null"],
+            "title": "Dry run output",
+            "default": "everflow_dry_run.jsonl",
+            "description": "Where dry run writes its planned postbacks (JSON lines).",
+        },
+        "dead_letter_path": {
+            "type": ["string", "null"],
+            "title": "Dead letter path",
+            "default": ".target-everflow/dead_letter.jsonl",
+            "description": (
+                "Where records that could not be delivered are kept, with the reason (a Singer "
+                "stream you can replay with --input)."
+            ),
+        },
+        "summary_path": {
+            "type": ["string", "null"],
+            "title": "Summary path",
+            "description": "Also write the run summary as JSON to this file.",
+        },
+        "progress_interval": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "title": "Progress interval",
+            "default": 10,
+            "description": (
+                "Seconds between progress log lines on long runs (0 turns them off)."
+            ),
+        },
+        "max_concurrency": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": 512,
+            "title": "Max concurrency",
+            "default": 16,
+            "description": (
+                "Postbacks in flight at once (one pooled keep-alive session)."
+            ),
+        },
+        "max_requests_per_second": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "title": "Max requests per second",
+            "default": 0,
+            "description": (
+                "Global request rate limit over all streams and retries (0 = unlimited)."
+            ),
+        },
+        "max_retries": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": 50,
+            "title": "Max retries",
+            "default": 5,
+            "description": (
+                "Retries of a transient failure (timeout, connection error, 429, 5xx)."
+            ),
+        },
+        "request_timeout": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "title": "Request timeout",
+            "default": 30,
+            "description": "Seconds per request attempt.",
+        },
+        "batch_size_rows": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "title": "Batch size (rows)",
+            "default": 5000,
+            "description": (
+                "Records per batch (the SDK's setting): a batch's postbacks go out "
+                "concurrently, and STATE moves on after each batch is settled."
+            ),
+        },
+        "max_batch_age_seconds": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "title": "Max batch age (seconds)",
+            "default": 5,
+            "description": (
+                "A record waits at most this long for its batch to fill: when the oldest record"
+                " read is this old, every batch is delivered and the STATE after it emitted, "
+                "even while the tap sends nothing more (a streaming tap, a slow extraction)."
+            ),
+        },
+        "ledger_url": {
+            "type": ["string", "null"],
+            "title": "Ledger URL",
+            "description": (
+                "Where delivered conversions are recorded: sqlite:///path (default: "
+                ".target-everflow/ledger.sqlite3), postgresql://user:pass@host/db or a libpq "
+                "connection string (shared by parallel runs), or none (no protection against "
+                "re-sends)."
+            ),
+            "secret": True,
+            "writeOnly": True,
+        },
+        "ledger_timeout": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "title": "Ledger timeout (seconds)",
+            "default": 30,
+            "description": (
+                "Seconds the ledger may take to answer: PostgreSQL's connect, lock and "
+                "statement timeouts and SQLite's wait for another process's lock. A ledger that"
+                " does not answer within it (plus 5 s) fails the run with exit code 4, naming "
+                "the wait."
+            ),
+        },
+        "in_doubt": {
+            "type": ["string", "null"],
+            "enum": ["resend", "dead_letter"],
+            "title": "In doubt",
+            "default": "resend",
+            "description": (
+                "What to do with a conversion claimed by a run that died before recording "
+                "Everflow's answer: resend it (at-least-once) or dead-letter it (at-most-once)."
+            ),
+        },
+        "validate_records": {
+            "type": ["boolean", "null"],
+            "title": "Validate records",
+            "default": False,
+            "description": (
+                "Validate each record against its stream's SCHEMA first; a record that breaks "
+                "it is dead-lettered (invalid_record). Off by default: records are read by "
+                "Segment's names whatever the tap declared (file taps often declare every "
+                "column a string)."
+            ),
+        },
+        "ledger_retention_days": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "title": "Ledger retention (days)",
+            "default": 400,
+            "description": "Delivered keys older than this are pruned at start-up.",
+        },
+        "max_dead_letter_ratio": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "title": "Max dead-letter ratio",
+            "default": 0.05,
+            "description": (
+                "The run exits with code 5 when dead letters / (delivered + dead letters) is "
+                "above this (0.05 = 5%; 1 turns it off). A dry run counts planned postbacks as "
+                "delivered; skipped records are not failures."
+            ),
+        },
+        "max_dead_letters": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "title": "Max dead letters",
+            "description": (
+                "The run exits with code 5 when it dead-letters more records than this. Unset: "
+                "no limit on the count."
+            ),
+        },
+    },
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+}
 
 
 def schema_default(name: str) -> t.Any:
     """A setting's default, as the config schema states it (the one place defaults live)."""
     return CONFIG_SCHEMA["properties"][name].get("default")
+
+
+def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:
+    """A setting's value, or its schema default when it is not given (or given as null)."""
+    value = config.get(name)
+    return schema_default(name) if value is None else value
+
+
+DEFAULT_EVENT_MAPPING: dict[str, int] = schema_default("event_mapping")
+DEFAULT_API_URL: str = schema_default("api_url")
 
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
@@ -485,7 +505,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
         """Validate the cross-setting rules; raise ``ConfigError`` naming the setting."""
-        dry_run = bool(config.get("dry_run", False))
+        dry_run = bool(_setting(config, "dry_run"))
 
         postback_url = config.get("postback_url") or None
         network_id = config.get("network_id")
@@ -520,11 +540,11 @@ class Settings:
             raise ConfigError("preflight", "is true but api_key is not set")
         preflight = preflight and not dry_run  # a dry run touches no network (--check still can)
 
-        in_doubt = config.get("in_doubt", "resend")
+        in_doubt = _setting(config, "in_doubt")
         if in_doubt not in {"resend", "dead_letter"}:
             raise ConfigError("in_doubt", "must be resend or dead_letter")
 
-        reconcile = bool(config.get("reconcile", schema_default("reconcile")))
+        reconcile = bool(_setting(config, "reconcile"))
         if reconcile and not api_key:
             raise ConfigError(
                 "reconcile",
@@ -535,7 +555,7 @@ class Settings:
             raise ConfigError(
                 "reconcile", "is true but ledger_url is none: nothing records what was delivered"
             )
-        dead_letter_path = Path(config.get("dead_letter_path") or f"{STATE_DIR}/dead_letter.jsonl")
+        dead_letter_path = Path(config.get("dead_letter_path") or schema_default("dead_letter_path"))
         report_path = config.get("reconcile_report_path")
 
         summary_path = config.get("summary_path")
@@ -549,40 +569,29 @@ class Settings:
             api_url=(config.get("api_url") or DEFAULT_API_URL).rstrip("/"),
             preflight=preflight,
             event_mapping=event_mapping,
-            platform=config.get("platform", "auto"),
-            strict_types=bool(config.get("strict_types", False)),
-            send_timestamp=bool(config.get("send_timestamp", True)),
+            platform=_setting(config, "platform"),
+            strict_types=bool(_setting(config, "strict_types")),
+            send_timestamp=bool(_setting(config, "send_timestamp")),
             dry_run=dry_run,
-            dry_run_output=Path(config.get("dry_run_output") or "everflow_dry_run.jsonl"),
+            dry_run_output=Path(config.get("dry_run_output") or schema_default("dry_run_output")),
             dead_letter_path=dead_letter_path,
             summary_path=Path(summary_path) if summary_path else None,
-            progress_interval=float(config.get("progress_interval", 10)),
-            max_concurrency=int(config.get("max_concurrency", 16)),
-            max_requests_per_second=float(config.get("max_requests_per_second", 0)),
-            max_retries=int(config.get("max_retries", 5)),
-            request_timeout=float(config.get("request_timeout", 30)),
-            max_batch_age_seconds=float(
-                config.get("max_batch_age_seconds", schema_default("max_batch_age_seconds"))
-            ),
+            progress_interval=float(_setting(config, "progress_interval")),
+            max_concurrency=int(_setting(config, "max_concurrency")),
+            max_requests_per_second=float(_setting(config, "max_requests_per_second")),
+            max_retries=int(_setting(config, "max_retries")),
+            request_timeout=float(_setting(config, "request_timeout")),
+            max_batch_age_seconds=float(_setting(config, "max_batch_age_seconds")),
             ledger_url=config.get("ledger_url") or None,
-            ledger_timeout=float(
-                config.get("ledger_timeout", schema_default("ledger_timeout"))
-            ),
+            ledger_timeout=float(_setting(config, "ledger_timeout")),
             in_doubt=in_doubt,
-            ledger_retention_days=int(config.get("ledger_retention_days", 400)),
+            ledger_retention_days=int(_setting(config, "ledger_retention_days")),
             reconcile=reconcile,
-            reconcile_after_minutes=float(
-                config.get("reconcile_after_minutes", schema_default("reconcile_after_minutes"))
-            ),
+            reconcile_after_minutes=float(_setting(config, "reconcile_after_minutes")),
             reconcile_not_found_after_hours=float(
-                config.get(
-                    "reconcile_not_found_after_hours",
-                    schema_default("reconcile_not_found_after_hours"),
-                )
+                _setting(config, "reconcile_not_found_after_hours")
             ),
-            api_requests_per_second=float(
-                config.get("api_requests_per_second", schema_default("api_requests_per_second"))
-            ),
+            api_requests_per_second=float(_setting(config, "api_requests_per_second")),
             reconcile_report_path=(
                 Path(report_path) if report_path
                 else dead_letter_path.parent / "reconcile_report.json"
@@ -594,10 +603,6 @@ class Settings:
                 None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
             ),
         )
-
-    def secrets(self) -> list[str]:
-        """Secret values of this run, for redaction."""
-        return [s for s in (self.api_key, self.verification_token) if s]
 
 
 def markdown_table(properties: t.Mapping[str, dict] | None = None) -> str:

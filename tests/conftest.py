@@ -144,7 +144,7 @@ def run_in_process(config: dict, lines: list[str], capsys: t.Any = None) -> tupl
 
     The target installs SIGINT/SIGTERM handlers; pytest's own are put back afterwards.
     """
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

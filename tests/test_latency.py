@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from target_everflow.reader import SegmentReader
+from target_everflow.adapter.reader import SegmentReader
 from tests.conftest import singer_lines, track
 from tests.receiver import Receiver
 

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from target_everflow.accounting import RunSummary
+from target_everflow.adapter.metrics import point_writer
 from target_everflow.metrics import LatencyHistogram, RunMetrics, status_class
 from tests.conftest import run_in_process, run_target, singer_lines, track
 from tests.receiver import Answer, Receiver
@@ -91,7 +92,7 @@ def test_status_classes():
 
 def test_emit_logs_increments_and_nothing_when_nothing_moved(caplog):
     summary = RunSummary()
-    metrics = RunMetrics(summary)
+    metrics = RunMetrics(summary, point_writer())
     summary.count("orders", "Order Completed", "delivered", n=3)
     summary.count("orders", "Order Completed", "dead_letter", "rejected")
     metrics.answered(200, 0.02)

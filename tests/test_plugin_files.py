@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, SETTINGS_GROUP_VALIDATION
-from target_everflow.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = sorted((REPO / "plugin" / "loaders" / "target-everflow").glob("*.yml"))
@@ -125,7 +125,7 @@ def test_a_new_setting_makes_the_check_fail(tmp_path: Path) -> None:
     code = (
         "import runpy, sys\n"
         "from singer_sdk import typing as th\n"
-        "from target_everflow import settings, target\n"
+        "from target_everflow import settings\nfrom target_everflow.adapter import target\n"
         "extra = th.Property('brand_new', th.StringType, title='Brand new', description='x').to_dict()\n"
         "for schema in (settings.CONFIG_SCHEMA, target.TargetEverflow.config_jsonschema):\n"
         "    schema['properties'].update(extra)\n"

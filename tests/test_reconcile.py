@@ -24,7 +24,7 @@ from target_everflow.ledger import open_ledger
 from target_everflow.reconcile_store import DueKey, ReconcileStore
 from target_everflow.reconciler import Reconciler, match
 from target_everflow.settings import Settings
-from target_everflow.target import TargetEverflow
+from target_everflow.adapter.target import TargetEverflow
 from tests.conftest import (
     SECRET_API_KEY,
     config_under,

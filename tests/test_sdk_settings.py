@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from target_everflow.settings import CONFIG_SCHEMA
-from target_everflow.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, dead_letter_records, run_in_process, singer_lines, track
 
 

@@ -40,7 +40,7 @@ import pytest
 from singer_sdk.testing import get_target_test_class
 from singer_sdk.testing import target_test_streams
 
-from target_everflow.target import TargetEverflow
+from target_everflow.adapter.target import TargetEverflow
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE
 
 # Outputs of the SDK's runs go to a directory of their own, created once for this module.

@@ -55,7 +55,7 @@ def test_sample_config_has_every_setting_and_is_valid():
     assert SETTINGS <= set(sample), SETTINGS - set(sample)
     import signal
 
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

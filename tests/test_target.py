@@ -437,7 +437,7 @@ def _assert_nothing_written(config: dict) -> None:
 def test_config_error_in_process(case: str, changes: dict, setting: str, tmp_path: Path) -> None:
     from singer_sdk.exceptions import ConfigValidationError
 
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
 
     config = _config_in(tmp_path, {**SECRETS, **changes})
     with pytest.raises(ConfigValidationError) as info:
@@ -453,7 +453,7 @@ def test_config_error_in_process(case: str, changes: dict, setting: str, tmp_pat
 def test_config_error_in_process_never_echoes_a_secret(case: str, changes: dict, tmp_path: Path) -> None:
     from singer_sdk.exceptions import ConfigValidationError
 
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
 
     config = _config_in(tmp_path, {**SECRETS, **changes})
     with pytest.raises(ConfigValidationError) as info:

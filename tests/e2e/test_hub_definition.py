@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from target_everflow.target import plugin_settings_schema
+from target_everflow.adapter.target import plugin_settings_schema
 from tests.conftest import singer_lines, track
 from tests.e2e.conftest import _SCRUB_PREFIXES, INSTALL_TIMEOUT, RUN_TIMEOUT
 

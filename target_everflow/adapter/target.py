@@ -8,10 +8,11 @@ import logging
 import sys
 import time
 import typing as t
+import weakref
 
 import click
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
-from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
+from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
@@ -24,14 +25,17 @@ from target_everflow.errors import (
     TargetEverflowError,
     Terminated,
 )
-from target_everflow.reader import SegmentReader, broken
+from target_everflow.adapter.metrics import point_writer
+from target_everflow.adapter.reader import SegmentReader, broken
 from target_everflow.ledger import LedgerError
 from target_everflow.run import LedgerUnavailable, Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
-from target_everflow.sinks import EverflowSink
+from target_everflow.adapter.sinks import EverflowSink
 
 if t.TYPE_CHECKING:
     from types import FrameType
+
+    from singer_sdk.sinks import Sink
 
 
 def _describe_schema_error(error: t.Any) -> str:
@@ -120,8 +124,14 @@ class TargetEverflow(Target):
             self.settings = Settings.from_config(self.config)
         except ConfigError as exc:
             raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
-        self.run = Run(self.settings, self.logger, self._schema_of)
-        self.message_reader.due = self.drain_by_age  # asked before each wait for input
+        self.run = Run(self.settings, self.logger, self._schema_of, point_writer())
+        self.sinks: weakref.WeakSet[EverflowSink] = weakref.WeakSet()
+        """Every sink that may still hold records (a sink registers itself in ``setup``)."""
+        self.latest_state: dict | None = None
+        """The value of the latest STATE message read."""
+        reader = self.message_reader
+        reader.due = self.drain_by_age  # asked before each wait for input
+        reader.before, reader.after = self._before_message, self._after_message
         self._terminating: int | None = None
         self._shielded = 0
         """> 0 while a STATE is written: a signal then must not raise into the main thread."""
@@ -153,14 +163,7 @@ class TargetEverflow(Target):
     # -- the run -----------------------------------------------------------------------------
 
     def _schema_of(self, stream: str) -> dict | None:
-        sink = self._sinks_active.get(stream)
-        return sink.original_schema if sink is not None else None
-
-    def add_sink(self, *args: t.Any, **kwargs: t.Any) -> t.Any:  # type: ignore[override]
-        self.run.open()  # programmatic use: resources open before the first record
-        return super().add_sink(*args, **kwargs)
-
-    add_sink.__doc__ = Target.add_sink.__doc__
+        return self.get_sink(stream).original_schema if self.sink_exists(stream) else None
 
     def _write_state_message(self, state: dict) -> None:
         written = json.dumps(state, sort_keys=True)
@@ -173,17 +176,38 @@ class TargetEverflow(Target):
         finally:
             self._shielded -= 1
 
-    def _process_record_message(self, message_dict: dict) -> None:
-        if not isinstance(message_dict["record"], dict):
-            self._dead_letter_unreadable(message_dict)
-            return
-        super()._process_record_message(message_dict)
-        if self.run.batch_settled:
-            # A full batch was just delivered. The SDK itself writes STATE only when it drains
-            # every sink (end of input, or every 5 minutes); when no other sink holds records,
-            # the latest STATE is already safe, so a long backfill checkpoints batch by batch.
-            self.run.batch_settled = False
-            self.emit_safe_state()
+    def _before_message(self, kind: str, message: dict) -> bool:
+        """The reader's hook before the SDK handles a message; False when handled here."""
+        if kind == "RECORD" and not isinstance(message["record"], dict):
+            self._dead_letter_unreadable(message)
+            return False
+        if kind == "ACTIVATE_VERSION" and message["stream"] not in self.mapper.stream_maps:
+            raise RecordsWithoutSchemaException(
+                f"an ACTIVATE_VERSION message for stream {message['stream']!r} came before "
+                "that stream's SCHEMA"
+            )
+        if kind == "BATCH":
+            # The SDK would hand the batch files' records to process_batch directly, past the
+            # mapping and the accounting: they would be neither delivered nor counted.
+            raise broken(
+                self.message_reader.line_number,
+                "BATCH messages are not supported (this target does not declare the batch "
+                "capability): run the tap without batch mode, so that records come as RECORD "
+                "messages",
+            )
+        return True
+
+    def _after_message(self, kind: str, message: dict) -> None:
+        """The reader's hook after the SDK handled a message."""
+        if kind == "STATE":
+            self.latest_state = message["value"]
+            self.emit_safe_state()  # safe at once when no record read before it is pending
+
+    def batch_settled(self) -> None:
+        """A sink's batch has every outcome. The SDK itself writes STATE only when it drains
+        every sink (end of input, or every 5 minutes); when no other sink holds records, the
+        latest STATE is already safe, so a long backfill checkpoints batch by batch."""
+        self.emit_safe_state()
 
     def drain_by_age(self) -> float | None:
         """Deliver every batch once the oldest record waiting is ``max_batch_age_seconds`` old.
@@ -193,11 +217,7 @@ class TargetEverflow(Target):
         only the old one: STATE needs every record read before it settled. Returns the seconds
         until the oldest record waiting is due (``None`` when none waits).
         """
-        since = [
-            s.pending_since
-            for s in (*self._sinks_to_clear, *self._sinks_active.values())
-            if s.current_size and s.pending_since is not None
-        ]
+        since = [s.pending_since for s in self.sinks if s.holding and s.pending_since is not None]
         if not since:
             return None
         wait = min(since) + self.settings.max_batch_age_seconds - time.monotonic()
@@ -213,12 +233,15 @@ class TargetEverflow(Target):
     def _dead_letter_unreadable(self, message_dict: dict) -> None:
         """A RECORD whose ``record`` is not a JSON object: one bad record, dead-lettered."""
         stream = message_dict["stream"]
-        if stream not in self.mapper.stream_maps:
-            self._assert_sink_exists(stream)  # RECORD before SCHEMA: the input is broken
+        if stream not in self.mapper.stream_maps:  # RECORD before SCHEMA: the input is broken
+            raise RecordsWithoutSchemaException(
+                f"A record for stream '{stream}' was encountered before a corresponding schema. "
+                "Check that the Tap correctly implements the Singer spec."
+            )
         stream_maps = self.mapper.stream_maps[stream]
         if not stream_maps:  # the stream is filtered out by stream_maps
             return
-        sink = self.get_sink(stream_maps[0].stream_alias)
+        sink = t.cast("EverflowSink", self.get_sink(stream_maps[0].stream_alias))
         record = message_dict["record"]
         kind = "null" if record is None else f"a {type(record).__name__}"
         sink.dead_letter_unreadable(
@@ -227,34 +250,12 @@ class TargetEverflow(Target):
             "JSON object",
         )
 
-    def _process_activate_version_message(self, message_dict: dict) -> None:
-        if message_dict["stream"] not in self.mapper.stream_maps:
-            raise RecordsWithoutSchemaException(
-                f"an ACTIVATE_VERSION message for stream {message_dict['stream']!r} came before "
-                "that stream's SCHEMA"
-            )
-        super()._process_activate_version_message(message_dict)
-
-    def _process_batch_message(self, message_dict: dict) -> None:  # noqa: ARG002
-        # The SDK would hand the batch files' records to process_batch directly, past the
-        # mapping and the accounting: they would be neither delivered nor counted.
-        raise broken(
-            self.message_reader.line_number,
-            "BATCH messages are not supported (this target does not declare the batch "
-            "capability): run the tap without batch mode, so that records come as RECORD messages",
-        )
-
-    def _process_state_message(self, message_dict: dict) -> None:
-        super()._process_state_message(message_dict)
-        self.emit_safe_state()  # safe at once when no record read before it is pending
-
     def emit_safe_state(self) -> None:
         """Emit the latest STATE if every record read before it has its outcome."""
-        pending = any(s.current_size for s in self._sinks_active.values()) or self._sinks_to_clear
-        if pending or not self._latest_state:
+        if any(s.holding for s in self.sinks) or not self.latest_state:
             return
-        if json.dumps(self._latest_state, sort_keys=True) != self._state_written:
-            self._write_state_message(dict(self._latest_state))
+        if json.dumps(self.latest_state, sort_keys=True) != self._state_written:
+            self._write_state_message(dict(self.latest_state))
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop reading; the batch in flight settles within a bounded time.
@@ -286,10 +287,28 @@ class TargetEverflow(Target):
             click.Option(
                 ["--check"],
                 is_flag=True,
+                expose_value=False,
+                callback=cls._check_option,
                 help="Only check the Everflow API key and event mapping, then exit.",
             )
         )
         return command
+
+    @classmethod
+    def _check_option(cls, ctx: click.Context, _param: click.Parameter, value: bool) -> None:  # noqa: FBT001
+        """``--check``: after ``--config`` (an eager option) was read, check and exit."""
+        if value:
+            cls.print_version(print_fn=cls.logger.info)
+            ctx.exit(cls._from_cli_config(ctx.params.get("config")).main(None, check=True))
+
+    @classmethod
+    def _from_cli_config(cls, config: t.Any) -> TargetEverflow:
+        """The target for the SDK's parsed ``--config`` (its config dict and ENV flag)."""
+        return cls(
+            config=getattr(config, "config", None) or {},
+            validate_config=True,
+            parse_env_config=bool(getattr(config, "parse_env", False)),
+        )
 
     @classmethod
     def invoke(  # type: ignore[override]
@@ -297,15 +316,15 @@ class TargetEverflow(Target):
         *,
         about: bool = False,
         about_format: str | None = None,
-        config: _ConfigInput | None = None,
+        config: t.Any = None,
         file_input: t.IO[str] | None = None,
-        check: bool = False,
     ) -> None:
-        super(Target, cls).invoke(about=about, about_format=about_format)
+        """The Singer target command: ``Target.invoke``, with the run's exit code."""
+        if about:
+            cls.print_about(about_format)
+            sys.exit(0)
         cls.print_version(print_fn=cls.logger.info)
-        config = config or _ConfigInput()
-        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
-        sys.exit(target.main(file_input, check=check))
+        sys.exit(cls._from_cli_config(config).main(file_input))
 
     def main(self, file_input: t.IO[str] | None = None, *, check: bool = False) -> int:
         """Run (or only check), always finishing with the summary; return the exit code."""
@@ -364,7 +383,7 @@ class TargetEverflow(Target):
         if self._terminating is not None or not self.run.opened:
             return self._stopped(exc)
         self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
-        pending = sum(s.current_size for s in self._sinks_active.values())
+        pending = sum(s.holding for s in self.sinks)
         if pending:
             self.logger.info(
                 "Settling the %d records read before the broken line; nothing after it is read.",

@@ -131,6 +131,11 @@ class SegmentReader(GenericSingerReader[str]):
         by age here (``max_batch_age_seconds``)."""
         self.stop_signal: int | None = None
         """Set by the target's signal handler: no line is read after it."""
+        self.before: t.Callable[[str, dict], bool] | None = None
+        """Called with each message's type and message before the SDK handles it; False: the
+        hook has handled it (the SDK never sees it)."""
+        self.after: t.Callable[[str, dict], None] | None = None
+        """Called with each message's type and message after the SDK handled it."""
 
     # -- one line --------------------------------------------------------------------------
 
@@ -252,7 +257,6 @@ class SegmentReader(GenericSingerReader[str]):
                     raise Terminated(self.stop_signal)
                 number += 1
                 self.line_number = number
-                self._current_message = line  # type: ignore[assignment]
                 try:
                     message = self.deserialize_json(line)
                 except InputError:
@@ -261,7 +265,10 @@ class SegmentReader(GenericSingerReader[str]):
                     raise
                 kind = self.check_message(message)
                 try:
-                    callbacks[kind](message)
+                    if self.before is None or self.before(kind, message):
+                        callbacks[kind](message)
+                        if self.after is not None:
+                            self.after(kind, message)
                 except InputError:
                     raise
                 except RecordsWithoutSchemaException as exc:

@@ -18,7 +18,7 @@ from target_everflow.errors import EXIT_OK, TargetEverflowError
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from target_everflow.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow
 
 PROG = "target-everflow"
 
@@ -46,7 +46,7 @@ class TargetGroup(click.Group):
         return self.commands.get(cmd_name)
 
     def _target_command(self) -> click.Command:
-        from target_everflow.target import TargetEverflow  # noqa: PLC0415 - heavy, load on use
+        from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415 - heavy, load on use
 
         return TargetEverflow.cli
 
@@ -88,7 +88,7 @@ def load_target(config: Sequence[str]) -> TargetEverflow:
     validation, ENV parsing); a bad setting exits 1 with one line."""
     from singer_sdk.exceptions import ConfigValidationError  # noqa: PLC0415
 
-    from target_everflow.target import TargetEverflow  # noqa: PLC0415
+    from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415
 
     parse_env = "ENV" in config
     files = [c for c in config if c != "ENV"]

@@ -1,0 +1,242 @@
+"""The sink: wires mapping, delivery and accounting for the records of one stream."""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from datetime import date
+from datetime import time as dt_time
+
+from singer_sdk.exceptions import InvalidRecord
+from singer_sdk.sinks import BatchSink
+
+from target_everflow.accounting import shown
+from target_everflow.mapping import (
+    DEAD_LETTER,
+    DUPLICATE,
+    INVALID_RECORD,
+    SKIPPED,
+    Conversion,
+    Outcome,
+)
+from target_everflow.mapping import event_time as _event_time
+from target_everflow.fields import Mismatch
+from target_everflow.metrics import log_fields
+from target_everflow.settings import CONFIG_SCHEMA
+
+if t.TYPE_CHECKING:
+    from target_everflow.run import Run
+    from target_everflow.adapter.target import TargetEverflow
+
+UNKNOWN_EVENT = "(unknown)"
+"""The summary's event for a record that is not a JSON object."""
+DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
+
+
+def _kind(value: t.Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
+        return "a number"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a value"
+
+
+def _datelike(prop: t.Any) -> str | None:
+    """``date-time``, ``date`` or ``time`` when a property declares that format (or an
+    ``anyOf`` branch does), else None."""
+    if not isinstance(prop, dict):
+        return None
+    if prop.get("format") in DATELIKE_FORMATS:
+        return t.cast("str", prop["format"])
+    for branch in prop.get("anyOf", ()):
+        if isinstance(branch, dict) and branch.get("format") in DATELIKE_FORMATS:
+            return t.cast("str", branch["format"])
+    return None
+
+
+def without_datelike_formats(schema: t.Any) -> t.Any:
+    """A copy of a JSON schema that declares no date/time formats: the SDK then parses no
+    timestamp, and every record stays as it was received (a dead letter holds it verbatim)."""
+    if isinstance(schema, dict):
+        return {
+            k: without_datelike_formats(v) for k, v in schema.items()
+            if not (k == "format" and v in DATELIKE_FORMATS)
+        }
+    if isinstance(schema, list):
+        return [without_datelike_formats(v) for v in schema]
+    return schema
+
+
+def _not_datelike(kind: str, value: t.Any) -> str | None:
+    """What is wrong with a value of a column declared ``kind`` (None: it parses)."""
+    if not isinstance(value, str):
+        return f"{_kind(value)}, not a {kind} text"
+    try:
+        if kind == "date":
+            date.fromisoformat(value)
+        elif kind == "time":
+            dt_time.fromisoformat(value)
+        else:
+            _event_time(value)
+    except (ValueError, TypeError, OverflowError, Mismatch):
+        return f"{value[:40]!r} is not a {kind}"
+    return None
+
+
+class EverflowSink(BatchSink):
+    """Maps each record as it arrives; delivers the batch's conversions when drained.
+
+    Skips are final at once; dead letters are written at once and made durable before the
+    batch returns; conversions wait for ``process_batch``. The SDK emits STATE only after every
+    sink's ``process_batch`` returned, so STATE never covers a record without its outcome.
+    Records reach ``process_record`` as they were received: the SDK is shown the schema
+    without date/time formats (so it parses no timestamp) and validates nothing; the sink
+    checks ``validate_records`` and key properties itself.
+    """
+
+    # records per batch when the config was not validated (which fills in the schema default)
+    MAX_SIZE_DEFAULT = CONFIG_SCHEMA["properties"]["batch_size_rows"]["default"]
+
+    def __init__(
+        self,
+        target: TargetEverflow,
+        stream_name: str,
+        schema: dict,
+        key_properties: t.Sequence[str] | None,
+    ) -> None:
+        # The SDK is given no key properties (it would raise for a record that lacks one);
+        # ``key_properties`` answers with the stream's own, and ``check_record`` checks them.
+        self.stream_key_properties = list(key_properties or [])
+        super().__init__(target, stream_name, schema, None)
+        self.target_everflow = target
+        self.run: Run = target.run
+        self.record_validator: t.Any = None
+        self.holding = 0
+        """Records taken since the last batch settled (they have no final outcome yet)."""
+        self.pending_since: float | None = None
+        """``time.monotonic()`` when the oldest record of the current batch was read."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.run.open()  # programmatic use: resources open before the first record
+        # Validated (validate_records) against the schema as the tap declared it; the SDK sees
+        # no date/time formats, so it parses no timestamp.
+        self.record_validator = super().get_validator()
+        self.schema = without_datelike_formats(self.schema)
+        self.target_everflow.sinks.add(self)
+
+    @property
+    def key_properties(self) -> t.Sequence[str]:
+        """The stream's key properties, as its SCHEMA message names them."""
+        return self.stream_key_properties
+
+    def get_validator(self) -> None:
+        """None: the SDK validates nothing (``check_record`` does, a bad record is dead-lettered)."""
+        return None
+
+    @property
+    def include_sdc_metadata_properties(self) -> bool:
+        """Never: _sdc_* columns mean nothing to a postback (``add_record_metadata`` is ignored)."""
+        return False
+
+    # A record that breaks its stream's schema (validate_records) or lacks a key property is
+    # one bad record, not a broken run: it is dead-lettered (invalid_record) and the run goes
+    # on. (The SDK would raise, or log a traceback per record and deliver it anyway.)
+
+    def check_record(self, record: dict) -> tuple[str, str | None] | None:
+        """Why a record is invalid (message, field), or None."""
+        if self.record_validator is not None:
+            try:
+                self.record_validator.validate(record)
+            except InvalidRecord as exc:
+                cause = exc.__cause__
+                path = ".".join(str(p) for p in getattr(cause, "absolute_path", ()))
+                return (
+                    f"the record does not match stream {self.stream_name}'s schema"
+                    + (f" at {path}" if path else "") + f": {exc.error_message[:300]}",
+                    path or None,
+                )
+            properties = self.original_schema.get("properties", {})
+            for key, value in record.items():
+                kind = _datelike(properties.get(key))
+                problem = None if kind is None or value is None else _not_datelike(kind, value)
+                if problem:
+                    return (
+                        f"the record does not match stream {self.stream_name}'s schema at {key}: "
+                        f"{problem}",
+                        key,
+                    )
+        missing = [k for k in self.key_properties if k not in record]
+        if missing:
+            return (
+                f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
+                missing[0],
+            )
+        return None
+
+    def dead_letter_unreadable(self, record: t.Any, message: str) -> None:
+        """A RECORD message whose record is not an object: dead-lettered at once, made durable."""
+        self.run.summary.read()
+        self._account(
+            Outcome(DEAD_LETTER, INVALID_RECORD, message, "record", event=UNKNOWN_EVENT), record
+        )
+        self.run.dead_letters.flush()  # durable before any STATE that follows it
+
+    def process_record(self, record: dict, context: dict) -> None:
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
+        run = self.run
+        self.holding += 1
+        run.summary.read()
+        event = run.mapper.view(record, self.stream_name)  # the record's one view
+        invalid = self.check_record(record)
+        if invalid is not None:
+            message, field = invalid
+            self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field, event=event.label,
+                                  message_id=event.message_id), record)
+            return
+        result = run.mapper.map(event)
+        if isinstance(result, Outcome):
+            self._account(result, record)
+            return
+        for param, why in result.dropped:
+            run.summary.drop(self.stream_name, result.event, param)
+            run.warn_dropped(self.stream_name, result, param, why)
+        batch: dict[str, Conversion] = context.setdefault("conversions", {})
+        if result.key in batch:  # the same conversion twice in one batch
+            run.summary.count(self.stream_name, result.event, SKIPPED, DUPLICATE)
+            return
+        batch[result.key] = result
+
+    def _account(self, outcome: Outcome, record: dict) -> None:
+        run = self.run
+        event = outcome.event or UNKNOWN_EVENT
+        if outcome.kind == DEAD_LETTER:
+            # Written first, counted after: a dead letter the file could not take (OutputError:
+            # the run stops) is not counted, and its record comes again from the last STATE.
+            run.dead_letters.write(
+                self.stream_name, record, outcome.reason, outcome.message, field=outcome.field,
+                message_id=outcome.message_id,
+            )
+            message_id = "unknown" if outcome.message_id is None else shown(outcome.message_id, 100)
+            run.logger.warning(
+                "Dead-lettered a record of stream %s (message id %s): %s: %s",
+                shown(self.stream_name), message_id, outcome.reason, outcome.message,
+                extra=log_fields(stream=self.stream_name, event=event, reason=outcome.reason,
+                                 message_id=message_id, field=outcome.field),
+            )
+        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
+
+    def start_drain(self) -> dict:
+        self.pending_since = None  # records read from now on start the next batch
+        return super().start_drain()
+
+    def process_batch(self, context: dict) -> None:
+        conversions: dict[str, Conversion] = context.get("conversions", {})
+        with self.run.batch():
+            try:
+                self.run.engine.deliver(list(conversions.values()))
+            finally:
+                self.run.dead_letters.flush()  # the mapping's dead letters of this batch too
+        self.holding = 0
+        self.target_everflow.batch_settled()
