@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 MELTANO_VENV ?= .venv-meltano
 MELTANO_VERSION ?= 4.4.1
 
-.PHONY: demo test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
+.PHONY: lint demo test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ demo: $(VENV)/.installed
 ## make test: the whole suite, the Meltano/warehouse pipelines included
 test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff (lint, format check) and mypy; CI runs it before the tests
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## make test-fast: everything but the end-to-end pipelines, the soak and the slow lease tests
 test-fast: $(VENV)/.installed-test

@@ -138,8 +138,15 @@ class Generator:
         items = []
         for _ in range(self.rng.choice((1, 1, 2, 3))):
             sku, name, price = self.rng.choice(PRODUCTS)
-            items.append({"product_id": self._hex(8), "sku": sku, "name": name, "price": price,
-                          "quantity": self.rng.choice((1, 1, 2))})
+            items.append(
+                {
+                    "product_id": self._hex(8),
+                    "sku": sku,
+                    "name": name,
+                    "price": price,
+                    "quantity": self.rng.choice((1, 1, 2)),
+                }
+            )
         return items
 
     def _order_id(self) -> t.Any:
@@ -159,14 +166,25 @@ class Generator:
             "userAgent": self.rng.choice(USER_AGENTS),
             "library": {"name": "analytics.js", "version": "npm:next-1.61.0"},
             "locale": "en-US",
-            "page": {"path": "/checkout", "url": "https://shop.example.com/checkout",
-                     "referrer": "https://partner.example.net/", "title": "Checkout"},
+            "page": {
+                "path": "/checkout",
+                "url": "https://shop.example.com/checkout",
+                "referrer": "https://partner.example.net/",
+                "title": "Checkout",
+            },
             "traits": {"email": f"user{self.rng.randrange(10**6)}@example.com"},
         }
         record: dict[str, t.Any] = {
-            "type": kind, "messageId": f"ajs-next-{self._hex(24)}", "anonymousId": self._hex(16),
-            "userId": f"u-{self.rng.randrange(10**7)}", "context": ctx, "timestamp": ts,
-            "originalTimestamp": ts, "sentAt": ts, "receivedAt": ts, "version": 2,
+            "type": kind,
+            "messageId": f"ajs-next-{self._hex(24)}",
+            "anonymousId": self._hex(16),
+            "userId": f"u-{self.rng.randrange(10**7)}",
+            "context": ctx,
+            "timestamp": ts,
+            "originalTimestamp": ts,
+            "sentAt": ts,
+            "receivedAt": ts,
+            "version": 2,
             "integrations": {},
         }
         if kind == "track":
@@ -176,8 +194,12 @@ class Generator:
             if event in (MAPPED[0], UNMAPPED[1]):
                 products = self._products()
                 total = round(sum(p["price"] * p["quantity"] for p in products), 2)
-                props.update(orderId=self._order_id(), total=total, revenue=round(total * 0.9, 2),
-                             products=products)
+                props.update(
+                    orderId=self._order_id(),
+                    total=total,
+                    revenue=round(total * 0.9, 2),
+                    products=products,
+                )
                 if self.rng.random() < 0.3:
                     props["coupon"] = self.rng.choice(COUPONS)
             elif event == MAPPED[1]:
@@ -203,19 +225,36 @@ class Generator:
         ios = self.rng.random() < 0.6
         ctx = record["context"]
         del ctx["page"], ctx["userAgent"], ctx["locale"]
-        ctx.update({
-            "app": {"name": "Shop", "version": "4.2.0", "build": "420",
-                    "namespace": "com.example.shop"},
-            "device": {"manufacturer": "Apple" if ios else "Google",
-                       "model": "iPhone15,2" if ios else "Pixel 8", "type": "ios" if ios else "android",
-                       "adTrackingEnabled": self.rng.random() < 0.7, "id": self._hex(16)},
-            "network": {"carrier": "T-Mobile", "wifi": self.rng.random() < 0.6,
-                        "cellular": True, "bluetooth": False},
-            "os": {"name": "iOS" if ios else "Android", "version": "17.1" if ios else "14"},
-            "library": {"name": "analytics-ios" if ios else "analytics-kotlin", "version": "4.1.8"},
-            "screen": {"width": 390, "height": 844},
-            "timezone": "America/New_York",
-        })
+        ctx.update(
+            {
+                "app": {
+                    "name": "Shop",
+                    "version": "4.2.0",
+                    "build": "420",
+                    "namespace": "com.example.shop",
+                },
+                "device": {
+                    "manufacturer": "Apple" if ios else "Google",
+                    "model": "iPhone15,2" if ios else "Pixel 8",
+                    "type": "ios" if ios else "android",
+                    "adTrackingEnabled": self.rng.random() < 0.7,
+                    "id": self._hex(16),
+                },
+                "network": {
+                    "carrier": "T-Mobile",
+                    "wifi": self.rng.random() < 0.6,
+                    "cellular": True,
+                    "bluetooth": False,
+                },
+                "os": {"name": "iOS" if ios else "Android", "version": "17.1" if ios else "14"},
+                "library": {
+                    "name": "analytics-ios" if ios else "analytics-kotlin",
+                    "version": "4.1.8",
+                },
+                "screen": {"width": 390, "height": 844},
+                "timezone": "America/New_York",
+            }
+        )
         if self.rng.random() < 0.3:
             ctx["location"] = {"latitude": 40.7128, "longitude": -74.006}
         if not self.conversions_only and self.rng.random() < 0.01:
@@ -229,42 +268,73 @@ class Generator:
         total = round(sum(p["price"] * p["quantity"] for p in products), 2)
         row: dict[str, t.Any] = {
             "id": f"{self._hex(8)}-{self._hex(4)}-{self._hex(4)}-{self._hex(4)}-{self._hex(12)}",
-            "anonymous_id": self._hex(16), "user_id": f"u-{self.rng.randrange(10**7)}",
-            "event": event.lower().replace(" ", "_"), "event_text": event,
-            "context_ip": self._ip(), "context_user_agent": self.rng.choice(USER_AGENTS),
-            "context_library_name": "analytics.js", "context_library_version": "npm:next-1.61.0",
+            "anonymous_id": self._hex(16),
+            "user_id": f"u-{self.rng.randrange(10**7)}",
+            "event": event.lower().replace(" ", "_"),
+            "event_text": event,
+            "context_ip": self._ip(),
+            "context_user_agent": self.rng.choice(USER_AGENTS),
+            "context_library_name": "analytics.js",
+            "context_library_version": "npm:next-1.61.0",
             "context_page_url": "https://shop.example.com/checkout",
-            "context_referrer_type": None, "context_referrer_id": None,
+            "context_referrer_type": None,
+            "context_referrer_id": None,
             "context_traits_email": f"user{self.rng.randrange(10**6)}@example.com",
-            "context_os_name": None, "context_os_version": None, "context_app_namespace": None,
-            "context_app_name": None, "context_app_version": None,
-            "context_device_manufacturer": None, "context_device_model": None,
-            "order_id": str(self._order_id()), "total": total, "revenue": round(total * 0.9, 2),
-            "currency": "USD", "coupon": None,
-            "products": json.dumps([{k: p[k] for k in ("sku", "name", "quantity", "price")} for p in products]),
-            "timestamp": ts, "original_timestamp": ts, "sent_at": ts, "received_at": ts, "uuid_ts": ts,
+            "context_os_name": None,
+            "context_os_version": None,
+            "context_app_namespace": None,
+            "context_app_name": None,
+            "context_app_version": None,
+            "context_device_manufacturer": None,
+            "context_device_model": None,
+            "order_id": str(self._order_id()),
+            "total": total,
+            "revenue": round(total * 0.9, 2),
+            "currency": "USD",
+            "coupon": None,
+            "products": json.dumps(
+                [{k: p[k] for k in ("sku", "name", "quantity", "price")} for p in products]
+            ),
+            "timestamp": ts,
+            "original_timestamp": ts,
+            "sent_at": ts,
+            "received_at": ts,
+            "uuid_ts": ts,
         }
         if self._has_tid():
             row["context_referrer_type"] = "everflow"
             row["context_referrer_id"] = self._hex()
         if self.rng.random() < 0.2:
-            row.update(context_os_name="Android", context_os_version="14",
-                       context_app_namespace="com.example.shop", context_app_name="Shop",
-                       context_app_version="4.2.0", context_device_manufacturer="Google",
-                       context_device_model="Pixel 8", context_library_name="analytics-kotlin",
-                       context_user_agent=None)
+            row.update(
+                context_os_name="Android",
+                context_os_version="14",
+                context_app_namespace="com.example.shop",
+                context_app_name="Shop",
+                context_app_version="4.2.0",
+                context_device_manufacturer="Google",
+                context_device_model="Pixel 8",
+                context_library_name="analytics-kotlin",
+                context_user_agent=None,
+            )
         return row
 
     def flat(self) -> dict:
         ts = self._time()
         event = self._event()
         record: dict[str, t.Any] = {
-            "type": "track", "event": event, "messageId": f"flat-{self._hex(24)}",
+            "type": "track",
+            "event": event,
+            "messageId": f"flat-{self._hex(24)}",
             "userId": f"u-{self.rng.randrange(10**7)}",
-            "context__ip": self._ip(), "context__userAgent": self.rng.choice(USER_AGENTS),
-            "context__library__name": "analytics.js", "context__traits__email": "flat@example.com",
-            "properties__orderId": self._order_id(), "properties__total": 19.0,
-            "properties__adv5": False, "timestamp": ts, "receivedAt": ts,
+            "context__ip": self._ip(),
+            "context__userAgent": self.rng.choice(USER_AGENTS),
+            "context__library__name": "analytics.js",
+            "context__traits__email": "flat@example.com",
+            "properties__orderId": self._order_id(),
+            "properties__total": 19.0,
+            "properties__adv5": False,
+            "timestamp": ts,
+            "receivedAt": ts,
         }
         if self._has_tid():
             record["context__referrer__type"] = "Everflow"
@@ -287,9 +357,15 @@ class Generator:
 def lines(records: int, seed: int = 7, *, conversions_only: bool = False) -> t.Iterator[str]:
     """The Singer lines: each stream's SCHEMA, the records, a STATE every 10,000 records."""
     gen = Generator(seed, conversions_only=conversions_only)
-    schemas = {RAW: (RAW_SCHEMA, []), WAREHOUSE: (WAREHOUSE_SCHEMA, ["id"]), FLAT: (FLAT_SCHEMA, [])}
+    schemas = {
+        RAW: (RAW_SCHEMA, []),
+        WAREHOUSE: (WAREHOUSE_SCHEMA, ["id"]),
+        FLAT: (FLAT_SCHEMA, []),
+    }
     for stream, (schema, keys) in schemas.items():
-        yield json.dumps({"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": keys})
+        yield json.dumps(
+            {"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": keys}
+        )
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     for i in range(records):
         stream, record = gen.next_message()
@@ -320,8 +396,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--conversions", action="store_true",
-                        help="every record a valid conversion (the delivery input)")
+    parser.add_argument(
+        "--conversions",
+        action="store_true",
+        help="every record a valid conversion (the delivery input)",
+    )
     parser.add_argument("--out", help="file to write (default: stdout)")
     args = parser.parse_args()
     try:

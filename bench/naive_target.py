@@ -17,10 +17,10 @@ import requests
 from singer_sdk.sinks import RecordSink
 from singer_sdk.target_base import Target
 
+from target_everflow.adapter.target import TargetEverflow
 from target_everflow.mapping import Conversion, Mapper
 from target_everflow.postback import PostbackClient
 from target_everflow.settings import CONFIG_SCHEMA, Settings
-from target_everflow.adapter.target import TargetEverflow
 
 
 class NaiveSink(RecordSink):

@@ -96,8 +96,15 @@ class BenchError(RuntimeError):
     pass
 
 
-def run_child(argv: list[str], *, records: int, workdir: Path, stdin_file: Path | None = None,
-              generator: list[str] | None = None, summary: Path | None = None) -> Run:
+def run_child(
+    argv: list[str],
+    *,
+    records: int,
+    workdir: Path,
+    stdin_file: Path | None = None,
+    generator: list[str] | None = None,
+    summary: Path | None = None,
+) -> Run:
     """Run one target process to the end; its wall time and peak RSS (from ``wait4``)."""
     log = workdir / "stderr.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -109,8 +116,9 @@ def run_child(argv: list[str], *, records: int, workdir: Path, stdin_file: Path 
         else:
             stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL  # noqa: SIM115
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err,
-                                env=env, cwd=workdir)
+        proc = subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=workdir
+        )
         if feeder is not None and feeder.stdout is not None:
             feeder.stdout.close()  # the target holds the pipe now
         _, status, usage = os.wait4(proc.pid, 0)
@@ -124,8 +132,14 @@ def run_child(argv: list[str], *, records: int, workdir: Path, stdin_file: Path 
         tail = log.read_text(errors="replace")[-3000:]
         raise BenchError(f"{' '.join(argv[:3])} exited {proc.returncode}:\n{tail}")
     data = json.loads(summary.read_text()) if summary is not None and summary.exists() else {}
-    return Run(wall, usage.ru_maxrss / 1024, proc.returncode, records,
-               usage.ru_utime + usage.ru_stime, data)
+    return Run(
+        wall,
+        usage.ru_maxrss / 1024,
+        proc.returncode,
+        records,
+        usage.ru_utime + usage.ru_stime,
+        data,
+    )
 
 
 def fresh_dir(root: Path, name: str) -> Path:
@@ -170,8 +184,9 @@ def median(runs: list[Run], attr: str = "rate") -> float:
 MAPPING_SERIES = ("noop", "target", "noop_validate", "target_validate", "noop_default_reader")
 
 
-def bench_mapping(root: Path, records: int, repeats: int, *, default_reader: bool,
-                  validate: bool) -> dict[str, list[Run]]:
+def bench_mapping(
+    root: Path, records: int, repeats: int, *, default_reader: bool, validate: bool
+) -> dict[str, list[Run]]:
     """Dry run vs the do-nothing target, with record validation off (target-everflow's default)
     and, with ``validate``, on (the SDK's default) for both."""
     source = input_file(root, records)
@@ -185,29 +200,52 @@ def bench_mapping(root: Path, records: int, repeats: int, *, default_reader: boo
             run_dir = fresh_dir(root, f"mapping-{which}")
             validation = {"validate_records": which.endswith("_validate")}
             if which.startswith("target"):
-                cfg = write_config(run_dir / "config.json",
-                                   {**base_config(run_dir), "dry_run": True, **validation})
-                run = run_child([*TARGET, "--config", str(cfg), "--input", str(source)],
-                                records=records, workdir=run_dir, summary=run_dir / "summary.json")
+                cfg = write_config(
+                    run_dir / "config.json", {**base_config(run_dir), "dry_run": True, **validation}
+                )
+                run = run_child(
+                    [*TARGET, "--config", str(cfg), "--input", str(source)],
+                    records=records,
+                    workdir=run_dir,
+                    summary=run_dir / "summary.json",
+                )
                 if run.summary.get("records_read") != records:
-                    raise BenchError(f"the target read {run.summary.get('records_read')} of {records} records")
+                    raise BenchError(
+                        f"the target read {run.summary.get('records_read')} of {records} records"
+                    )
             else:
                 cfg = write_config(run_dir / "config.json", validation)
                 argv = [*NOOP]
                 if which == "noop_default_reader":
-                    argv = [PY, "-c", "import sys; sys.argv[0] = 'noop'; "
-                            "from bench.noop_target import NoopTarget; "
-                            "from singer_sdk.io_base import SingerReader; "
-                            "NoopTarget.message_reader_class = SingerReader; NoopTarget.cli()"]
-                run = run_child([*argv, "--config", str(cfg), "--input", str(source)],
-                                records=records, workdir=run_dir)
+                    argv = [
+                        PY,
+                        "-c",
+                        "import sys; sys.argv[0] = 'noop'; "
+                        "from bench.noop_target import NoopTarget; "
+                        "from singer_sdk.io_base import SingerReader; "
+                        "NoopTarget.message_reader_class = SingerReader; NoopTarget.cli()",
+                    ]
+                run = run_child(
+                    [*argv, "--config", str(cfg), "--input", str(source)],
+                    records=records,
+                    workdir=run_dir,
+                )
             runs[which].append(run)
-            print(f"  mapping  {which:<20} {run.rate:>9,.0f} records/s  {run.rss_mb:6.0f} MB", flush=True)
+            print(
+                f"  mapping  {which:<20} {run.rate:>9,.0f} records/s  {run.rss_mb:6.0f} MB",
+                flush=True,
+            )
     return runs
 
 
-def bench_delivery(root: Path, conversions: int, repeats: int, concurrencies: list[int],
-                   latency: float, seconds: float) -> dict[str, list[Run]]:
+def bench_delivery(
+    root: Path,
+    conversions: int,
+    repeats: int,
+    concurrencies: list[int],
+    latency: float,
+    seconds: float,
+) -> dict[str, list[Run]]:
     def size(concurrency: int) -> int:
         # Enough for about `seconds` at the bound, at most --conversions.
         return int(max(200, min(conversions, round(concurrency / latency * seconds, -2))))
@@ -224,13 +262,24 @@ def bench_delivery(root: Path, conversions: int, repeats: int, concurrencies: li
             source = input_file(root, n, conversions=True)
             run_dir = fresh_dir(root, f"delivery-{name}")
             with ReceiverProcess(latency=latency) as rx:
-                cfg = {**base_config(run_dir), "postback_url": rx.url, "request_timeout": 30, **extra}
+                cfg = {
+                    **base_config(run_dir),
+                    "postback_url": rx.url,
+                    "request_timeout": 30,
+                    **extra,
+                }
                 path = write_config(run_dir / "config.json", cfg)
                 command = [*(argv or TARGET), "--config", str(path), "--input", str(source)]
-                run = run_child(command, records=n, workdir=run_dir,
-                                summary=None if argv else run_dir / "summary.json")
+                run = run_child(
+                    command,
+                    records=n,
+                    workdir=run_dir,
+                    summary=None if argv else run_dir / "summary.json",
+                )
             if argv is None and run.summary.get("delivered") != n:
-                raise BenchError(f"{name}: {run.summary.get('delivered')} of {n} delivered: {run.summary}")
+                raise BenchError(
+                    f"{name}: {run.summary.get('delivered')} of {n} delivered: {run.summary}"
+                )
             runs[name].append(run)
             print(f"  delivery {name:<20} {run.rate:>9,.0f} records/s  ({n} records)", flush=True)
     return runs
@@ -241,9 +290,13 @@ def bench_memory(root: Path, sizes: list[int]) -> dict[int, Run]:
     for n in sizes:
         run_dir = fresh_dir(root, f"memory-{n}")
         cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "dry_run": True})
-        run = run_child([*TARGET, "--config", str(cfg)], records=n, workdir=run_dir,
-                        generator=[PY, str(BENCH / "generate.py"), "--records", str(n)],
-                        summary=run_dir / "summary.json")
+        run = run_child(
+            [*TARGET, "--config", str(cfg)],
+            records=n,
+            workdir=run_dir,
+            generator=[PY, str(BENCH / "generate.py"), "--records", str(n)],
+            summary=run_dir / "summary.json",
+        )
         if run.summary.get("records_read") != n:
             raise BenchError(f"memory run read {run.summary.get('records_read')} of {n} records")
         out[n] = run
@@ -284,13 +337,23 @@ def bench_trickle(root: Path, rate: float, seconds: float, latency: float) -> Tr
     written: dict[str, float] = {}
     states_seen: list[tuple[float, int]] = []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with ReceiverProcess(latency=latency, log_path=log) as rx, \
-            open(run_dir / "stderr.log", "wb") as err:
-        cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "postback_url": rx.url,
-                                                     "request_timeout": 30})
+    with (
+        ReceiverProcess(latency=latency, log_path=log) as rx,
+        open(run_dir / "stderr.log", "wb") as err,
+    ):
+        cfg = write_config(
+            run_dir / "config.json",
+            {**base_config(run_dir), "postback_url": rx.url, "request_timeout": 30},
+        )
         started = time.perf_counter()
-        proc = subprocess.Popen([*TARGET, "--config", str(cfg)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, env=env, cwd=run_dir)
+        proc = subprocess.Popen(
+            [*TARGET, "--config", str(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            cwd=run_dir,
+        )
         assert proc.stdin is not None and proc.stdout is not None
         stdout = proc.stdout
 
@@ -304,10 +367,21 @@ def bench_trickle(root: Path, rate: float, seconds: float, latency: float) -> Tr
         try:
             # Ready: the target echoes a STATE that covers no record once it reads its input
             # (start-up, the ledger, ... are not latency behind a tap).
-            proc.stdin.write((dumps({"type": "SCHEMA", "stream": generate.RAW, "schema": generate.RAW_SCHEMA,
-                                     "key_properties": []}) + "\n"
-                              + dumps({"type": "STATE", "value": {"bookmarks": {"position": 0}}})
-                              + "\n").encode())
+            proc.stdin.write(
+                (
+                    dumps(
+                        {
+                            "type": "SCHEMA",
+                            "stream": generate.RAW,
+                            "schema": generate.RAW_SCHEMA,
+                            "key_properties": [],
+                        }
+                    )
+                    + "\n"
+                    + dumps({"type": "STATE", "value": {"bookmarks": {"position": 0}}})
+                    + "\n"
+                ).encode()
+            )
             proc.stdin.flush()
             ready = time.monotonic() + 60
             while not states_seen and proc.poll() is None and time.monotonic() < ready:
@@ -320,8 +394,12 @@ def bench_trickle(root: Path, rate: float, seconds: float, latency: float) -> Tr
                 record = gen.raw_web()
                 tid = f"trickle-{i}"
                 record["context"]["referrer"] = {"type": "everflow", "id": tid}
-                line = (dumps({"type": "RECORD", "stream": generate.RAW, "record": record}) + "\n"
-                        + dumps({"type": "STATE", "value": {"bookmarks": {"position": i + 1}}}) + "\n")
+                line = (
+                    dumps({"type": "RECORD", "stream": generate.RAW, "record": record})
+                    + "\n"
+                    + dumps({"type": "STATE", "value": {"bookmarks": {"position": i + 1}}})
+                    + "\n"
+                )
                 written[tid] = time.time()
                 proc.stdin.write(line.encode())
                 proc.stdin.flush()
@@ -354,11 +432,15 @@ def bench_trickle(root: Path, rate: float, seconds: float, latency: float) -> Tr
         covering = [when for when, position in states_seen if position >= i + 1]
         if covering:
             state.append(min(covering) - at)
-    result = Trickle(n, rate, age, latency, delivery, state, len(seen), wall,
-                     usage.ru_utime + usage.ru_stime)
-    print(f"  trickle  {n} records at {rate:g}/s: delivery p50 {_percentile(delivery, 50):.2f} s, "
-          f"p99 {_percentile(delivery, 99):.2f} s; STATE p50 {_percentile(state, 50):.2f} s, "
-          f"p99 {_percentile(state, 99):.2f} s ({len(seen)} of {n} delivered)", flush=True)
+    result = Trickle(
+        n, rate, age, latency, delivery, state, len(seen), wall, usage.ru_utime + usage.ru_stime
+    )
+    print(
+        f"  trickle  {n} records at {rate:g}/s: delivery p50 {_percentile(delivery, 50):.2f} s, "
+        f"p99 {_percentile(delivery, 99):.2f} s; STATE p50 {_percentile(state, 50):.2f} s, "
+        f"p99 {_percentile(state, 99):.2f} s ({len(seen)} of {n} delivered)",
+        flush=True,
+    )
     return result
 
 
@@ -369,70 +451,108 @@ def _n(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def table(mapping: dict[str, list[Run]] | None, delivery: dict[str, list[Run]] | None,
-          memory: dict[int, Run] | None, *, latency: float, concurrencies: list[int]) -> tuple[str, list[str]]:
-    rows = ["| Benchmark | Configuration | Records | Records/s (median) | Compared | CPU µs/record | Peak RSS |",
-            "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+def table(
+    mapping: dict[str, list[Run]] | None,
+    delivery: dict[str, list[Run]] | None,
+    memory: dict[int, Run] | None,
+    *,
+    latency: float,
+    concurrencies: list[int],
+) -> tuple[str, list[str]]:
+    rows = [
+        "| Benchmark | Configuration | Records | Records/s (median) | Compared | CPU µs/record | Peak RSS |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
     goals: list[str] = []
     if mapping:
         n = mapping["target"][0].records
-        rss = lambda k: f"{median(mapping[k], 'cpu_us'):.0f} | {median(mapping[k], 'rss_mb'):.0f} MB"  # noqa: E731
-        for suffix, label in (("", "off (target-everflow's default)"), ("_validate", "on (the SDK's default)")):
+
+        def rss(k: str) -> str:
+            return f"{median(mapping[k], 'cpu_us'):.0f} | {median(mapping[k], 'rss_mb'):.0f} MB"
+
+        for suffix, label in (
+            ("", "off (target-everflow's default)"),
+            ("_validate", "on (the SDK's default)"),
+        ):
             if not mapping["target" + suffix]:
                 continue
             noop, ours = median(mapping["noop" + suffix]), median(mapping["target" + suffix])
-            rows.append(f"| mapping | do-nothing singer-sdk target (BatchSink), record validation {label} "
-                        f"| {_n(n)} | {_n(noop)} | 1.00x | {rss('noop' + suffix)} |")
-            rows.append(f"| mapping | target-everflow dry run, record validation {label} | {_n(n)} | "
-                        f"{_n(ours)} | **{ours / noop:.2f}x** the do-nothing target | {rss('target' + suffix)} |")
-            goals.append(f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}: "
-                         f"{ours / noop:.2f}x ({'met' if ours / noop >= 0.8 else 'NOT met'})")
+            rows.append(
+                f"| mapping | do-nothing singer-sdk target (BatchSink), record validation {label} "
+                f"| {_n(n)} | {_n(noop)} | 1.00x | {rss('noop' + suffix)} |"
+            )
+            rows.append(
+                f"| mapping | target-everflow dry run, record validation {label} | {_n(n)} | "
+                f"{_n(ours)} | **{ours / noop:.2f}x** the do-nothing target | {rss('target' + suffix)} |"
+            )
+            goals.append(
+                f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}: "
+                f"{ours / noop:.2f}x ({'met' if ours / noop >= 0.8 else 'NOT met'})"
+            )
         if mapping["noop_default_reader"]:
             base, noop = median(mapping["noop_default_reader"]), median(mapping["noop"])
-            rows.append(f"| mapping | do-nothing target with the SDK's default (json) reader | {_n(n)} "
-                        f"| {_n(base)} | {base / noop:.2f}x | {rss('noop_default_reader')} |")
+            rows.append(
+                f"| mapping | do-nothing target with the SDK's default (json) reader | {_n(n)} "
+                f"| {_n(base)} | {base / noop:.2f}x | {rss('noop_default_reader')} |"
+            )
     if delivery:
         for c in concurrencies:
             runs = delivery[f"c{c}"]
             rate, bound = median(runs), c / latency
-            rows.append(f"| delivery | concurrency {c}, ledger on (SQLite) | {_n(runs[0].records)} | "
-                        f"{_n(rate)} | {rate / bound:.0%} of the bound {_n(bound)}/s | "
-                        f"{median(runs, 'cpu_us'):.0f} | {median(runs, 'rss_mb'):.0f} MB |")
+            rows.append(
+                f"| delivery | concurrency {c}, ledger on (SQLite) | {_n(runs[0].records)} | "
+                f"{_n(rate)} | {rate / bound:.0%} of the bound {_n(bound)}/s | "
+                f"{median(runs, 'cpu_us'):.0f} | {median(runs, 'rss_mb'):.0f} MB |"
+            )
         off = delivery["c32_no_ledger"]
         naive = delivery["naive"]
         c32 = median(delivery["c32"]) if "c32" in delivery else None
         rate_off = median(off)
-        rows.append(f"| delivery | concurrency 32, no ledger (`ledger_url: none`) | {_n(off[0].records)} | "
-                    f"{_n(rate_off)} | {rate_off / (32 / latency):.0%} of the bound; ledger on is "
-                    f"{(c32 or 0) / rate_off:.2f}x this | {median(off, 'cpu_us'):.0f} | {median(off, 'rss_mb'):.0f} MB |")
+        rows.append(
+            f"| delivery | concurrency 32, no ledger (`ledger_url: none`) | {_n(off[0].records)} | "
+            f"{_n(rate_off)} | {rate_off / (32 / latency):.0%} of the bound; ledger on is "
+            f"{(c32 or 0) / rate_off:.2f}x this | {median(off, 'cpu_us'):.0f} | {median(off, 'rss_mb'):.0f} MB |"
+        )
         rate_naive = median(naive)
-        rows.append(f"| delivery | naive: one blocking `requests.get` per record | {_n(naive[0].records)} | "
-                    f"{_n(rate_naive)} | {rate_naive / (1 / latency):.0%} of the bound {_n(1 / latency)}/s"
-                    + (f"; concurrency 32 is **{c32 / rate_naive:.1f}x** this" if c32 else "")
-                    + f" | {median(naive, 'cpu_us'):.0f} | {median(naive, 'rss_mb'):.0f} MB |")
+        rows.append(
+            f"| delivery | naive: one blocking `requests.get` per record | {_n(naive[0].records)} | "
+            f"{_n(rate_naive)} | {rate_naive / (1 / latency):.0%} of the bound {_n(1 / latency)}/s"
+            + (f"; concurrency 32 is **{c32 / rate_naive:.1f}x** this" if c32 else "")
+            + f" | {median(naive, 'cpu_us'):.0f} | {median(naive, 'rss_mb'):.0f} MB |"
+        )
         if c32:
             frac = c32 / (32 / latency)
-            goals.append(f"delivery at concurrency 32 >= 60% of the bound: {frac:.0%} "
-                         f"({'met' if frac >= 0.6 else 'NOT met'})")
-            goals.append(f"delivery at concurrency 32 >= 15x the naive reference: {c32 / rate_naive:.1f}x "
-                         f"({'met' if c32 / rate_naive >= 15 else 'NOT met'})")
+            goals.append(
+                f"delivery at concurrency 32 >= 60% of the bound: {frac:.0%} "
+                f"({'met' if frac >= 0.6 else 'NOT met'})"
+            )
+            goals.append(
+                f"delivery at concurrency 32 >= 15x the naive reference: {c32 / rate_naive:.1f}x "
+                f"({'met' if c32 / rate_naive >= 15 else 'NOT met'})"
+            )
     if memory:
         for n, run in memory.items():
-            rows.append(f"| memory | dry run, input through a pipe | {_n(n)} | {_n(run.rate)} | | "
-                        f"{run.cpu_us:.0f} | **{run.rss_mb:.0f} MB** |")
+            rows.append(
+                f"| memory | dry run, input through a pipe | {_n(n)} | {_n(run.rate)} | | "
+                f"{run.cpu_us:.0f} | **{run.rss_mb:.0f} MB** |"
+            )
         sizes = sorted(memory)
         peak = max(r.rss_mb for r in memory.values())
         growth = memory[sizes[-1]].rss_mb - memory[sizes[0]].rss_mb
-        goals.append(f"peak RSS < 200 MB and flat: {peak:.0f} MB at most, {growth:+.0f} MB from "
-                     f"{_n(sizes[0])} to {_n(sizes[-1])} records "
-                     f"({'met' if peak < 200 and growth < 20 else 'NOT met'}"
-                     f"{'' if 1_000_000 in memory else '; the 1M run: --memory-1m'})")
+        goals.append(
+            f"peak RSS < 200 MB and flat: {peak:.0f} MB at most, {growth:+.0f} MB from "
+            f"{_n(sizes[0])} to {_n(sizes[-1])} records "
+            f"({'met' if peak < 200 and growth < 20 else 'NOT met'}"
+            f"{'' if 1_000_000 in memory else '; the 1M run: --memory-1m'})"
+        )
     return "\n".join(rows), goals
 
 
 TRICKLE_START, TRICKLE_END = "<!-- trickle:start -->", "<!-- trickle:end -->"
-TRICKLE_BEFORE = ("no postback until the end of input: 5 records written over 15 s were "
-                  "delivered 13-25 s after they arrived, all at the end")
+TRICKLE_BEFORE = (
+    "no postback until the end of input: 5 records written over 15 s were "
+    "delivered 13-25 s after they arrived, all at the end"
+)
 
 
 def trickle_section(run: Trickle, command: str, took: float) -> tuple[str, str]:
@@ -442,27 +562,31 @@ def trickle_section(run: Trickle, command: str, took: float) -> tuple[str, str]:
     s50, s99 = _percentile(run.state, 50), _percentile(run.state, 99)
     bound = run.age + 1
     met = run.delivered == run.records and p99 <= bound
-    goal = (f"latency behind a streaming tap: p99 <= max_batch_age_seconds + 1 s = {bound:g} s: "
-            f"{p99:.2f} s ({'met' if met else 'NOT met'}; {run.delivered} of {run.records} "
-            "delivered while the input was open)")
-    text = "\n".join([
-        "## Latency behind a streaming tap",
-        "",
-        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {took:.0f} s). A tap writes "
-        f"{run.rate:g} records/s (each followed by a STATE) for {run.records / run.rate:g} s into "
-        "one live target through a pipe it keeps open until every postback arrived; the receiver "
-        f"answers after {run.latency * 1000:g} ms; `max_batch_age_seconds` is {run.age:g} (the "
-        "default). Delivery: from the tap writing a record to the receiver seeing its postback. "
-        "STATE: to the STATE written after it appearing on the target's stdout.",
-        "",
-        "| Benchmark | Configuration | Records | Delivery p50 | Delivery p99 | Delivery max | "
-        "STATE p50 | STATE p99 | Target CPU | Before |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        f"| latency | {run.rate:g} records/s for {run.records / run.rate:g} s, pipe kept open, "
-        f"receiver {run.latency * 1000:g} ms | {_n(run.records)} | {p50:.2f} s | **{p99:.2f} s** | "
-        f"{worst:.2f} s | {s50:.2f} s | {s99:.2f} s | {run.cpu:.1f} s in {run.wall:.0f} s | "
-        f"{TRICKLE_BEFORE} |",
-    ])
+    goal = (
+        f"latency behind a streaming tap: p99 <= max_batch_age_seconds + 1 s = {bound:g} s: "
+        f"{p99:.2f} s ({'met' if met else 'NOT met'}; {run.delivered} of {run.records} "
+        "delivered while the input was open)"
+    )
+    text = "\n".join(
+        [
+            "## Latency behind a streaming tap",
+            "",
+            f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {took:.0f} s). A tap writes "
+            f"{run.rate:g} records/s (each followed by a STATE) for {run.records / run.rate:g} s into "
+            "one live target through a pipe it keeps open until every postback arrived; the receiver "
+            f"answers after {run.latency * 1000:g} ms; `max_batch_age_seconds` is {run.age:g} (the "
+            "default). Delivery: from the tap writing a record to the receiver seeing its postback. "
+            "STATE: to the STATE written after it appearing on the target's stdout.",
+            "",
+            "| Benchmark | Configuration | Records | Delivery p50 | Delivery p99 | Delivery max | "
+            "STATE p50 | STATE p99 | Target CPU | Before |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            f"| latency | {run.rate:g} records/s for {run.records / run.rate:g} s, pipe kept open, "
+            f"receiver {run.latency * 1000:g} ms | {_n(run.records)} | {p50:.2f} s | **{p99:.2f} s** | "
+            f"{worst:.2f} s | {s50:.2f} s | {s99:.2f} s | {run.cpu:.1f} s in {run.wall:.0f} s | "
+            f"{TRICKLE_BEFORE} |",
+        ]
+    )
     return text, goal
 
 
@@ -481,7 +605,6 @@ def write_results(out: Path, main: str | None, trickle: str | None) -> None:
 
 
 def machine() -> str:
-    import singer_sdk  # noqa: PLC0415
 
     try:
         import msgspec  # noqa: PLC0415
@@ -491,39 +614,69 @@ def machine() -> str:
         reader = "no msgspec"
     from importlib.metadata import version  # noqa: PLC0415
 
-    return (f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
-            f"Python {platform.python_version()}, singer-sdk {version('singer-sdk')} ({reader}), "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, singer-sdk {version('singer-sdk')} ({reader}), "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def main() -> int:  # noqa: PLR0915
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=200_000, help="mapping input size (200000)")
-    parser.add_argument("--conversions", type=int, default=20_000,
-                        help="most conversions per delivery run (20000); low concurrencies get "
-                             "fewer, enough for --seconds at their bound")
-    parser.add_argument("--seconds", type=float, default=12.0,
-                        help="delivery run length aimed at, at the bound (12)")
+    parser.add_argument(
+        "--conversions",
+        type=int,
+        default=20_000,
+        help="most conversions per delivery run (20000); low concurrencies get "
+        "fewer, enough for --seconds at their bound",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=12.0,
+        help="delivery run length aimed at, at the bound (12)",
+    )
     parser.add_argument("--concurrency", default="1,16,32,64")
     parser.add_argument("--latency", type=float, default=0.02, help="receiver latency, s (0.02)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median counts (3)")
-    parser.add_argument("--memory-records", default="20000,100000",
-                        help="dry-run sizes for peak RSS (20000,100000)")
-    parser.add_argument("--memory-1m", action="store_true", help="memory at 100000 and 1000000 records")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per figure; the median counts (3)"
+    )
+    parser.add_argument(
+        "--memory-records", default="20000,100000", help="dry-run sizes for peak RSS (20000,100000)"
+    )
+    parser.add_argument(
+        "--memory-1m", action="store_true", help="memory at 100000 and 1000000 records"
+    )
     parser.add_argument("--only", default="mapping,delivery,memory,trickle")
-    parser.add_argument("--only-trickle", action="store_true",
-                        help="only the latency behind a streaming tap (--only trickle)")
-    parser.add_argument("--trickle-rate", type=float, default=10.0,
-                        help="trickle: records/s the tap writes (10)")
-    parser.add_argument("--trickle-seconds", type=float, default=60.0,
-                        help="trickle: seconds the tap writes for (60)")
-    parser.add_argument("--no-validate", action="store_true",
-                        help="mapping: skip the pair with validate_records on")
-    parser.add_argument("--default-reader", action="store_true",
-                        help="mapping: also the do-nothing target with the SDK's default json reader")
+    parser.add_argument(
+        "--only-trickle",
+        action="store_true",
+        help="only the latency behind a streaming tap (--only trickle)",
+    )
+    parser.add_argument(
+        "--trickle-rate", type=float, default=10.0, help="trickle: records/s the tap writes (10)"
+    )
+    parser.add_argument(
+        "--trickle-seconds",
+        type=float,
+        default=60.0,
+        help="trickle: seconds the tap writes for (60)",
+    )
+    parser.add_argument(
+        "--no-validate", action="store_true", help="mapping: skip the pair with validate_records on"
+    )
+    parser.add_argument(
+        "--default-reader",
+        action="store_true",
+        help="mapping: also the do-nothing target with the SDK's default json reader",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, one run each")
-    parser.add_argument("--workdir", help="keep inputs and run directories here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", help="keep inputs and run directories here (default: a temp dir)"
+    )
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     args = parser.parse_args()
     if args.quick:
@@ -535,7 +688,9 @@ def main() -> int:  # noqa: PLR0915
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if 32 not in concurrencies:
         concurrencies.append(32)
-    memory_sizes = [100_000, 1_000_000] if args.memory_1m else [int(n) for n in args.memory_records.split(",")]
+    memory_sizes = (
+        [100_000, 1_000_000] if args.memory_1m else [int(n) for n in args.memory_records.split(",")]
+    )
     only = set(args.only.split(","))
 
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="everflow-bench-"))
@@ -546,45 +701,69 @@ def main() -> int:  # noqa: PLR0915
         mapping = delivery = memory = trickle = None
         if "mapping" in only:
             print(f"mapping: {args.records:,} records, {args.repeats} runs each", flush=True)
-            mapping = bench_mapping(root, args.records, args.repeats, default_reader=args.default_reader,
-                                    validate=not args.no_validate)
+            mapping = bench_mapping(
+                root,
+                args.records,
+                args.repeats,
+                default_reader=args.default_reader,
+                validate=not args.no_validate,
+            )
         if "delivery" in only:
-            print(f"delivery: receiver latency {args.latency * 1000:g} ms, {args.repeats} runs each", flush=True)
-            delivery = bench_delivery(root, args.conversions, args.repeats, concurrencies,
-                                      args.latency, args.seconds)
+            print(
+                f"delivery: receiver latency {args.latency * 1000:g} ms, {args.repeats} runs each",
+                flush=True,
+            )
+            delivery = bench_delivery(
+                root, args.conversions, args.repeats, concurrencies, args.latency, args.seconds
+            )
         if "memory" in only:
             print("memory:", flush=True)
             memory = bench_memory(root, memory_sizes)
         if "trickle" in only:
-            print(f"latency behind a streaming tap: {args.trickle_rate:g} records/s for "
-                  f"{args.trickle_seconds:g} s", flush=True)
+            print(
+                f"latency behind a streaming tap: {args.trickle_rate:g} records/s for "
+                f"{args.trickle_seconds:g} s",
+                flush=True,
+            )
             trickle = bench_trickle(root, args.trickle_rate, args.trickle_seconds, args.latency)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
-    rows, goals = table(mapping, delivery, memory, latency=args.latency, concurrencies=concurrencies)
+    rows, goals = table(
+        mapping, delivery, memory, latency=args.latency, concurrencies=concurrencies
+    )
     command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     trickle_text = None
     if trickle is not None:
         trickle_text, goal = trickle_section(trickle, command, time.time() - started)
         goals.append(goal)
         trickle_text += f"\n\n- {goal}"
-    text = None if not (mapping or delivery or memory) else "\n".join([
-        "# Benchmark results",
-        "",
-        f"Machine: {machine()}.  ",
-        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s).  ",
-        f"Each figure is the median of {args.repeats} runs; compared configurations ran interleaved "
-        "in the same invocation. Records/s is records / wall time of the whole process "
-        "(interpreter start-up included).",
-        "",
-        rows,
-        "",
-        "Goals:",
-        "",
-        *[f"- {g}" for g in goals if trickle_text is None or not g.startswith("latency behind")],
-        "",
-    ])
+    text = (
+        None
+        if not (mapping or delivery or memory)
+        else "\n".join(
+            [
+                "# Benchmark results",
+                "",
+                f"Machine: {machine()}.  ",
+                f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s).  ",
+                f"Each figure is the median of {args.repeats} runs; compared configurations ran interleaved "
+                "in the same invocation. Records/s is records / wall time of the whole process "
+                "(interpreter start-up included).",
+                "",
+                rows,
+                "",
+                "Goals:",
+                "",
+                *[
+                    f"- {g}"
+                    for g in goals
+                    if trickle_text is None or not g.startswith("latency behind")
+                ],
+                "",
+            ]
+        )
+    )
     print()
     if text is not None:
         print(rows)

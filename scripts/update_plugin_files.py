@@ -20,17 +20,21 @@ Change a setting in settings.py, then run ``make plugin-files`` (this and update
 from __future__ import annotations
 
 import sys
-import tomllib
 import typing as t
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without the package installed, too
 
+from target_everflow.adapter.target import (  # noqa: E402
+    HIDDEN_SDK_SETTINGS,
+    TargetEverflow,
+    plugin_settings_schema,
+)
 from target_everflow.settings import SETTINGS_GROUP_VALIDATION  # noqa: E402
-from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema  # noqa: E402
 
 MELTANO_YML = REPO / "meltano.yml"
 VARIANT = "maintainers"
@@ -39,8 +43,14 @@ LOADER = "target-everflow"
 
 # The Meltano setting kind of each JSON type (an enum is `options`). A secret is `sensitive: true`
 # with its type's kind: Meltano 4 rewrites the older `kind: password` that way.
-KINDS = {"string": "string", "integer": "integer", "number": "decimal", "boolean": "boolean",
-         "object": "object", "array": "array"}
+KINDS = {
+    "string": "string",
+    "integer": "integer",
+    "number": "decimal",
+    "boolean": "boolean",
+    "object": "object",
+    "array": "array",
+}
 
 BEGIN = "    # --- generated from settings.py by `make plugin-files` (scripts/update_plugin_files.py): do not edit\n"
 END = "    # --- end of the generated settings\n"
@@ -69,19 +79,27 @@ def meltano_setting(name: str, spec: dict) -> dict:
         kind = "options"
     else:
         kind = KINDS[types[0]]
-    setting: dict[str, t.Any] = {"name": name, "kind": kind, "label": spec["title"],
-                                 "description": spec["description"]}
+    setting: dict[str, t.Any] = {
+        "name": name,
+        "kind": kind,
+        "label": spec["title"],
+        "description": spec["description"],
+    }
     if "default" in spec:
         setting["value"] = spec["default"]
     if kind == "options":
-        setting["options"] = [{"label": option_label(v), "value": v} for v in spec["enum"] if v is not None]
+        setting["options"] = [
+            {"label": option_label(v), "value": v} for v in spec["enum"] if v is not None
+        ]
     if secret:
         setting["sensitive"] = True
     return setting
 
 
 def meltano_settings() -> list[dict]:
-    return [meltano_setting(name, spec) for name, spec in plugin_settings_schema()["properties"].items()]
+    return [
+        meltano_setting(name, spec) for name, spec in plugin_settings_schema()["properties"].items()
+    ]
 
 
 def capabilities() -> list[str]:
@@ -109,9 +127,17 @@ _Dumper.add_representer(list, _Dumper.represent_list)
 
 
 def dump(data: dict, indent: str = "") -> str:
-    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100,
-                     default_flow_style=False)
-    return "".join(indent + line if line.strip() else line for line in text.splitlines(keepends=True))
+    text = yaml.dump(
+        data,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
+        default_flow_style=False,
+    )
+    return "".join(
+        indent + line if line.strip() else line for line in text.splitlines(keepends=True)
+    )
 
 
 def loader_of(project: dict) -> dict:
@@ -147,18 +173,21 @@ def render_hub_file(meltano_yml: str) -> str:
         definition["docs"] = urls["Documentation"]
     if "Repository" in urls:
         definition["repo"] = urls["Repository"]
-    definition.update({
-        "domain_url": HUB_FACTS["domain_url"],
-        "keywords": project["keywords"],
-        "maintenance_status": HUB_FACTS["maintenance_status"],
-        "quality": HUB_FACTS["quality"],
-        "settings_preamble": (
-            "The SDK settings " + ", ".join(f"`{n}`" for n in HIDDEN_SDK_SETTINGS)
-            + " are not offered: they mean nothing to a target that sends postbacks."
-        ),
-        **generated_loader_part(),
-        "commands": loader.get("commands", {}),
-    })
+    definition.update(
+        {
+            "domain_url": HUB_FACTS["domain_url"],
+            "keywords": project["keywords"],
+            "maintenance_status": HUB_FACTS["maintenance_status"],
+            "quality": HUB_FACTS["quality"],
+            "settings_preamble": (
+                "The SDK settings "
+                + ", ".join(f"`{n}`" for n in HIDDEN_SDK_SETTINGS)
+                + " are not offered: they mean nothing to a target that sends postbacks."
+            ),
+            **generated_loader_part(),
+            "commands": loader.get("commands", {}),
+        }
+    )
     header = (
         "# Meltano Hub plugin definition of target-everflow (the Hub's _data/meltano/loaders/"
         f"target-everflow/{VARIANT}.yml).\n"
@@ -176,12 +205,19 @@ def main() -> int:
     wanted_hub = render_hub_file(wanted_meltano)
     current_hub = HUB_FILE.read_text(encoding="utf-8") if HUB_FILE.exists() else None
     if "--check" in sys.argv:
-        stale = [str(p.relative_to(REPO)) for p, now, wanted in
-                 ((MELTANO_YML, current_meltano, wanted_meltano), (HUB_FILE, current_hub, wanted_hub))
-                 if now != wanted]
+        stale = [
+            str(p.relative_to(REPO))
+            for p, now, wanted in (
+                (MELTANO_YML, current_meltano, wanted_meltano),
+                (HUB_FILE, current_hub, wanted_hub),
+            )
+            if now != wanted
+        ]
         if stale:
-            print(f"{', '.join(stale)} out of date: run python scripts/update_plugin_files.py "
-                  "(make plugin-files)")
+            print(
+                f"{', '.join(stale)} out of date: run python scripts/update_plugin_files.py "
+                "(make plugin-files)"
+            )
             return 1
         return 0
     MELTANO_YML.write_text(wanted_meltano, encoding="utf-8")

@@ -1,7 +1,7 @@
 """Regenerate README's tables from the code: the field table and the settings table.
 
-    python scripts/update_readme.py          # rewrite README.md in place
-    python scripts/update_readme.py --check  # exit 1 when README is out of date (tests do this)
+python scripts/update_readme.py          # rewrite README.md in place
+python scripts/update_readme.py --check  # exit 1 when README is out of date (tests do this)
 """
 
 from __future__ import annotations
@@ -18,23 +18,33 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def sdk_settings() -> str:
     """The SDK's own settings the target keeps (those it hides are named, not tabled)."""
-    properties = {name: spec for name, spec in plugin_settings_schema()["properties"].items()
-                  if name not in settings.CONFIG_SCHEMA["properties"]}
+    properties = {
+        name: spec
+        for name, spec in plugin_settings_schema()["properties"].items()
+        if name not in settings.CONFIG_SCHEMA["properties"]
+    }
     hidden = ", ".join(f"`{name}`" for name in HIDDEN_SDK_SETTINGS)
-    return (settings.markdown_table(properties)
-            + f"\n\nNot offered, because they mean nothing to a target that sends postbacks: {hidden}.")
+    return (
+        settings.markdown_table(properties)
+        + f"\n\nNot offered, because they mean nothing to a target that sends postbacks: {hidden}."
+    )
 
 
-SECTIONS = {"fields": fields.markdown_table, "settings": settings.markdown_table,
-            "sdk-settings": sdk_settings}
+SECTIONS = {
+    "fields": fields.markdown_table,
+    "settings": settings.markdown_table,
+    "sdk-settings": sdk_settings,
+}
 
 
 def render(text: str) -> str:
     for name, make in SECTIONS.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block")
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+            raise SystemExit(
+                f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block"
+            )
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

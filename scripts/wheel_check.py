@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
@@ -38,13 +39,26 @@ class CheckFailed(Exception):
     pass
 
 
-def run(args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None,
-        stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+) -> subprocess.CompletedProcess[str]:
     """Run a command with a deadline; a non-zero exit is a failed check showing the output's end."""
     print("+", " ".join(str(a) for a in args), flush=True)
     try:
-        proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, stdin=stdin,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(a) for a in args],
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"{args[0]} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
@@ -55,8 +69,11 @@ def run(args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | Non
 
 def clean_env(venv: Path | None = None) -> dict[str, str]:
     """The environment without anything pointing at the source tree or the dev virtualenv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
+    }
     if venv is not None:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["VIRTUAL_ENV"] = str(venv)
@@ -69,8 +86,12 @@ def build(project: dict) -> Path:
     DIST.mkdir(exist_ok=True)
     for old in DIST.glob(f"{stem}-*"):
         old.unlink()
-    run([sys.executable, "-m", "build", "--outdir", DIST, REPO], cwd=REPO, timeout=BUILD_TIMEOUT,
-        env=clean_env())
+    run(
+        [sys.executable, "-m", "build", "--outdir", DIST, REPO],
+        cwd=REPO,
+        timeout=BUILD_TIMEOUT,
+        env=clean_env(),
+    )
     wheel = DIST / f"{stem}-{project['version']}-py3-none-any.whl"
     sdists = list(DIST.glob(f"{stem}-{project['version']}.tar.gz"))
     if not wheel.is_file() or not sdists:
@@ -90,8 +111,11 @@ def inspect_wheel(wheel: Path, project: dict) -> None:
     if f"{info}/licenses/LICENSE" not in names:
         raise CheckFailed("the wheel has no LICENSE")
     headers = [line for line in metadata.split("\n\n", 1)[0].splitlines()]
-    wanted = [f"License-Expression: {project['license']}", "License-File: LICENSE",
-              f"Keywords: {','.join(project['keywords'])}"]
+    wanted = [
+        f"License-Expression: {project['license']}",
+        "License-File: LICENSE",
+        f"Keywords: {','.join(project['keywords'])}",
+    ]
     missing = [w for w in wanted if w not in headers]
     if missing:
         raise CheckFailed(f"the wheel's METADATA lacks {missing}")
@@ -100,21 +124,40 @@ def inspect_wheel(wheel: Path, project: dict) -> None:
 
 def install(wheel: Path, venv: Path) -> None:
     run([sys.executable, "-m", "venv", venv], cwd=venv.parent, timeout=RUN_TIMEOUT, env=clean_env())
-    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         wheel], cwd=venv.parent, timeout=INSTALL_TIMEOUT, env=clean_env(venv))
+    run(
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            wheel,
+        ],
+        cwd=venv.parent,
+        timeout=INSTALL_TIMEOUT,
+        env=clean_env(venv),
+    )
     print(f"ok: installed into a fresh virtualenv ({venv})")
 
 
 def use(venv: Path, work: Path, project: dict) -> None:
     env = clean_env(venv)
     exe = venv / "bin" / "target-everflow"
-    where = run([venv / "bin" / "python", "-c", "import target_everflow; print(target_everflow.__file__)"],
-                cwd=work, timeout=RUN_TIMEOUT, env=env).stdout.strip()
-    if not Path(where).resolve().is_relative_to(venv.resolve()) or Path(where).resolve().is_relative_to(REPO):
+    where = run(
+        [venv / "bin" / "python", "-c", "import target_everflow; print(target_everflow.__file__)"],
+        cwd=work,
+        timeout=RUN_TIMEOUT,
+        env=env,
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to(venv.resolve()) or Path(
+        where
+    ).resolve().is_relative_to(REPO):
         raise CheckFailed(f"the installed target_everflow is {where}, not the wheel's")
 
-    about = json.loads(run([exe, "--about", "--format", "json"], cwd=work, timeout=RUN_TIMEOUT,
-                           env=env).stdout)
+    about = json.loads(
+        run([exe, "--about", "--format", "json"], cwd=work, timeout=RUN_TIMEOUT, env=env).stdout
+    )
     if about.get("name") != project["name"] or about.get("version") != project["version"]:
         raise CheckFailed(f"--about says {about.get('name')} {about.get('version')}")
     sys.path.insert(0, str(REPO))
@@ -123,8 +166,12 @@ def use(venv: Path, work: Path, project: dict) -> None:
     shown = {n: s.get("title") for n, s in about["settings"]["properties"].items()}
     expected = {n: s.get("title") for n, s in plugin_settings_schema()["properties"].items()}
     if shown != expected:
-        raise CheckFailed(f"--about from the wheel differs from the source's settings: {shown} != {expected}")
-    print(f"ok: --about from the wheel: {project['name']} {project['version']}, {len(shown)} settings with titles")
+        raise CheckFailed(
+            f"--about from the wheel differs from the source's settings: {shown} != {expected}"
+        )
+    print(
+        f"ok: --about from the wheel: {project['name']} {project['version']}, {len(shown)} settings with titles"
+    )
 
     shutil.copytree(REPO / "samples", work / "samples")
     config = json.loads((work / "samples" / "demo_config.json").read_text(encoding="utf-8"))
@@ -132,9 +179,13 @@ def use(venv: Path, work: Path, project: dict) -> None:
     summary = json.loads((work / config["summary_path"]).read_text(encoding="utf-8"))
     planned = (work / config["dry_run_output"]).read_text(encoding="utf-8").splitlines()
     if summary.get("delivered", 0) < 1 or len(planned) != summary["delivered"]:
-        raise CheckFailed(f"the demo planned {len(planned)} postbacks, its summary says {summary.get('delivered')}")
-    print(f"ok: the demo from the wheel in {work}: {len(planned)} planned postbacks, "
-          f"{sum(summary.get('dead_lettered', {}).values())} dead letters, exit 0")
+        raise CheckFailed(
+            f"the demo planned {len(planned)} postbacks, its summary says {summary.get('delivered')}"
+        )
+    print(
+        f"ok: the demo from the wheel in {work}: {len(planned)} planned postbacks, "
+        f"{sum(summary.get('dead_lettered', {}).values())} dead letters, exit 0"
+    )
 
 
 def main() -> int:

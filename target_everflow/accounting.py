@@ -80,7 +80,7 @@ def _dumps_deep(obj: t.Any) -> str:
     open_value(obj)
     while stack:
         frame = stack[-1]
-        item = next(frame[0], _END)
+        item: t.Any = next(frame[0], _END)
         if item is _END:
             parts.append("}" if frame[1] else "]")
             stack.pop()
@@ -158,10 +158,10 @@ def escape_log_records() -> None:
         record = previous(*args, **kwargs)
         record.name = escape_control(record.name)
         message = record.getMessage
-        record.getMessage = lambda: escape_control(message())  # type: ignore[method-assign]
+        record.getMessage = lambda: escape_control(message())  # type: ignore[method-assign]  # escape every message
         return record
 
-    factory.escapes = True  # type: ignore[attr-defined]
+    factory.escapes = True  # type: ignore[attr-defined]  # marks the factory as installed
     logging.setLogRecordFactory(factory)
 
 
@@ -300,7 +300,12 @@ class DeadLetters:
             schema_line = ""
             if stream not in self._streams_announced:
                 schema = self._schemas(stream) or {"type": "object", "properties": {}}
-                announce = {"type": "SCHEMA", "stream": stream, "schema": schema, "key_properties": []}
+                announce = {
+                    "type": "SCHEMA",
+                    "stream": stream,
+                    "schema": schema,
+                    "key_properties": [],
+                }
                 schema_line = dumps(announce) + "\n"
             # backslashreplace: a lone surrogate (a "\ud800" JSON escape in the input) is written
             # as that same JSON escape, so the record is kept exactly instead of failing the write.
@@ -531,7 +536,9 @@ class RunSummary:
                 parts += [f"{n} skipped ({r})" for r, n in entry[SKIPPED].items()]
                 parts += [f"{n} dead-lettered ({r})" for r, n in entry[DEAD_LETTER].items()]
                 parts += [f"{n} dropped {p}" for p, n in entry["dropped_fields"].items()]
-                out.append(f"  {escape_control(stream)} / {escape_control(event)}: " + ", ".join(parts))
+                out.append(
+                    f"  {escape_control(stream)} / {escape_control(event)}: " + ", ".join(parts)
+                )
         return out
 
 

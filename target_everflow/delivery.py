@@ -101,9 +101,9 @@ class _Workers:
     def __init__(self, count: int, name: str) -> None:
         self._count = count
         self._name = name
-        self._queue: queue.SimpleQueue[tuple[Future[t.Any], t.Callable[..., t.Any], tuple] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[
+            tuple[Future[t.Any], t.Callable[..., t.Any], tuple] | None
+        ] = queue.SimpleQueue()
         self._started = False
 
     def submit(self, fn: t.Callable[..., t.Any], *args: t.Any) -> Future[t.Any]:
@@ -160,7 +160,7 @@ class DryRunWriter:
 
     def write(self, conversion: Conversion) -> None:
         params = dict(conversion.params)
-        if self._client._token:  # noqa: SLF001
+        if self._client._token:  # noqa: SLF001 - the dry run shows the client's own token as ***
             params["verification_token"] = REDACTED
         line = {
             "message_id": conversion.message_id,
@@ -325,12 +325,19 @@ class DeliveryEngine:
     def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
         self.summary.count(conversion.stream, conversion.event, kind, reason)
 
-    def _dead_letter(self, conversion: Conversion, reason: str, message: str, status: int | None = None) -> bool:
+    def _dead_letter(
+        self, conversion: Conversion, reason: str, message: str, status: int | None = None
+    ) -> bool:
         """Dead-letter a conversion's record; False when the file could not take it (the run
         stops: the record has no outcome, and comes again from the last STATE)."""
         try:
             self.dead_letters.write(
-                conversion.stream, conversion.record, reason, message, field=None, status=status,
+                conversion.stream,
+                conversion.record,
+                reason,
+                message,
+                field=None,
+                status=status,
                 message_id=conversion.message_id,
             )
         except OutputError as exc:
@@ -358,7 +365,9 @@ class DeliveryEngine:
             if status is ClaimStatus.CLAIMED:
                 to_send.append(conversion)
             elif status in (ClaimStatus.DELIVERED, ClaimStatus.HELD):
-                self._count(conversion, SKIPPED, CLAIMED_ELSEWHERE if conversion.key in lost else DUPLICATE)
+                self._count(
+                    conversion, SKIPPED, CLAIMED_ELSEWHERE if conversion.key in lost else DUPLICATE
+                )
             elif status is ClaimStatus.IN_DOUBT:
                 self.summary.bump(IN_DOUBT)
                 if self.in_doubt == "resend":
@@ -366,7 +375,10 @@ class DeliveryEngine:
                         "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
                         "claimed by a run that stopped before recording Everflow's answer; "
                         "resending it (in_doubt=resend).",
-                        conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        conversion.key,
+                        conversion.stream,
+                        conversion.event,
+                        conversion.transaction_id,
                         extra=conversion_fields(conversion, IN_DOUBT),
                     )
                     to_send.append(conversion)
@@ -375,7 +387,10 @@ class DeliveryEngine:
                         "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
                         "claimed by a run that stopped before recording Everflow's answer; "
                         "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
-                        conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+                        conversion.key,
+                        conversion.stream,
+                        conversion.event,
+                        conversion.transaction_id,
                         extra=conversion_fields(conversion, IN_DOUBT),
                     )
                     if self._dead_letter(
@@ -439,7 +454,9 @@ class DeliveryEngine:
                         self.client.close()
                         self.logger.warning(
                             "Abandoned %d postbacks still in flight after %.0f s; the next run "
-                            "treats them as in doubt.", len(futures), self.stop_grace,
+                            "treats them as in doubt.",
+                            len(futures),
+                            self.stop_grace,
                         )
                         futures = set()
         finally:
@@ -449,7 +466,9 @@ class DeliveryEngine:
                     "over (this run's ledger lease had expired: was it paused, suspended or cut "
                     "off from the ledger?) and sends them; once it has, they are counted as "
                     "skipped (%s) here: %s%s",
-                    len(lost), CLAIMED_ELSEWHERE, ", ".join(json.dumps(c.key) for c in lost[:5]),
+                    len(lost),
+                    CLAIMED_ELSEWHERE,
+                    ", ".join(json.dumps(c.key) for c in lost[:5]),
                     ", ..." if len(lost) > 5 else "",
                 )
             if release:
@@ -472,8 +491,13 @@ class DeliveryEngine:
             self._dead_letter(conversion, answer.reason, answer.detail, answer.status)
             self.logger.warning(
                 "Dead-lettered a conversion of stream %s (message id %r, event %r, transaction %r):"
-                " %s: %s", conversion.stream, conversion.message_id or conversion.key,
-                conversion.event, conversion.transaction_id, answer.reason, answer.detail,
+                " %s: %s",
+                conversion.stream,
+                conversion.message_id or conversion.key,
+                conversion.event,
+                conversion.transaction_id,
+                answer.reason,
+                answer.detail,
                 extra=conversion_fields(conversion, answer.reason, http_status=answer.status),
             )
         else:  # systemic, or transient after every retry: stop the run, keep the record
@@ -494,9 +518,13 @@ class DeliveryEngine:
         self.logger.warning(
             "In doubt: conversion %s (stream %s, event %r, transaction %s) got no answer (%s) "
             "after it was sent, so Everflow may have recorded it; %s",
-            conversion.key, conversion.stream, conversion.event, conversion.transaction_id,
+            conversion.key,
+            conversion.stream,
+            conversion.event,
+            conversion.transaction_id,
             answer.detail,
-            "resending it (in_doubt=resend)." if resend
+            "resending it (in_doubt=resend)."
+            if resend
             else "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
             extra=conversion_fields(conversion, IN_DOUBT),
         )
@@ -549,7 +577,9 @@ class DeliveryEngine:
                 # so the claim goes before the worker takes its next conversion (a killed run
                 # leaves at most max_concurrency claims in doubt). A later run may send it again.
                 self.ledger.release([conversion.key])
-            if answer.unanswered and (self.in_doubt != "resend" or attempts <= self.policy.max_retries):
+            if answer.unanswered and (
+                self.in_doubt != "resend" or attempts <= self.policy.max_retries
+            ):
                 if not self._in_doubt_after(conversion, answer):
                     return _Result(conversion, answer, attempts, settled=True)
             if answer.verdict is not Verdict.TRANSIENT or attempts > self.policy.max_retries:
@@ -558,7 +588,12 @@ class DeliveryEngine:
             if answer.status == 429:
                 self.limiter.hold(delay)  # everyone slows down, not only this request
             self.summary.bump("retries")
-            self.logger.debug("Retrying %s in %.2f s: %s", conversion.key, delay, answer.detail,
-                              extra=conversion_fields(conversion, "retry", http_status=answer.status))
+            self.logger.debug(
+                "Retrying %s in %.2f s: %s",
+                conversion.key,
+                delay,
+                answer.detail,
+                extra=conversion_fields(conversion, "retry", http_status=answer.status),
+            )
             if self._stop.wait(delay):
                 return _Result(conversion, answer, attempts)

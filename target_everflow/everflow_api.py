@@ -84,7 +84,9 @@ class PreflightReport:
 
     api_url: str
     advertiser_id: int | None
-    events: list[tuple[str, int, str]]  # (Segment event, Everflow id, Everflow name or "base conversion")
+    events: list[
+        tuple[str, int, str]
+    ]  # (Segment event, Everflow id, Everflow name or "base conversion")
     network_id: int | None = None
     network_name: str | None = None
 
@@ -212,7 +214,9 @@ def _timeout(config: t.Mapping[str, t.Any]) -> float:
     if value is None:
         return float(schema_default("request_timeout"))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise PreflightError("Setting 'request_timeout': must be a number of seconds > 0.", "config")
+        raise PreflightError(
+            "Setting 'request_timeout': must be a number of seconds > 0.", "config"
+        )
     return float(value)
 
 
@@ -330,7 +334,11 @@ class _Api:
         query = urlencode(list(params or ()))
         target = f"{self._path}{path}" + (f"?{query}" if query else "")
         what = f"{method} {url}" + (f"?{query}" if query else "")
-        headers = {API_KEY_HEADER: self._key, "Accept": "application/json", "User-Agent": self.user_agent}
+        headers = {
+            API_KEY_HEADER: self._key,
+            "Accept": "application/json",
+            "User-Agent": self.user_agent,
+        }
         payload = None
         if body is not None:
             payload = json.dumps(body).encode("utf-8")
@@ -357,7 +365,11 @@ class _Api:
                     delay = API_RETRY.delay(attempt)
                     self.log.warning(
                         "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
-                        reason, what, delay, attempt + 1, MAX_ATTEMPTS,
+                        reason,
+                        what,
+                        delay,
+                        attempt + 1,
+                        MAX_ATTEMPTS,
                     )
                     self.sleep(delay)
                     continue
@@ -409,7 +421,11 @@ class _Api:
                         self.limiter.hold(delay)  # the bucket's other users wait too
                     self.log.warning(
                         "Everflow API: HTTP %d on %s; retrying in %.1fs (attempt %d of %d)",
-                        status, what, delay, attempt + 1, MAX_ATTEMPTS,
+                        status,
+                        what,
+                        delay,
+                        attempt + 1,
+                        MAX_ATTEMPTS,
                     )
                     self.sleep(delay)
                     continue

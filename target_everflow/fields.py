@@ -167,7 +167,9 @@ def _number_text(value: Decimal) -> NumberText:
     if not value.is_finite():
         raise Mismatch(f"{value} is not a finite number")
     exponent = value.as_tuple().exponent
-    if value.adjusted() >= MAX_NUMBER_DIGITS or (isinstance(exponent, int) and exponent < -MAX_NUMBER_DIGITS):
+    if value.adjusted() >= MAX_NUMBER_DIGITS or (
+        isinstance(exponent, int) and exponent < -MAX_NUMBER_DIGITS
+    ):
         raise Mismatch(f"the number has more than {MAX_NUMBER_DIGITS} digits")
     text = str(value)
     if "E" in text or "e" in text:

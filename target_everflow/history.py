@@ -27,13 +27,34 @@ def _count(value: t.Any) -> str:
 
 
 def history_table(runs: list[dict[str, t.Any]]) -> str:
-    headers = ["Started (UTC)", "Took", "Exit", "Read", "Delivered", "Skipped", "Dead letters",
-               "In doubt", "Requests", "Retries", "429s", "Version", "Host", "PID", "Run"]
+    headers = [
+        "Started (UTC)",
+        "Took",
+        "Exit",
+        "Read",
+        "Delivered",
+        "Skipped",
+        "Dead letters",
+        "In doubt",
+        "Requests",
+        "Retries",
+        "429s",
+        "Version",
+        "Host",
+        "PID",
+        "Run",
+    ]
     rows = [
-        [utc(run["started_at"]), _duration(run),
-         "running?" if run["exit_code"] is None else str(run["exit_code"]),
-         *(_count(run[name]) for name in COUNTS), run["version"] or "", run["host"] or "",
-         _count(run["pid"]), run["run_id"]]
+        [
+            utc(run["started_at"]),
+            _duration(run),
+            "running?" if run["exit_code"] is None else str(run["exit_code"]),
+            *(_count(run[name]) for name in COUNTS),
+            run["version"] or "",
+            run["host"] or "",
+            _count(run["pid"]),
+            run["run_id"],
+        ]
         for run in runs
     ]
     return format_table(headers, rows, right=[1, *range(3, 11), 13])
@@ -41,8 +62,15 @@ def history_table(runs: list[dict[str, t.Any]]) -> str:
 
 @click.command("history")
 @config_option
-@click.option("--last", "last", type=click.IntRange(min=1), default=DEFAULT_LAST, show_default=True,
-              metavar="N", help="How many runs to show, newest first.")
+@click.option(
+    "--last",
+    "last",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LAST,
+    show_default=True,
+    metavar="N",
+    help="How many runs to show, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array instead.")
 def history_command(config: tuple[str, ...], last: int, as_json: bool) -> None:
     """The last runs: start, duration, exit code, counts, requests, retries and 429s.

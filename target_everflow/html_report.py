@@ -42,8 +42,21 @@ from target_everflow.mapping import DEAD_LETTER
 DAY = 86400.0
 RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
 RUN_COLUMNS = (
-    "run_id", "started_at", "ended_at", "host", "pid", "version", "exit_code", "records_read",
-    "delivered", "skipped", "dead_lettered", "in_doubt", "requests", "retries", "http_429",
+    "run_id",
+    "started_at",
+    "ended_at",
+    "host",
+    "pid",
+    "version",
+    "exit_code",
+    "records_read",
+    "delivered",
+    "skipped",
+    "dead_lettered",
+    "in_doubt",
+    "requests",
+    "retries",
+    "http_429",
 )
 NO_EVENT = "(event not recorded)"
 """Ledger rows written before the ledger had an ``event`` column."""
@@ -58,14 +71,26 @@ MAX_TEXT = 200
 MAX_EVENTS_CHARTED = 12
 
 COLORS = {
-    "delivered": "#2e7d32", "dead_lettered": "#c62828", "in_doubt": "#ef8f00",
-    "confirmed": "#1565c0", "pending": "#90a4ae", "rejected": "#c62828",
-    "not_found": "#6a1b9a", "unchecked": "#d5dbe0", "amount": "#00796b",
+    "delivered": "#2e7d32",
+    "dead_lettered": "#c62828",
+    "in_doubt": "#ef8f00",
+    "confirmed": "#1565c0",
+    "pending": "#90a4ae",
+    "rejected": "#c62828",
+    "not_found": "#6a1b9a",
+    "unchecked": "#d5dbe0",
+    "amount": "#00796b",
 }
 LABELS = {
-    "delivered": "Delivered", "dead_lettered": "Dead-lettered", "in_doubt": "In doubt",
-    "confirmed": "Confirmed", "pending": "Pending", "rejected": "Rejected",
-    "not_found": "Not found", "unchecked": "Unchecked", "amount": "Amount",
+    "delivered": "Delivered",
+    "dead_lettered": "Dead-lettered",
+    "in_doubt": "In doubt",
+    "confirmed": "Confirmed",
+    "pending": "Pending",
+    "rejected": "Rejected",
+    "not_found": "Not found",
+    "unchecked": "Unchecked",
+    "amount": "Amount",
 }
 
 
@@ -323,13 +348,17 @@ def _read_runs(reader: _Reader, report: Report, *, last: int) -> None:
     report.runs = [dict(zip(wanted, row)) for row in rows]
 
 
-def build_report(ledger_url: str | None, *, default_dir: Path, days: int, runs: int,
-                 now: float | None = None) -> Report:
+def build_report(
+    ledger_url: str | None, *, default_dir: Path, days: int, runs: int, now: float | None = None
+) -> Report:
     """Open the ledger named by ``ledger_url`` (as a run does), read it, close it."""
     log = logging.getLogger("target_everflow.report")
-    log.setLevel(logging.ERROR)  # not a run: the ledger's "opened" and "none is unsafe" lines do not apply
-    ledger = open_ledger(ledger_url, default_dir=default_dir, lease_seconds=60.0,
-                         retention_days=0, logger=log)  # 0: never prunes
+    log.setLevel(
+        logging.ERROR
+    )  # not a run: the ledger's "opened" and "none is unsafe" lines do not apply
+    ledger = open_ledger(
+        ledger_url, default_dir=default_dir, lease_seconds=60.0, retention_days=0, logger=log
+    )  # 0: never prunes
     try:
         if not isinstance(ledger, SQLLedger):
             raise TargetEverflowError(
@@ -382,8 +411,14 @@ def _legend(names: t.Sequence[str]) -> str:
     return f'<div class="legend">{items}</div>'
 
 
-def column_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[float]]],
-                 *, money: bool = False, height: int = 240) -> str:
+def column_chart(
+    chart_id: str,
+    labels: list[str],
+    series: list[tuple[str, list[float]]],
+    *,
+    money: bool = False,
+    height: int = 240,
+) -> str:
     """Stacked columns, one per label (a day), one colour per series; inline SVG."""
     width, left, right, top, bottom = 960, 64, 12, 12, 34
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -397,15 +432,19 @@ def column_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[
     for k in range(5):
         y = top + plot_h - plot_h * k / 4
         value = ceiling * k / 4
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+        )
         label = _money(value) if money else f"{value:,.0f}"
-        parts.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(label)}</text>')
+        parts.append(
+            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(label)}</text>'
+        )
     slot = plot_w / max(len(labels), 1)
     bar = max(1.0, min(slot * 0.72, 48.0))
     every = max(1, math.ceil(len(labels) / 12))
     for i, label in enumerate(labels):
         x = left + slot * i + (slot - bar) / 2
-        base = top + plot_h
+        base: float = top + plot_h
         for name, values in series:
             value = values[i]
             if value <= 0:
@@ -416,7 +455,7 @@ def column_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[
                 f'<rect x="{x:.1f}" y="{base:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                 f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
                 f'data-value="{value:g}"><title>{esc(label)}: {esc(fmt(value))} '
-                f'{esc(LABELS[name].lower())}</title></rect>'
+                f"{esc(LABELS[name].lower())}</title></rect>"
             )
         if i % every == 0 or i == len(labels) - 1 and len(labels) <= 12:
             parts.append(
@@ -444,7 +483,7 @@ def bar_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[flo
         shown = label if len(label) <= 32 else label[:31] + "\u2026"
         parts.append(
             f'<text class="axis" x="{left - 8}" y="{y + row / 2 + 4:.1f}" text-anchor="end">'
-            f'<title>{esc(label)}</title>{esc(shown)}</text>'
+            f"<title>{esc(label)}</title>{esc(shown)}</text>"
         )
         x = float(left)
         for name, values in series:
@@ -456,7 +495,7 @@ def bar_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[flo
                 f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" '
                 f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
                 f'data-value="{value:g}"><title>{esc(label)}: {esc(_count(value))} '
-                f'{esc(LABELS[name].lower())}</title></rect>'
+                f"{esc(LABELS[name].lower())}</title></rect>"
             )
             x += w
         parts.append(
@@ -550,8 +589,8 @@ def render(report: Report, *, version: str = "") -> str:
     by_event = report.by_event()
     first, last = report.days[0], report.days[-1]
     out: list[str] = [
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>Everflow conversions {esc(first)} to {esc(last)}</title>",
@@ -563,69 +602,114 @@ def render(report: Report, *, version: str = "") -> str:
         _card("total-delivered", "Delivered", total.delivered, COLORS["delivered"]),
     ]
     if report.amounts:
-        out.append(_card("total-amount", "Amount delivered", total.amount, COLORS["amount"], money=True))
-    out.append(_card("total-dead-lettered", "Dead-lettered", total.dead_lettered, COLORS["dead_lettered"]))
+        out.append(
+            _card("total-amount", "Amount delivered", total.amount, COLORS["amount"], money=True)
+        )
+    out.append(
+        _card("total-dead-lettered", "Dead-lettered", total.dead_lettered, COLORS["dead_lettered"])
+    )
     out.append(_card("total-in-doubt", "In doubt", total.in_doubt, COLORS["in_doubt"]))
     if report.reconciliation:
         for state in ("confirmed", "rejected", "not_found"):
-            out.append(_card(f"total-{state.replace('_', '-')}", LABELS[state], total.recon[state], COLORS[state]))
+            out.append(
+                _card(
+                    f"total-{state.replace('_', '-')}",
+                    LABELS[state],
+                    total.recon[state],
+                    COLORS[state],
+                )
+            )
     out.append("</div>")
     for note in report.notes:
         out.append(f'<p class="note">{esc(note)}</p>')
 
     outcome_series = ["delivered", "dead_lettered", "in_doubt"]
     out.append('<section id="per-day"><h2>Per day</h2>')
-    out.append(column_chart("chart-days", day_labels, [
-        ("delivered", [days[d].delivered for d in day_labels]),
-        ("dead_lettered", [days[d].dead_lettered for d in day_labels]),
-        ("in_doubt", [days[d].in_doubt for d in day_labels]),
-    ]))
+    out.append(
+        column_chart(
+            "chart-days",
+            day_labels,
+            [
+                ("delivered", [days[d].delivered for d in day_labels]),
+                ("dead_lettered", [days[d].dead_lettered for d in day_labels]),
+                ("in_doubt", [days[d].in_doubt for d in day_labels]),
+            ],
+        )
+    )
     out.append(_legend(outcome_series))
     if not report.history:
-        out.append('<p class="note">Dead letters are counted from the run history, and there is '
-                   "no run history yet.</p>")
+        out.append(
+            '<p class="note">Dead letters are counted from the run history, and there is '
+            "no run history yet.</p>"
+        )
     out.append("</section>")
 
     if report.amounts:
         out.append('<section id="amounts"><h2>Amount delivered per day</h2>')
-        out.append(column_chart("chart-amounts", day_labels,
-                                [("amount", [days[d].amount for d in day_labels])], money=True))
+        out.append(
+            column_chart(
+                "chart-amounts",
+                day_labels,
+                [("amount", [days[d].amount for d in day_labels])],
+                money=True,
+            )
+        )
         out.append("</section>")
 
     out.append('<section id="reconciliation"><h2>Reconciliation</h2>')
     if report.reconciliation:
-        out.append(column_chart("chart-reconciliation", day_labels, [
-            (state, [days[d].recon[state] for d in day_labels]) for state in RECON_STATES
-        ]))
+        out.append(
+            column_chart(
+                "chart-reconciliation",
+                day_labels,
+                [(state, [days[d].recon[state] for d in day_labels]) for state in RECON_STATES],
+            )
+        )
         out.append(_legend(RECON_STATES))
-        out.append('<p class="note">Delivered conversions by what Everflow\'s conversion report '
-                   "says about them (unchecked: not reconciled yet).</p>")
+        out.append(
+            '<p class="note">Delivered conversions by what Everflow\'s conversion report '
+            "says about them (unchecked: not reconciled yet).</p>"
+        )
     else:
-        out.append('<p class="empty">No reconciliation data: reconcile has not checked any '
-                   "conversion in this ledger yet.</p>")
+        out.append(
+            '<p class="empty">No reconciliation data: reconcile has not checked any '
+            "conversion in this ledger yet.</p>"
+        )
     out.append("</section>")
 
     out.append('<section id="per-event"><h2>Per event</h2>')
     if events:
         charted = events[:MAX_EVENTS_CHARTED]
-        out.append(bar_chart("chart-events", charted, [
-            ("delivered", [by_event[e].delivered for e in charted]),
-            ("dead_lettered", [by_event[e].dead_lettered for e in charted]),
-            ("in_doubt", [by_event[e].in_doubt for e in charted]),
-        ]))
+        out.append(
+            bar_chart(
+                "chart-events",
+                charted,
+                [
+                    ("delivered", [by_event[e].delivered for e in charted]),
+                    ("dead_lettered", [by_event[e].dead_lettered for e in charted]),
+                    ("in_doubt", [by_event[e].in_doubt for e in charted]),
+                ],
+            )
+        )
         out.append(_legend(outcome_series))
         if len(events) > len(charted):
-            out.append(f'<p class="note">The {len(charted)} busiest of {len(events)} events; '
-                       "the table below has them all.</p>")
+            out.append(
+                f'<p class="note">The {len(charted)} busiest of {len(events)} events; '
+                "the table below has them all.</p>"
+            )
     else:
-        out.append('<p class="empty">Nothing delivered, dead-lettered or in doubt in this period.</p>')
+        out.append(
+            '<p class="empty">Nothing delivered, dead-lettered or in doubt in this period.</p>'
+        )
     out.append("</section>")
 
     out.append(_detail_table(report, events))
     out.append(_runs_table(report))
-    out.append("</main><footer>target-everflow"
-               + (f" {esc(version)}" if version else "")
-               + " &middot; one self-contained file: no scripts, no network</footer></body></html>\n")
+    out.append(
+        "</main><footer>target-everflow"
+        + (f" {esc(version)}" if version else "")
+        + " &middot; one self-contained file: no scripts, no network</footer></body></html>\n"
+    )
     return "".join(out)
 
 
@@ -635,10 +719,12 @@ def _detail_table(report: Report, events: list[str]) -> str:
     head += ["Dead-lettered", "By reason", "In doubt"]
     if recon:
         head += [LABELS[s] for s in RECON_STATES]
-    out = ['<section id="details"><h2>Per day and event</h2><div class="wide"><table id="detail-table"><thead><tr>']
+    out = [
+        '<section id="details"><h2>Per day and event</h2><div class="wide"><table id="detail-table"><thead><tr>'
+    ]
     for name in head:
         numeric = name not in ("Day", "Event", "By reason")
-        out.append(f'<th{" class=n" if numeric else ""}>{esc(name)}</th>')
+        out.append(f"<th{' class=n' if numeric else ''}>{esc(name)}</th>")
     out.append("</tr></thead><tbody>")
     rank = {e: i for i, e in enumerate(events)}
     rows = sorted(  # latest day first; in a day, the busiest event first
@@ -647,10 +733,14 @@ def _detail_table(report: Report, events: list[str]) -> str:
     )
     rows.sort(key=lambda r: r[0], reverse=True)
     for day, event, cell in rows:
-        out.append(f'<tr data-day="{esc(day)}" data-event="{esc(event)}"><td class="day">{esc(day)}</td><td>{esc(event)}</td>')
+        out.append(
+            f'<tr data-day="{esc(day)}" data-event="{esc(event)}"><td class="day">{esc(day)}</td><td>{esc(event)}</td>'
+        )
         out.append(f'<td class="n" data-metric="delivered">{cell.delivered:,}</td>')
         if report.amounts:
-            out.append(f'<td class="n" data-metric="amount" data-value="{cell.amount:.2f}">{_money(cell.amount)}</td>')
+            out.append(
+                f'<td class="n" data-metric="amount" data-value="{cell.amount:.2f}">{_money(cell.amount)}</td>'
+            )
         out.append(f'<td class="n" data-metric="dead_lettered">{cell.dead_lettered:,}</td>')
         out.append(f'<td class="reasons">{_reasons(cell.dead)}</td>')
         out.append(f'<td class="n" data-metric="in_doubt">{cell.in_doubt:,}</td>')
@@ -659,7 +749,9 @@ def _detail_table(report: Report, events: list[str]) -> str:
                 out.append(f'<td class="n" data-metric="{state}">{cell.recon[state]:,}</td>')
         out.append("</tr>")
     if not rows:
-        out.append(f'<tr><td colspan="{len(head)}" class="empty">No conversions in this period.</td></tr>')
+        out.append(
+            f'<tr><td colspan="{len(head)}" class="empty">No conversions in this period.</td></tr>'
+        )
     out.append("</tbody></table></div></section>")
     return "".join(out)
 
@@ -670,27 +762,44 @@ def _runs_table(report: Report) -> str:
         out.append('<p class="empty" id="no-history">No run history yet.</p></section>')
         return "".join(out)
     if not report.runs:
-        out.append('<p class="empty" id="no-history">No run history yet: no run has been recorded.</p></section>')
+        out.append(
+            '<p class="empty" id="no-history">No run history yet: no run has been recorded.</p></section>'
+        )
         return "".join(out)
-    numeric = [("records_read", "Read"), ("delivered", "Delivered"), ("skipped", "Skipped"),
-               ("dead_lettered", "Dead-lettered"), ("in_doubt", "In doubt"), ("requests", "Requests"),
-               ("retries", "Retries"), ("http_429", "429s")]
-    out.append('<div class="wide"><table id="runs-table"><thead><tr><th>Started (UTC)</th>'
-               "<th>Duration</th><th class=n>Exit</th>")
+    numeric = [
+        ("records_read", "Read"),
+        ("delivered", "Delivered"),
+        ("skipped", "Skipped"),
+        ("dead_lettered", "Dead-lettered"),
+        ("in_doubt", "In doubt"),
+        ("requests", "Requests"),
+        ("retries", "Retries"),
+        ("http_429", "429s"),
+    ]
+    out.append(
+        '<div class="wide"><table id="runs-table"><thead><tr><th>Started (UTC)</th>'
+        "<th>Duration</th><th class=n>Exit</th>"
+    )
     out.extend(f"<th class=n>{esc(label)}</th>" for _, label in numeric)
-    out.append("<th>Host</th><th class=n>PID</th><th>Version</th><th>Run id</th></tr></thead><tbody>")
+    out.append(
+        "<th>Host</th><th class=n>PID</th><th>Version</th><th>Run id</th></tr></thead><tbody>"
+    )
     for run in report.runs:
         exit_code = run.get("exit_code")
         exit_text = "running" if exit_code is None else str(exit_code)
         css = "" if exit_code in (0, None) else ' style="color:#c62828;font-weight:600"'
-        out.append(f'<tr data-run="{esc(_text(run.get("run_id")))}"><td class="when">{esc(_when(run.get("started_at")))}</td>'
-                   f'<td>{esc(_duration(run.get("started_at"), run.get("ended_at")))}</td>'
-                   f'<td class="n" data-metric="exit_code"{css}>{esc(exit_text)}</td>')
+        out.append(
+            f'<tr data-run="{esc(_text(run.get("run_id")))}"><td class="when">{esc(_when(run.get("started_at")))}</td>'
+            f"<td>{esc(_duration(run.get('started_at'), run.get('ended_at')))}</td>"
+            f'<td class="n" data-metric="exit_code"{css}>{esc(exit_text)}</td>'
+        )
         for key, _ in numeric:
             value = run.get(key)
             shown = "" if value is None else f"{int(value):,}"
             out.append(f'<td class="n" data-metric="{key}">{esc(shown)}</td>')
-        out.append(f'<td>{esc(_text(run.get("host")))}</td><td class="n">{esc(_text(run.get("pid")))}</td>'
-                   f'<td>{esc(_text(run.get("version")))}</td><td class="when"><code>{esc(_text(run.get("run_id")))}</code></td></tr>')
+        out.append(
+            f'<td>{esc(_text(run.get("host")))}</td><td class="n">{esc(_text(run.get("pid")))}</td>'
+            f'<td>{esc(_text(run.get("version")))}</td><td class="when"><code>{esc(_text(run.get("run_id")))}</code></td></tr>'
+        )
     out.append("</tbody></table></div></section>")
     return "".join(out)

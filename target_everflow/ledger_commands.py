@@ -68,8 +68,11 @@ def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     logger.setLevel(logging.WARNING)
     try:
         ledger = open_ledger(
-            settings.ledger_url, default_dir=settings.state_dir,
-            lease_seconds=COMMAND_LEASE_SECONDS, retention_days=0, logger=logger,
+            settings.ledger_url,
+            default_dir=settings.state_dir,
+            lease_seconds=COMMAND_LEASE_SECONDS,
+            retention_days=0,
+            logger=logger,
         )
     except LedgerError as exc:
         fail(LedgerUnavailable(str(exc)))
@@ -103,13 +106,15 @@ def cell(value: t.Any, limit: int = MAX_CELL) -> str:
         return ""
     text = str(value)
     if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                       for c in text)
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+        )
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
-                 right: Iterable[int] = ()) -> str:
+def format_table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()
+) -> str:
     """Plain-text columns, two spaces apart (``right``: column indexes aligned right)."""
     rows = [[cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
@@ -173,14 +178,26 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
     if oldest is not None:
         key, status, owner, created, lease = oldest
         pending = {
-            "delivery_key": key, "status": status, "run": owner, "claimed_at": created,
-            "lease_until": lease, "lease_expired": lease is None or lease <= now,
+            "delivery_key": key,
+            "status": status,
+            "run": owner,
+            "claimed_at": created,
+            "lease_until": lease,
+            "lease_expired": lease is None or lease <= now,
         }
     if as_json:
-        click.echo(json.dumps({
-            "ledger": where, "counts": counts, "total": sum(counts.values()),
-            "in_doubt_orphaned": orphaned, "oldest_pending": pending,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "ledger": where,
+                    "counts": counts,
+                    "total": sum(counts.values()),
+                    "in_doubt_orphaned": orphaned,
+                    "oldest_pending": pending,
+                },
+                indent=2,
+            )
+        )
         return
     notes = {
         DELIVERED: "accepted by Everflow (a replay skips them as duplicates)",
@@ -193,13 +210,18 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
     rows.append(["total", str(sum(counts.values())), ""])
     click.echo(format_table(["Status", "Keys", ""], rows, right=[1]))
     if orphaned:
-        click.echo(f"{orphaned} sending key(s) belong to runs that died: in doubt "
-                   f"({PROG} ledger in-doubt).")
+        click.echo(
+            f"{orphaned} sending key(s) belong to runs that died: in doubt "
+            f"({PROG} ledger in-doubt)."
+        )
     if pending is None:
         click.echo("Oldest pending: none.")
     else:
-        state = ("lease expired: its run is gone, the next run takes it over"
-                 if pending["lease_expired"] else "its run is live")
+        state = (
+            "lease expired: its run is gone, the next run takes it over"
+            if pending["lease_expired"]
+            else "its run is live"
+        )
         click.echo(
             f"Oldest pending: {cell(pending['delivery_key'])} ({pending['status']}), claimed "
             f"{utc(pending['claimed_at'])} UTC ({ago(now - pending['claimed_at'])} ago) by run "
@@ -207,7 +229,9 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
         )
 
 
-def _in_doubt_rows(ledger: SQLLedger, keys: Sequence[str] | None = None) -> tuple[list[dict[str, t.Any]], float]:
+def _in_doubt_rows(
+    ledger: SQLLedger, keys: Sequence[str] | None = None
+) -> tuple[list[dict[str, t.Any]], float]:
     """Rows in doubt: held (``in_doubt``) or *sending* under an expired lease; with ``keys``,
     those keys' rows whatever their status. Each row has the claim-time columns when the
     ledger has them (else None)."""
@@ -228,8 +252,10 @@ def _in_doubt_rows(ledger: SQLLedger, keys: Sequence[str] | None = None) -> tupl
                 (now, MAX_LISTED + 1),
             )
         else:
-            cur.execute(ledger.sql(select + " WHERE delivery_key {in_keys}"),
-                        (ledger.keys_param(list(keys)),))
+            cur.execute(
+                ledger.sql(select + " WHERE delivery_key {in_keys}"),
+                (ledger.keys_param(list(keys)),),
+            )
         names = ["delivery_key", "status", "owner", "lease_until", "updated_at", *CLAIM_COLUMNS]
         return [dict(zip(names, r)) for r in cur.fetchall()], now
 
@@ -244,7 +270,8 @@ def _releasable(row: dict[str, t.Any], now: float) -> bool:
 
 def _label(row: dict[str, t.Any]) -> str:
     return {HELD: "held", SENDING: "sending, run gone", PENDING: "pending, run gone"}.get(
-        row["status"], row["status"])
+        row["status"], row["status"]
+    )
 
 
 @ledger_command.command("in-doubt")
@@ -258,20 +285,45 @@ def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
     more = len(rows) > MAX_LISTED
     rows = rows[:MAX_LISTED]
     if as_json:
-        click.echo(json.dumps(
-            [{"delivery_key": r["delivery_key"], "status": r["status"], "stream": r["stream"],
-              "event": r["event"], "transaction_id": r["transaction_id"], "run": r["owner"],
-              "since": r["updated_at"]} for r in rows], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "delivery_key": r["delivery_key"],
+                        "status": r["status"],
+                        "stream": r["stream"],
+                        "event": r["event"],
+                        "transaction_id": r["transaction_id"],
+                        "run": r["owner"],
+                        "since": r["updated_at"],
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return
     if not rows:
         click.echo(f"No in-doubt keys in ledger {where}.")
         return
     click.echo(f"{len(rows)}{'+' if more else ''} in-doubt key(s) in ledger {where}:")
-    click.echo(format_table(
-        ["Key", "State", "Stream", "Event", "Transaction", "Held by run", "Since (UTC)"],
-        [[r["delivery_key"], _label(r), r["stream"], r["event"], r["transaction_id"], r["owner"],
-          utc(r["updated_at"])] for r in rows],
-    ))
+    click.echo(
+        format_table(
+            ["Key", "State", "Stream", "Event", "Transaction", "Held by run", "Since (UTC)"],
+            [
+                [
+                    r["delivery_key"],
+                    _label(r),
+                    r["stream"],
+                    r["event"],
+                    r["transaction_id"],
+                    r["owner"],
+                    utc(r["updated_at"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
     click.echo(
         "Check each in Everflow's conversion report; to send one again: "
         f"{PROG} ledger release KEY (or --all-in-doubt), then replay its dead letter."
@@ -281,20 +333,30 @@ def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
 @ledger_command.command("release")
 @config_option
 @click.argument("keys", nargs=-1, metavar="[KEY]...")
-@click.option("--all-in-doubt", is_flag=True, help="Release every in-doubt key (see ledger in-doubt).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
-def release_command(config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt: bool,
-                    yes: bool) -> None:
+@click.option(
+    "--all-in-doubt", is_flag=True, help="Release every in-doubt key (see ledger in-doubt)."
+)
+@click.option(
+    "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal)."
+)
+def release_command(
+    config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt: bool, yes: bool
+) -> None:
     """Make keys sendable again: a replay of their records sends them.
 
     KEY is a delivery key as `ledger in-doubt` shows it (m:<messageId>, ...). A delivered key may
     be released too: its conversion is sent again when replayed.
     """
     if bool(keys) == all_in_doubt:
-        fail(TargetEverflowError("ledger release: name the keys to release, or give --all-in-doubt"))
+        fail(
+            TargetEverflowError("ledger release: name the keys to release, or give --all-in-doubt")
+        )
     if not yes and not sys.stdin.isatty():
-        fail(TargetEverflowError(
-            "ledger release: refusing without confirmation: run it on a terminal, or add --yes"))
+        fail(
+            TargetEverflowError(
+                "ledger release: refusing without confirmation: run it on a terminal, or add --yes"
+            )
+        )
     wanted = list(dict.fromkeys(keys))
     with configured_ledger(config) as ledger:
         rows, now = _in_doubt_rows(ledger, None if all_in_doubt else wanted)
@@ -313,11 +375,15 @@ def release_command(config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt
                 return
             sys.exit(1)
         delivered = sum(1 for r in plan if r["status"] == DELIVERED)
-        click.echo(f"Releasing {len(plan)} key(s) in ledger {ledger.description}: "
-                   f"{_shown_keys([r['delivery_key'] for r in plan])}")
+        click.echo(
+            f"Releasing {len(plan)} key(s) in ledger {ledger.description}: "
+            f"{_shown_keys([r['delivery_key'] for r in plan])}"
+        )
         if delivered:
-            click.echo(f"{delivered} of them were delivered: their conversions are SENT AGAIN "
-                       "when replayed.")
+            click.echo(
+                f"{delivered} of them were delivered: their conversions are SENT AGAIN "
+                "when replayed."
+            )
         if not yes and not click.confirm("Release them?", default=False):
             click.echo("Nothing released.", err=True)
             sys.exit(1)
@@ -325,8 +391,10 @@ def release_command(config: tuple[str, ...], keys: tuple[str, ...], all_in_doubt
     changed = [r["delivery_key"] for r in plan if r["delivery_key"] not in released]
     for key in changed:
         click.echo(f"{cell(key)}: changed meanwhile (claimed by a run): not released", err=True)
-    click.echo(f"Released {len(released)} key(s): a replay of their records sends them "
-               "(dead letters: see README, 'Dead letters').")
+    click.echo(
+        f"Released {len(released)} key(s): a replay of their records sends them "
+        "(dead letters: see README, 'Dead letters')."
+    )
     if missing or busy or changed:
         sys.exit(1)
 
@@ -356,8 +424,14 @@ def _delete_unchanged(ledger: SQLLedger, rows: Sequence[dict[str, t.Any]]) -> se
 
 @ledger_command.command("forget")
 @config_option
-@click.option("--older-than", "days", type=click.FloatRange(min=0), required=True, metavar="DAYS",
-              help="Forget delivered and held keys, and runs, older than this many days.")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Forget delivered and held keys, and runs, older than this many days.",
+)
 def forget_command(config: tuple[str, ...], days: float) -> None:
     """Prune delivered and held keys (and the run history) older than DAYS days.
 
@@ -367,6 +441,7 @@ def forget_command(config: tuple[str, ...], days: float) -> None:
         keys = ledger.prune(days)
         runs = forget_runs(ledger, days)
         where = ledger.description
-    click.echo(f"Forgot {keys} delivered or held key(s) and {runs} run(s) older than {days:g} "
-               f"days in ledger {where}.")
-
+    click.echo(
+        f"Forgot {keys} delivered or held key(s) and {runs} run(s) older than {days:g} "
+        f"days in ledger {where}."
+    )

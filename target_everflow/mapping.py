@@ -182,7 +182,12 @@ def _compile(platform: str) -> list[_Plan]:
         else:  # the same parameter in both of the seed's tables: required if either says so
             plan.required = plan.required or row.required
     for plan in plans.values():
-        if not plan.items and plan.rule is None and len(plan.paths) == 1 and plan.paths[0].top is None:
+        if (
+            not plan.items
+            and plan.rule is None
+            and len(plan.paths) == 1
+            and plan.paths[0].top is None
+        ):
             plan.simple = plan.paths[0].full
     return list(plans.values())
 
@@ -339,7 +344,7 @@ class Mapper:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def map(self, event: SegmentEvent | t.Any, stream: str = "") -> Conversion | Outcome:  # noqa: C901, PLR0912
+    def map(self, event: SegmentEvent | t.Any, stream: str = "") -> Conversion | Outcome:  # noqa: C901, PLR0912 - the seed's rules, in the seed's order
         """Map one record's view (``view``; a record given as it is is viewed here). Never
         raises for bad input: that is an ``Outcome`` too."""
         if not isinstance(event, SegmentEvent):
@@ -469,7 +474,7 @@ class Mapper:
 
     @staticmethod
     def _line_items(
-        event: SegmentEvent, plan: _Plan, dropped: list[tuple[str, str]]
+        event: SegmentObject, plan: _Plan, dropped: list[tuple[str, str]]
     ) -> str | None:
         """``order_line_items``: a JSON array of the item keys the table names."""
         found = event.get(plan.paths[0])

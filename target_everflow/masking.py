@@ -24,7 +24,16 @@ HIDDEN = "<hidden: it may hold a secret>"
 _ESCAPERS = "%&;#\\+"
 """Characters the encodings above introduce: an encoding of an encoding re-encodes these."""
 
-_JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_JSON_SHORT = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "\b": "b",
+    "\f": "f",
+    "\n": "n",
+    "\r": "r",
+    "\t": "t",
+}
 
 
 def mask(text: object, secrets: t.Iterable[str | None], marker: str = REDACTED) -> str:
@@ -46,7 +55,7 @@ def _hex(value: int, width: int = 0) -> str:
     return body if width else f"0*{body}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entity_names(char: str) -> tuple[str, ...]:
     """HTML5 named character references for ``char`` (``amp;``, ``AMP``, ``plus;``, ...)."""
     names = [name for name, value in html.entities.html5.items() if value == char]
@@ -70,7 +79,9 @@ def _char(char: str) -> str:
     """A regex matching ``char`` in every encoding, and every encoding of those encodings."""
     amp, hash_, semi, backslash = _leaf("&"), _leaf("#"), _leaf(";"), _leaf("\\")
     forms = [_leaf(char)]
-    forms.append("".join(_leaf("%") + _hex(byte, 2) for byte in char.encode("utf-8", "surrogatepass")))
+    forms.append(
+        "".join(_leaf("%") + _hex(byte, 2) for byte in char.encode("utf-8", "surrogatepass"))
+    )
     units = char.encode("utf-16-be", "surrogatepass")
     forms.append("".join(backslash + "u" + _hex(int.from_bytes(units[i:i + 2], "big"), 4)
                          for i in range(0, len(units), 2)))  # fmt: skip

@@ -92,7 +92,9 @@ class LatencyHistogram:
         if seconds <= self.LOW:
             index = 0
         else:
-            index = min(self.SIZE - 1, math.ceil(math.log(seconds / self.LOW) / math.log(self.GROWTH)))
+            index = min(
+                self.SIZE - 1, math.ceil(math.log(seconds / self.LOW) / math.log(self.GROWTH))
+            )
         self.counts[index] += 1
         self.count += 1
         self.max = max(self.max, seconds)
@@ -145,7 +147,12 @@ class RunMetrics:
         totals[(Metric.POSTBACK_RETRIES, ())] = data["retries"]
         with self._lock:
             for name, n in self._classes.items():
-                totals[(Metric.HTTP_REQUEST_COUNT, (("endpoint", ENDPOINT), ("http_status_class", name)))] = n
+                totals[
+                    (
+                        Metric.HTTP_REQUEST_COUNT,
+                        (("endpoint", ENDPOINT), ("http_status_class", name)),
+                    )
+                ] = n
         return totals
 
     def emit(self, *, final: bool = False) -> int:
@@ -177,12 +184,22 @@ class RunMetrics:
         for name, histogram in windows:
             if not histogram.count:
                 continue
-            for quantile, value in (("p50", histogram.quantile(0.5)), ("p95", histogram.quantile(0.95)),
-                                    ("max", histogram.max)):
-                self._log("timer", Metric.HTTP_REQUEST_DURATION, round(value, 6), {
-                    "endpoint": ENDPOINT, "quantile": quantile, "window": name,
-                    "requests": histogram.count,
-                })
+            for quantile, value in (
+                ("p50", histogram.quantile(0.5)),
+                ("p95", histogram.quantile(0.95)),
+                ("max", histogram.max),
+            ):
+                self._log(
+                    "timer",
+                    Metric.HTTP_REQUEST_DURATION,
+                    round(value, 6),
+                    {
+                        "endpoint": ENDPOINT,
+                        "quantile": quantile,
+                        "window": name,
+                        "requests": histogram.count,
+                    },
+                )
                 lines += 1
         return lines
 
@@ -196,8 +213,14 @@ MAX_FIELD = 200
 """Longest value a log line's ``extra`` field keeps (they come from records)."""
 
 
-def log_fields(*, stream: str, event: str | None = None, reason: str | None = None,
-               message_id: str | None = None, **more: t.Any) -> dict[str, t.Any]:
+def log_fields(
+    *,
+    stream: str,
+    event: str | None = None,
+    reason: str | None = None,
+    message_id: str | None = None,
+    **more: t.Any,
+) -> dict[str, t.Any]:
     """A log call's ``extra``: the fields JSON logs (``SINGER_SDK_LOG_CONFIG``) are filtered by.
 
     ``stream_name`` is the SDK's own field (its ``StructuredFormatter`` puts it at the top
@@ -207,17 +230,30 @@ def log_fields(*, stream: str, event: str | None = None, reason: str | None = No
     """
     # "event_name", not "event": Meltano reads a plugin's JSON log lines into structlog, whose
     # own "event" key (the message) an "event" field would collide with.
-    fields = {"stream_name": stream, "event_name": event, "reason": reason, "message_id": message_id, **more}
+    fields = {
+        "stream_name": stream,
+        "event_name": event,
+        "reason": reason,
+        "message_id": message_id,
+        **more,
+    }
     return {
         k: label(v)[:MAX_FIELD] if isinstance(v, str) else v
-        for k, v in fields.items() if v is not None
+        for k, v in fields.items()
+        if v is not None
     }
 
 
-def conversion_fields(conversion: Conversion, reason: str | None = None, **more: t.Any) -> dict[str, t.Any]:
+def conversion_fields(
+    conversion: Conversion, reason: str | None = None, **more: t.Any
+) -> dict[str, t.Any]:
     """:func:`log_fields` of a conversion (with its delivery key and transaction id)."""
     return log_fields(
-        stream=conversion.stream, event=conversion.event, reason=reason,
-        message_id=conversion.message_id, delivery_key=conversion.key,
-        transaction_id=conversion.transaction_id, **more,
+        stream=conversion.stream,
+        event=conversion.event,
+        reason=reason,
+        message_id=conversion.message_id,
+        delivery_key=conversion.key,
+        transaction_id=conversion.transaction_id,
+        **more,
     )

@@ -40,7 +40,14 @@ BODY_LIMIT = 64 * 1024
 """At most this much of an answer is read (after decompression): Everflow's are ~100 bytes."""
 
 __all__ = [
-    "REDACTED", "Answer", "PostbackClient", "Reply", "Verdict", "classify", "encode_query", "excerpt",
+    "REDACTED",
+    "Answer",
+    "PostbackClient",
+    "Reply",
+    "Verdict",
+    "classify",
+    "encode_query",
+    "excerpt",
     "retry_after_seconds",
 ]
 
@@ -162,16 +169,26 @@ class PostbackClient:
             reply = self._http.request("GET", target)
         except Abandoned as exc:
             return Answer(
-                Verdict.TRANSIENT, None, "abandoned: the run is stopping", unanswered=exc.sent, abandoned=True
+                Verdict.TRANSIENT,
+                None,
+                "abandoned: the run is stopping",
+                unanswered=exc.sent,
+                abandoned=True,
             )
         except TlsFailed as exc:
-            return self._failed(Verdict.SYSTEMIC, f"TLS error talking to the postback host: {exc.why}")
+            return self._failed(
+                Verdict.SYSTEMIC, f"TLS error talking to the postback host: {exc.why}"
+            )
         except ConnectFailed as exc:
             return self._failed(Verdict.TRANSIENT, f"connection failed: {exc.why}")
         except DeadlineExceeded as exc:
-            return Answer(Verdict.TRANSIENT, None, f"no answer within {self.timeout:g} s", unanswered=exc.sent)
+            return Answer(
+                Verdict.TRANSIENT, None, f"no answer within {self.timeout:g} s", unanswered=exc.sent
+            )
         except TransportError as exc:
-            return self._failed(Verdict.TRANSIENT, f"connection failed: {exc.why}", unanswered=exc.sent)
+            return self._failed(
+                Verdict.TRANSIENT, f"connection failed: {exc.why}", unanswered=exc.sent
+            )
         return classify(reply, self._secrets)
 
     def _failed(self, verdict: Verdict, detail: str, *, unanswered: bool = False) -> Answer:
@@ -197,16 +214,25 @@ def classify(response: Reply | t.Any, secrets: t.Sequence[str] = ()) -> Answer:
         return f"HTTP {status}" + (f": {excerpt(body)}" if body else "")
 
     if status == 204:
-        return Answer(Verdict.REJECTED, status, "HTTP 204 (no content): Everflow did not record the conversion")
+        return Answer(
+            Verdict.REJECTED,
+            status,
+            "HTTP 204 (no content): Everflow did not record the conversion",
+        )
     if 200 <= status < 300:
         body = response.text[:2000] if response.content else ""
         error = _error_member(body, response.headers.get("Content-Type", ""))
         if error is not None:
-            return Answer(Verdict.REJECTED, status, f"HTTP {status} with error: {excerpt(hide(error))}")
+            return Answer(
+                Verdict.REJECTED, status, f"HTTP {status} with error: {excerpt(hide(error))}"
+            )
         return Answer(Verdict.ACCEPTED, status, f"HTTP {status}")
     if status == 429 or status >= 500:
         return Answer(
-            Verdict.TRANSIENT, status, shown(), retry_after_seconds(response.headers.get("Retry-After"))
+            Verdict.TRANSIENT,
+            status,
+            shown(),
+            retry_after_seconds(response.headers.get("Retry-After")),
         )
     if status in (401, 403):
         return Answer(

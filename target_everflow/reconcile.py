@@ -20,7 +20,6 @@ import click
 from target_everflow.errors import TargetEverflowError, Terminated
 from target_everflow.reconciler import reconcile
 
-
 _SIGNALLED: list[int] = []
 
 

@@ -158,8 +158,15 @@ class ReconcileStore:
                     f" RETURNING {_DUE_COLUMNS}"
                 ),
                 (
-                    self.owner, now + self.lease, due_before, due_before, self.run_started,
-                    now, exclude_owner or "", int(limit), now,
+                    self.owner,
+                    now + self.lease,
+                    due_before,
+                    due_before,
+                    self.run_started,
+                    now,
+                    exclude_owner or "",
+                    int(limit),
+                    now,
                 ),
             )
             keys = [DueKey.from_row(r) for r in cur.fetchall()]

@@ -38,8 +38,9 @@ or not-found conversion, else 0.
 from __future__ import annotations
 
 import collections
-import json
 import datetime as dt
+import functools
+import json
 import logging
 import os
 import tempfile
@@ -47,7 +48,6 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 from target_everflow.delivery import RateLimiter
 from target_everflow.errors import (
@@ -71,7 +71,6 @@ from target_everflow.everflow_api import (
     api_client,
 )
 from target_everflow.ledger import Ledger, LedgerError, open_ledger
-from target_everflow.transport import HttpClient
 from target_everflow.reconcile_store import (
     CONFIRMED,
     NOT_FOUND,
@@ -82,6 +81,7 @@ from target_everflow.reconcile_store import (
     ReconcileStore,
     Verdict,
 )
+from target_everflow.transport import HttpClient
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
@@ -143,16 +143,25 @@ class ReportingClient:
             key = _api_key(config)
             host = _check_api_url(settings.api_url)
         except PreflightError as exc:
-            raise _failure(str(exc).replace("the Everflow API check", "reconcile"), EXIT_CONFIG) from None
+            raise _failure(
+                str(exc).replace("the Everflow API check", "reconcile"), EXIT_CONFIG
+            ) from None
         self.settings = settings
         self._own_client = client is None
         self.http = client or api_client(
             settings.api_url, settings.request_timeout, body_limit=REPORT_BODY_LIMIT
         )
         self.api = _Api(
-            settings.api_url, host, key, settings.request_timeout, self.http, sleep,
-            logger or _LOG, limiter=limiter or RateLimiter(settings.api_requests_per_second),
-            hint=HINT, purpose="the request",
+            settings.api_url,
+            host,
+            key,
+            settings.request_timeout,
+            self.http,
+            sleep,
+            logger or _LOG,
+            limiter=limiter or RateLimiter(settings.api_requests_per_second),
+            hint=HINT,
+            purpose="the request",
         )
         self.api.user_agent = USER_AGENT
         self._key = key
@@ -190,7 +199,7 @@ class ReportingClient:
         end: float,
         transaction_ids: t.Sequence[str] | None,
         before_page: t.Callable[[], t.Any] | None = None,
-    ) -> list[dict[str, t.Any]]:
+    ) -> list[t.Mapping[str, t.Any]]:
         """Every row (conversions and events) between ``start`` and ``end`` (epoch seconds,
         sent in UTC), of these transaction ids (``None``: every row of the window).
         ``before_page`` runs before each page is asked (the claims' lease is renewed)."""
@@ -209,13 +218,17 @@ class ReportingClient:
                 "search_terms": [],
             },
         }
-        rows: list[dict[str, t.Any]] = []
+        rows: list[t.Mapping[str, t.Any]] = []
         for page in range(1, MAX_PAGES + 1):
             if before_page is not None:
                 before_page()
-            answer = self._call(
-                lambda page=page: self.api.request(
-                    "POST", REPORT_PATH, params=[("page", page), ("page_size", PAGE_SIZE)], body=body
+            answer: t.Any = self._call(
+                functools.partial(
+                    self.api.request,
+                    "POST",
+                    REPORT_PATH,
+                    params=[("page", page), ("page_size", PAGE_SIZE)],
+                    body=body,
                 )
             )
             items = answer.get("conversions") if isinstance(answer, t.Mapping) else None
@@ -295,7 +308,8 @@ def match(
     # Keys with an order id first: their rows are the surest.
     for key in sorted(keys, key=lambda k: (not k.order_id, k.earliest, k.key)):
         candidates = [
-            r for r in by_tid.get(key.transaction_id.strip(), ())
+            r
+            for r in by_tid.get(key.transaction_id.strip(), ())
             if id(r) not in used and _fits(key, r, names)
         ]
         if not candidates:
@@ -303,7 +317,9 @@ def match(
         moment = key.event_time if key.event_time is not None else key.sent_at
 
         def rank(row: t.Mapping[str, t.Any], key: DueKey = key, moment: float = moment) -> tuple:
-            exact = bool(key.order_id) and _text(row.get("order_id")) == key.order_id.strip()
+            exact = (
+                bool(key.order_id) and _text(row.get("order_id")) == (key.order_id or "").strip()
+            )
             when = _row_time(row)
             return (not exact, abs(when - moment) if when is not None else float("inf"))
 
@@ -377,7 +393,8 @@ class ReconcileResult:
         for event, tallies in sorted(self.by_event.items()):
             row: dict[str, t.Any] = {
                 kind: {"count": tallies[kind].count, "amount": round(tallies[kind].amount, 2)}
-                for kind in (CONFIRMED, PENDING, REJECTED, NOT_FOUND, "missing") if kind in tallies
+                for kind in (CONFIRMED, PENDING, REJECTED, NOT_FOUND, "missing")
+                if kind in tallies
             }
             codes = self.rejected_codes.get(event)
             if codes:
@@ -407,7 +424,8 @@ class ReconcileResult:
         else:
             out = [f"{head}:"]
         for event, tallies in sorted(self.by_event.items()):
-            def part(kind: str, label: str) -> str:
+
+            def part(kind: str, label: str, tallies: dict[str, _Tally] = tallies) -> str:
                 tally = tallies.get(kind, _Tally())
                 money = f" (amount {tally.amount:.2f})" if tally.count and tally.amount else ""
                 return f"{tally.count} {label}{money}"
@@ -417,10 +435,13 @@ class ReconcileResult:
                 f"{part(REJECTED, 'rejected')}, {part(NOT_FOUND, 'not found')}"
             )
             if "missing" in tallies:
-                line += f", {tallies['missing'].count} not in the report yet (asked again next time)"
+                line += (
+                    f", {tallies['missing'].count} not in the report yet (asked again next time)"
+                )
             out.append(line)
             for code, tally in sorted(
-                self.rejected_codes.get(event, {}).items(), key=lambda kv: (kv[0] is None, kv[0] or 0)
+                self.rejected_codes.get(event, {}).items(),
+                key=lambda kv: (kv[0] is None, kv[0] or 0),
             ):
                 what = f"error {code}" + (f" ({ERROR_NAMES[code]})" if code in ERROR_NAMES else "")
                 if code is None:
@@ -483,7 +504,7 @@ class Reconciler:
                     last_day = _day(due[-1].earliest)
                     whole = [k for k in due if _day(k.earliest) < last_day]
                     if whole:
-                        self.store.give_back([k.key for k in due[len(whole):]])
+                        self.store.give_back([k.key for k in due[len(whole) :]])
                         due = whole
                 self._check(due, now, result)
         finally:
@@ -547,7 +568,7 @@ class Reconciler:
         for i in range(0, len(tids), TRANSACTION_IDS_PER_REQUEST):
             yield [k for tid in tids[i : i + TRANSACTION_IDS_PER_REQUEST] for k in by_tid[tid]]
 
-    def _rows(self, start: float, end: float, batch: list[DueKey]) -> list[dict[str, t.Any]]:
+    def _rows(self, start: float, end: float, batch: list[DueKey]) -> list[t.Mapping[str, t.Any]]:
         renew = self.store.renew
         if self.by_window:
             return self.client.conversions(start, end, None, renew)
@@ -559,7 +580,8 @@ class Reconciler:
                 raise
             self.logger.warning(
                 "Everflow refused the transaction id filter (%s); querying whole days instead "
-                "for the rest of this run.", exc,
+                "for the rest of this run.",
+                exc,
             )
             self.by_window = True
             return self.client.conversions(start, end, None, renew)
@@ -630,7 +652,9 @@ def reconcile_after_run(settings: Settings, ledger: Ledger | None, logger: loggi
         reconciler = Reconciler(settings, ledger, logger=logger, exclude_owner=ledger.owner)
         result = reconciler.run()
     except ReconcileError as exc:
-        logger.warning("Reconcile after the run did not finish (the delivery is not affected): %s", exc)
+        logger.warning(
+            "Reconcile after the run did not finish (the delivery is not affected): %s", exc
+        )
         return EXIT_OK
     for line in result.lines():
         logger.info("%s", line)
@@ -656,8 +680,11 @@ def reconcile(settings: Settings, logger: logging.Logger, echo: t.Callable[[str]
         )
     try:
         ledger = open_ledger(
-            settings.ledger_url, default_dir=settings.state_dir, lease_seconds=60.0,
-            retention_days=settings.ledger_retention_days, logger=logger,
+            settings.ledger_url,
+            default_dir=settings.state_dir,
+            lease_seconds=60.0,
+            retention_days=settings.ledger_retention_days,
+            logger=logger,
         )
     except LedgerError as exc:
         raise _failure(str(exc), EXIT_LEDGER) from None

@@ -60,15 +60,22 @@ class SegmentPath:
     flattened at that point stores it under.
     """
 
-    __slots__ = ("path", "segments", "keys", "probes", "unprefixed", "full", "top", "unprefixed_name")
+    __slots__ = (
+        "path",
+        "segments",
+        "keys",
+        "probes",
+        "unprefixed",
+        "full",
+        "top",
+        "unprefixed_name",
+    )
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.segments = tuple(fold(part) for part in path.split("."))
         n = len(self.segments)
-        self.keys = [
-            ["".join(self.segments[i:j]) for j in range(n + 1)] for i in range(n + 1)
-        ]
+        self.keys = [["".join(self.segments[i:j]) for j in range(n + 1)] for i in range(n + 1)]
         # What _resolve tries from segment i on: (j, keys[i][j]), longest flattened name first.
         self.probes = [tuple((j, self.keys[i][j]) for j in range(n, i, -1)) for i in range(n + 1)]
         # Warehouses store properties un-prefixed: properties.orderId lands in order_id.
@@ -244,7 +251,6 @@ class SegmentObject:
             if found is not MISSING:
                 return found
         return MISSING
-
 
 
 _TYPE = compile_path("type")

@@ -31,17 +31,36 @@ def write_atomically(path: Path, text: str) -> None:
 
 @click.command("report")
 @config_option
-@click.option("--output", "-o", "output", default="everflow_report.html", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The HTML file to write.")
-@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3660),
-              help="UTC days shown, ending today.")
-@click.option("--runs", default=20, show_default=True, type=click.IntRange(1, 1000),
-              help="Runs listed in the run table, latest first.")
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    default="everflow_report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write.",
+)
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 3660),
+    help="UTC days shown, ending today.",
+)
+@click.option(
+    "--runs",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Runs listed in the run table, latest first.",
+)
 def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) -> None:
     """Write an HTML report of delivered, dead-lettered and in-doubt conversions per day and event."""
     settings = load_target(config).settings
     try:
-        report = build_report(settings.ledger_url, default_dir=settings.state_dir, days=days, runs=runs)
+        report = build_report(
+            settings.ledger_url, default_dir=settings.state_dir, days=days, runs=runs
+        )
     except LedgerError as exc:
         from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - the run's exit code 4
 

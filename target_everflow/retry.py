@@ -85,13 +85,21 @@ class RetryPolicy:
 
 
 API_RETRY = RetryPolicy(
-    max_retries=3, backoff_base=1.0, backoff_max=8.0, retry_after_max=60.0, jitter=0.5,
+    max_retries=3,
+    backoff_base=1.0,
+    backoff_max=8.0,
+    retry_after_max=60.0,
+    jitter=0.5,
     retry_after_exact=True,
 )
 """The Everflow REST API's calls (the pre-flight check, reconcile)."""
 
 LEDGER_RETRY = RetryPolicy(
-    max_retries=6, backoff_base=0.02, backoff_max=0.12, retry_after_max=0.0, jitter=0.75,
+    max_retries=6,
+    backoff_base=0.02,
+    backoff_max=0.12,
+    retry_after_max=0.0,
+    jitter=0.75,
     exponential=False,
 )
 """A ledger transaction rolled back by a deadlock or a serialisation failure."""

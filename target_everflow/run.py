@@ -20,7 +20,7 @@ from pathlib import Path
 from target_everflow.accounting import DeadLetters, RunSummary, check_output, dumps, shown
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
-from target_everflow.ledger import Ledger, LedgerError, _SQLLedger, open_ledger
+from target_everflow.ledger import Ledger, LedgerError, SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.postback import PostbackClient
@@ -60,7 +60,7 @@ class Run:
         self.dead_letters = DeadLetters(settings.dead_letter_path, schemas)
         self.ledger: Ledger | None = None
         self.history: RunHistory | None = None
-        self.engine: DeliveryEngine | None = None  # type: ignore[assignment]
+        self.engine: DeliveryEngine | None = None
         self.opened = False
         self._active_batches = 0
         self._lock = threading.Lock()
@@ -92,17 +92,23 @@ class Run:
                 # Dry run never touches the real ledger: a scratch one dedupes within the run.
                 self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
                 self.ledger = open_ledger(
-                    None, default_dir=Path(self._scratch_dir), lease_seconds=lease,
-                    retention_days=s.ledger_retention_days, timeout=s.ledger_timeout,
+                    None,
+                    default_dir=Path(self._scratch_dir),
+                    lease_seconds=lease,
+                    retention_days=s.ledger_retention_days,
+                    timeout=s.ledger_timeout,
                     logger=self.logger,
                 )
             else:
                 self.ledger = open_ledger(
-                    s.ledger_url, default_dir=s.state_dir, lease_seconds=lease,
-                    retention_days=s.ledger_retention_days, timeout=s.ledger_timeout,
+                    s.ledger_url,
+                    default_dir=s.state_dir,
+                    lease_seconds=lease,
+                    retention_days=s.ledger_retention_days,
+                    timeout=s.ledger_timeout,
                     logger=self.logger,
                 )
-                if isinstance(self.ledger, _SQLLedger):  # (ledger_url none keeps no history)
+                if isinstance(self.ledger, SQLLedger):  # (ledger_url none keeps no history)
                     self.history = RunHistory.begin(self.ledger, s.ledger_retention_days)
         except LedgerError as exc:
             raise LedgerUnavailable(str(exc)) from None
@@ -129,19 +135,22 @@ class Run:
         )
         self.logger.info(
             "target-everflow: %s, ledger %s, dead letters in %s",
-            f"dry run, planned postbacks go to {s.dry_run_output}" if s.dry_run
+            f"dry run, planned postbacks go to {s.dry_run_output}"
+            if s.dry_run
             else f"sending to {_host(s.postback_url)} with up to {s.max_concurrency} requests in flight",
             "scratch (dry run)" if s.dry_run else self.ledger.description,
             s.dead_letter_path,
         )
         if s.progress_interval > 0:
-            self._progress = threading.Thread(target=self._report_progress, name="progress", daemon=True)
+            self._progress = threading.Thread(
+                target=self._report_progress, name="progress", daemon=True
+            )
             self._progress.start()
         self.opened = True
 
     def check_api(self) -> list[str]:
         """The Everflow API check; returns the lines saying what was verified."""
-        from target_everflow.everflow_api import PreflightError, run_preflight  # noqa: PLC0415
+        from target_everflow.everflow_api import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
 
         try:
             report = run_preflight(self.settings_mapping(), logger=self.logger)
@@ -197,14 +206,19 @@ class Run:
         if seen < DROPPED_WARNINGS_PER_FIELD:
             self.logger.warning(
                 "Left out optional field %s of a record of stream %s (message id %s, event %r): %s",
-                param, shown(stream), shown(conversion.message_id or conversion.key),
-                conversion.event, why,
+                param,
+                shown(stream),
+                shown(conversion.message_id or conversion.key),
+                conversion.event,
+                why,
                 extra=conversion_fields(conversion, "dropped_field", field=param),
             )
             if seen + 1 == DROPPED_WARNINGS_PER_FIELD:
                 self.logger.warning(
                     "Further dropped %s fields on stream %s are counted in the run summary only.",
-                    param, shown(stream), extra=log_fields(stream=stream, reason="dropped_field", field=param),
+                    param,
+                    shown(stream),
+                    extra=log_fields(stream=stream, reason="dropped_field", field=param),
                 )
 
     def _report_progress(self) -> None:
@@ -218,10 +232,13 @@ class Run:
             self.logger.info(
                 "Progress: %d records read, %d %s, %d skipped, %d dead-lettered, %d in flight, "
                 "%.1f requests/s",
-                self.summary.records_read, totals[DELIVERED],
+                self.summary.records_read,
+                totals[DELIVERED],
                 "planned" if self.settings.dry_run else "delivered",
-                totals[SKIPPED], totals[DEAD_LETTER],
-                self.engine.in_flight if self.engine else 0, rate,
+                totals[SKIPPED],
+                totals[DEAD_LETTER],
+                self.engine.in_flight if self.engine else 0,
+                rate,
             )
             self.metrics.emit()
 
@@ -257,7 +274,7 @@ class Run:
                 self.ledger.close()
             except Exception as exc:  # noqa: BLE001 - reported like the others
                 errors.append(str(exc))
-        self.engine = None  # type: ignore[assignment]
+        self.engine = None
         self.ledger = None
         if self._scratch_dir:
             shutil.rmtree(self._scratch_dir, ignore_errors=True)
@@ -270,7 +287,8 @@ class Run:
         if self.dead_letters.count:
             self.logger.info(
                 "%d records were kept in %s (replay: see README, 'Dead letters')",
-                self.dead_letters.count, self.settings.dead_letter_path,
+                self.dead_letters.count,
+                self.settings.dead_letter_path,
             )
         # After the last STATE nothing can fail the run: a summary file that cannot be written
         # (checked at start-up; a disk that filled since) or a close that fails is a warning.
@@ -291,6 +309,6 @@ class Run:
 
 
 def _host(url: str | None) -> str:
-    from urllib.parse import urlsplit  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415 - one use
 
     return urlsplit(url or "").netloc or "?"

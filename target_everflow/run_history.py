@@ -22,11 +22,25 @@ if t.TYPE_CHECKING:
     from target_everflow.ledger import SQLLedger
 
 COUNTS = (
-    "records_read", "delivered", "skipped", "dead_lettered", "in_doubt", "requests", "retries",
+    "records_read",
+    "delivered",
+    "skipped",
+    "dead_lettered",
+    "in_doubt",
+    "requests",
+    "retries",
     "http_429",
 )
 COLUMNS = (
-    "run_id", "started_at", "ended_at", "host", "pid", "version", "exit_code", *COUNTS, "summary",
+    "run_id",
+    "started_at",
+    "ended_at",
+    "host",
+    "pid",
+    "version",
+    "exit_code",
+    *COUNTS,
+    "summary",
 )
 DEFAULT_LAST = 20
 
@@ -114,8 +128,13 @@ class RunHistory:
                     + ", ".join(f"{name} = ?" for name in COUNTS)
                     + ", summary = ? WHERE run_id = ?"
                 ),
-                (ledger.now(cur), exit_code, *(values[n] for n in COUNTS), dumps(summary),
-                 self.run_id),
+                (
+                    ledger.now(cur),
+                    exit_code,
+                    *(values[n] for n in COUNTS),
+                    dumps(summary),
+                    self.run_id,
+                ),
             )
 
         ledger.transaction(tx, "record the run's end in the run history")

@@ -38,9 +38,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "type": ["integer", "null"],
             "minimum": 1,
             "title": "Network ID",
-            "description": (
-                "Everflow network id, sent as `nid`. Required unless dry_run."
-            ),
+            "description": ("Everflow network id, sent as `nid`. Required unless dry_run."),
         },
         "advertiser_id": {
             "type": ["integer", "null"],
@@ -183,9 +181,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "type": ["boolean", "null"],
             "title": "Dry run",
             "default": False,
-            "description": (
-                "Send nothing: write each planned postback to dry_run_output instead."
-            ),
+            "description": ("Send nothing: write each planned postback to dry_run_output instead."),
         },
         "dry_run_output": {
             "type": ["string", "null"],
@@ -212,9 +208,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "minimum": 0,
             "title": "Progress interval",
             "default": 10,
-            "description": (
-                "Seconds between progress log lines on long runs (0 turns them off)."
-            ),
+            "description": ("Seconds between progress log lines on long runs (0 turns them off)."),
         },
         "max_concurrency": {
             "type": ["integer", "null"],
@@ -222,9 +216,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "maximum": 512,
             "title": "Max concurrency",
             "default": 16,
-            "description": (
-                "Postbacks in flight at once (one pooled keep-alive session)."
-            ),
+            "description": ("Postbacks in flight at once (one pooled keep-alive session)."),
         },
         "max_requests_per_second": {
             "type": ["number", "null"],
@@ -555,7 +547,9 @@ class Settings:
             raise ConfigError(
                 "reconcile", "is true but ledger_url is none: nothing records what was delivered"
             )
-        dead_letter_path = Path(config.get("dead_letter_path") or schema_default("dead_letter_path"))
+        dead_letter_path = Path(
+            config.get("dead_letter_path") or schema_default("dead_letter_path")
+        )
         report_path = config.get("reconcile_report_path")
 
         summary_path = config.get("summary_path")
@@ -593,7 +587,8 @@ class Settings:
             ),
             api_requests_per_second=float(_setting(config, "api_requests_per_second")),
             reconcile_report_path=(
-                Path(report_path) if report_path
+                Path(report_path)
+                if report_path
                 else dead_letter_path.parent / "reconcile_report.json"
             ),
             max_dead_letter_ratio=float(

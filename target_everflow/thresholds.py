@@ -37,7 +37,9 @@ def passed(settings: Settings, delivered: int, dead_letters: int) -> list[str]:
     return out
 
 
-def verdict(settings: Settings, delivered: int, dead_letters: int, code: int) -> tuple[int, str | None]:
+def verdict(
+    settings: Settings, delivered: int, dead_letters: int, code: int
+) -> tuple[int, str | None]:
     """The run's exit code after the thresholds, and the line saying so (None: none passed)."""
     breaches = passed(settings, delivered, dead_letters)
     if not breaches:

@@ -83,7 +83,11 @@ class Reply:
     __slots__ = ("status_code", "headers", "content", "truncated")
 
     def __init__(
-        self, status_code: int, headers: t.Mapping[str, str], content: bytes, truncated: bool = False
+        self,
+        status_code: int,
+        headers: t.Mapping[str, str],
+        content: bytes,
+        truncated: bool = False,
     ) -> None:
         self.status_code = status_code
         self.headers = headers
@@ -95,7 +99,9 @@ class Reply:
         """The body as text: the charset the answer names, else what ``requests`` would assume
         (ISO-8859-1 for text/*, else UTF-8), undecodable bytes replaced."""
         content_type, params = _parse_content_type(self.headers.get("Content-Type", ""))
-        encoding = params.get("charset") or ("ISO-8859-1" if content_type.startswith("text/") else "utf-8")
+        encoding = params.get("charset") or (
+            "ISO-8859-1" if content_type.startswith("text/") else "utf-8"
+        )
         try:
             return str(self.content, encoding, errors="replace")
         except LookupError:
@@ -175,7 +181,9 @@ class HttpClient:
                     ca_certs=certifi.where(),
                 )
             else:
-                conn = urllib3.connection.HTTPConnection(self._host, self._port, timeout=self.timeout)
+                conn = urllib3.connection.HTTPConnection(
+                    self._host, self._port, timeout=self.timeout
+                )
             self._local.conn = conn
             with self._lock:
                 self._open.add(conn)
@@ -261,7 +269,9 @@ class HttpClient:
     def _failure(self, exc: BaseException, call: _Call, sent: bool) -> TransportError | None:
         """The ``TransportError`` for what went wrong; None for what is not ours to translate
         (a signal handler's exception, a bug)."""
-        if not isinstance(exc, exceptions.HTTPError | http.client.HTTPException | OSError | ValueError):
+        if not isinstance(
+            exc, exceptions.HTTPError | http.client.HTTPException | OSError | ValueError
+        ):
             return None
         if call.cut == "closed":
             return Abandoned("abandoned: the client was closed", sent=sent)
@@ -285,7 +295,9 @@ class HttpClient:
                 raise Abandoned("abandoned: the client was closed", sent=False)
             self._calls.add(call)
             if self._watchdog is None:
-                self._watchdog = threading.Thread(target=self._watch, name="http-watchdog", daemon=True)
+                self._watchdog = threading.Thread(
+                    target=self._watch, name="http-watchdog", daemon=True
+                )
                 self._watchdog.start()
 
     def _end(self, call: _Call) -> None:
@@ -329,7 +341,7 @@ class HttpClient:
         for conn in idle:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001, S110
+            except Exception:  # noqa: BLE001, S110 - best effort while closing
                 pass
 
 
@@ -343,7 +355,7 @@ def _set_timeout(sock: t.Any, seconds: float) -> None:
 def _close_quietly(response: t.Any) -> None:
     try:
         response.close()
-    except Exception:  # noqa: BLE001, S110
+    except Exception:  # noqa: BLE001, S110 - best effort while closing
         pass
 
 
@@ -366,7 +378,7 @@ def _why(exc: BaseException) -> str:
     """A transport error's gist, without the URL (which carries the token)."""
     root: BaseException = exc
     while root.__cause__ is not None or root.__context__ is not None:
-        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]  # a cause is an exception too
     text = type(root).__name__
     reason = getattr(root, "reason", None) or (root.args[0] if root.args else "")
     if isinstance(reason, str) and "?" not in reason:

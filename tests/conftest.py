@@ -27,7 +27,9 @@ def postgres_url() -> str:
     """The test PostgreSQL server, or skip with the reason (a laptop may have none)."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server for this test (.ci/run sets it)")
+        pytest.skip(
+            f"{POSTGRES_ENV} is not set: no PostgreSQL server for this test (.ci/run sets it)"
+        )
     return url
 
 
@@ -79,12 +81,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def singer_lines(stream: str, records: t.Iterable[dict], *, schema: dict | None = None,
-                 state: dict | None = None, key_properties: list[str] | None = None) -> list[str]:
+def singer_lines(
+    stream: str,
+    records: t.Iterable[dict],
+    *,
+    schema: dict | None = None,
+    state: dict | None = None,
+    key_properties: list[str] | None = None,
+) -> list[str]:
     """A Singer stream: SCHEMA, the RECORDs, optionally a final STATE."""
-    lines = [json.dumps({"type": "SCHEMA", "stream": stream,
-                         "schema": schema or {"type": "object", "properties": {}, "additionalProperties": True},
-                         "key_properties": key_properties or []})]
+    lines = [
+        json.dumps(
+            {
+                "type": "SCHEMA",
+                "stream": stream,
+                "schema": schema
+                or {"type": "object", "properties": {}, "additionalProperties": True},
+                "key_properties": key_properties or [],
+            }
+        )
+    ]
     lines += [json.dumps({"type": "RECORD", "stream": stream, "record": r}) for r in records]
     if state is not None:
         lines.append(json.dumps({"type": "STATE", "value": state}))
@@ -98,7 +114,9 @@ class RunResult(t.NamedTuple):
 
     @property
     def states(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip().startswith("{")]
+        return [
+            json.loads(line) for line in self.stdout.splitlines() if line.strip().startswith("{")
+        ]
 
 
 DEAD_LETTERS_ON_PURPOSE = {"max_dead_letter_ratio": 1}
@@ -125,15 +143,25 @@ def base_config(tmp_path: Path) -> dict:
     return {**config_under(tmp_path), "request_timeout": 5}
 
 
-def run_target(config: dict, lines: list[str], tmp_path: Path, *, timeout: float = 120,
-               env: dict | None = None, args: t.Sequence[str] = ()) -> RunResult:
+def run_target(
+    config: dict,
+    lines: list[str],
+    tmp_path: Path,
+    *,
+    timeout: float = 120,
+    env: dict | None = None,
+    args: t.Sequence[str] = (),
+) -> RunResult:
     """Run the installed CLI in a subprocess, as a pipeline would; return exit code and output."""
     config_path = tmp_path / f"config-{os.getpid()}-{len(os.listdir(tmp_path))}.json"
     config_path.write_text(json.dumps(config))
     proc = subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(config_path), *args],
         input="\n".join(lines) + ("\n" if lines else ""),
-        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
         env={**os.environ, **(env or {})},
     )
     return RunResult(proc.returncode, proc.stdout, proc.stderr)
@@ -160,7 +188,9 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     # split on "\n" only: str.splitlines() also splits inside a JSON string at U+2028 and the like
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
+    ]
 
 
 def dead_letter_records(path: Path) -> list[dict]:
@@ -168,7 +198,9 @@ def dead_letter_records(path: Path) -> list[dict]:
     return [line for line in read_jsonl(path) if line.get("type") == "RECORD"]
 
 
-def track(i: int, *, event: str = "Order Completed", tid: str | None = "auto", **properties: t.Any) -> dict:
+def track(
+    i: int, *, event: str = "Order Completed", tid: str | None = "auto", **properties: t.Any
+) -> dict:
     """A raw Segment track event, message id ``msg-<i>``, transaction id ``tx-<i>`` by default."""
     context: dict[str, t.Any] = {"ip": "203.0.113.7", "userAgent": "Mozilla/5.0 test"}
     if tid is not None:

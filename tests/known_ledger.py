@@ -43,8 +43,16 @@ def day_name(days_ago: int, now: float) -> str:
 
 
 def _summary(streams: dict) -> str:
-    return json.dumps({"dry_run": False, "records_read": 10, "delivered": 0, "skipped": {},
-                       "dead_lettered": {}, "streams": streams})
+    return json.dumps(
+        {
+            "dry_run": False,
+            "records_read": 10,
+            "delivered": 0,
+            "skipped": {},
+            "dead_lettered": {},
+            "streams": streams,
+        }
+    )
 
 
 def rows(now: float) -> tuple[list[tuple], list[tuple]]:
@@ -54,12 +62,31 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
     live_owner = "live-host:2:live"
     ledger = []
 
-    def row(key, status, event, amount=None, recon=None, *, at, sent=True, owner="run-a", lease=None):
-        ledger.append((
-            key, status, owner, "", lease, 200 if status == "delivered" else None, at, at,
-            "orders", event, f"tx-{key}", f"msg-{key}", 0, f"o-{key}", amount, at - 60,
-            at if sent and status == "delivered" else None, recon,
-        ))
+    def row(
+        key, status, event, amount=None, recon=None, *, at, sent=True, owner="run-a", lease=None
+    ):
+        ledger.append(
+            (
+                key,
+                status,
+                owner,
+                "",
+                lease,
+                200 if status == "delivered" else None,
+                at,
+                at,
+                "orders",
+                event,
+                f"tx-{key}",
+                f"msg-{key}",
+                0,
+                f"o-{key}",
+                amount,
+                at - 60,
+                at if sent and status == "delivered" else None,
+                recon,
+            )
+        )
 
     row("a1", "delivered", "Order Completed", 10.5, "confirmed", at=a)
     row("a2", "delivered", "Order Completed", 20.0, "confirmed", at=a + 10)
@@ -67,38 +94,134 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
     row("a4", "delivered", "Subscription Started", None, None, at=a + 30)
     row("b1", "delivered", "Order Completed", 5.0, "not_found", at=b)
     row("b2", "delivered", "Order Completed", 7.0, "pending", at=b + 10)
-    row("b3", "in_doubt", "Order Completed", 9.0, None, at=b + 20)                    # held
-    row("b4", "sending", "Order Completed", 9.0, None, at=b + 30, owner=dead_owner,
-        lease=b + 90)                                                                  # died sending
-    row("b5", "pending", "Order Completed", 9.0, None, at=b + 40, owner=live_owner,
-        lease=now + 3600)                                                              # being sent
-    row("b6", "sending", "Order Completed", 9.0, None, at=b + 50, owner=live_owner,
-        lease=now + 3600)                                                              # being sent
+    row("b3", "in_doubt", "Order Completed", 9.0, None, at=b + 20)  # held
+    row(
+        "b4", "sending", "Order Completed", 9.0, None, at=b + 30, owner=dead_owner, lease=b + 90
+    )  # died sending
+    row(
+        "b5", "pending", "Order Completed", 9.0, None, at=b + 40, owner=live_owner, lease=now + 3600
+    )  # being sent
+    row(
+        "b6", "sending", "Order Completed", 9.0, None, at=b + 50, owner=live_owner, lease=now + 3600
+    )  # being sent
     row("c1", "delivered", XSS_EVENT, 1.25, "confirmed", at=c)
     row("old", "delivered", "Order Completed", 999.0, "confirmed", at=day_start(100, now))
 
     runs = [
-        ("run-a", a - 100, a + 200, "host-1", 101, "0.1.0", 0, 12, 4, 2, 4, 0, 7, 1, 0, _summary({
-            "orders": {"Order Completed": {"delivered": 3, "skipped": {}, "dead_letter": {
-                "rejected": 2, "missing_required_field": 1}, "dropped_fields": {}}},
-            "tracks": {"Order Completed": {"delivered": 0, "skipped": {"duplicate": 3},
-                                           "dead_letter": {"rejected": 1}, "dropped_fields": {}}},
-        })),
-        ("run-b", b - 100, b + 300, XSS_HOST, 102, "0.1.0", 3, 9, 2, 0, 1, 1, 5, 2, 1, _summary({
-            "orders": {"Subscription Started": {"delivered": 0, "skipped": {},
-                                                "dead_letter": {"http_400": 1}, "dropped_fields": {}}},
-        })),
-        ("run-c", c - 100, None, "host-1", 103, "0.2.0", None, None, None, None, None, None, None,
-         None, None, None),
-        ("run-old", day_start(100, now), day_start(100, now) + 5, "host-1", 99, "0.0.9", 0, 1, 1, 0,
-         0, 0, 1, 0, 0, _summary({"orders": {"Order Completed": {"dead_letter": {"rejected": 50}}}})),
+        (
+            "run-a",
+            a - 100,
+            a + 200,
+            "host-1",
+            101,
+            "0.1.0",
+            0,
+            12,
+            4,
+            2,
+            4,
+            0,
+            7,
+            1,
+            0,
+            _summary(
+                {
+                    "orders": {
+                        "Order Completed": {
+                            "delivered": 3,
+                            "skipped": {},
+                            "dead_letter": {"rejected": 2, "missing_required_field": 1},
+                            "dropped_fields": {},
+                        }
+                    },
+                    "tracks": {
+                        "Order Completed": {
+                            "delivered": 0,
+                            "skipped": {"duplicate": 3},
+                            "dead_letter": {"rejected": 1},
+                            "dropped_fields": {},
+                        }
+                    },
+                }
+            ),
+        ),
+        (
+            "run-b",
+            b - 100,
+            b + 300,
+            XSS_HOST,
+            102,
+            "0.1.0",
+            3,
+            9,
+            2,
+            0,
+            1,
+            1,
+            5,
+            2,
+            1,
+            _summary(
+                {
+                    "orders": {
+                        "Subscription Started": {
+                            "delivered": 0,
+                            "skipped": {},
+                            "dead_letter": {"http_400": 1},
+                            "dropped_fields": {},
+                        }
+                    },
+                }
+            ),
+        ),
+        (
+            "run-c",
+            c - 100,
+            None,
+            "host-1",
+            103,
+            "0.2.0",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+        (
+            "run-old",
+            day_start(100, now),
+            day_start(100, now) + 5,
+            "host-1",
+            99,
+            "0.0.9",
+            0,
+            1,
+            1,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            _summary({"orders": {"Order Completed": {"dead_letter": {"rejected": 50}}}}),
+        ),
     ]
     return ledger, runs
 
 
 EXPECTED_TOTALS = {
-    "total-delivered": 7, "total-amount": 73.75, "total-dead-lettered": 5, "total-in-doubt": 2,
-    "total-confirmed": 3, "total-rejected": 1, "total-not-found": 1,
+    "total-delivered": 7,
+    "total-amount": 73.75,
+    "total-dead-lettered": 5,
+    "total-in-doubt": 2,
+    "total-confirmed": 3,
+    "total-rejected": 1,
+    "total-not-found": 1,
 }
 
 
@@ -106,12 +229,27 @@ def expected_cells(now: float) -> dict[tuple[str, str], dict[str, t.Any]]:
     """(day, event) -> the numbers its table row shows (metrics not listed are 0)."""
     a, b, c = (day_name(n, now) for n in (2, 1, 0))
     return {
-        (a, "Order Completed"): {"delivered": 3, "amount": "60.50", "dead_lettered": 4, "confirmed": 2,
-                                 "rejected": 1, "reasons": {"rejected": 3, "missing_required_field": 1}},
+        (a, "Order Completed"): {
+            "delivered": 3,
+            "amount": "60.50",
+            "dead_lettered": 4,
+            "confirmed": 2,
+            "rejected": 1,
+            "reasons": {"rejected": 3, "missing_required_field": 1},
+        },
         (a, "Subscription Started"): {"delivered": 1, "amount": "0.00", "unchecked": 1},
-        (b, "Order Completed"): {"delivered": 2, "amount": "12.00", "in_doubt": 2, "not_found": 1,
-                                 "pending": 1},
-        (b, "Subscription Started"): {"dead_lettered": 1, "amount": "0.00", "reasons": {"http_400": 1}},
+        (b, "Order Completed"): {
+            "delivered": 2,
+            "amount": "12.00",
+            "in_doubt": 2,
+            "not_found": 1,
+            "pending": 1,
+        },
+        (b, "Subscription Started"): {
+            "dead_lettered": 1,
+            "amount": "0.00",
+            "reasons": {"http_400": 1},
+        },
         (c, XSS_EVENT): {"delivered": 1, "amount": "1.25", "confirmed": 1},
     }
 
@@ -133,15 +271,19 @@ def _statements(table: str, real: str) -> list[str]:
     ]
 
 
-def build_sqlite(path: Path, *, table: str = "everflow_ledger", now: float | None = None) -> KnownLedger:
+def build_sqlite(
+    path: Path, *, table: str = "everflow_ledger", now: float | None = None
+) -> KnownLedger:
     now = time.time() if now is None else now
     ledger_rows, run_rows = rows(now)
     con = sqlite3.connect(path)
     try:
         for stmt in _statements(table, "REAL"):
             con.execute(stmt)
-        con.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * 18)}, NULL, NULL, NULL, NULL, NULL)",
-                        ledger_rows)
+        con.executemany(
+            f"INSERT INTO {table} VALUES ({','.join('?' * 18)}, NULL, NULL, NULL, NULL, NULL)",
+            ledger_rows,
+        )
         con.executemany(f"INSERT INTO {table}_runs VALUES ({','.join('?' * 16)})", run_rows)
         con.commit()
     finally:
@@ -161,8 +303,10 @@ def build_postgres(base_url: str, *, now: float | None = None) -> KnownLedger:
         with con, con.cursor() as cur:
             for stmt in _statements(table, "DOUBLE PRECISION"):
                 cur.execute(stmt)
-            cur.executemany(f"INSERT INTO {table} VALUES ({','.join(['%s'] * 18)}, NULL, NULL, NULL, NULL, NULL)",
-                            ledger_rows)
+            cur.executemany(
+                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 18)}, NULL, NULL, NULL, NULL, NULL)",
+                ledger_rows,
+            )
             cur.executemany(f"INSERT INTO {table}_runs VALUES ({','.join(['%s'] * 16)})", run_rows)
     finally:
         con.close()

@@ -26,8 +26,15 @@ def rows(ledger: Backend) -> dict[str, str]:
     return dict(ledger.sql("SELECT delivery_key, status FROM {t}"))
 
 
-def put(ledger: Backend, key: str, status: str, *, owner: str = "elsewhere:4242:00c0ffee",
-        lease_until: float | None = None, age_days: float = 0.0) -> None:
+def put(
+    ledger: Backend,
+    key: str,
+    status: str,
+    *,
+    owner: str = "elsewhere:4242:00c0ffee",
+    lease_until: float | None = None,
+    age_days: float = 0.0,
+) -> None:
     """A row as another run left it, claimed and last updated ``age_days`` ago."""
     when = time.time() - age_days * 86400
     ledger.sql(
@@ -53,7 +60,11 @@ def cli(config: dict, *args: str, tmp_path: Path, env: dict | None = None) -> Cl
     path.write_text(json.dumps(config))
     proc = subprocess.run(
         [sys.executable, "-m", "target_everflow", *args, "--config", str(path)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**os.environ, **(env or {})},
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

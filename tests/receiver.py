@@ -794,7 +794,9 @@ class FakeReporting:
         page = int(received.query.get("page", "1"))
         size = int(received.query.get("page_size", "50"))
         if not 1 <= size <= self.max_page_size or page < 1:
-            return self._json(400, {"error": f"page_size must be between 1 and {self.max_page_size}"})
+            return self._json(
+                400, {"error": f"page_size must be between 1 and {self.max_page_size}"}
+            )
         groups: dict[str, set[str]] = collections.defaultdict(set)
         for item in (body.get("query") or {}).get("filters") or []:
             kind = item["resource_type"]
@@ -856,9 +858,9 @@ def accepted_by_transaction(path: str | os.PathLike[str]) -> collections.Counter
 class ReceiverProcess:
     """The CLI receiver in a subprocess, for tests that need it outside the test process::
 
-        with ReceiverProcess(latency=0.01, log_path=tmp_path / "rx.jsonl") as rx:
-            run_the_target(postback_url=rx.url)
-        assert rx.accepted_by_transaction() == {...}
+    with ReceiverProcess(latency=0.01, log_path=tmp_path / "rx.jsonl") as rx:
+        run_the_target(postback_url=rx.url)
+    assert rx.accepted_by_transaction() == {...}
     """
 
     def __init__(

@@ -43,8 +43,13 @@ def _sdk_private_names() -> set[str]:
     root = Path(singer_sdk.__file__).parent
     for path in root.rglob("*.py"):  # instance attributes: self._name = ... in the SDK's classes
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _private(node.attr) \
-                    and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and _private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("self", "cls")
+            ):
                 names.add(node.attr)
     return names
 
@@ -60,7 +65,9 @@ def _sdk_imports(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "singer_sdk"]
+            found += [
+                (node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "singer_sdk"
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "singer_sdk":
             found.append((node.lineno, node.module or ""))
     return found
@@ -84,26 +91,43 @@ def _private_uses(tree: ast.AST) -> list[tuple[int, str]]:
             uses.append((node.lineno, node.name))
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
-                targets = item.targets if isinstance(item, ast.Assign) else (
-                    [item.target] if isinstance(item, ast.AnnAssign) else [])
-                uses += [(item.lineno, n.id) for n in targets
-                         if isinstance(n, ast.Name) and n.id in SDK_PRIVATE]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super" \
-                and len(node.args) == 2:
+                targets = (
+                    item.targets
+                    if isinstance(item, ast.Assign)
+                    else ([item.target] if isinstance(item, ast.AnnAssign) else [])
+                )
+                uses += [
+                    (item.lineno, n.id)
+                    for n in targets
+                    if isinstance(n, ast.Name) and n.id in SDK_PRIVATE
+                ]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "super"
+            and len(node.args) == 2
+        ):
             uses.append((node.lineno, "super(Class, cls): skips an SDK method"))
     return uses
 
 
 def test_the_sdk_private_name_set_is_real():
     """(The check below would pass vacuously if this set were empty.)"""
-    assert {"_validate_and_parse", "_process_record_message", "_sinks_active", "_ConfigInput",
-            "_compat", "_key_properties"} <= SDK_PRIVATE
+    assert {
+        "_validate_and_parse",
+        "_process_record_message",
+        "_sinks_active",
+        "_ConfigInput",
+        "_compat",
+        "_key_properties",
+    } <= SDK_PRIVATE
 
 
 def test_singer_sdk_is_imported_only_in_the_adapter():
     outside = {
         f"{path.relative_to(PACKAGE)}:{line}: {module}"
-        for path in _files(PACKAGE) if ADAPTER not in path.parents
+        for path in _files(PACKAGE)
+        if ADAPTER not in path.parents
         for line, module in _sdk_imports(ast.parse(path.read_text(encoding="utf-8")))
     }
     assert outside == set()
@@ -130,8 +154,11 @@ def _own_names(trees: list[ast.AST]) -> set[str]:
 def test_no_sdk_private_name_outside_the_adapter():
     """Outside the adapter no class derives from the SDK's (it is not imported there), so a
     private name is the SDK's when the SDK has it and the core does not define it itself."""
-    core = {path: ast.parse(path.read_text(encoding="utf-8"))
-            for path in _files(PACKAGE) if ADAPTER not in path.parents}
+    core = {
+        path: ast.parse(path.read_text(encoding="utf-8"))
+        for path in _files(PACKAGE)
+        if ADAPTER not in path.parents
+    }
     own = _own_names(list(core.values()))
     outside = {
         f"{path.relative_to(PACKAGE)}:{line}: {name}"

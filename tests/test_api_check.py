@@ -22,8 +22,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import vcr
@@ -154,9 +155,16 @@ class CapturingClient:
         self.http = everflow_api.api_client(API_URL, 30)
         self.sent: list[tuple[str, str, dict[str, str]]] = []
 
-    def request(self, method: str, target: str, headers: dict[str, str] | None = None,
-                body: bytes | None = None) -> Reply:
-        self.sent.append((method, self.http.origin + target, {**self.http.headers, **(headers or {})}))
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Reply:
+        self.sent.append(
+            (method, self.http.origin + target, {**self.http.headers, **(headers or {})})
+        )
         return self.http.request(method, target, headers, body)
 
     def close(self) -> None:
@@ -235,7 +243,9 @@ def assert_sent_key(client: CapturingClient, count: int) -> None:
 
 @needs_account
 def test_success_reports_what_was_verified(client: CapturingClient) -> None:
-    cfg = config(event_mapping={"Order Completed": 0, "Product Purchased": EVENT_ID, "Lead Submitted": 31})
+    cfg = config(
+        event_mapping={"Order Completed": 0, "Product Purchased": EVENT_ID, "Lead Submitted": 31}
+    )
     if LIVE:
         cfg["event_mapping"].pop("Lead Submitted")
     with cassette("success"):
@@ -306,7 +316,9 @@ def test_rejected_key_401(client: CapturingClient) -> None:
     )
 
 
-@pytest.mark.skipif(LIVE and not WRONG_KIND_KEY, reason="recording needs EVERFLOW_WRONG_KIND_API_KEY")
+@pytest.mark.skipif(
+    LIVE and not WRONG_KIND_KEY, reason="recording needs EVERFLOW_WRONG_KIND_API_KEY"
+)
 def test_wrong_kind_of_key_403_out_of_realm(client: CapturingClient) -> None:
     with cassette("out_of_realm"):
         err = preflight_error(config(api_key=WRONG_KIND_KEY), client=client, sleep=FakeSleep())
@@ -351,7 +363,9 @@ def test_unknown_event_id_names_the_event_and_lists_the_advertisers_events(
     )
 
 
-@pytest.mark.skipif(LIVE and not INACTIVE_EVENT_ID, reason="recording needs EVERFLOW_INACTIVE_EVENT_ID")
+@pytest.mark.skipif(
+    LIVE and not INACTIVE_EVENT_ID, reason="recording needs EVERFLOW_INACTIVE_EVENT_ID"
+)
 @needs_account
 def test_inactive_event_id(client: CapturingClient) -> None:
     cfg = config(event_mapping={"Product Purchased": EVENT_ID, "Trial Started": INACTIVE_EVENT_ID})
@@ -395,7 +409,10 @@ def test_unknown_advertiser_404(client: CapturingClient) -> None:
 
 
 def test_missing_advertiser_id_with_a_non_zero_mapping_makes_no_request() -> None:
-    cfg = offline_config(advertiser_id=None, event_mapping={"Order Completed": 0, "Product Purchased": 24, "Lead": 31})
+    cfg = offline_config(
+        advertiser_id=None,
+        event_mapping={"Order Completed": 0, "Product Purchased": 24, "Lead": 31},
+    )
     err = preflight_error(cfg, client=NoRequestClient())
     assert err.reason == "config"
     assert str(err) == (
@@ -421,7 +438,9 @@ def test_api_key_with_a_newline_is_refused_without_echoing_it() -> None:
 
 
 def test_plain_http_api_url_is_refused_for_a_remote_host() -> None:
-    err = preflight_error(offline_config(api_url="http://api.eflow.team/v1"), client=NoRequestClient())
+    err = preflight_error(
+        offline_config(api_url="http://api.eflow.team/v1"), client=NoRequestClient()
+    )
     assert str(err) == (
         "Setting 'api_url': must use https (the API key travels in a request header); plain "
         "http is only accepted for loopback hosts."
@@ -432,13 +451,18 @@ def test_plain_http_api_url_is_refused_for_a_remote_host() -> None:
 
 
 @replay_only
-def test_429_then_200_honours_retry_after(client: CapturingClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_429_then_200_honours_retry_after(
+    client: CapturingClient, caplog: pytest.LogCaptureFixture
+) -> None:
     sleep = FakeSleep()
     with cassette("rate_limited_then_ok"):
         report = run_preflight(config(), client=client, sleep=sleep)
     assert sleep.calls == [2.0]
     assert_sent_key(client, 3)
-    assert report.events == [("Order Completed", 0, "base conversion"), ("Product Purchased", 24, "Purchase")]
+    assert report.events == [
+        ("Order Completed", 0, "base conversion"),
+        ("Product Purchased", 24, "Purchase"),
+    ]
     assert (
         "Everflow API: HTTP 429 on GET https://api.eflow.team/v1/networks; retrying in 2.0s "
         "(attempt 2 of 4)"
@@ -505,7 +529,9 @@ def test_a_retry_after_longer_than_a_minute_is_not_waited_for() -> None:
 
 
 def test_retry_after_as_an_http_date() -> None:
-    response = Reply(429, HTTPHeaderDict({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), b"")  # past
+    response = Reply(
+        429, HTTPHeaderDict({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), b""
+    )  # past
     assert everflow_api._retry_after(response) == 0.0
     response.headers["Retry-After"] = "3"
     assert everflow_api._retry_after(response) == 3.0
@@ -552,7 +578,7 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             accepted.append(conn)
 
@@ -566,7 +592,9 @@ def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
     listener.close()
 
 
-def test_timeout_says_the_api_could_not_be_reached(silent_server: tuple[int, list[socket.socket]]) -> None:
+def test_timeout_says_the_api_could_not_be_reached(
+    silent_server: tuple[int, list[socket.socket]],
+) -> None:
     port, accepted = silent_server
     sleep = FakeSleep()
     url = f"http://127.0.0.1:{port}/v1"
@@ -601,7 +629,9 @@ class ExplodingClient:
     """Raises a connection error whose text carries the key (it must not surface)."""
 
     def request(self, method: str, target: str, headers: Any = None, body: Any = None) -> Reply:
-        cause = NameResolutionError("api.eflow.team", None, OSError(f"Failed to resolve ({API_KEY})"))  # type: ignore[arg-type]
+        cause = NameResolutionError(
+            "api.eflow.team", None, OSError(f"Failed to resolve ({API_KEY})")
+        )  # type: ignore[arg-type]
         raise ConnectFailed("connection failed", sent=False) from cause
 
 
@@ -693,7 +723,11 @@ def test_the_committed_cassettes_say_where_they_come_from() -> None:
 
 
 def test_report_lines_without_network_info() -> None:
-    report = PreflightReport(api_url="https://api-eu.eflow.team/v1", advertiser_id=7, events=[("Order Completed", 0, "base conversion")])
+    report = PreflightReport(
+        api_url="https://api-eu.eflow.team/v1",
+        advertiser_id=7,
+        events=[("Order Completed", 0, "base conversion")],
+    )
     assert report.lines() == [
         "Everflow API check passed: network key at https://api-eu.eflow.team/v1",
         "Advertiser 7: not queried (every mapped event is the base conversion)",
@@ -703,7 +737,11 @@ def test_report_lines_without_network_info() -> None:
 
 # --- other answers (canned, offline) -------------------------------------------------------
 
-NETWORK_OK = (200, {"Content-Type": "application/json"}, b'{"network_id": 1234, "name": "Acme Network"}')
+NETWORK_OK = (
+    200,
+    {"Content-Type": "application/json"},
+    b'{"network_id": 1234, "name": "Acme Network"}',
+)
 
 
 @pytest.mark.parametrize(
@@ -759,7 +797,15 @@ NETWORK_OK = (200, {"Content-Type": "application/json"}, b'{"network_id": 1234, 
             "without a global_events list; check api_url.",
         ),
     ],
-    ids=["401-eu", "403-permission", "404-networks", "400", "503-long-retry-after", "no-events", "no-global-events"],
+    ids=[
+        "401-eu",
+        "403-permission",
+        "404-networks",
+        "400",
+        "503-long-retry-after",
+        "no-events",
+        "no-global-events",
+    ],
 )
 def test_other_answers(answers: list[Any], overrides: dict[str, Any], expected: str) -> None:
     canned = CannedClient(answers)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_in_process, run_target, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    dead_letter_records,
+    read_jsonl,
+    run_in_process,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.receiver import Answer, Receiver, ReceiverProcess, accepted_by_transaction
 
 
@@ -24,8 +32,10 @@ def live(base_config: dict, url: str, **overrides) -> dict:
 def test_thousand_conversions_one_request_each(base_config, tmp_path):
     records = [track(i) for i in range(1000)]
     with Receiver() as rx:
-        code, target = run_in_process(live(base_config, rx.url, max_concurrency=16, batch_size_rows=300),
-                                      singer_lines("orders", records))
+        code, target = run_in_process(
+            live(base_config, rx.url, max_concurrency=16, batch_size_rows=300),
+            singer_lines("orders", records),
+        )
         counts = rx.count_by_transaction()
         requests = len(rx.requests)
     assert code == 0
@@ -42,16 +52,26 @@ def test_query_string_of_a_postback(base_config):
     record = track(7, coupon="SPRING 20%", adv1=True)
     record["context"]["traits"] = {"email": "jürgen+vip@example.com"}
     with Receiver() as rx:
-        code, _ = run_in_process(live(base_config, rx.url, advertiser_id=7, verification_token="t0k"),
-                                 singer_lines("orders", [record]))
+        code, _ = run_in_process(
+            live(base_config, rx.url, advertiser_id=7, verification_token="t0k"),
+            singer_lines("orders", [record]),
+        )
         (received,) = rx.requests
     assert code == 0
     assert received.method == "GET" and received.body == b""
     assert received.query == {
-        "nid": "1", "transaction_id": "tx-7", "aid": "7", "timestamp": "1795198448",
-        "conversion_user_ip": "203.0.113.7", "http_user_agent": "Mozilla/5.0 test",
-        "email": "jürgen+vip@example.com", "adv1": "true", "coupon_code": "SPRING 20%",
-        "order_id": "1007", "amount": "17", "verification_token": "t0k",
+        "nid": "1",
+        "transaction_id": "tx-7",
+        "aid": "7",
+        "timestamp": "1795198448",
+        "conversion_user_ip": "203.0.113.7",
+        "http_user_agent": "Mozilla/5.0 test",
+        "email": "jürgen+vip@example.com",
+        "adv1": "true",
+        "coupon_code": "SPRING 20%",
+        "order_id": "1007",
+        "amount": "17",
+        "verification_token": "t0k",
     }
     assert "email=j%C3%BCrgen%2Bvip%40example.com" in received.raw_query
 
@@ -72,7 +92,9 @@ def test_429_retry_after_holds_every_sender(base_config):
     records = [track(i) for i in range(40)]
     script = Receiver.per_transaction({"tx-0": [Answer.rate_limited("1")]})
     with Receiver(script=script, latency=0.01) as rx:
-        code, _ = run_in_process(live(base_config, rx.url, max_concurrency=4), singer_lines("orders", records))
+        code, _ = run_in_process(
+            live(base_config, rx.url, max_concurrency=4), singer_lines("orders", records)
+        )
         arrivals = [(r.at, r.status, r.transaction_id) for r in rx.requests]
     assert code == 0
     t429 = next(at for at, status, _ in arrivals if status == 429)
@@ -86,17 +108,23 @@ def test_429_retry_after_holds_every_sender(base_config):
     assert summary["http_429"] == 1 and summary["delivered"] == 40
 
 
-@pytest.mark.parametrize(("answer", "reason", "status"), [
-    (Answer.no_content(), "rejected", 204),
-    (Answer.status(400, "bad transaction"), "http_400", 400),
-    (Answer.error_json("Invalid Verification Token"), "rejected", 200),
-])
-def test_permanent_answers_are_dead_lettered_once_never_retried(base_config, answer, reason, status):
+@pytest.mark.parametrize(
+    ("answer", "reason", "status"),
+    [
+        (Answer.no_content(), "rejected", 204),
+        (Answer.status(400, "bad transaction"), "http_400", 400),
+        (Answer.error_json("Invalid Verification Token"), "rejected", 200),
+    ],
+)
+def test_permanent_answers_are_dead_lettered_once_never_retried(
+    base_config, answer, reason, status
+):
     records = [track(1), track(2), track(3)]
     script = Receiver.per_transaction({"tx-2": [answer]})
     with Receiver(script=script) as rx:
-        code, _ = run_in_process(live(base_config, rx.url, **DEAD_LETTERS_ON_PURPOSE),
-                                 singer_lines("orders", records))
+        code, _ = run_in_process(
+            live(base_config, rx.url, **DEAD_LETTERS_ON_PURPOSE), singer_lines("orders", records)
+        )
         by_txn = {tx: n for tx, n in rx.count_by_transaction().items()}
         tx2_requests = [r for r in rx.requests if r.transaction_id == "tx-2"]
     assert code == 0
@@ -109,7 +137,9 @@ def test_permanent_answers_are_dead_lettered_once_never_retried(base_config, ans
 
 def test_401_is_systemic(base_config):
     with Receiver(default=Answer.status(401)) as rx:
-        code, _ = run_in_process(live(base_config, rx.url), singer_lines("orders", [track(i) for i in range(5)]))
+        code, _ = run_in_process(
+            live(base_config, rx.url), singer_lines("orders", [track(i) for i in range(5)])
+        )
         assert len(rx.requests) >= 1
     assert code == 3
     assert dead_letter_records(Path(base_config["dead_letter_path"])) == []
@@ -128,11 +158,16 @@ def _numbered_stream(n: int, every: int) -> list[str]:
 def test_receiver_down_stops_the_run_without_losing_or_dead_lettering(base_config, tmp_path):
     # The first 12 postbacks are accepted, then Everflow is down (503 forever).
     def script(received, n):
-        return Answer.ok() if int(received.transaction_id.split("-")[1]) < 12 else Answer.status(503)
+        return (
+            Answer.ok() if int(received.transaction_id.split("-")[1]) < 12 else Answer.status(503)
+        )
 
     with Receiver(script=script) as rx:
-        result = run_target(live(base_config, rx.url, max_retries=1, max_concurrency=1, batch_size_rows=5),
-                            _numbered_stream(40, 5), tmp_path)
+        result = run_target(
+            live(base_config, rx.url, max_retries=1, max_concurrency=1, batch_size_rows=5),
+            _numbered_stream(40, 5),
+            tmp_path,
+        )
         accepted = {r.transaction_id for r in rx.accepted}
     assert result.code == 3, result.stderr
     assert "Stopping: records not yet delivered are not dead-lettered" in result.stderr
@@ -157,8 +192,10 @@ def test_connection_refused_exits_non_zero_with_a_clear_message(base_config, tmp
 def test_max_requests_per_second_is_honoured(base_config):
     rate, n = 20.0, 50
     with Receiver() as rx:
-        code, _ = run_in_process(live(base_config, rx.url, max_requests_per_second=rate, max_concurrency=8),
-                                 singer_lines("orders", [track(i) for i in range(n)]))
+        code, _ = run_in_process(
+            live(base_config, rx.url, max_requests_per_second=rate, max_concurrency=8),
+            singer_lines("orders", [track(i) for i in range(n)]),
+        )
         arrivals = sorted(r.at for r in rx.requests)
     assert code == 0 and len(arrivals) == n
     span = arrivals[-1] - arrivals[0]
@@ -173,7 +210,9 @@ def test_max_requests_per_second_is_honoured(base_config):
 def test_slow_answer_past_timeout_is_retried(base_config):
     script = Receiver.per_transaction({"tx-1": [Answer.slow(3.0)]})
     with Receiver(script=script) as rx:
-        code, _ = run_in_process(live(base_config, rx.url, request_timeout=0.5), singer_lines("orders", [track(1)]))
+        code, _ = run_in_process(
+            live(base_config, rx.url, request_timeout=0.5), singer_lines("orders", [track(1)])
+        )
         statuses = [r.transaction_id for r in rx.requests]
     assert code == 0 and statuses == ["tx-1", "tx-1"]
 
@@ -197,8 +236,18 @@ def _start_target(config: dict, lines: list[str], tmp_path: Path, name: str):
     stdout = (tmp_path / f"{name}.out").open("w")
     stderr = (tmp_path / f"{name}.err").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "target_everflow", "--config", str(config_path), "--input", str(input_path)],
-        stdout=stdout, stderr=stderr, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "target_everflow",
+            "--config",
+            str(config_path),
+            "--input",
+            str(input_path),
+        ],
+        stdout=stdout,
+        stderr=stderr,
+        cwd=tmp_path,
     )
     return proc, tmp_path / f"{name}.out"
 
@@ -214,8 +263,14 @@ def _wait_until(predicate, timeout: float = 30.0) -> None:
 def _assert_states_covered(out: Path, accepted: set[str], dead: set[str]) -> int:
     states = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     for state in states:
-        missing = [i for i in range(state["upto"] + 1) if f"tx-{i}" not in accepted and f"tx-{i}" not in dead]
-        assert not missing, f"STATE {state} covers records that reached neither Everflow nor the dead letters: {missing[:5]}"
+        missing = [
+            i
+            for i in range(state["upto"] + 1)
+            if f"tx-{i}" not in accepted and f"tx-{i}" not in dead
+        ]
+        assert not missing, (
+            f"STATE {state} covers records that reached neither Everflow nor the dead letters: {missing[:5]}"
+        )
     return len(states)
 
 
@@ -223,8 +278,13 @@ def _assert_states_covered(out: Path, accepted: set[str], dead: set[str]) -> int
 def test_sigkill_leaves_only_states_whose_records_reached_an_outcome(base_config, tmp_path, when):
     log = tmp_path / "rx.jsonl"
     with ReceiverProcess(latency=0.01, log_path=log) as rx:
-        config = live(base_config, rx.url, max_concurrency=4, batch_size_rows=25,
-                      dead_letter_path=str(tmp_path / "dl.jsonl"))
+        config = live(
+            base_config,
+            rx.url,
+            max_concurrency=4,
+            batch_size_rows=25,
+            dead_letter_path=str(tmp_path / "dl.jsonl"),
+        )
         proc, out = _start_target(config, _numbered_stream(400, 5), tmp_path, "run")
         try:
             if when == "mid-batch":
@@ -238,7 +298,9 @@ def test_sigkill_leaves_only_states_whose_records_reached_an_outcome(base_config
             if proc.poll() is None:
                 proc.kill()
         accepted = set(accepted_by_transaction(log))
-    dead = {r["record"]["context"]["referrer"]["id"] for r in dead_letter_records(tmp_path / "dl.jsonl")}
+    dead = {
+        r["record"]["context"]["referrer"]["id"] for r in dead_letter_records(tmp_path / "dl.jsonl")
+    }
     assert proc.returncode == -signal.SIGKILL
     assert len(accepted) < 400, "the run finished before it was killed"
     assert _assert_states_covered(out, accepted, dead) >= (1 if when == "between-batches" else 0)
@@ -247,8 +309,13 @@ def test_sigkill_leaves_only_states_whose_records_reached_an_outcome(base_config
 def test_sigterm_stops_reading_settles_in_flight_and_exits_non_zero(base_config, tmp_path):
     log = tmp_path / "rx.jsonl"
     with ReceiverProcess(latency=0.02, log_path=log) as rx:
-        config = live(base_config, rx.url, max_concurrency=2, batch_size_rows=50,
-                      dead_letter_path=str(tmp_path / "dl.jsonl"))
+        config = live(
+            base_config,
+            rx.url,
+            max_concurrency=2,
+            batch_size_rows=50,
+            dead_letter_path=str(tmp_path / "dl.jsonl"),
+        )
         proc, out = _start_target(config, _numbered_stream(2000, 5), tmp_path, "run")
         _wait_until(lambda: len(read_jsonl(log)) >= 60)
         started = time.monotonic()

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, postgres_url, read_jsonl, run_target, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    dead_letter_records,
+    postgres_url,
+    read_jsonl,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.receiver import Receiver, ReceiverProcess, accepted_by_transaction
 
 
@@ -71,7 +79,9 @@ def test_inclusive_bookmark_re_emitting_the_last_record_sends_nothing(base_confi
 def test_duplicates_within_one_run_across_batches_and_streams(base_config, tmp_path):
     # Segment writes every track to `tracks` and to its event table: one conversion.
     records = [track(i) for i in range(12)]
-    lines = singer_lines("segment-tracks", records) + singer_lines("segment-order_completed", records[::-1])
+    lines = singer_lines("segment-tracks", records) + singer_lines(
+        "segment-order_completed", records[::-1]
+    )
     with Receiver() as rx:
         config = live(base_config, rx.url, batch_size_rows=5)
         assert run_target(config, lines, tmp_path).code == 0
@@ -103,7 +113,9 @@ def test_ledger_that_cannot_be_opened_fails_before_any_request(base_config, tmp_
 
 def test_postgres_ledger_down_fails_before_any_request_without_the_password(base_config, tmp_path):
     with Receiver() as rx:
-        config = live(base_config, rx.url, ledger_url="postgresql://everflow:hunter2secret@127.0.0.1:1/db")
+        config = live(
+            base_config, rx.url, ledger_url="postgresql://everflow:hunter2secret@127.0.0.1:1/db"
+        )
         result = run_target(config, numbered(0, 5), tmp_path)
         assert rx.requests == []
     assert result.code == 4
@@ -116,11 +128,20 @@ def _pending_row(db: Path, key: str, owner: str, status: str = "sending") -> Non
     may have left; ``pending``: claimed, never sent)."""
     conn = sqlite3.connect(db)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(everflow_ledger)")]
-    values = {"delivery_key": key, "status": status, "owner": owner, "owner_scope": "elsewhere",
-              "lease_until": time.time() - 5, "http_status": None,
-              "created_at": time.time() - 100, "updated_at": time.time() - 100}
-    conn.execute(f"INSERT INTO everflow_ledger ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                 [values.get(c) for c in columns])
+    values = {
+        "delivery_key": key,
+        "status": status,
+        "owner": owner,
+        "owner_scope": "elsewhere",
+        "lease_until": time.time() - 5,
+        "http_status": None,
+        "created_at": time.time() - 100,
+        "updated_at": time.time() - 100,
+    }
+    conn.execute(
+        f"INSERT INTO everflow_ledger ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        [values.get(c) for c in columns],
+    )
     conn.commit()
     conn.close()
 
@@ -142,7 +163,9 @@ def test_expired_claims_follow_in_doubt(base_config, tmp_path, in_doubt):
         assert counts["tx-7"] == 1 and dead == []
     else:
         assert "tx-7" not in counts
-        assert [d["reason"] for d in dead] == ["in_doubt"] and dead[0]["record"]["messageId"] == "msg-7"
+        assert [d["reason"] for d in dead] == ["in_doubt"] and dead[0]["record"][
+            "messageId"
+        ] == "msg-7"
         # held for a person: a later run does not send it either
         assert run_target(config, numbered(7, 8, every=1), tmp_path).code == 0
         assert "tx-7" not in rx.count_by_transaction()
@@ -152,8 +175,12 @@ def test_expired_claim_that_was_never_sent_is_not_in_doubt(base_config, tmp_path
     with Receiver() as rx:
         config = live(base_config, rx.url, in_doubt="dead_letter")
         assert run_target(config, numbered(0, 1), tmp_path).code == 0
-        _pending_row(Path(config["dead_letter_path"]).parent / "ledger.sqlite3", "m:msg-7",
-                     "other-host:4242:abcd1234", status="pending")
+        _pending_row(
+            Path(config["dead_letter_path"]).parent / "ledger.sqlite3",
+            "m:msg-7",
+            "other-host:4242:abcd1234",
+            status="pending",
+        )
         result = run_target(config, numbered(5, 10), tmp_path)
         assert rx.count_by_transaction()["tx-7"] == 1
     assert result.code == 0 and "In doubt" not in result.stderr
@@ -163,14 +190,25 @@ def test_expired_claim_that_was_never_sent_is_not_in_doubt(base_config, tmp_path
 # --- crashes --------------------------------------------------------------------------------
 
 
-def _spawn(config: dict, lines: list[str], tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
+def _spawn(
+    config: dict, lines: list[str], tmp_path: Path, name: str
+) -> tuple[subprocess.Popen, Path, Path]:
     (tmp_path / f"{name}.json").write_text(json.dumps(config))
     (tmp_path / f"{name}.singer").write_text("\n".join(lines) + "\n")
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / f"{name}.json"),
-         "--input", str(tmp_path / f"{name}.singer")],
-        stdout=out.open("w"), stderr=err.open("w"), cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "target_everflow",
+            "--config",
+            str(tmp_path / f"{name}.json"),
+            "--input",
+            str(tmp_path / f"{name}.singer"),
+        ],
+        stdout=out.open("w"),
+        stderr=err.open("w"),
+        cwd=tmp_path,
     )
     return proc, out, err
 
@@ -180,7 +218,9 @@ def _last_state(out: Path) -> dict | None:
     return states[-1] if states else None
 
 
-IN_DOUBT_LINE = re.compile(r"In doubt: conversion \S+ \(stream \S+, event '[^']*', transaction (\S+)\)")
+IN_DOUBT_LINE = re.compile(
+    r"In doubt: conversion \S+ \(stream \S+, event '[^']*', transaction (\S+)\)"
+)
 
 
 @pytest.mark.parametrize("in_doubt", ["resend", "dead_letter"])
@@ -202,7 +242,10 @@ def test_sigkill_then_rerun_from_last_state(base_config, tmp_path, in_doubt):
         assert result.code == 0, result.stderr
         reported = set(IN_DOUBT_LINE.findall(result.stderr))
         counts = accepted_by_transaction(log)
-    dead = {d["record"]["context"]["referrer"]["id"] for d in dead_letter_records(Path(config["dead_letter_path"]))}
+    dead = {
+        d["record"]["context"]["referrer"]["id"]
+        for d in dead_letter_records(Path(config["dead_letter_path"]))
+    }
     twice = {tx for tx, n in counts.items() if n > 1}
     lost = [f"tx-{i}" for i in range(total) if f"tx-{i}" not in counts and f"tx-{i}" not in dead]
     assert lost == []
@@ -226,14 +269,22 @@ def test_two_processes_share_a_postgres_ledger(base_config, tmp_path):
         for name, (start, stop) in {"a": (0, 600), "b": (300, 900)}.items():
             run_dir = tmp_path / name
             run_dir.mkdir()
-            config = {**live(base_config, rx.url), "ledger_url": ledger_url, "max_concurrency": 8,
-                      "batch_size_rows": 50, "dead_letter_path": str(run_dir / "dl.jsonl"),
-                      "summary_path": str(run_dir / "summary.json")}
+            config = {
+                **live(base_config, rx.url),
+                "ledger_url": ledger_url,
+                "max_concurrency": 8,
+                "batch_size_rows": 50,
+                "dead_letter_path": str(run_dir / "dl.jsonl"),
+                "summary_path": str(run_dir / "summary.json"),
+            }
             procs.append((_spawn(config, numbered(start, stop), run_dir, "run"), run_dir))
         for (proc, _, err), _ in procs:
             assert proc.wait(120) == 0, err.read_text()[-2000:]
         counts = accepted_by_transaction(log)
     assert counts == Counter({f"tx-{i}": 1 for i in range(900)})
     delivered = [json.loads((d / "summary.json").read_text())["delivered"] for _, d in procs]
-    duplicates = [json.loads((d / "summary.json").read_text())["skipped"].get("duplicate", 0) for _, d in procs]
+    duplicates = [
+        json.loads((d / "summary.json").read_text())["skipped"].get("duplicate", 0)
+        for _, d in procs
+    ]
     assert sum(delivered) == 900 and sum(duplicates) == 300

@@ -142,7 +142,9 @@ def test_markdown_table_has_a_row_per_field() -> None:
     assert table[2].startswith("| `context.ip` | `conversion_user_ip` | String | no | all |")
     amount = next(line for line in table if "`amount`" in line)
     assert "`properties.total` / `properties.revenue`" in amount
-    assert "| `context.app.namespace` | `app_id` | String | yes | mobile |" in fields.markdown_table()
+    assert (
+        "| `context.app.namespace` | `app_id` | String | yes | mobile |" in fields.markdown_table()
+    )
 
 
 # --- as_number -------------------------------------------------------------------------------
@@ -157,7 +159,10 @@ def test_markdown_table_has_a_row_per_field() -> None:
         (Decimal("1.5E-3"), "0.0015"),
         (Decimal("-0.000001"), "-0.000001"),
         (Decimal("0E-7"), "0.0000000"),
-        (Decimal("123456789012345678901234567890.123456789"), "123456789012345678901234567890.123456789"),
+        (
+            Decimal("123456789012345678901234567890.123456789"),
+            "123456789012345678901234567890.123456789",
+        ),
         (0.1, "0.1"),  # a float's shortest repr, not 0.1000000000000000055511151231257827
         (1e20, "100000000000000000000"),
         (1e-07, "0.0000001"),
@@ -267,7 +272,17 @@ def test_as_string(value: object, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [True, False, None, {"v4": "1.2.3.4"}, ["a"], float("nan"), Decimal("Infinity"), "x" * 2049, "\ud800"],
+    [
+        True,
+        False,
+        None,
+        {"v4": "1.2.3.4"},
+        ["a"],
+        float("nan"),
+        Decimal("Infinity"),
+        "x" * 2049,
+        "\ud800",
+    ],
 )
 def test_as_string_rejects(value: object) -> None:
     with pytest.raises(Mismatch):
@@ -283,14 +298,25 @@ def test_as_string_length_limit_is_inclusive() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), (False, False), ("true", True), ("TRUE", True), ("True", True), (" true ", True),
-     ("false", False), ("FALSE", False), ("False", False)],
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("TRUE", True),
+        ("True", True),
+        (" true ", True),
+        ("false", False),
+        ("FALSE", False),
+        ("False", False),
+    ],
 )
 def test_as_boolean(value: object, expected: bool) -> None:
     assert as_boolean(value) is expected
 
 
-@pytest.mark.parametrize("value", [1, 0, "1", "0", "yes", "no", "t", "", None, Decimal("1"), 1.0, [True]])
+@pytest.mark.parametrize(
+    "value", [1, 0, "1", "0", "yes", "no", "t", "", None, Decimal("1"), 1.0, [True]]
+)
 def test_as_boolean_rejects(value: object) -> None:
     with pytest.raises(Mismatch):
         as_boolean(value)
@@ -355,7 +381,9 @@ def test_coerce_rejects(value: object, types: tuple[FieldType, ...]) -> None:
 
 
 @pytest.mark.parametrize("types", [(N,), (S, N), (S, N, B)])
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), Decimal("NaN"), Decimal("-Infinity")])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), Decimal("NaN"), Decimal("-Infinity")]
+)
 def test_coerce_rejects_non_finite_numbers(value: object, types: tuple[FieldType, ...]) -> None:
     with pytest.raises(Mismatch, match="finite"):
         coerce(value, types)

@@ -48,7 +48,14 @@ from target_everflow.mapping import (
 )
 from target_everflow.records import MISSING, SegmentEvent, compile_path
 from target_everflow.settings import Settings
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_in_process, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    dead_letter_records,
+    read_jsonl,
+    run_in_process,
+    singer_lines,
+    track,
+)
 from tests.receiver import Receiver
 from tests.test_mapping import ALLOWED_PARAMS, ORDER, set_path, to_flat, to_warehouse
 
@@ -79,7 +86,15 @@ NUMBERS = st.one_of(
     st.integers(min_value=-(10**130), max_value=10**130),
     st.floats(allow_nan=True, allow_infinity=True),
     st.decimals(allow_nan=False, allow_infinity=False),
-    st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-0.00"), Decimal("1E+400"), Decimal("1E-400")]),
+    st.sampled_from(
+        [
+            Decimal("NaN"),
+            Decimal("Infinity"),
+            Decimal("-0.00"),
+            Decimal("1E+400"),
+            Decimal("1E-400"),
+        ]
+    ),
 )
 SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
 JSON_VALUES = st.recursive(
@@ -120,7 +135,9 @@ GOOD: dict[str, st.SearchStrategy[t.Any]] = {
     "properties.orderId": st.integers() | st.sampled_from(["50314", "ORD-42"]),
 }  # fmt: skip
 PRODUCT = st.dictionaries(
-    st.sampled_from(["quantity", "name", "sku", "Quantity", "SKU", "price"]), JSON_VALUES, max_size=4
+    st.sampled_from(["quantity", "name", "sku", "Quantity", "SKU", "price"]),
+    JSON_VALUES,
+    max_size=4,
 )
 
 
@@ -160,7 +177,9 @@ def segment_like(draw: st.DrawFn) -> tuple[dict, str]:
         if draw(st.integers(0, 9)) == 0:
             set_path(raw, container, draw(JSON_VALUES))
     shape = draw(st.sampled_from(["raw", "warehouse", "flat"]))
-    dict_containers = isinstance(raw.get("context", {}), dict) and isinstance(raw.get("properties", {}), dict)
+    dict_containers = isinstance(raw.get("context", {}), dict) and isinstance(
+        raw.get("properties", {}), dict
+    )
     try:  # (the shape builders write nested lists as JSON text, which cannot hold a NaN)
         if shape == "warehouse" and dict_containers and isinstance(raw.get("event", ""), str):
             return to_warehouse(raw), "segment_shop-order_completed"
@@ -187,7 +206,9 @@ def mapper_with(changes: dict) -> Mapper:
 
 NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?", re.ASCII)
 INTEGER_TEXT = re.compile(r"-?[0-9]+", re.ASCII)
-FIELD_TYPES: dict[str, tuple[FieldType, ...]] = {f.param: f.types for f in FIELDS if not f.is_list_item}
+FIELD_TYPES: dict[str, tuple[FieldType, ...]] = {
+    f.param: f.types for f in FIELDS if not f.is_list_item
+}
 ITEM_TYPES = {f.param.split("[i].")[1]: f.types for f in FIELDS if f.is_list_item}
 OUTCOMES = {
     SKIPPED: {NOT_TRACK, UNMAPPED_EVENT, NO_TRANSACTION_ID, DUPLICATE},
@@ -213,7 +234,11 @@ def value_fits(value: str, types: tuple[FieldType, ...]) -> bool:
 
 
 def item_fits(value: t.Any, types: tuple[FieldType, ...]) -> bool:
-    if FieldType.NUMBER in types and isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+    if (
+        FieldType.NUMBER in types
+        and isinstance(value, (int, Decimal))
+        and not isinstance(value, bool)
+    ):
         return True
     return FieldType.STRING in types and isinstance(value, str) and len(value) <= MAX_VALUE_LENGTH
 
@@ -281,7 +306,9 @@ def test_normaliser_on_segment_like_records(record: tuple[dict, str], path: str)
 
 @PROPERTIES
 @given(value=JSON_VALUES, types=st.sampled_from(sorted({f.types for f in FIELDS}, key=str)))
-def test_coercion_gives_an_allowed_type_or_a_mismatch(value: t.Any, types: tuple[FieldType, ...]) -> None:
+def test_coercion_gives_an_allowed_type_or_a_mismatch(
+    value: t.Any, types: tuple[FieldType, ...]
+) -> None:
     try:
         coerced = coerce(value, types)
     except Mismatch as exc:
@@ -305,7 +332,9 @@ def test_mapper_never_raises_on_arbitrary_json(record: t.Any, changes: dict) -> 
 
 @SEGMENT_LIKE
 @given(record=segment_like(), changes=SETTINGS)
-def test_mapper_never_raises_on_segment_like_records(record: tuple[dict, str], changes: dict) -> None:
+def test_mapper_never_raises_on_segment_like_records(
+    record: tuple[dict, str], changes: dict
+) -> None:
     data, stream = record
     before = copy.deepcopy(data) if _deepcopyable(data) else None
     result = mapper_with(changes).map(data, stream)
@@ -381,13 +410,19 @@ def planned(tmp_path: Path) -> dict[str, dict]:
 
 
 def dead(tmp_path: Path) -> dict[str, dict]:
-    return {str(line["record"].get("messageId")): line for line in dead_letter_records(tmp_path / "dl.jsonl")}
+    return {
+        str(line["record"].get("messageId")): line
+        for line in dead_letter_records(tmp_path / "dl.jsonl")
+    }
 
 
 def run_records(tmp_path: Path, records: list[dict], **changes: t.Any) -> tuple[int, dict]:
     """The records and a good one before and after each; returns the exit code and summary."""
     lines = singer_lines("orders", [], state=None)
-    lines += [jdumps({"type": "RECORD", "stream": "orders", "record": r}) for r in [track(900), *records, track(901)]]
+    lines += [
+        jdumps({"type": "RECORD", "stream": "orders", "record": r})
+        for r in [track(900), *records, track(901)]
+    ]
     code, _ = run_in_process(dry(tmp_path, **changes), lines)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"msg-900", "msg-901"} <= set(planned(tmp_path)), "a good record was affected"
@@ -399,7 +434,9 @@ def run_records(tmp_path: Path, records: list[dict], **changes: t.Any) -> tuple[
     [("context.userAgent", "http_user_agent"), ("context.traits.email", "email"),
      ("properties.coupon", "coupon_code"), ("properties.adv1", "adv1")],
 )  # fmt: skip
-def test_a_1mb_string_in_an_optional_field_is_left_out_naming_the_field(tmp_path: Path, where: str, param: str) -> None:
+def test_a_1mb_string_in_an_optional_field_is_left_out_naming_the_field(
+    tmp_path: Path, where: str, param: str
+) -> None:
     record = track(1)
     set_path(record, where, "x" * MB)
     code, summary = run_records(tmp_path, [record])
@@ -425,7 +462,9 @@ def test_1mb_identity_values(tmp_path: Path) -> None:
     assert dead(tmp_path)["msg-1"]["field"] == "transaction_id"
     assert summary["skipped"] == {"unmapped_event": 1}
     assert max(len(event) for event in summary["streams"]["orders"]) <= 200
-    (line,) = [p for p in read_jsonl(tmp_path / "dry.jsonl") if p["params"]["transaction_id"] == "tx-3"]
+    (line,) = [
+        p for p in read_jsonl(tmp_path / "dry.jsonl") if p["params"]["transaction_id"] == "tx-3"
+    ]
     assert len(line["key"]) <= 300
     assert summary["delivered"] == 3  # msg-900, the long message id, msg-901
 
@@ -457,7 +496,9 @@ def test_deep_nesting_in_a_json_string_property(tmp_path: Path) -> None:
 def test_nan_and_infinity_tokens(tmp_path: Path, token: str) -> None:
     """Python's json.dumps writes them; they are not numbers Everflow can take: left out."""
     base = json.dumps({"type": "RECORD", "stream": "orders", "record": track(1)})
-    line = base.replace('"total": 11', f'"total": {token}').replace('"orderId": 1001', f'"orderId": {token}')
+    line = base.replace('"total": 11', f'"total": {token}').replace(
+        '"orderId": 1001', f'"orderId": {token}'
+    )
     line = line.replace('"timestamp": "2026-11-20T18:14:08.612Z"', f'"timestamp": {token}')
     assert token in line
     lines = [*singer_lines("orders", [track(900)]), line, *singer_lines("orders", [track(901)])[1:]]
@@ -466,7 +507,11 @@ def test_nan_and_infinity_tokens(tmp_path: Path, token: str) -> None:
     params = planned(tmp_path)["msg-1"]
     assert not {"amount", "order_id", "timestamp"} & set(params)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["streams"]["orders"]["Order Completed"]["dropped_fields"] == {"amount": 1, "order_id": 1, "timestamp": 1}
+    assert summary["streams"]["orders"]["Order Completed"]["dropped_fields"] == {
+        "amount": 1,
+        "order_id": 1,
+        "timestamp": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -485,15 +530,21 @@ def test_huge_numbers_are_exact_or_left_out(tmp_path: Path, value: t.Any, sent: 
 
 def test_an_integer_of_5000_digits_in_the_singer_input(tmp_path: Path) -> None:
     """More digits than Python parses by default: read as a number, left out as too long."""
-    line = json.dumps({"type": "RECORD", "stream": "orders", "record": track(1)}).replace("1001", "9" * 5000)
+    line = json.dumps({"type": "RECORD", "stream": "orders", "record": track(1)}).replace(
+        "1001", "9" * 5000
+    )
     lines = [*singer_lines("orders", [track(900)]), line, *singer_lines("orders", [track(901)])[1:]]
     code, _ = run_in_process(dry(tmp_path), lines)
     assert code == 0
     assert "order_id" not in planned(tmp_path)["msg-1"]
 
 
-@pytest.mark.parametrize(("total", "amount"), [(0, "0"), (-5, "-5"), (Decimal("-0.00"), "-0.00"), ("-12.50", "-12.50")])
-def test_zero_and_negative_amounts_are_sent_as_given(tmp_path: Path, total: t.Any, amount: str) -> None:
+@pytest.mark.parametrize(
+    ("total", "amount"), [(0, "0"), (-5, "-5"), (Decimal("-0.00"), "-0.00"), ("-12.50", "-12.50")]
+)
+def test_zero_and_negative_amounts_are_sent_as_given(
+    tmp_path: Path, total: t.Any, amount: str
+) -> None:
     """Amounts are sent as Segment has them: a free conversion is 0, a negative total is the
     source's to explain (Segment's own Everflow destination sends it the same)."""
     code, _ = run_records(tmp_path, [track(1, total=total)])
@@ -529,7 +580,9 @@ def test_products_that_are_not_a_list(tmp_path: Path) -> None:
         assert line["field"] == "order_line_items" and "properties.products" in line["message"]
 
 
-@pytest.mark.parametrize("referrer", ["https://www.google.com/", "everflow", "", 42, ["everflow", "tx"]])
+@pytest.mark.parametrize(
+    "referrer", ["https://www.google.com/", "everflow", "", 42, ["everflow", "tx"]]
+)
 def test_context_referrer_that_is_not_an_object(tmp_path: Path, referrer: t.Any) -> None:
     """No Everflow referrer: the transaction id comes from properties, or the record is skipped."""
     with_property, without = track(1, tid=None, transaction_id="tx-prop"), track(2, tid=None)
@@ -543,7 +596,9 @@ def test_context_referrer_that_is_not_an_object(tmp_path: Path, referrer: t.Any)
 
 @pytest.mark.parametrize("container", ["context", "properties"])
 @pytest.mark.parametrize("value", ["a string", [1, 2], 7, True])
-def test_context_or_properties_that_is_not_an_object(tmp_path: Path, container: str, value: t.Any) -> None:
+def test_context_or_properties_that_is_not_an_object(
+    tmp_path: Path, container: str, value: t.Any
+) -> None:
     record = track(1)
     if container == "context":
         record["properties"]["transaction_id"] = "tx-1"
@@ -552,7 +607,11 @@ def test_context_or_properties_that_is_not_an_object(tmp_path: Path, container: 
     assert code == 0
     params = planned(tmp_path)["msg-1"]  # what can be found is sent; the rest is absent
     assert params["transaction_id"] == "tx-1"
-    absent = {"conversion_user_ip", "http_user_agent"} if container == "context" else {"amount", "order_id"}
+    absent = (
+        {"conversion_user_ip", "http_user_agent"}
+        if container == "context"
+        else {"amount", "order_id"}
+    )
     assert not absent & set(params)
     assert summary["dropped_fields"] == 0
 
@@ -562,7 +621,9 @@ def test_unicode_is_percent_encoded_as_utf8_on_the_wire(base_config: dict) -> No
     record["context"]["traits"] = {"email": "jürgen+vip@exämple.com"}
     record["context"]["userAgent"] = "Mozilla/5.0 (ñ; \u2028) Ünïcödé"
     with Receiver() as rx:
-        code, _ = run_in_process({**base_config, "postback_url": rx.url}, singer_lines("orders", [record]))
+        code, _ = run_in_process(
+            {**base_config, "postback_url": rx.url}, singer_lines("orders", [record])
+        )
         (received,) = rx.requests
     assert code == 0
     raw = received.raw_query
@@ -591,7 +652,13 @@ def test_lone_surrogates_from_json_escapes(tmp_path: Path) -> None:
     odd_id = track(3)
     odd_id["messageId"] = "id-\ud83d"
     third = json.dumps({"type": "RECORD", "stream": "orders", "record": odd_id})
-    lines = [*singer_lines("orders", [track(900)]), first, second, third, *singer_lines("orders", [track(901)])[1:]]
+    lines = [
+        *singer_lines("orders", [track(900)]),
+        first,
+        second,
+        third,
+        *singer_lines("orders", [track(901)])[1:],
+    ]
     code, _ = run_in_process(dry(tmp_path), lines)
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
@@ -618,7 +685,10 @@ def cli_run(tmp_path: Path, payload: bytes) -> tuple[int, str, str, dict]:
     (tmp_path / "config.json").write_text(json.dumps(config))
     proc = subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / "config.json")],
-        input=payload, capture_output=True, timeout=120, cwd=tmp_path,
+        input=payload,
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode("utf-8", "replace"), summary
@@ -629,8 +699,12 @@ def test_non_utf8_bytes_stop_the_run_at_that_line(tmp_path: Path) -> None:
     The run stops at that line (exit 2, naming it and the byte); the records before it were
     delivered and their STATE emitted."""
     head = "\n".join(singer_lines("orders", [track(1), track(2)], state={"upto": 2})) + "\n"
-    latin1 = json.dumps({"type": "RECORD", "stream": "orders", "record": track(3, coupon="ÉTÉ")}, ensure_ascii=False)
-    payload = head.encode() + latin1.encode("latin-1") + b"\n" + json.dumps(track(4)).encode() + b"\n"
+    latin1 = json.dumps(
+        {"type": "RECORD", "stream": "orders", "record": track(3, coupon="ÉTÉ")}, ensure_ascii=False
+    )
+    payload = (
+        head.encode() + latin1.encode("latin-1") + b"\n" + json.dumps(track(4)).encode() + b"\n"
+    )
     code, stdout, stderr, summary = cli_run(tmp_path, payload)
     assert code == 2
     assert "line 5" in stderr and "not UTF-8" in stderr and "0xc9" in stderr
@@ -653,7 +727,9 @@ def test_a_line_nested_too_deeply_to_parse_stops_the_run_at_that_line(tmp_path: 
 
 def test_a_utf8_byte_order_mark_and_blank_lines_are_harmless(tmp_path: Path) -> None:
     lines = singer_lines("orders", [track(1), track(2)], state={"upto": 2})
-    payload = ("\ufeff" + lines[0] + "\n\n" + lines[1] + "\r\n   \n" + "\n".join(lines[2:]) + "\n\n").encode()
+    payload = (
+        "\ufeff" + lines[0] + "\n\n" + lines[1] + "\r\n   \n" + "\n".join(lines[2:]) + "\n\n"
+    ).encode()
     code, stdout, stderr, summary = cli_run(tmp_path, payload)
     assert code == 0, stderr
     assert set(planned(tmp_path)) == {"msg-1", "msg-2"}

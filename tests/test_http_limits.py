@@ -118,7 +118,9 @@ def trickle(head: bytes, *, then: bytes = b"x") -> Behaviour:
 
 
 TRICKLES = {
-    "body": trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"),
+    "body": trickle(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
+    ),
     "chunked_body": trickle(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
         then=b"1\r\nx\r\n",
@@ -133,7 +135,9 @@ def endless_chunked(status: str = "200 OK") -> Behaviour:
     chunk = b"%x\r\n%s\r\n" % (65536, b"A" * 65536)
 
     def behaviour(conn: socket.socket, stop: threading.Event) -> None:
-        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        conn.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
         sent = 0
         while not stop.is_set() and sent < 512 * MB:  # (a cap, so a broken client ends too)
             conn.sendall(chunk)
@@ -144,7 +148,9 @@ def endless_chunked(status: str = "200 OK") -> Behaviour:
 
 def big_body(size: int, status: str = "200 OK") -> Behaviour:
     def behaviour(conn: socket.socket, stop: threading.Event) -> None:
-        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n".encode())
+        conn.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
         block = b"A" * 65536
         left = size
         while left > 0 and not stop.is_set():
@@ -164,7 +170,8 @@ def gzip_bomb(payload: bytes, status: str = "200 OK") -> Behaviour:
     def behaviour(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(
             f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Encoding: gzip\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
         )
         stop.wait(30)  # keep the connection open: the client decides when it has read enough
 
@@ -205,7 +212,11 @@ def run_measured(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[
     config_path.write_text(json.dumps(config))
     (tmp / "in.singer").write_text("\n".join(lines) + "\n")
     rss_path = tmp / "maxrss"
-    with (tmp / "in.singer").open("rb") as stdin, (tmp / "out").open("wb") as out, (tmp / "err").open("wb") as err:
+    with (
+        (tmp / "in.singer").open("rb") as stdin,
+        (tmp / "out").open("wb") as out,
+        (tmp / "err").open("wb") as err,
+    ):
         proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, str(rss_path), "-m", "target_everflow", "--config", str(config_path), *args],
             stdin=stdin, stdout=out, stderr=err, cwd=tmp, start_new_session=True,
@@ -215,12 +226,22 @@ def run_measured(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            pytest.fail(f"the target did not finish within {timeout} s: {(tmp / 'err').read_text()[-2000:]}")
-    return Child(code, (tmp / "out").read_text(), (tmp / "err").read_text(), int(rss_path.read_text()) / 1024)
+            pytest.fail(
+                f"the target did not finish within {timeout} s: {(tmp / 'err').read_text()[-2000:]}"
+            )
+    return Child(
+        code, (tmp / "out").read_text(), (tmp / "err").read_text(), int(rss_path.read_text()) / 1024
+    )
 
 
 def live_config(tmp: Path, url: str, **changes: t.Any) -> dict:
-    return {**config_under(tmp), "postback_url": url, "max_retries": 0, "request_timeout": 5, **changes}
+    return {
+        **config_under(tmp),
+        "postback_url": url,
+        "max_retries": 0,
+        "request_timeout": 5,
+        **changes,
+    }
 
 
 def api_config(tmp: Path, url: str, **changes: t.Any) -> dict:
@@ -262,7 +283,9 @@ def test_sigterm_ends_a_run_whose_postback_trickles(tmp_path: Path, request_time
     input_path = tmp_path / "in.singer"
     input_path.write_text("\n".join(singer_lines("orders", [track(1)])) + "\n")
     with misbehaving(TRICKLES["body"]) as server, input_path.open("rb") as stdin:
-        config_path.write_text(json.dumps(live_config(tmp_path, server.url, request_timeout=request_timeout)))
+        config_path.write_text(
+            json.dumps(live_config(tmp_path, server.url, request_timeout=request_timeout))
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "target_everflow", "--config", str(config_path)],
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
@@ -354,7 +377,9 @@ def test_a_stopped_process_still_reads_the_answer_that_came_meanwhile(tmp_path: 
     with misbehaving(answer_soon) as server:
         proc = subprocess.Popen(
             [sys.executable, "-c", PAUSED_CLIENT, server.url],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert server.got_request.wait(30)
@@ -373,7 +398,9 @@ def test_a_stopped_process_still_reads_the_answer_that_came_meanwhile(tmp_path: 
 
 
 @pytest.mark.parametrize("answer", ["endless_chunked", "100_mb_body", "gzip_bomb"])
-def test_a_huge_postback_answer_is_read_up_to_64_kb(tmp_path: Path, answer: str, bomb: bytes) -> None:
+def test_a_huge_postback_answer_is_read_up_to_64_kb(
+    tmp_path: Path, answer: str, bomb: bytes
+) -> None:
     behaviour = {
         "endless_chunked": endless_chunked(),
         "100_mb_body": big_body(100 * MB),
@@ -398,7 +425,9 @@ def test_a_huge_postback_answer_is_read_up_to_64_kb(tmp_path: Path, answer: str,
 def test_a_huge_api_answer_is_read_up_to_4_mb(tmp_path: Path, answer: str, bomb: bytes) -> None:
     behaviour = endless_chunked() if answer == "endless_chunked" else gzip_bomb(bomb)
     with misbehaving(behaviour) as server:
-        child = run_measured(tmp_path, api_config(tmp_path, server.url, request_timeout=60), [], args=["--check"])
+        child = run_measured(
+            tmp_path, api_config(tmp_path, server.url, request_timeout=60), [], args=["--check"]
+        )
     print(f"peak RSS {child.peak_rss_mb:.0f} MB")
     assert child.peak_rss_mb < PEAK_RSS_LIMIT_MB, f"peak RSS {child.peak_rss_mb:.0f} MB"
     assert child.code == 1, child.stderr[-2000:]

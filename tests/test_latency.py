@@ -41,7 +41,10 @@ class StreamingTarget:
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "target_everflow", "--config", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=tmp_path,
         )
         self.states: list[dict] = []
         self._seen = threading.Condition()
@@ -80,7 +83,9 @@ class StreamingTarget:
 
     @property
     def input_open(self) -> bool:
-        return self.proc.poll() is None and self.proc.stdin is not None and not self.proc.stdin.closed
+        return (
+            self.proc.poll() is None and self.proc.stdin is not None and not self.proc.stdin.closed
+        )
 
     @property
     def log(self) -> str:
@@ -120,7 +125,9 @@ def schema_line(stream: str = "orders") -> str:
     return singer_lines(stream, [])[0]
 
 
-def test_a_record_is_delivered_and_checkpointed_while_the_input_stays_open(base_config, streaming) -> None:
+def test_a_record_is_delivered_and_checkpointed_while_the_input_stays_open(
+    base_config, streaming
+) -> None:
     """The tap writes one record and its STATE, then nothing (its pipe stays open): the
     postback arrives and the STATE is emitted before the end of input; a second record later
     likewise; each is sent once, and end of input finds nothing left to send."""
@@ -129,11 +136,15 @@ def test_a_record_is_delivered_and_checkpointed_while_the_input_stays_open(base_
         target.write([schema_line(), record_line(0), state_line(0)])
         assert rx.wait_for(1, DEADLINE), "no postback while the input stayed open"
         assert target.input_open
-        assert target.wait_for_state({"upto": 0}), f"no STATE before the end of input: {target.log[-2000:]}"
+        assert target.wait_for_state({"upto": 0}), (
+            f"no STATE before the end of input: {target.log[-2000:]}"
+        )
         assert target.input_open
 
         target.write([record_line(1), state_line(1)])
-        assert rx.wait_for(2, DEADLINE), "the second record was not delivered while the input stayed open"
+        assert rx.wait_for(2, DEADLINE), (
+            "the second record was not delivered while the input stayed open"
+        )
         assert target.wait_for_state({"upto": 1})
         assert target.input_open
 
@@ -146,7 +157,9 @@ def test_a_record_is_delivered_and_checkpointed_while_the_input_stays_open(base_
     assert summary["records_read"] == 2 and summary["delivered"] == 2
 
 
-def test_a_line_not_yet_ended_waits_for_its_newline_and_sigterm_keeps_its_grace(base_config, streaming) -> None:
+def test_a_line_not_yet_ended_waits_for_its_newline_and_sigterm_keeps_its_grace(
+    base_config, streaming
+) -> None:
     """A line the tap has only half written is not parsed early (it would be 'cut off'), while
     the records before it are delivered by age; SIGTERM while the target waits for the rest of
     the line ends the run promptly, with the STATE already emitted and no broken-input error."""
@@ -157,7 +170,9 @@ def test_a_line_not_yet_ended_waits_for_its_newline_and_sigterm_keeps_its_grace(
         target.write(half[: len(half) // 2])  # no newline yet
         assert rx.wait_for(1, DEADLINE), "no postback while a line was half written"
         assert target.wait_for_state({"upto": 0})
-        assert target.input_open, f"the target stopped on a line not yet ended: {target.log[-2000:]}"
+        assert target.input_open, (
+            f"the target stopped on a line not yet ended: {target.log[-2000:]}"
+        )
 
         target.write(half[len(half) // 2 :] + "\n" + state_line(1) + "\n")
         assert rx.wait_for(2, DEADLINE), "the completed line was not delivered"
@@ -180,8 +195,12 @@ def test_batch_full_age_and_end_of_input_each_deliver_once(base_config, streamin
     input still open), end of input (the rest). Nothing is sent twice and every STATE comes
     after the records it covers."""
     with Receiver() as rx:
-        config = {**base_config, "postback_url": rx.url, "batch_size_rows": 3,
-                  "max_batch_age_seconds": 1}
+        config = {
+            **base_config,
+            "postback_url": rx.url,
+            "batch_size_rows": 3,
+            "max_batch_age_seconds": 1,
+        }
         target = streaming(config)
         # full: three records make a full batch, delivered at once
         target.write([schema_line(), *(record_line(i) for i in range(3)), state_line(2)])
@@ -189,7 +208,9 @@ def test_batch_full_age_and_end_of_input_each_deliver_once(base_config, streamin
         assert target.wait_for_state({"upto": 2})
         # old: one record, delivered by age while the input is open
         target.write([record_line(3), state_line(3)])
-        assert rx.wait_for(4, DEADLINE), "a record in a batch that is not full waited for more input"
+        assert rx.wait_for(4, DEADLINE), (
+            "a record in a batch that is not full waited for more input"
+        )
         assert target.wait_for_state({"upto": 3})
         assert target.input_open
         # end of input: the last record goes when the input ends
@@ -215,8 +236,10 @@ def test_reader_waits_on_a_pipe_with_a_timeout_and_parses_only_complete_lines() 
         return 0.05
 
     reader.due = due
-    callbacks = {kind: (lambda m: messages.append((time.monotonic(), m)))
-                 for kind in ("SCHEMA", "RECORD", "STATE", "ACTIVATE_VERSION", "BATCH")}
+    callbacks = {
+        kind: (lambda m: messages.append((time.monotonic(), m)))
+        for kind in ("SCHEMA", "RECORD", "STATE", "ACTIVATE_VERSION", "BATCH")
+    }
     first = (schema_line() + "\n" + record_line(0)).encode()
     second = ("\n" + state_line(0)).encode()  # ends the record line; the STATE has no newline
 
@@ -269,17 +292,32 @@ def test_input_dash_reads_standard_input(base_config, tmp_path: Path, via: str) 
     lines = singer_lines("orders", [track(0), track(1)], state={"upto": 1})
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps({**base_config, "dry_run": True}))
-    command = [sys.executable, "-m", "target_everflow", "--config", str(config_path), "--input", "-"]
+    command = [
+        sys.executable,
+        "-m",
+        "target_everflow",
+        "--config",
+        str(config_path),
+        "--input",
+        "-",
+    ]
     data = "\n".join(lines) + "\n"
     if via == "pipe":
-        proc = subprocess.run(command, input=data, capture_output=True, text=True,
-                              timeout=DEADLINE * 4, cwd=tmp_path)
+        proc = subprocess.run(
+            command, input=data, capture_output=True, text=True, timeout=DEADLINE * 4, cwd=tmp_path
+        )
     else:
         source = tmp_path / "input.singer"
         source.write_text(data)
         with source.open("rb") as stdin:
-            proc = subprocess.run(command, stdin=stdin, capture_output=True, text=True,
-                                  timeout=DEADLINE * 4, cwd=tmp_path)
+            proc = subprocess.run(
+                command,
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=DEADLINE * 4,
+                cwd=tmp_path,
+            )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert [json.loads(line) for line in proc.stdout.splitlines()] == [{"upto": 1}]
@@ -288,12 +326,20 @@ def test_input_dash_reads_standard_input(base_config, tmp_path: Path, via: str) 
 
 
 @pytest.mark.parametrize("value", [0, -1, "soon"])
-def test_max_batch_age_seconds_must_be_a_positive_number(base_config, tmp_path: Path, value: t.Any) -> None:
+def test_max_batch_age_seconds_must_be_a_positive_number(
+    base_config, tmp_path: Path, value: t.Any
+) -> None:
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps({**base_config, "dry_run": True, "max_batch_age_seconds": value}))
+    config_path.write_text(
+        json.dumps({**base_config, "dry_run": True, "max_batch_age_seconds": value})
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(config_path)],
-        input="", capture_output=True, text=True, timeout=DEADLINE * 4, cwd=tmp_path,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 4,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Setting 'max_batch_age_seconds': must be" in proc.stderr
@@ -306,4 +352,7 @@ def test_max_batch_age_seconds_defaults_to_the_schema_default() -> None:
     spec = CONFIG_SCHEMA["properties"]["max_batch_age_seconds"]
     assert spec["default"] == 5 and spec["title"] and spec["exclusiveMinimum"] == 0
     assert Settings.from_config({"dry_run": True}).max_batch_age_seconds == 5
-    assert Settings.from_config({"dry_run": True, "max_batch_age_seconds": 0.5}).max_batch_age_seconds == 0.5
+    assert (
+        Settings.from_config({"dry_run": True, "max_batch_age_seconds": 0.5}).max_batch_age_seconds
+        == 0.5
+    )

@@ -35,7 +35,6 @@ from target_everflow.ledger import (
     open_ledger,
     redact_url,
 )
-
 from tests.conftest import wait_for
 
 PG_ENV = "TARGET_EVERFLOW_TEST_POSTGRES_URL"
@@ -640,7 +639,9 @@ def test_none_is_a_null_ledger_with_a_warning(
     assert ledger.claim(["b"]) == {"b": C}
     ledger.close()
     assert not list(tmp_path.iterdir())
-    assert open_ledger("none", default_dir=tmp_path, lease_seconds=30, retention_days=400).claim(["a"]) == {"a": C}
+    assert open_ledger("none", default_dir=tmp_path, lease_seconds=30, retention_days=400).claim(
+        ["a"]
+    ) == {"a": C}
 
 
 @pytest.mark.parametrize(

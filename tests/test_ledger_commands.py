@@ -12,17 +12,25 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, REPO, dead_letter_records, run_target, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    REPO,
+    dead_letter_records,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.ledgers import Backend, backend, cli, put, rows  # noqa: F401 - the fixture
 from tests.receiver import Answer, Receiver
 
 DEAD_RUN = "gone-host:4242:0badcafe"
 
 
-def live(base_config: dict, backend: Backend, url: str = "https://www.example-tracking.test/", **changes) -> dict:
+def live(
+    base_config: dict, backend: Backend, url: str = "https://www.example-tracking.test/", **changes
+) -> dict:
     return {**base_config, "postback_url": url, "ledger_url": backend.url, **changes}
 
 
@@ -31,9 +39,13 @@ def opened(config: dict, tmp_path: Path) -> None:
     assert run_target(config, singer_lines("orders", []), tmp_path).code == 0
 
 
-def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(backend: Backend, base_config, tmp_path):
+def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(
+    backend: Backend, base_config, tmp_path
+):
     with Receiver(script=Receiver.per_transaction({"tx-1": [Answer.drop()]})) as rx:
-        config = live(base_config, backend, rx.url, in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE)
+        config = live(
+            base_config, backend, rx.url, in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE
+        )
         first = run_target(config, singer_lines("orders", [track(1), track(2)]), tmp_path)
         assert first.code == 0, first.stderr[-2000:]
         assert rx.count_by_transaction() == {"tx-2": 1}  # tx-1 got no answer: in doubt
@@ -52,7 +64,11 @@ def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(backend:
         assert listed.code == 0, listed.stderr
         (key,) = listed.json()
         first_run = cli(config, "history", "--json", tmp_path=tmp_path).json()[-1]["run_id"]
-        assert (key["delivery_key"], key["status"], key["run"]) == ("m:msg-1", "in_doubt", first_run)
+        assert (key["delivery_key"], key["status"], key["run"]) == (
+            "m:msg-1",
+            "in_doubt",
+            first_run,
+        )
 
         released = cli(config, "ledger", "release", "--all-in-doubt", "--yes", tmp_path=tmp_path)
         assert released.code == 0, released.stderr
@@ -70,7 +86,9 @@ def test_release_then_replay_sends_an_in_doubt_dead_letter_exactly_once(backend:
     assert cli(config, "ledger", "in-doubt", "--json", tmp_path=tmp_path).json() == []
 
 
-def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(backend: Backend, base_config, tmp_path):
+def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(
+    backend: Backend, base_config, tmp_path
+):
     config = live(base_config, backend)
     opened(config, tmp_path)
     put(backend, "m:held", "in_doubt", owner=DEAD_RUN, age_days=1)
@@ -82,23 +100,44 @@ def test_in_doubt_lists_held_keys_and_dead_runs_sending_ones(backend: Backend, b
     assert table.code == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("2 in-doubt key(s) in ledger")
-    assert lines[1].split() == ["Key", "State", "Stream", "Event", "Transaction", "Held", "by", "run", "Since", "(UTC)"]
+    assert lines[1].split() == [
+        "Key",
+        "State",
+        "Stream",
+        "Event",
+        "Transaction",
+        "Held",
+        "by",
+        "run",
+        "Since",
+        "(UTC)",
+    ]
     assert lines[3].split()[:2] == ["m:held", "held"] and DEAD_RUN in lines[3]
     assert lines[4].split()[:4] == ["m:orphan", "sending,", "run", "gone"]
 
     # The claim-time columns (filled when a run claims a key) are shown.
-    backend.sql("UPDATE {t} SET stream = 'segment_shop-order_completed', event = 'Order Completed',"
-               " transaction_id = 'tx\x07bell' WHERE delivery_key = 'm:held'")
-    rows = {r["delivery_key"]: r for r in cli(config, "ledger", "in-doubt", "--json", tmp_path=tmp_path).json()}
+    backend.sql(
+        "UPDATE {t} SET stream = 'segment_shop-order_completed', event = 'Order Completed',"
+        " transaction_id = 'tx\x07bell' WHERE delivery_key = 'm:held'"
+    )
+    rows = {
+        r["delivery_key"]: r
+        for r in cli(config, "ledger", "in-doubt", "--json", tmp_path=tmp_path).json()
+    }
     assert set(rows) == {"m:held", "m:orphan"}
-    assert (rows["m:held"]["stream"], rows["m:held"]["event"], rows["m:held"]["transaction_id"]) == (
-        "segment_shop-order_completed", "Order Completed", "tx\x07bell")
+    assert (
+        rows["m:held"]["stream"],
+        rows["m:held"]["event"],
+        rows["m:held"]["transaction_id"],
+    ) == ("segment_shop-order_completed", "Order Completed", "tx\x07bell")
     assert rows["m:orphan"]["event"] is None
     table = cli(config, "ledger", "in-doubt", tmp_path=tmp_path).stdout
     assert "segment_shop-order_completed  Order Completed  tx\\x07bell" in table  # escaped
 
 
-def test_status_counts_keys_by_status_and_names_the_oldest_pending(backend: Backend, base_config, tmp_path):
+def test_status_counts_keys_by_status_and_names_the_oldest_pending(
+    backend: Backend, base_config, tmp_path
+):
     config = live(base_config, backend)
     opened(config, tmp_path)
     for i in range(3):
@@ -113,14 +152,23 @@ def test_status_counts_keys_by_status_and_names_the_oldest_pending(backend: Back
     assert data["total"] == 6 and data["in_doubt_orphaned"] == 1
     oldest = data["oldest_pending"]
     assert (oldest["delivery_key"], oldest["status"], oldest["run"], oldest["lease_expired"]) == (
-        "m:old", "sending", DEAD_RUN, True)
+        "m:old",
+        "sending",
+        DEAD_RUN,
+        True,
+    )
     text = cli(config, "ledger", "status", tmp_path=tmp_path).stdout
     assert "delivered     3" in text and "in_doubt      1" in text and "total         6" in text
-    assert "Oldest pending: m:old (sending), claimed" in text and "(2.0 d ago) by run " + DEAD_RUN in text
+    assert (
+        "Oldest pending: m:old (sending), claimed" in text
+        and "(2.0 d ago) by run " + DEAD_RUN in text
+    )
     assert "1 sending key(s) belong to runs that died" in text
 
 
-def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(backend: Backend, base_config, tmp_path):
+def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(
+    backend: Backend, base_config, tmp_path
+):
     config = live(base_config, backend)
     opened(config, tmp_path)
     put(backend, "m:old-delivered", "delivered", age_days=40)
@@ -131,7 +179,9 @@ def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(backend:
     opened(config, tmp_path)  # and one from today
     forgot = cli(config, "ledger", "forget", "--older-than", "30", tmp_path=tmp_path)
     assert forgot.code == 0, forgot.stderr
-    assert forgot.stdout.startswith("Forgot 2 delivered or held key(s) and 1 run(s) older than 30 days")
+    assert forgot.stdout.startswith(
+        "Forgot 2 delivered or held key(s) and 1 run(s) older than 30 days"
+    )
     assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
     assert len(cli(config, "history", "--json", tmp_path=tmp_path).json()) == 1
     assert cli(config, "ledger", "forget", tmp_path=tmp_path).code == 2  # --older-than is required
@@ -145,7 +195,8 @@ def test_release_refuses_without_a_terminal_or_yes(backend: Backend, base_config
         refused = cli(config, "ledger", "release", *args, tmp_path=tmp_path)  # stdin: /dev/null
         assert refused.code == 1 and refused.stdout == ""
         assert refused.stderr.splitlines() == [
-            "target-everflow: ledger release: refusing without confirmation: run it on a terminal, or add --yes"]
+            "target-everflow: ledger release: refusing without confirmation: run it on a terminal, or add --yes"
+        ]
     assert rows(backend) == {"m:held": "in_doubt"}
     bad = cli(config, "ledger", "release", "--yes", tmp_path=tmp_path)
     assert bad.code == 1 and "name the keys to release, or give --all-in-doubt" in bad.stderr
@@ -156,8 +207,21 @@ def _on_a_terminal(config_path: Path, answer: bytes, cwd: Path) -> tuple[int, st
     answering ``answer`` to its question."""
     main, child = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "target_everflow", "ledger", "release", "--all-in-doubt", "--config", str(config_path)],
-        stdin=child, stdout=child, stderr=child, cwd=cwd, close_fds=True,
+        [
+            sys.executable,
+            "-m",
+            "target_everflow",
+            "ledger",
+            "release",
+            "--all-in-doubt",
+            "--config",
+            str(config_path),
+        ],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        cwd=cwd,
+        close_fds=True,
     )
     os.close(child)
     seen = b""
@@ -205,8 +269,18 @@ def test_release_named_keys(backend: Backend, base_config, tmp_path):
     put(backend, "m:held", "in_doubt")
     put(backend, "m:live", "pending", owner=DEAD_RUN, lease_until=time.time() + 600)
     put(backend, "m:stale", "pending", owner=DEAD_RUN, lease_until=time.time() - 1)
-    result = cli(config, "ledger", "release", "m:done", "m:held", "m:live", "m:stale", "m:nope", "--yes",
-                 tmp_path=tmp_path)
+    result = cli(
+        config,
+        "ledger",
+        "release",
+        "m:done",
+        "m:held",
+        "m:live",
+        "m:stale",
+        "m:nope",
+        "--yes",
+        tmp_path=tmp_path,
+    )
     assert result.code == 1
     assert "Releasing 3 key(s)" in result.stdout and "1 of them were delivered" in result.stdout
     assert "SENT AGAIN" in result.stdout and "Released 3 key(s)" in result.stdout
@@ -222,7 +296,9 @@ def test_commands_need_a_ledger_they_can_open(base_config, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for args in (["ledger", "status"], ["ledger", "in-doubt"], ["history"]):
-        result = cli({**config, "ledger_url": f"sqlite:///{blocker}/ledger.db"}, *args, tmp_path=tmp_path)
+        result = cli(
+            {**config, "ledger_url": f"sqlite:///{blocker}/ledger.db"}, *args, tmp_path=tmp_path
+        )
         assert result.code == 4, result.stderr
         assert len(result.stderr.splitlines()) == 1 and "cannot open the ledger" in result.stderr
         result = cli({**config, "ledger_url": "none"}, *args, tmp_path=tmp_path)
@@ -232,28 +308,49 @@ def test_commands_need_a_ledger_they_can_open(base_config, tmp_path):
 def test_meltano_commands_run_the_subcommands(backend: Backend, base_config, tmp_path):
     """Each Meltano plugin command of meltano.yml, as Meltano invokes it (settings as
     TARGET_EVERFLOW_* variables, ``--config ENV``), plus the arguments a user adds."""
-    (loader,) = [p for p in yaml.safe_load((REPO / "meltano.yml").read_text())["plugins"]["loaders"]
-                 if p["name"] == "target-everflow"]
+    (loader,) = [
+        p
+        for p in yaml.safe_load((REPO / "meltano.yml").read_text())["plugins"]["loaders"]
+        if p["name"] == "target-everflow"
+    ]
     commands = loader["commands"]
     config = live(base_config, backend, **DEAD_LETTERS_ON_PURPOSE)
     opened(config, tmp_path)
     put(backend, "m:held", "in_doubt")
-    env = {f"TARGET_EVERFLOW_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-           for k, v in config.items()}
-    added = {"history": ["--json"], "ledger-status": [], "ledger-in-doubt": [],
-             "ledger-release": ["m:held", "--yes"], "ledger-forget": ["--older-than", "30"]}
+    env = {
+        f"TARGET_EVERFLOW_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+        for k, v in config.items()
+    }
+    added = {
+        "history": ["--json"],
+        "ledger-status": [],
+        "ledger-in-doubt": [],
+        "ledger-release": ["m:held", "--yes"],
+        "ledger-forget": ["--older-than", "30"],
+    }
     for name, extra in added.items():
         args = commands[name]["args"].split() + extra
-        proc = subprocess.run([sys.executable, "-m", "target_everflow", *args], capture_output=True,
-                              text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **env})
+        proc = subprocess.run(
+            [sys.executable, "-m", "target_everflow", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
         assert proc.returncode == 0, (name, proc.stderr)
     assert rows(backend) == {}
 
 
 def test_ledger_help_lists_its_commands(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "target_everflow", "ledger", "--help"], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "target_everflow", "ledger", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0
     for command in ("status", "in-doubt", "release", "forget"):
         assert f"  {command} " in proc.stdout, proc.stdout

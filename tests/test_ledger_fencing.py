@@ -57,7 +57,9 @@ def test_the_fence_refuses_a_claim_another_run_took_over(backend: Backend) -> No
 
     # The holder freezes: nothing renews its leases, and the rival takes its claims over.
     holder._leases.stop()
-    assert wait_for(lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5)
+    assert wait_for(
+        lambda: max(backend.lease_of("sent"), backend.lease_of("unsent")) < time.time(), 5
+    )
     assert rival.claim(["sent", "unsent"]) == {"sent": I, "unsent": C}
 
     # It wakes up: neither postback may leave, and the rival's rows are untouched.
@@ -104,7 +106,9 @@ def test_the_lease_clock_counts_a_suspend() -> None:
 
 @pytest.mark.parametrize("rival_does", ["deliver", "let_go"])
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, rival_does: str, tmp_path: pathlib.Path) -> None:
+def test_a_run_that_lost_its_claims_does_not_send_them(
+    kind: str, rival_does: str, tmp_path: pathlib.Path
+) -> None:
     """Run A sends tx-1 (its answer held back), loses every claim to run B meanwhile (its
     leases expired), then gets tx-1's answer: it sends none of what B holds and says so. Once B
     has delivered them they are skipped (claimed_elsewhere); if B lets them go instead (it
@@ -117,12 +121,19 @@ def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, rival_does: st
         url = f"{base}{'&' if '?' in base else '?'}table={table}"
     # tx-1's answer takes 8 s: meanwhile A's leases run out and B takes every claim over.
     script = Receiver.per_transaction({"tx-1": [Answer.slow(8.0)]})
-    config = {**config_under(tmp_path), "ledger_url": url, "max_concurrency": 1, "request_timeout": 30}
+    config = {
+        **config_under(tmp_path),
+        "ledger_url": url,
+        "max_concurrency": 1,
+        "request_timeout": 30,
+    }
     try:
         with Receiver(script=script) as rx:
             config["postback_url"] = rx.url
             (tmp_path / "config.json").write_text(json.dumps(config))
-            (tmp_path / "input.singer").write_text("\n".join(singer_lines("orders", [track(i) for i in range(1, 6)])) + "\n")
+            (tmp_path / "input.singer").write_text(
+                "\n".join(singer_lines("orders", [track(i) for i in range(1, 6)])) + "\n"
+            )
             with (tmp_path / "stderr").open("wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / "config.json"),
@@ -131,7 +142,9 @@ def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, rival_does: st
                 )  # fmt: skip
                 try:
                     assert rx.wait_for(1, timeout=30), "run A sent nothing"
-                    rival = open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
+                    rival = open_ledger(
+                        url, default_dir=tmp_path, lease_seconds=60, retention_days=400
+                    )
                     try:
                         _sql(kind, url, tmp_path, table, "UPDATE {t} SET lease_until = 0")
                         keys = [f"m:msg-{i}" for i in range(1, 6)]
@@ -158,7 +171,9 @@ def test_a_run_that_lost_its_claims_does_not_send_them(kind: str, rival_does: st
     assert code == 0, stderr[-3000:]
     summary = json.loads(pathlib.Path(config["summary_path"]).read_text())
     assert summary["records_read"] == 5
-    assert "4 conversion(s) of this batch were not sent: another run took their claims over" in stderr
+    assert (
+        "4 conversion(s) of this batch were not sent: another run took their claims over" in stderr
+    )
     assert "claimed_elsewhere" in stderr and "Traceback" not in stderr
     if rival_does == "deliver":
         assert sent == {"tx-1": 1}, sent  # nothing of what B owned left A
@@ -225,7 +240,11 @@ class PauseScenario:
             )  # fmt: skip
 
     def sent(self, log: pathlib.Path) -> int:
-        return sum(1 for e in read_log(log) if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-"))
+        return sum(
+            1
+            for e in read_log(log)
+            if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-")
+        )
 
     def in_transaction(self) -> bool:
         """Does frozen A hold a ledger transaction open (locks others would wait for)?"""
@@ -248,7 +267,9 @@ class PauseScenario:
             with contextlib.closing(conn):
                 live = conn.execute(sql.format(t="everflow_ledger", now=time.time())).fetchone()[0]
         else:
-            live = pg_execute(sql.format(t=self.table, now="EXTRACT(EPOCH FROM clock_timestamp())"))[0][0]
+            live = pg_execute(
+                sql.format(t=self.table, now="EXTRACT(EPOCH FROM clock_timestamp())")
+            )[0][0]
         return live == 0
 
     def drive(self, log: pathlib.Path) -> None:
@@ -260,10 +281,14 @@ class PauseScenario:
     def _drive(self, log: pathlib.Path) -> None:
         a = self.start("a")
         try:
-            assert wait_for(lambda: self.sent(log) >= 2 * MAX_CONCURRENCY, 60), "run A did not start sending"
+            assert wait_for(lambda: self.sent(log) >= 2 * MAX_CONCURRENCY, 60), (
+                "run A did not start sending"
+            )
             time.sleep(0.5)
             os.kill(a.pid, signal.SIGSTOP)
-            for _ in range(100):  # freeze it outside a ledger transaction (else B waits on A's locks)
+            for _ in range(
+                100
+            ):  # freeze it outside a ledger transaction (else B waits on A's locks)
                 if not self.in_transaction():
                     break
                 os.kill(a.pid, signal.SIGCONT)
@@ -285,10 +310,16 @@ class PauseScenario:
                     pg_execute(f"DROP TABLE IF EXISTS {self.table}")
 
     def check(self, log: pathlib.Path) -> dict:
-        mine = [e for e in read_log(log) if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-")]
+        mine = [
+            e
+            for e in read_log(log)
+            if str(e.get("transaction_id") or "").startswith(f"{self.prefix}-")
+        ]
         seen = collections.Counter(e["transaction_id"] for e in mine)
         stderr = {run: (self.root / run / "stderr").read_text() for run in ("a", "b")}
-        summary = {run: json.loads((self.root / run / "summary.json").read_text()) for run in ("a", "b")}
+        summary = {
+            run: json.loads((self.root / run / "summary.json").read_text()) for run in ("a", "b")
+        }
         reported = {m.group(4) for text in stderr.values() for m in IN_DOUBT.finditer(text)}
         takeovers = [m for m in TOOK_OVER.finditer(stderr["b"])]
         twice = {tx for tx, n in seen.items() if n > 1}
@@ -303,14 +334,24 @@ class PauseScenario:
         assert self.codes == {"a": 0, "b": 0}, (shown, stderr["a"][-2000:], stderr["b"][-2000:])
         assert set(seen) == {f"{self.prefix}-{i}" for i in range(CONVERSIONS)}, shown  # none lost
         assert takeovers, f"B took nothing over: the scenario did not happen\n{shown}"
-        assert twice <= reported, f"sent twice, never reported in doubt: {sorted(twice - reported)}\n{shown}"
-        after_takeover = {m.group(4) for m in IN_DOUBT.finditer(stderr["b"]) if m.group(5).startswith("was claimed")}
+        assert twice <= reported, (
+            f"sent twice, never reported in doubt: {sorted(twice - reported)}\n{shown}"
+        )
+        after_takeover = {
+            m.group(4)
+            for m in IN_DOUBT.finditer(stderr["b"])
+            if m.group(5).startswith("was claimed")
+        }
         assert len(after_takeover) <= MAX_CONCURRENCY * len(takeovers), shown
         assert sum(int(m.group(4)) for m in takeovers) <= MAX_CONCURRENCY * len(takeovers), shown
         lost = summary["a"]["skipped"].get("claimed_elsewhere", 0)
-        assert lost > 0 and "claimed_elsewhere" in stderr["a"], f"A never noticed it lost its claims\n{shown}"
+        assert lost > 0 and "claimed_elsewhere" in stderr["a"], (
+            f"A never noticed it lost its claims\n{shown}"
+        )
         for s in summary.values():
-            assert s["records_read"] == s["delivered"] + sum(s["skipped"].values()) + sum(s["dead_lettered"].values())
+            assert s["records_read"] == s["delivered"] + sum(s["skipped"].values()) + sum(
+                s["dead_lettered"].values()
+            )
         return figures
 
 
@@ -323,7 +364,9 @@ def test_a_paused_run_never_resends_silently(tmp_path: pathlib.Path) -> None:
     postgres_url()
     log = tmp_path / "receiver.jsonl"
     with ReceiverProcess(latency=0.5, log_path=log) as rx:
-        scenarios = [PauseScenario(kind, tmp_path / kind, rx.url) for kind in ("sqlite", "postgres")]
+        scenarios = [
+            PauseScenario(kind, tmp_path / kind, rx.url) for kind in ("sqlite", "postgres")
+        ]
         threads = [threading.Thread(target=s.drive, args=(log,)) for s in scenarios]
         for thread in threads:
             thread.start()
@@ -339,7 +382,9 @@ def test_a_paused_run_never_resends_silently(tmp_path: pathlib.Path) -> None:
 # --- two live runs on overlapping input never wait for each other holding claims ------------------
 
 
-def test_a_run_sends_what_it_claimed_before_waiting_for_another_runs_claims(tmp_path: pathlib.Path) -> None:
+def test_a_run_sends_what_it_claimed_before_waiting_for_another_runs_claims(
+    tmp_path: pathlib.Path,
+) -> None:
     """Another live run holds tx-2's claim. This run sends tx-1 (its own claim) at once, and
     waits for tx-2 only after that: were it to hold tx-1 unsent while waiting, two runs each
     holding what the other needs would wait for each other until the busy deadline (minutes)."""
@@ -351,7 +396,9 @@ def test_a_run_sends_what_it_claimed_before_waiting_for_another_runs_claims(tmp_
         with Receiver() as rx:
             config["postback_url"] = rx.url
             (tmp_path / "config.json").write_text(json.dumps(config))
-            (tmp_path / "input.singer").write_text("\n".join(singer_lines("orders", [track(1), track(2)])) + "\n")
+            (tmp_path / "input.singer").write_text(
+                "\n".join(singer_lines("orders", [track(1), track(2)])) + "\n"
+            )
             proc = subprocess.Popen(
                 [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / "config.json"),
                  "--input", str(tmp_path / "input.singer")],

@@ -57,7 +57,7 @@ class BlackHoleProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = self._listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -75,7 +75,7 @@ class BlackHoleProxy:
         while not self._stopping.is_set():
             try:
                 data = src.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -208,7 +208,9 @@ def test_a_silent_postgresql_connection_never_hangs_the_run(
 
 
 @pytest.mark.postgres
-def test_a_postgresql_server_that_never_answers_the_connect_fails_with_exit_4(tmp_path: pathlib.Path) -> None:
+def test_a_postgresql_server_that_never_answers_the_connect_fails_with_exit_4(
+    tmp_path: pathlib.Path,
+) -> None:
     p = _pg_params()
     with BlackHoleProxy((p["host"], int(p["port"]))) as proxy:
         proxy.black_hole()
@@ -220,7 +222,9 @@ def test_a_postgresql_server_that_never_answers_the_connect_fails_with_exit_4(tm
         finally:
             target.kill()
     assert code == 4, (code, target.stderr[-3000:])
-    assert "cannot open the ledger" in target.stderr and "(connect_timeout)" in target.stderr, target.stderr[-3000:]
+    assert "cannot open the ledger" in target.stderr and "(connect_timeout)" in target.stderr, (
+        target.stderr[-3000:]
+    )
 
 
 # --- PostgreSQL: a lock held by another connection -------------------------------------------------
@@ -261,7 +265,9 @@ def test_a_lock_held_elsewhere_fails_the_start_with_exit_4_naming_it(
     base = postgres_url()
     url = f"{base}{'&' if '?' in base else '?'}table={pg_table}"
     with _pg_lock(pg_table, LOCKS[lock], tmp_path), Receiver() as rx:
-        target = Target(tmp_path, _live_config(tmp_path, rx.url, ledger_url=url, ledger_timeout=3), 5)
+        target = Target(
+            tmp_path, _live_config(tmp_path, rx.url, ledger_url=url, ledger_timeout=3), 5
+        )
         try:
             code, waited = target.wait(60)
         finally:
@@ -270,7 +276,10 @@ def test_a_lock_held_elsewhere_fails_the_start_with_exit_4_naming_it(
     stderr = target.stderr
     assert code == 4, (code, stderr[-3000:])
     assert "cannot open the ledger" in stderr, stderr[-3000:]
-    assert f"gave up after 3 s (lock_timeout) waiting for a lock on the ledger table {pg_table}" in stderr
+    assert (
+        f"gave up after 3 s (lock_timeout) waiting for a lock on the ledger table {pg_table}"
+        in stderr
+    )
     assert "Traceback" not in stderr
 
 
@@ -282,7 +291,9 @@ def test_sigterm_while_waiting_for_a_postgresql_lock_ends_the_run_within_its_gra
     app = f"hang-{uuid.uuid4().hex[:8]}"
     url = f"{base}{'&' if '?' in base else '?'}table={pg_table}&application_name={app}"
     with _pg_lock(pg_table, LOCKS["uncommitted_delete"], tmp_path):
-        target = Target(tmp_path, _live_config(tmp_path, "https://track.example.com/", ledger_url=url), 5)
+        target = Target(
+            tmp_path, _live_config(tmp_path, "https://track.example.com/", ledger_url=url), 5
+        )
         try:
             assert wait_for(lambda: _waiting_on_a_lock(app), 60), target.stderr[-3000:]
             code, waited = target.terminate()
@@ -296,7 +307,9 @@ def test_sigterm_while_waiting_for_a_postgresql_lock_ends_the_run_within_its_gra
 
 @contextlib.contextmanager
 def _sqlite_lock(path: pathlib.Path, tmp_path: pathlib.Path) -> t.Iterator[None]:
-    open_ledger(f"sqlite:///{path}", default_dir=tmp_path, lease_seconds=60, retention_days=400).close()
+    open_ledger(
+        f"sqlite:///{path}", default_dir=tmp_path, lease_seconds=60, retention_days=400
+    ).close()
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")

@@ -26,14 +26,26 @@ MARK = "Pw7MARKq"
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        (f"postgresql://postgres:{MARK}#x@127.0.0.1:5432/test", "postgresql://postgres:***@127.0.0.1:5432/test"),
+        (
+            f"postgresql://postgres:{MARK}#x@127.0.0.1:5432/test",
+            "postgresql://postgres:***@127.0.0.1:5432/test",
+        ),
         (f"postgresql://u:{MARK}/x@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db"),
         (f"postgresql://u:{MARK}?x@127.0.0.1:1/db", "postgresql://u:***@127.0.0.1:1/db"),
-        (f"postgresql://u:a#{MARK}/?b@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+        (
+            f"postgresql://u:a#{MARK}/?b@h:5432/db?sslmode=require",
+            "postgresql://u:***@h:5432/db?sslmode=require",
+        ),
         (f"postgresql://u:{MARK}@x@h/db", "postgresql://u:***@h/db"),
         (f"postgres://u:{MARK}%23x@h/db", "postgres://u:***@h/db"),
-        (f"postgresql://h/db?user=u&password={MARK}#x&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
-        (f"host=127.0.0.1 port=5432 dbname=db user=u password={MARK}", "host=127.0.0.1 port=5432 dbname=db user=u password=***"),
+        (
+            f"postgresql://h/db?user=u&password={MARK}#x&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+        (
+            f"host=127.0.0.1 port=5432 dbname=db user=u password={MARK}",
+            "host=127.0.0.1 port=5432 dbname=db user=u password=***",
+        ),
         (f"host=h dbname='my db' password='{MARK} \\' #/?'", "host=h dbname='my db' password=***"),
         (f"host = h   password = {MARK}", "host=h password=***"),
         # unsure: show nothing
@@ -46,7 +58,10 @@ MARK = "Pw7MARKq"
         ("sqlite:////tmp/a@b/ledger.db?table=t", "sqlite:////tmp/a@b/ledger.db?table=t"),
         ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
         # a password that is also the user's name is masked, and the rest still shown
-        ("postgresql://postgres:postgres@127.0.0.1:5432/test", "postgresql://postgres:***@127.0.0.1:5432/test"),
+        (
+            "postgresql://postgres:postgres@127.0.0.1:5432/test",
+            "postgresql://postgres:***@127.0.0.1:5432/test",
+        ),
         ("host=h user=postgres password=postgres", "host=h user=postgres password=***"),
     ],
 )
@@ -152,7 +167,9 @@ def test_a_run_with_a_password_full_of_reserved_characters_prints_it_nowhere(
     f"host=127.0.0.1 port=1 dbname=db user=everflow password='{MARK}?/#'",
     f"{MARK}@not-a-url",
 ])  # fmt: skip
-def test_a_run_whose_ledger_fails_prints_the_password_nowhere(url: str, tmp_path: pathlib.Path) -> None:
+def test_a_run_whose_ledger_fails_prints_the_password_nowhere(
+    url: str, tmp_path: pathlib.Path
+) -> None:
     pytest.importorskip("psycopg2")
     config = {**config_under(tmp_path), "ledger_url": url, "postback_url": "https://track.example.com/",
               "ledger_timeout": 3}  # fmt: skip

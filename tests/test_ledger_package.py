@@ -28,7 +28,9 @@ def _ledger_privates(path: pathlib.Path) -> list[str]:
 
 
 def test_no_module_outside_the_package_reaches_into_a_ledger() -> None:
-    outside = [p for p in sorted(PACKAGE.rglob("*.py")) if "ledger" not in p.relative_to(PACKAGE).parts[:1]]
+    outside = [
+        p for p in sorted(PACKAGE.rglob("*.py")) if "ledger" not in p.relative_to(PACKAGE).parts[:1]
+    ]
     assert outside, PACKAGE
     assert [hit for p in outside for hit in _ledger_privates(p)] == []
 
@@ -39,6 +41,8 @@ def test_each_ledger_module_reads_in_one_sitting() -> None:
     assert max(sizes.values()) <= 420, sizes
 
 
-def test_the_api_request_timeout_default_comes_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_api_request_timeout_default_comes_from_the_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(settings.CONFIG_SCHEMA["properties"]["request_timeout"], "default", 12.5)
     assert everflow_api._timeout({}) == 12.5

@@ -15,12 +15,12 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from target_everflow import ledger as ledger_module
 from target_everflow.ledger import ADDED_COLUMNS, ClaimStatus, LedgerError, open_ledger
 from tests.conftest import postgres_url, run_in_process, singer_lines, track
 from tests.receiver import Receiver
@@ -143,7 +143,8 @@ def test_a_0_1_0_sqlite_ledger_upgrades_in_place_with_nothing_lost(tmp_path: Pat
         now = time.time()
         t = "everflow_ledger"
         got = con.execute(
-            V010_SQLITE_CLAIM.format(t=t), ("old:1:x", "", now + 60, now, now, '["o1", "o2", "new"]')
+            V010_SQLITE_CLAIM.format(t=t),
+            ("old:1:x", "", now + 60, now, now, '["o1", "o2", "new"]'),
         ).fetchall()
         assert sorted(r[0] for r in got) == ["o1", "o2"]  # "new" is taken
         con.execute(V010_SQLITE_DELIVERED.format(t=t), ("old:1:x", "", now, now, '[["o1", 200]]'))
@@ -185,7 +186,9 @@ def pg_table() -> Iterator[tuple[str, str]]:
             V010_PG_CLAIM.format(t=table),
             ("old:1:x", "", now - 1, now, now, ["d1", "d2", "h1", "p1"]),
         )
-        cur.execute(V010_PG_DELIVERED.format(t=table), ("old:1:x", "", now, now, ["d1", "d2"], [200, 200]))
+        cur.execute(
+            V010_PG_DELIVERED.format(t=table), ("old:1:x", "", now, now, ["d1", "d2"], [200, 200])
+        )
         cur.execute(V010_HELD.format(t=table).replace("?", "%s"), (now, "h1", "old:1:x"))
     sep = "&" if "?" in base else "?"
     try:
@@ -277,10 +280,21 @@ def test_the_postgres_upgrade_gives_up_on_a_held_lock_with_one_line(
 # --- what the ledger now remembers ----------------------------------------------------------
 
 
-META = ["stream", "event", "transaction_id", "message_id", "adv_event_id", "order_id", "amount", "event_time"]
+META = [
+    "stream",
+    "event",
+    "transaction_id",
+    "message_id",
+    "adv_event_id",
+    "order_id",
+    "amount",
+    "event_time",
+]
 
 
-def test_a_delivery_writes_what_was_sent_at_claim_and_sent_at_when_delivered(tmp_path: Path) -> None:
+def test_a_delivery_writes_what_was_sent_at_claim_and_sent_at_when_delivered(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "ledger.sqlite3"
     sub = track(2, event="Subscription Started", total=None)
     del sub["properties"]["orderId"]
@@ -297,10 +311,30 @@ def test_a_delivery_writes_what_was_sent_at_claim_and_sent_at_when_delivered(tmp
         code, _ = run_in_process(config, singer_lines("orders", records))
         after = time.time()
     assert code == 0
-    rows = {r[0]: r[1:] for r in _sqlite_rows(path, ["delivery_key", *META, "sent_at", "recon_status"])}
+    rows = {
+        r[0]: r[1:] for r in _sqlite_rows(path, ["delivery_key", *META, "sent_at", "recon_status"])
+    }
     event_time = 1795198448.0  # 2026-11-20T18:14:08.612Z
-    assert rows["m:msg-1"][:-2] == ("orders", "Order Completed", "tx-1", "msg-1", 0, "1001", 11.0, event_time)
-    assert rows["m:msg-2"][:-2] == ("orders", "Subscription Started", "tx-2", "msg-2", 24, None, None, event_time)
+    assert rows["m:msg-1"][:-2] == (
+        "orders",
+        "Order Completed",
+        "tx-1",
+        "msg-1",
+        0,
+        "1001",
+        11.0,
+        event_time,
+    )
+    assert rows["m:msg-2"][:-2] == (
+        "orders",
+        "Subscription Started",
+        "tx-2",
+        "msg-2",
+        24,
+        None,
+        None,
+        event_time,
+    )
     for key in ("m:msg-1", "m:msg-2"):
         assert before <= rows[key][-2] <= after  # sent_at
         assert rows[key][-1] is None  # unchecked
@@ -322,7 +356,10 @@ def test_held_and_in_doubt_keys_have_their_metadata(tmp_path: Path) -> None:
         b.mark_held(["k2"])
     finally:
         b.close()
-    rows = {r[0]: r[1:] for r in _sqlite_rows(tmp_path / "l.db", ["delivery_key", "status", *META, "sent_at"])}
+    rows = {
+        r[0]: r[1:]
+        for r in _sqlite_rows(tmp_path / "l.db", ["delivery_key", "status", *META, "sent_at"])
+    }
     assert rows["k1"][:4] == ("pending", None, "E", "tx-1")
     assert rows["k2"] == ("in_doubt", "s", "Order Completed", "tx-2", None, 24, "7", 9.5, 1.0, None)
 
@@ -337,10 +374,15 @@ def test_postgres_writes_the_metadata_too(tmp_path: Path) -> None:
             meta = {"k": {"stream": "s", "event": "Order Completed", "transaction_id": "tx",
                           "message_id": "m", "adv_event_id": 0, "order_id": None, "amount": 12.25,
                           "event_time": 1795198448.0}}  # fmt: skip
-            assert ledger.claim(["k", "bare"], meta) == {"k": ClaimStatus.CLAIMED, "bare": ClaimStatus.CLAIMED}
+            assert ledger.claim(["k", "bare"], meta) == {
+                "k": ClaimStatus.CLAIMED,
+                "bare": ClaimStatus.CLAIMED,
+            }
             ledger.mark_delivered("k", 200)
             ledger.flush()
-        rows = _pg(f"SELECT delivery_key, {', '.join(META)}, sent_at IS NOT NULL FROM {table} ORDER BY 1")
+        rows = _pg(
+            f"SELECT delivery_key, {', '.join(META)}, sent_at IS NOT NULL FROM {table} ORDER BY 1"
+        )
         assert rows == [
             ("bare", None, None, None, None, None, None, None, None, False),
             ("k", "s", "Order Completed", "tx", "m", 0, None, 12.25, 1795198448.0, True),

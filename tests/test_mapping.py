@@ -19,6 +19,7 @@ from decimal import Decimal
 import pytest
 import simplejson
 
+from target_everflow.fields import Mismatch
 from target_everflow.mapping import (
     DEAD_LETTER,
     MISSING_REQUIRED_FIELD,
@@ -32,7 +33,6 @@ from target_everflow.mapping import (
     Outcome,
     event_time,
 )
-from target_everflow.fields import Mismatch
 from target_everflow.records import MISSING, SegmentEvent
 from target_everflow.settings import Settings
 
@@ -139,7 +139,9 @@ def to_warehouse(raw: dict) -> dict:
         elif key == "properties":
             for prop, prop_value in value.items():
                 column = snake(prop)
-                row[column] = dumps(prop_value) if isinstance(prop_value, (list, dict)) else prop_value
+                row[column] = (
+                    dumps(prop_value) if isinstance(prop_value, (list, dict)) else prop_value
+                )
         else:
             row[snake(key)] = value
     return row
@@ -182,7 +184,11 @@ def test_builders_produce_the_documented_shapes() -> None:
     assert row["context_referrer_id"] == TID
     assert row["order_id"] == 5
     assert row["products"] == '[{"sku": "a"}]'
-    assert (row["event"], row["event_text"], row["id"]) == ("order_completed", "Order Completed", "msg-0001")
+    assert (row["event"], row["event_text"], row["id"]) == (
+        "order_completed",
+        "Order Completed",
+        "msg-0001",
+    )
     assert "type" not in row and "properties" not in row and "context" not in row
     flat = to_flat(raw)
     assert flat["context__userAgent"] == UA
@@ -238,7 +244,13 @@ WEB_PROPERTIES = {
     "orderId": 50314,
     "affiliateId": "12",
     "products": [
-        {"product_id": "507f", "sku": "45790-32", "name": "Monopoly: 3rd Edition", "price": 19, "quantity": 1},
+        {
+            "product_id": "507f",
+            "sku": "45790-32",
+            "name": "Monopoly: 3rd Edition",
+            "price": 19,
+            "quantity": 1,
+        },
         {"sku": "46493-32", "name": "Uno Card Game", "quantity": 2},
     ],
     "total": Decimal("27.50"),
@@ -327,7 +339,11 @@ def test_golden_web(shape: str) -> None:
     conversion = conversion_of(record, STREAMS[shape])
     assert conversion.params == WEB_GOLDEN
     assert conversion.platform == "web"
-    assert (conversion.event, conversion.event_id, conversion.transaction_id) == ("Order Completed", 0, TID)
+    assert (conversion.event, conversion.event_id, conversion.transaction_id) == (
+        "Order Completed",
+        0,
+        TID,
+    )
     assert conversion.message_id == "msg-0001"
     assert conversion.key == "m:msg-0001"
     assert conversion.dropped == []
@@ -461,7 +477,12 @@ ROWS: list[tuple[str, str, t.Any, str]] = [
     ("properties.orderId", "order_id", 50314, "50314"),
     ("properties.affiliateId", "affiliate_id", "12", "12"),
     ("properties.products[i].quantity", "order_line_items", 2, '[{"quantity":2}]'),
-    ("properties.products[i].name", "order_line_items", "Uno Card Game", '[{"name":"Uno Card Game"}]'),
+    (
+        "properties.products[i].name",
+        "order_line_items",
+        "Uno Card Game",
+        '[{"name":"Uno Card Game"}]',
+    ),
     ("properties.products[i].sku", "order_line_items", "46493-32", '[{"sku":"46493-32"}]'),
     ("properties.total", "amount", Decimal("27.50"), "27.50"),
     ("context.app.namespace", "app_id", "com.example.other", "com.example.other"),
@@ -506,7 +527,9 @@ def set_path(record: dict, path: str, value: t.Any) -> None:
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("platform", ["web", "mobile"])
 @pytest.mark.parametrize(("path", "param", "value", "text"), ROWS, ids=[f"{r[0]}" for r in ROWS])
-def test_golden_row(path: str, param: str, value: t.Any, text: str, platform: str, shape: str) -> None:
+def test_golden_row(
+    path: str, param: str, value: t.Any, text: str, platform: str, shape: str
+) -> None:
     raw = raw_event(context=MOBILE_BASE_CONTEXT if platform == "mobile" else WEB_BASE_CONTEXT)
     if platform == "web" and path == "context.os.name":
         value, text = "Mac OS X", "Mac OS X"  # an Android os.name would make the event mobile
@@ -526,7 +549,9 @@ def test_golden_row(path: str, param: str, value: t.Any, text: str, platform: st
 # --- names match case- and punctuation-insensitively ------------------------------------------
 
 
-@pytest.mark.parametrize("spelling", ["orderId", "order_id", "OrderID", "ORDER_ID", "order-id", "Order Id"])
+@pytest.mark.parametrize(
+    "spelling", ["orderId", "order_id", "OrderID", "ORDER_ID", "order-id", "Order Id"]
+)
 def test_property_spellings(spelling: str) -> None:
     conversion = conversion_of(raw_event(properties={spelling: 50314}))
     assert conversion.params == [*head(), ("order_id", "50314")]
@@ -546,7 +571,9 @@ def test_first_spelling_wins_within_an_object() -> None:
 @pytest.mark.parametrize("value", [None, ""])
 def test_null_and_empty_are_absent(value: t.Any) -> None:
     conversion = conversion_of(
-        raw_event(context={"ip": value, "userAgent": value}, properties={"orderId": value, "adv1": value})
+        raw_event(
+            context={"ip": value, "userAgent": value}, properties={"orderId": value, "adv1": value}
+        )
     )
     assert conversion.params == head()
     assert conversion.dropped == []
@@ -600,7 +627,15 @@ def test_no_network_id_in_dry_run_no_nid() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Order Completed", "order_completed", "ORDER COMPLETED", "Order-Completed", "orderCompleted", " Order Completed "]
+    "name",
+    [
+        "Order Completed",
+        "order_completed",
+        "ORDER COMPLETED",
+        "Order-Completed",
+        "orderCompleted",
+        " Order Completed ",
+    ],
 )
 def test_event_matches_exactly_or_by_slug(name: str) -> None:
     conversion = conversion_of(raw_event(name))
@@ -614,11 +649,15 @@ def test_event_mapping_key_given_as_slug() -> None:
 
 
 def test_exact_match_beats_slug_match() -> None:
-    conversion = conversion_of(raw_event("order_completed"), event_mapping={"Order Completed": 5, "order_completed": 6})
+    conversion = conversion_of(
+        raw_event("order_completed"), event_mapping={"Order Completed": 5, "order_completed": 6}
+    )
     assert conversion.event_id == 6
 
 
-@pytest.mark.parametrize("name", ["Order Completed 2", "Order", "Product Viewed", "Completed Order"])
+@pytest.mark.parametrize(
+    "name", ["Order Completed 2", "Order", "Product Viewed", "Completed Order"]
+)
 def test_unmapped_event_is_skipped(name: str) -> None:
     outcome = outcome_of(raw_event(name))
     assert (outcome.kind, outcome.reason, outcome.event) == (SKIPPED, UNMAPPED_EVENT, name)
@@ -650,7 +689,9 @@ def test_warehouse_event_slug_alone() -> None:
     ],
 )
 @pytest.mark.parametrize("shape", ["raw", "warehouse"])
-def test_stream_name_stands_for_a_missing_event(stream: str, event: str, event_id: int, shape: str) -> None:
+def test_stream_name_stands_for_a_missing_event(
+    stream: str, event: str, event_id: int, shape: str
+) -> None:
     record = SHAPES[shape](raw_event(None))
     assert "event" not in record and "event_text" not in record
     conversion = conversion_of(record, stream)
@@ -668,13 +709,19 @@ def test_blank_or_non_text_event_falls_back_to_the_stream(missing: t.Any) -> Non
 
 def test_stream_of_an_unmapped_table_is_unmapped() -> None:
     outcome = outcome_of(to_warehouse(raw_event(None)), "segment_shop-product_viewed")
-    assert (outcome.kind, outcome.reason, outcome.event) == (SKIPPED, UNMAPPED_EVENT, "product_viewed")
+    assert (outcome.kind, outcome.reason, outcome.event) == (
+        SKIPPED,
+        UNMAPPED_EVENT,
+        "product_viewed",
+    )
 
 
 # --- skip reasons -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call", ["identify", "page", "screen", "group", "alias", "Page", " IDENTIFY ", "batch"])
+@pytest.mark.parametrize(
+    "call", ["identify", "page", "screen", "group", "alias", "Page", " IDENTIFY ", "batch"]
+)
 @pytest.mark.parametrize("shape", ["raw", "flat"])
 def test_not_track(call: str, shape: str) -> None:
     record = SHAPES[shape](raw_event(properties={"transaction_id": TID}, type=call))
@@ -726,7 +773,9 @@ def test_transaction_id_from_an_everflow_referrer(referrer_type: str, shape: str
     assert conversion_of(SHAPES[shape](raw)).transaction_id == "ref-tid"
 
 
-@pytest.mark.parametrize("spelling", ["transaction_id", "transactionId", "TransactionID", "transaction-id"])
+@pytest.mark.parametrize(
+    "spelling", ["transaction_id", "transactionId", "TransactionID", "transaction-id"]
+)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_transaction_id_from_properties(spelling: str, shape: str) -> None:
     raw = raw_event(tid=None, properties={spelling: "prop-tid"})
@@ -758,7 +807,10 @@ def test_everflow_referrer_without_an_id_falls_back_to_the_property(ref_id: t.An
 
 @pytest.mark.parametrize("blank", ["", " ", "\t"])
 def test_blank_transaction_id_property_is_no_transaction_id(blank: str) -> None:
-    assert outcome_of(raw_event(tid=None, properties={"transaction_id": blank})).reason == NO_TRANSACTION_ID
+    assert (
+        outcome_of(raw_event(tid=None, properties={"transaction_id": blank})).reason
+        == NO_TRANSACTION_ID
+    )
 
 
 def test_transaction_id_is_trimmed() -> None:
@@ -774,7 +826,11 @@ def test_numeric_transaction_id(value: t.Any, text: str) -> None:
 @pytest.mark.parametrize("value", [{"id": "x"}, ["x"], True])
 def test_transaction_id_of_the_wrong_type_is_dead_lettered(value: t.Any) -> None:
     outcome = outcome_of(raw_event(tid=None, properties={"transaction_id": value}))
-    assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, "transaction_id")
+    assert (outcome.kind, outcome.reason, outcome.field) == (
+        DEAD_LETTER,
+        TYPE_MISMATCH,
+        "transaction_id",
+    )
     assert "transaction_id" in outcome.message
 
 
@@ -810,7 +866,11 @@ def mobile_event(**context_changes: t.Any) -> dict:
 )
 def test_mobile_missing_required_field(changes: dict, field: str, path: str, shape: str) -> None:
     outcome = outcome_of(SHAPES[shape](mobile_event(**changes)))
-    assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, MISSING_REQUIRED_FIELD, field)
+    assert (outcome.kind, outcome.reason, outcome.field) == (
+        DEAD_LETTER,
+        MISSING_REQUIRED_FIELD,
+        field,
+    )
     assert field in outcome.message and path in outcome.message and "mobile" in outcome.message
     assert outcome.event == "Order Completed"
 
@@ -830,7 +890,9 @@ def test_web_needs_no_ip_nor_app_id() -> None:
         ({"app": {"namespace": False}}, "app_id"),
     ],
 )
-def test_required_field_of_the_wrong_type_is_dead_lettered(changes: dict, field: str, strict: bool) -> None:
+def test_required_field_of_the_wrong_type_is_dead_lettered(
+    changes: dict, field: str, strict: bool
+) -> None:
     outcome = outcome_of(mobile_event(**changes), strict_types=strict)
     assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, field)
     assert field in outcome.message
@@ -855,7 +917,9 @@ BAD_OPTIONAL = [
 
 
 @pytest.mark.parametrize(("where", "value", "param"), BAD_OPTIONAL)
-def test_optional_field_that_cannot_be_coerced_is_dropped(where: str, value: dict, param: str) -> None:
+def test_optional_field_that_cannot_be_coerced_is_dropped(
+    where: str, value: dict, param: str
+) -> None:
     conversion = conversion_of(raw_event(**{where: value}))
     assert conversion.params == head()
     assert [p for p, _ in conversion.dropped] == [param]
@@ -864,7 +928,9 @@ def test_optional_field_that_cannot_be_coerced_is_dropped(where: str, value: dic
 
 
 @pytest.mark.parametrize(("where", "value", "param"), BAD_OPTIONAL)
-def test_optional_field_that_cannot_be_coerced_under_strict_types(where: str, value: dict, param: str) -> None:
+def test_optional_field_that_cannot_be_coerced_under_strict_types(
+    where: str, value: dict, param: str
+) -> None:
     raw = raw_event(**{where: value})
     outcome = outcome_of(raw, strict_types=True)
     assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, param)
@@ -873,7 +939,10 @@ def test_optional_field_that_cannot_be_coerced_under_strict_types(where: str, va
 
 def test_the_other_fields_still_go_when_one_is_dropped() -> None:
     conversion = conversion_of(
-        raw_event(context={"ip": "203.0.113.7"}, properties={"orderId": "ORD-1", "coupon": 2026, "total": "41.00"})
+        raw_event(
+            context={"ip": "203.0.113.7"},
+            properties={"orderId": "ORD-1", "coupon": 2026, "total": "41.00"},
+        )
     )
     assert conversion.params == [
         *head(), ("conversion_user_ip", "203.0.113.7"), ("coupon_code", "2026"), ("amount", "41.00"),
@@ -923,15 +992,24 @@ def test_boolean_field_from_text(value: t.Any, text: str) -> None:
 
 
 def test_string_field_from_a_number() -> None:
-    conversion = conversion_of(mobile_event(os={"version": Decimal("17.10")}, app={"namespace": "n", "version": 4}))
+    conversion = conversion_of(
+        mobile_event(os={"version": Decimal("17.10")}, app={"namespace": "n", "version": 4})
+    )
     params = dict(conversion.params)
     assert params["os_version"] == "17.10"
     assert params["app_version"] == "4"
 
 
 def test_adv_fields_keep_their_own_type() -> None:
-    conversion = conversion_of(raw_event(properties={"adv1": "true", "adv2": True, "adv3": "3", "adv4": 3}))
-    assert conversion.params[len(head()) :] == [("adv1", "true"), ("adv2", "true"), ("adv3", "3"), ("adv4", "3")]
+    conversion = conversion_of(
+        raw_event(properties={"adv1": "true", "adv2": True, "adv3": "3", "adv4": 3})
+    )
+    assert conversion.params[len(head()) :] == [
+        ("adv1", "true"),
+        ("adv2", "true"),
+        ("adv3", "3"),
+        ("adv4", "3"),
+    ]
 
 
 # --- order_line_items -------------------------------------------------------------------------
@@ -957,7 +1035,9 @@ def test_products_malformed_json_is_dropped(text: str) -> None:
     assert "not valid JSON" in dropped[0][1]
 
 
-@pytest.mark.parametrize("products", [{"sku": "SKU-1"}, 5, Decimal("1.5"), True, '{"sku": "SKU-1"}', '"text"'])
+@pytest.mark.parametrize(
+    "products", [{"sku": "SKU-1"}, 5, Decimal("1.5"), True, '{"sku": "SKU-1"}', '"text"']
+)
 def test_products_not_a_list_is_dropped(products: t.Any) -> None:
     value, dropped = line_items(products)
     assert value is None
@@ -981,7 +1061,10 @@ def test_product_keys_present_only_in_table_order() -> None:
             {},
         ]
     )
-    assert value == '[{"quantity":1,"sku":"A"},{"name":"B only"},{"quantity":4},{"quantity":2,"name":"Upper","sku":"C"}]'
+    assert (
+        value
+        == '[{"quantity":1,"sku":"A"},{"name":"B only"},{"quantity":4},{"quantity":2,"name":"Upper","sku":"C"}]'
+    )
     assert dropped == []
 
 
@@ -998,8 +1081,14 @@ def test_product_key_of_the_wrong_type_is_dropped_alone() -> None:
 
 
 def test_product_key_of_the_wrong_type_under_strict_types() -> None:
-    outcome = outcome_of(raw_event(properties={"products": [{"quantity": "two"}]}), strict_types=True)
-    assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, "order_line_items[0].quantity")
+    outcome = outcome_of(
+        raw_event(properties={"products": [{"quantity": "two"}]}), strict_types=True
+    )
+    assert (outcome.kind, outcome.reason, outcome.field) == (
+        DEAD_LETTER,
+        TYPE_MISMATCH,
+        "order_line_items[0].quantity",
+    )
 
 
 @pytest.mark.parametrize("products", [[], "[]", [{}], [{"price": 1}]])
@@ -1011,9 +1100,15 @@ def test_no_products_to_send_no_parameter(products: t.Any) -> None:
 
 def test_product_values_are_typed_json() -> None:
     value, _ = line_items(
-        [{"quantity": "3", "name": 123, "sku": 45790}, {"quantity": Decimal("1.0"), "name": 'Say "hi" ✓ \\ /'}]
+        [
+            {"quantity": "3", "name": 123, "sku": 45790},
+            {"quantity": Decimal("1.0"), "name": 'Say "hi" ✓ \\ /'},
+        ]
     )
-    assert value == '[{"quantity":3,"name":"123","sku":"45790"},{"quantity":1.0,"name":"Say \\"hi\\" ✓ \\\\ /"}]'
+    assert (
+        value
+        == '[{"quantity":3,"name":"123","sku":"45790"},{"quantity":1.0,"name":"Say \\"hi\\" ✓ \\\\ /"}]'
+    )
     assert json.loads(value) == [
         {"quantity": 3, "name": "123", "sku": "45790"},
         {"quantity": 1.0, "name": 'Say "hi" ✓ \\ /'},
@@ -1025,7 +1120,9 @@ def test_product_quantity_is_always_valid_json(quantity: str) -> None:
     value, dropped = line_items([{"quantity": quantity}])
     assert dropped == []
     assert value is not None
-    assert json.loads(value) == [{"quantity": json.loads(str(Decimal(quantity)) if "e" not in quantity else "100")}]
+    assert json.loads(value) == [
+        {"quantity": json.loads(str(Decimal(quantity)) if "e" not in quantity else "100")}
+    ]
 
 
 # --- amount -----------------------------------------------------------------------------------
@@ -1148,12 +1245,18 @@ def test_unparseable_timestamp(value: t.Any) -> None:
     assert "timestamp" not in dict(conversion.params)
     assert [p for p, _ in conversion.dropped] == ["timestamp"]
     outcome = outcome_of(raw_event(timestamp=value), strict_types=True)
-    assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, "timestamp")
+    assert (outcome.kind, outcome.reason, outcome.field) == (
+        DEAD_LETTER,
+        TYPE_MISMATCH,
+        "timestamp",
+    )
 
 
 def test_unparseable_timestamp_not_sent_does_not_matter() -> None:
     for strict in (False, True):
-        conversion = conversion_of(raw_event(timestamp="yesterday"), send_timestamp=False, strict_types=strict)
+        conversion = conversion_of(
+            raw_event(timestamp="yesterday"), send_timestamp=False, strict_types=strict
+        )
         assert conversion.dropped == []
         assert "timestamp" not in dict(conversion.params)
 
@@ -1184,7 +1287,9 @@ def test_a_bad_timestamp_does_not_fall_back_to_the_next_field() -> None:
     ],
 )
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_connection_type(network: dict, expected: str | None, dropped: list[str], shape: str) -> None:
+def test_connection_type(
+    network: dict, expected: str | None, dropped: list[str], shape: str
+) -> None:
     conversion = conversion_of(SHAPES[shape](mobile_event(network=network)))
     assert dict(conversion.params).get("connection_type") == expected
     assert [p for p, _ in conversion.dropped] == dropped
@@ -1203,7 +1308,9 @@ def test_connection_type(network: dict, expected: str | None, dropped: list[str]
     ],
 )
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_limit_ad_tracking_is_the_inverse(enabled: t.Any, expected: str | None, dropped: list[str], shape: str) -> None:
+def test_limit_ad_tracking_is_the_inverse(
+    enabled: t.Any, expected: str | None, dropped: list[str], shape: str
+) -> None:
     conversion = conversion_of(SHAPES[shape](mobile_event(device={"adTrackingEnabled": enabled})))
     assert dict(conversion.params).get("limit_ad_tracking") == expected
     assert [p for p, _ in conversion.dropped] == dropped
@@ -1253,7 +1360,10 @@ def test_mobile_only_fields_are_not_sent_for_web() -> None:
         ({"os": {"name": "Mac OS X"}}, "web"),
         ({"os": {"name": "Windows"}}, "web"),
         ({"device": {"type": "desktop"}}, "web"),
-        ({"userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)"}, "web"),  # not sniffed
+        (
+            {"userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)"},
+            "web",
+        ),  # not sniffed
         ({}, "web"),
     ],
 )
@@ -1279,10 +1389,19 @@ def test_platform_web_setting_needs_no_required_fields() -> None:
 
 
 def test_platform_mobile_setting_makes_every_event_mobile() -> None:
-    outcome = outcome_of(raw_event(context={"ip": "203.0.113.7", "library": {"name": "analytics.js"}}), platform="mobile")
+    outcome = outcome_of(
+        raw_event(context={"ip": "203.0.113.7", "library": {"name": "analytics.js"}}),
+        platform="mobile",
+    )
     assert (outcome.reason, outcome.field) == (MISSING_REQUIRED_FIELD, "app_id")
     conversion = conversion_of(
-        raw_event(context={"ip": "203.0.113.7", "app": {"namespace": "n"}, "library": {"name": "analytics.js"}}),
+        raw_event(
+            context={
+                "ip": "203.0.113.7",
+                "app": {"namespace": "n"},
+                "library": {"name": "analytics.js"},
+            }
+        ),
         platform="mobile",
     )
     assert conversion.platform == "mobile"
@@ -1314,7 +1433,9 @@ def test_message_id_beats_id() -> None:
 def key_of(*, tid: str = TID, event: str = "Order Completed", order_id: t.Any = 50314, timestamp: t.Any = TS,
            shape: str = "raw", **extra: t.Any) -> str:  # fmt: skip
     properties = {} if order_id is None else {"orderId": order_id}
-    raw = raw_event(event, tid=tid, message_id=None, timestamp=timestamp, properties=properties, **extra)
+    raw = raw_event(
+        event, tid=tid, message_id=None, timestamp=timestamp, properties=properties, **extra
+    )
     conversion = conversion_of(SHAPES[shape](raw))
     assert conversion.message_id is None
     return conversion.key
@@ -1362,13 +1483,27 @@ def test_same_message_twice_has_the_same_key() -> None:
         {"type": 5, "event": "Order Completed"},
         {"event": ["Order Completed"]},
         {"event": "Order Completed", "context": "{not json", "properties": "[1,2]"},
-        {"event": "Order Completed", "properties": {"transaction_id": "t", "products": [[], {}, 3]}},
-        {"event": "Order Completed", "context": {"referrer": "everflow"}, "properties": {"transaction_id": "t"}},
+        {
+            "event": "Order Completed",
+            "properties": {"transaction_id": "t", "products": [[], {}, 3]},
+        },
+        {
+            "event": "Order Completed",
+            "context": {"referrer": "everflow"},
+            "properties": {"transaction_id": "t"},
+        },
         {"event": "Order Completed", "context": {"referrer": {"type": ["everflow"], "id": "x"}}},
         {"event": "Order Completed", "properties": {"transaction_id": "t"}, "timestamp": {"x": 1}},
         {"event": "Order Completed", "properties": {"transaction_id": "t", "orderId": 10**5000}},
-        {"event": "Order Completed", "properties": {"transaction_id": "t"}, "context": {"traits": {"email": 10**5000}}},
-        {"event": "Order Completed", "properties": {"transaction_id": "t", "total": Decimal("1E+999999999")}},
+        {
+            "event": "Order Completed",
+            "properties": {"transaction_id": "t"},
+            "context": {"traits": {"email": 10**5000}},
+        },
+        {
+            "event": "Order Completed",
+            "properties": {"transaction_id": "t", "total": Decimal("1E+999999999")},
+        },
         {"event": "Order Completed", "properties": {"transaction_id": "t", "adv1": "\ud800"}},
         {"event": "Order Completed", "properties": {"transaction_id": "t", 5: "non-string key"}},
     ],

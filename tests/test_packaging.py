@@ -9,9 +9,9 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +54,11 @@ def provided_by(requirement: Requirement) -> set[str]:
         for dep in md.requires(requirement.name) or []:
             req = Requirement(dep)
             # only what the extra adds, not the base requirements under a python_version marker
-            if req.marker is not None and req.marker.evaluate({"extra": extra}) \
-                    and not req.marker.evaluate({"extra": ""}):
+            if (
+                req.marker is not None
+                and req.marker.evaluate({"extra": extra})
+                and not req.marker.evaluate({"extra": ""})
+            ):
                 names.add(canonical(req.name))
     return names
 

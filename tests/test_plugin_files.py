@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
+from target_everflow.adapter.target import (
+    HIDDEN_SDK_SETTINGS,
+    TargetEverflow,
+    plugin_settings_schema,
+)
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, SETTINGS_GROUP_VALIDATION
-from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, TargetEverflow, plugin_settings_schema
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = sorted((REPO / "plugin" / "loaders" / "target-everflow").glob("*.yml"))
@@ -21,22 +25,85 @@ SCRIPT = REPO / "scripts" / "update_plugin_files.py"
 # and common/base_setting.schema.json): the keys a definition and a setting may have.
 HUB_REQUIRED = {"name", "namespace", "variant", "label", "quality"}
 HUB_KEYS = HUB_REQUIRED | {
-    "capabilities", "pip_url", "description", "executable", "repo", "logo_url", "settings", "docs",
-    "python", "settings_group_validation", "commands", "dialect", "target_schema", "hidden", "requires",
-    "maintenance_status", "domain_url", "keywords", "definition", "next_steps", "settings_preamble",
-    "usage", "prereq", "supported_python_versions", "log_parser"}
-SETTING_KEYS = {"name", "aliases", "label", "value", "placeholder", "kind", "description", "tooltip",
-                "documentation", "env", "value_processor", "value_post_processor", "oauth", "options",
-                "docs", "hidden", "sensitive"}
-KINDS = {"oauth", "hidden", "password", "date_iso8601", "file", "email", "integer", "options", "object",
-         "array", "boolean", "string", "decimal"}
-LOADER_CAPABILITIES = {"about", "stream-maps", "activate-version", "batch", "soft-delete", "hard-delete",
-                       "datatype-failsafe", "schema-flattening", "target-schema", "validate-records",
-                       "structured-logging"}
+    "capabilities",
+    "pip_url",
+    "description",
+    "executable",
+    "repo",
+    "logo_url",
+    "settings",
+    "docs",
+    "python",
+    "settings_group_validation",
+    "commands",
+    "dialect",
+    "target_schema",
+    "hidden",
+    "requires",
+    "maintenance_status",
+    "domain_url",
+    "keywords",
+    "definition",
+    "next_steps",
+    "settings_preamble",
+    "usage",
+    "prereq",
+    "supported_python_versions",
+    "log_parser",
+}
+SETTING_KEYS = {
+    "name",
+    "aliases",
+    "label",
+    "value",
+    "placeholder",
+    "kind",
+    "description",
+    "tooltip",
+    "documentation",
+    "env",
+    "value_processor",
+    "value_post_processor",
+    "oauth",
+    "options",
+    "docs",
+    "hidden",
+    "sensitive",
+}
+KINDS = {
+    "oauth",
+    "hidden",
+    "password",
+    "date_iso8601",
+    "file",
+    "email",
+    "integer",
+    "options",
+    "object",
+    "array",
+    "boolean",
+    "string",
+    "decimal",
+}
+LOADER_CAPABILITIES = {
+    "about",
+    "stream-maps",
+    "activate-version",
+    "batch",
+    "soft-delete",
+    "hard-delete",
+    "datatype-failsafe",
+    "schema-flattening",
+    "target-schema",
+    "validate-records",
+    "structured-logging",
+}
 
 
 def hub_definition() -> dict:
-    assert len(HUB_FILES) == 1, f"one Hub definition expected under plugin/loaders/target-everflow/: {HUB_FILES}"
+    assert len(HUB_FILES) == 1, (
+        f"one Hub definition expected under plugin/loaders/target-everflow/: {HUB_FILES}"
+    )
     return yaml.safe_load(HUB_FILES[0].read_text(encoding="utf-8"))
 
 
@@ -56,8 +123,9 @@ def expected_kind(spec: dict) -> str:
 
 def test_the_generated_files_are_current() -> None:
     """Fails when a setting was added to or changed in the schema without `make plugin-files`."""
-    result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -93,7 +161,9 @@ def test_every_offered_setting_is_in_the_hub_file_as_the_schema_says() -> None:
         assert setting.get("value") == spec.get("default"), name
         assert setting.get("sensitive", False) == bool(spec.get("secret")), name
         if "enum" in spec:
-            assert [o["value"] for o in setting["options"]] == [v for v in spec["enum"] if v is not None]
+            assert [o["value"] for o in setting["options"]] == [
+                v for v in spec["enum"] if v is not None
+            ]
             assert all(o["label"] for o in setting["options"])
     for name in SECRET_SETTINGS:
         assert settings[name]["sensitive"] is True and settings[name]["kind"] == "string"
@@ -132,7 +202,8 @@ def test_a_new_setting_makes_the_check_fail(tmp_path: Path) -> None:
         f"sys.argv = [{str(SCRIPT)!r}, '--check']\n"
         f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "meltano.yml" in result.stdout and "out of date" in result.stdout

@@ -18,10 +18,16 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import vcr
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_TOKEN, dead_letter_records, run_in_process, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    SECRET_TOKEN,
+    dead_letter_records,
+    run_in_process,
+    singer_lines,
+    track,
+)
 from tests.receiver import Answer, Receiver
 
 CASSETTE = Path(__file__).parent / "cassettes" / "postback" / "live_run.yaml"
@@ -40,14 +46,26 @@ def _vcr(record_mode: str) -> vcr.VCR:
 
 def _records() -> list[dict]:
     mobile = track(3)
-    mobile["context"].update({
-        "app": {"namespace": "com.example.shop", "name": "Shop", "version": "4.2.0"},
-        "device": {"type": "ios", "manufacturer": "Apple", "model": "iPhone15,2", "adTrackingEnabled": True},
-        "os": {"name": "iOS", "version": "17.1"},
-        "network": {"cellular": True, "wifi": False, "carrier": "Verizon"},
-    })
-    return [track(1, coupon="SPRING"), track(2, event="Subscription Started"), mobile,
-            track(4), track(5)]
+    mobile["context"].update(
+        {
+            "app": {"namespace": "com.example.shop", "name": "Shop", "version": "4.2.0"},
+            "device": {
+                "type": "ios",
+                "manufacturer": "Apple",
+                "model": "iPhone15,2",
+                "adTrackingEnabled": True,
+            },
+            "os": {"name": "iOS", "version": "17.1"},
+            "network": {"cellular": True, "wifi": False, "carrier": "Verizon"},
+        }
+    )
+    return [
+        track(1, coupon="SPRING"),
+        track(2, event="Subscription Started"),
+        mobile,
+        track(4),
+        track(5),
+    ]
 
 
 ANSWERS = {
@@ -60,8 +78,13 @@ ANSWERS = {
 
 
 def _config(base_config: dict, url: str) -> dict:
-    return {**base_config, "postback_url": url, "advertiser_id": 7,
-            "verification_token": SECRET_TOKEN, "max_concurrency": 1}
+    return {
+        **base_config,
+        "postback_url": url,
+        "advertiser_id": 7,
+        "verification_token": SECRET_TOKEN,
+        "max_concurrency": 1,
+    }
 
 
 def test_live_run_replays_from_cassette(base_config):
@@ -95,13 +118,22 @@ def test_cassette_postbacks_carry_the_documented_parameters():
     queries = [dict(parse_qsl(urlsplit(i["request"]["uri"]).query)) for i in data["interactions"]]
     assert [q["transaction_id"] for q in queries] == ["tx-1", "tx-2", "tx-3", "tx-4", "tx-5"]
     assert queries[0] == {
-        "nid": "1", "transaction_id": "tx-1", "aid": "7", "timestamp": "1795198448",
-        "conversion_user_ip": "203.0.113.7", "http_user_agent": "Mozilla/5.0 test",
-        "coupon_code": "SPRING", "order_id": "1001", "amount": "11", "verification_token": "FILTERED",
+        "nid": "1",
+        "transaction_id": "tx-1",
+        "aid": "7",
+        "timestamp": "1795198448",
+        "conversion_user_ip": "203.0.113.7",
+        "http_user_agent": "Mozilla/5.0 test",
+        "coupon_code": "SPRING",
+        "order_id": "1001",
+        "amount": "11",
+        "verification_token": "FILTERED",
     }
     assert all(q["verification_token"] == "FILTERED" for q in queries)
     assert queries[1]["adv_event_id"] == "24" and "adv_event_id" not in queries[0]
-    assert queries[2]["limit_ad_tracking"] == "false" and queries[2]["connection_type"] == "cellular"
+    assert (
+        queries[2]["limit_ad_tracking"] == "false" and queries[2]["connection_type"] == "cellular"
+    )
     assert queries[2]["app_id"] == "com.example.shop"
 
 
@@ -111,8 +143,13 @@ def record_cassette() -> None:
 
     CASSETTE.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        base = {"network_id": 1, "event_mapping": {"Order Completed": 0, "Subscription Started": 24},
-                "dead_letter_path": f"{tmp}/dl.jsonl", "progress_interval": 0, "ledger_url": "none"}
+        base = {
+            "network_id": 1,
+            "event_mapping": {"Order Completed": 0, "Subscription Started": 24},
+            "dead_letter_path": f"{tmp}/dl.jsonl",
+            "progress_interval": 0,
+            "ledger_url": "none",
+        }
         script = lambda received, n: ANSWERS.get(received.transaction_id)  # noqa: E731
         with Receiver(script=script) as rx, _vcr("all").use_cassette(str(CASSETTE)):
             code, _ = run_in_process(_config(base, rx.url), singer_lines("orders", _records()))

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import random
 import threading
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 import requests
 
 from target_everflow.delivery import RateLimiter, RetryPolicy
 from target_everflow.mapping import Conversion
-from target_everflow.postback import PostbackClient, Verdict, classify, encode_query, retry_after_seconds
+from target_everflow.postback import (
+    PostbackClient,
+    Verdict,
+    classify,
+    encode_query,
+    retry_after_seconds,
+)
 
 
 def _response(status: int, body: bytes = b"", headers: dict | None = None) -> requests.Response:
@@ -24,24 +30,51 @@ def _response(status: int, body: bytes = b"", headers: dict | None = None) -> re
 
 
 def _conversion(params: list[tuple[str, str]]) -> Conversion:
-    return Conversion(key="m:1", stream="s", event="Order Completed", event_id=0, transaction_id="t",
-                      platform="web", message_id="1", params=params, record={})
+    return Conversion(
+        key="m:1",
+        stream="s",
+        event="Order Completed",
+        event_id=0,
+        transaction_id="t",
+        platform="web",
+        message_id="1",
+        params=params,
+        record={},
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "body", "headers", "verdict", "reason"),
     [
-        (200, b'{"conversion_id":"c1","transaction_id":"t"}', {"Content-Type": "application/json"}, Verdict.ACCEPTED, "accepted"),
+        (
+            200,
+            b'{"conversion_id":"c1","transaction_id":"t"}',
+            {"Content-Type": "application/json"},
+            Verdict.ACCEPTED,
+            "accepted",
+        ),
         (200, b"", {}, Verdict.ACCEPTED, "accepted"),
         (200, b"OK", {"Content-Type": "text/html"}, Verdict.ACCEPTED, "accepted"),
         (204, b"", {}, Verdict.REJECTED, "rejected"),
-        (200, b'{"error":"Invalid Verification Token"}', {"Content-Type": "application/json"}, Verdict.REJECTED, "rejected"),
+        (
+            200,
+            b'{"error":"Invalid Verification Token"}',
+            {"Content-Type": "application/json"},
+            Verdict.REJECTED,
+            "rejected",
+        ),
         (200, b'{"Error":"duplicate"}', {}, Verdict.REJECTED, "rejected"),
         (400, b"bad request", {}, Verdict.PERMANENT, "http_400"),
         (404, b"", {}, Verdict.PERMANENT, "http_404"),
         (401, b"", {}, Verdict.SYSTEMIC, "http_401"),
         (403, b"", {}, Verdict.SYSTEMIC, "http_403"),
-        (302, b"", {"Location": "https://elsewhere.example/?verification_token=x"}, Verdict.SYSTEMIC, "http_302"),
+        (
+            302,
+            b"",
+            {"Location": "https://elsewhere.example/?verification_token=x"},
+            Verdict.SYSTEMIC,
+            "http_302",
+        ),
         (429, b"", {"Retry-After": "3"}, Verdict.TRANSIENT, "http_429"),
         (500, b"oops", {}, Verdict.TRANSIENT, "http_500"),
         (503, b"", {}, Verdict.TRANSIENT, "http_503"),
@@ -63,7 +96,12 @@ def test_retry_after_seconds_and_http_date():
     now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
     later = format_datetime(now + timedelta(seconds=7), usegmt=True)
     assert retry_after_seconds(later, now=now.timestamp()) == pytest.approx(7.0)
-    assert retry_after_seconds(format_datetime(now - timedelta(seconds=7), usegmt=True), now=now.timestamp()) == 0.0
+    assert (
+        retry_after_seconds(
+            format_datetime(now - timedelta(seconds=7), usegmt=True), now=now.timestamp()
+        )
+        == 0.0
+    )
 
 
 def test_query_is_percent_encoded_utf8():
@@ -74,7 +112,10 @@ def test_query_is_percent_encoded_utf8():
 def test_url_appends_token_last_and_redacts():
     client = PostbackClient("https://t.example/path?x=1", verification_token="tok en")
     conversion = _conversion([("nid", "1"), ("transaction_id", "abc")])
-    assert client.url(conversion) == "https://t.example/path?x=1&nid=1&transaction_id=abc&verification_token=tok%20en"
+    assert (
+        client.url(conversion)
+        == "https://t.example/path?x=1&nid=1&transaction_id=abc&verification_token=tok%20en"
+    )
     assert client.url(conversion, redact=True).endswith("verification_token=%2A%2A%2A")
     assert client.connection().cert_reqs == "CERT_REQUIRED"  # TLS verification is never off
 

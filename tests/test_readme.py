@@ -19,7 +19,9 @@ def test_readme_has_the_field_table_between_markers() -> None:
     readme = REPO / "README.md"
     assert readme.is_file(), "README.md is missing"
     text = readme.read_text(encoding="utf-8")
-    assert text.count(START) == 1 and text.count(END) == 1, "the field table markers must appear once each"
+    assert text.count(START) == 1 and text.count(END) == 1, (
+        "the field table markers must appear once each"
+    )
     between = text.split(START, 1)[1].split(END, 1)[0]
     assert between.strip() == fields.markdown_table(), (
         "README's field table is out of date: paste fields.markdown_table() between the markers"
@@ -43,7 +45,12 @@ def demo_command() -> list[str]:
 
 def test_make_demo(tmp_path: Path) -> None:
     args = demo_command()
-    assert args == ["--config", "samples/demo_config.json", "--input", "samples/segment_events.singer"]
+    assert args == [
+        "--config",
+        "samples/demo_config.json",
+        "--input",
+        "samples/segment_events.singer",
+    ]
     # The same command, from a scratch directory holding a copy of samples/ (the demo's
     # outputs are relative to the working directory: output/demo/...).
     shutil.copytree(REPO / "samples", tmp_path / "samples")
@@ -64,8 +71,13 @@ def test_make_demo(tmp_path: Path) -> None:
     assert summary["dropped_fields"] >= 1
     planned = (tmp_path / config["dry_run_output"]).read_text().splitlines()
     assert len(planned) == summary["delivered"]
-    dead = [json.loads(line) for line in (tmp_path / config["dead_letter_path"]).read_text().splitlines()]
-    assert len([line for line in dead if line["type"] == "RECORD"]) == sum(summary["dead_lettered"].values())
+    dead = [
+        json.loads(line)
+        for line in (tmp_path / config["dead_letter_path"]).read_text().splitlines()
+    ]
+    assert len([line for line in dead if line["type"] == "RECORD"]) == sum(
+        summary["dead_lettered"].values()
+    )
     # the demo token is shown only as ***
     token = config["verification_token"]
     for text in (proc.stdout, proc.stderr, "\n".join(planned), json.dumps(summary)):

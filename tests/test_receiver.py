@@ -40,8 +40,13 @@ def test_default_answer_records_and_echoes() -> None:
         assert response.json()["conversion_id"]
         [received] = rx.requests
         assert received.method == "GET" and received.path == "/"
-        assert received.query == {"nid": "7", "transaction_id": "tx 1", "amount": "9.99",
-                                  "sub1": "", "adv1": "a"}
+        assert received.query == {
+            "nid": "7",
+            "transaction_id": "tx 1",
+            "amount": "9.99",
+            "sub1": "",
+            "adv1": "a",
+        }
         assert received.params_list[-2:] == [("adv1", "a"), ("adv1", "b")]
         assert received.raw_query.startswith("nid=7&transaction_id=tx%201")
         assert received.headers["user-agent"].startswith("python-requests")
@@ -172,17 +177,35 @@ def test_log_path_in_process(tmp_path: Path) -> None:
 def test_cli_start_stop_with_log(tmp_path: Path) -> None:
     log = tmp_path / "accepted.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.receiver", "--port", "0", "--latency", "0",
-         "--fault-mix", '{"503": 0.5}', "--seed", "1", "--log", str(log)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.receiver",
+            "--port",
+            "0",
+            "--latency",
+            "0",
+            "--fault-mix",
+            '{"503": 0.5}',
+            "--seed",
+            "1",
+            "--log",
+            str(log),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:")
         url = line.split()[-1]
-        codes = [requests.get(url, params={"transaction_id": f"tx{i}"}, timeout=5).status_code
-                 for i in range(10)]
+        codes = [
+            requests.get(url, params={"transaction_id": f"tx{i}"}, timeout=5).status_code
+            for i in range(10)
+        ]
         entries = read_log(log)  # flushed per line, before the receiver stops
         assert [e["status"] for e in entries] == codes and {200, 503} <= set(codes)
         assert [e["accepted"] for e in entries] == [c == 200 for c in codes]
@@ -209,7 +232,9 @@ def test_fake_reporting_lists_what_the_postback_endpoint_accepted() -> None:
     from tests.receiver import FakeReporting, Verdict
 
     reporting = FakeReporting(
-        api_key="k", verdicts={"t2": Verdict.rejected(21), ("t3", 24): Verdict("pending")}, omit={"t4"}
+        api_key="k",
+        verdicts={"t2": Verdict.rejected(21), ("t3", 24): Verdict("pending")},
+        omit={"t4"},
     )
     import datetime as dt
 
@@ -241,11 +266,22 @@ def test_fake_reporting_lists_what_the_postback_endpoint_accepted() -> None:
         assert rows[0]["conversion_unix_timestamp"] == then
         by_tid = {**body, "query": {"filters": [{"resource_type": "transaction_id", "filter_id_value": t}
                                                 for t in ("t1", "t3")]}}  # fmt: skip
-        assert [r["transaction_id"] for r in report(by_tid, size=10).json()["conversions"]] == ["t1", "t3"]
+        assert [r["transaction_id"] for r in report(by_tid, size=10).json()["conversions"]] == [
+            "t1",
+            "t3",
+        ]
         only_base = {**by_tid, "show_events": False}
-        assert [r["transaction_id"] for r in report(only_base, size=10).json()["conversions"]] == ["t1"]
-        window = {**body, "from": day(then) + " 00:00:00", "to": day(then) + " 23:59:59"}  # t1's day
-        assert [r["transaction_id"] for r in report(window, size=10).json()["conversions"]] == ["t1"]
+        assert [r["transaction_id"] for r in report(only_base, size=10).json()["conversions"]] == [
+            "t1"
+        ]
+        window = {
+            **body,
+            "from": day(then) + " 00:00:00",
+            "to": day(then) + " 23:59:59",
+        }  # t1's day
+        assert [r["transaction_id"] for r in report(window, size=10).json()["conversions"]] == [
+            "t1"
+        ]
         assert report(body, key="wrong").status_code == 401
         assert report(body, size=5000).status_code == 400
         events = requests.get(f"{rx.api_url}/networks/advertisers/7/events",

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from target_everflow import reconciler
+from target_everflow.adapter.target import TargetEverflow
 from target_everflow.ledger import open_ledger
 from target_everflow.reconcile_store import DueKey, ReconcileStore
 from target_everflow.reconciler import Reconciler, match
 from target_everflow.settings import Settings
-from target_everflow.adapter.target import TargetEverflow
 from tests.conftest import (
     SECRET_API_KEY,
     config_under,
@@ -40,11 +40,15 @@ from tests.test_reconcile_e2e import reconcile_cli
 DAY = 86400.0
 
 
-def key(k: str, tid: str, *, event_id: int = 0, order: str | None = None, at: float = 1000.0) -> DueKey:
+def key(
+    k: str, tid: str, *, event_id: int = 0, order: str | None = None, at: float = 1000.0
+) -> DueKey:
     return DueKey(k, "s", "E", tid, f"m-{k}", event_id, order, 1.0, at, at + 60)
 
 
-def row(tid: str, *, event: str = "", order: str = "", at: int = 1000, status: str = "approved") -> dict:
+def row(
+    tid: str, *, event: str = "", order: str = "", at: int = 1000, status: str = "approved"
+) -> dict:
     return {"transaction_id": tid, "is_event": bool(event), "event": event, "order_id": order,
             "conversion_unix_timestamp": at, "status": status}  # fmt: skip
 
@@ -93,7 +97,9 @@ class Recorder:
     def __init__(self) -> None:
         self.queries: list[tuple[float, float, list[str] | None]] = []
 
-    def __call__(self, start: float, end: float, tids: t.Sequence[str] | None, before: t.Any = None) -> list:
+    def __call__(
+        self, start: float, end: float, tids: t.Sequence[str] | None, before: t.Any = None
+    ) -> list:
         self.queries.append((start, end, None if tids is None else list(tids)))
         return []
 
@@ -107,7 +113,9 @@ def settings_for(tmp_path: Path, **overrides: t.Any) -> Settings:
     })  # fmt: skip
 
 
-def seed(url: str, tmp_path: Path, items: list[tuple[str, str, float | None]], **meta: t.Any) -> None:
+def seed(
+    url: str, tmp_path: Path, items: list[tuple[str, str, float | None]], **meta: t.Any
+) -> None:
     """Delivered keys: (key, transaction id, event time)."""
     ledger = open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
     try:
@@ -149,7 +157,7 @@ def test_grouped_by_the_earlier_of_event_and_sent_time_within_365_days(tmp_path:
     by_tid = {tuple(q[2] or []): q for q in recorder.queries}
     assert result.checked == 4
     today = now - now % DAY
-    for tids, (start, end, _) in by_tid.items():
+    for start, end, _ in by_tid.values():
         assert start % DAY == 0 and (end + 1) % DAY == 0  # whole UTC days
         assert end <= today + DAY - 1 and end - start <= 365 * DAY
         assert start >= today - 364 * DAY  # Everflow's report covers the prior 365 days
@@ -162,7 +170,9 @@ def test_grouped_by_the_earlier_of_event_and_sent_time_within_365_days(tmp_path:
     assert sum(len(q[2] or []) for q in recorder.queries) == 4
 
 
-def test_at_most_500_transaction_ids_per_request_and_a_transaction_stays_together(tmp_path: Path) -> None:
+def test_at_most_500_transaction_ids_per_request_and_a_transaction_stays_together(
+    tmp_path: Path,
+) -> None:
     now = time.time() - 60
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     items = [(f"k{i}", f"tx-{i}", now) for i in range(1200)]
@@ -197,14 +207,22 @@ def test_10000_conversions_over_30_days_take_30_report_requests(tmp_path: Path) 
 # --- what is due ----------------------------------------------------------------------------------
 
 
-def test_due_waits_reconcile_after_minutes_and_skips_settled_and_old_release_keys(tmp_path: Path) -> None:
+def test_due_waits_reconcile_after_minutes_and_skips_settled_and_old_release_keys(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    seed(url, tmp_path, [("a", "tx-a", None), ("b", "tx-b", None), ("c", "tx-c", None), ("d", "tx-d", None)])
+    seed(
+        url,
+        tmp_path,
+        [("a", "tx-a", None), ("b", "tx-b", None), ("c", "tx-c", None), ("d", "tx-d", None)],
+    )
     con = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
     now = time.time()
     con.execute("UPDATE everflow_ledger SET sent_at = ? WHERE delivery_key = 'a'", (now - 3600,))
     con.execute("UPDATE everflow_ledger SET recon_status = 'confirmed' WHERE delivery_key = 'b'")
-    con.execute("UPDATE everflow_ledger SET transaction_id = NULL WHERE delivery_key = 'c'")  # 0.1.0's
+    con.execute(
+        "UPDATE everflow_ledger SET transaction_id = NULL WHERE delivery_key = 'c'"
+    )  # 0.1.0's
     con.execute("UPDATE everflow_ledger SET recon_status = 'pending', recon_checked_at = ?,"
                 " sent_at = ? WHERE delivery_key = 'd'", (now - 600, now - 7200))  # fmt: skip
     con.close()
@@ -225,7 +243,9 @@ def test_not_found_only_after_reconcile_not_found_after_hours(tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     seed(url, tmp_path, [("recent", "tx-recent", None), ("old", "tx-old", None)])
     con = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
-    con.execute("UPDATE everflow_ledger SET sent_at = sent_at - 25 * 3600 WHERE delivery_key = 'old'")
+    con.execute(
+        "UPDATE everflow_ledger SET sent_at = sent_at - 25 * 3600 WHERE delivery_key = 'old'"
+    )
     con.close()
     _, result = run_recorded(tmp_path)
     assert [(k.key, v.status) for k, v in result.found] == [("old", "not_found")]
@@ -265,7 +285,9 @@ def test_two_reconcilers_on_one_postgres_ledger_check_each_key_once(
                              api_requests_per_second=1000, reconcile_after_minutes=30)  # fmt: skip
 
             def work() -> None:
-                ledger = open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
+                ledger = open_ledger(
+                    url, default_dir=tmp_path, lease_seconds=60, retention_days=400
+                )
                 try:
                     results.append(Reconciler(s, ledger).run())
                 except BaseException as exc:  # reported in the test thread
@@ -287,7 +309,9 @@ def test_two_reconcilers_on_one_postgres_ledger_check_each_key_once(
         assert sum(r.checked for r in results) == 400
         con = psycopg2.connect(base)
         with con, con.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {table} WHERE recon_status IS NULL OR recon_owner IS NOT NULL")
+            cur.execute(
+                f"SELECT count(*) FROM {table} WHERE recon_status IS NULL OR recon_owner IS NOT NULL"
+            )
             assert cur.fetchone()[0] == 400  # all missing from the report (no postbacks), none held
             cur.execute(f"SELECT count(*) FROM {table} WHERE recon_checked_at IS NOT NULL")
             assert cur.fetchone()[0] == 400
@@ -377,7 +401,10 @@ def test_reconcile_true_checks_earlier_runs_after_the_last_state(
 
     monkeypatch.setattr(TargetEverflow, "_write_state_message", record_state)
     with Receiver(reporting=reporting) as rx:
-        first, _ = run_in_process(live_config(tmp_path, rx), singer_lines("o", [recent(1, now), recent(2, now)], state={"n": 1}))
+        first, _ = run_in_process(
+            live_config(tmp_path, rx),
+            singer_lines("o", [recent(1, now), recent(2, now)], state={"n": 1}),
+        )
         assert first == 0 and reporting.requests == []
         config = live_config(tmp_path, rx, reconcile=True)
         code, _ = run_in_process(config, singer_lines("o", [recent(3, now)], state={"n": 2}))
@@ -387,7 +414,9 @@ def test_reconcile_true_checks_earlier_runs_after_the_last_state(
     last_state = max(at for kind, at in events if kind == "state")
     assert all(r.wall >= last_state for r in reporting.requests)  # after the last STATE
     report = json.loads((tmp_path / "state" / "reconcile_report.json").read_text())
-    assert [(c["transaction_id"], c["error_code"]) for c in report["rejected_or_not_found"]] == [("tx-2", 8)]
+    assert [(c["transaction_id"], c["error_code"]) for c in report["rejected_or_not_found"]] == [
+        ("tx-2", 8)
+    ]
 
 
 @pytest.mark.parametrize("failure", ["401", "unreachable"])
@@ -399,7 +428,11 @@ def test_reconcile_true_a_reporting_failure_is_only_a_warning(tmp_path: Path, fa
         assert run_target(config, singer_lines("o", [recent(1, now)]), tmp_path).code == 0
         if failure == "unreachable":
             config["api_url"] = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
-        result = run_target({**config, "reconcile": True}, singer_lines("o", [recent(2, now)], state={"n": 2}), tmp_path)
+        result = run_target(
+            {**config, "reconcile": True},
+            singer_lines("o", [recent(2, now)], state={"n": 2}),
+            tmp_path,
+        )
     assert result.code == 0, result.stderr[-2000:]
     assert result.states == [{"n": 2}]
     assert "Reconcile after the run did not finish (the delivery is not affected)" in result.stderr
@@ -450,7 +483,9 @@ def test_every_attempt_waits_for_the_token_bucket_and_a_429_holds_it(tmp_path: P
         finally:
             ledger.close()
     assert limiter.acquired == 2 == result.requests and limiter.held == [1.0]
-    default = Reconciler(s, open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400))
+    default = Reconciler(
+        s, open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
+    )
     assert default.client.api.limiter.rate == s.api_requests_per_second == 5.0
     default.store.ledger.close()
 
@@ -459,10 +494,15 @@ def test_when_everflow_refuses_the_transaction_filter_whole_days_are_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     now = time.time()
-    reporting = FakeReporting(api_key=SECRET_API_KEY, transaction_filter=False, verdicts={"tx-1": Verdict.rejected(13)})
+    reporting = FakeReporting(
+        api_key=SECRET_API_KEY, transaction_filter=False, verdicts={"tx-1": Verdict.rejected(13)}
+    )
     with Receiver(reporting=reporting) as rx:
         config = live_config(tmp_path, rx)
-        assert run_target(config, singer_lines("o", [recent(1, now), recent(2, now)]), tmp_path).code == 0
+        assert (
+            run_target(config, singer_lines("o", [recent(1, now), recent(2, now)]), tmp_path).code
+            == 0
+        )
         proc = reconcile_cli(config, tmp_path)
     assert proc.code == 6, proc.stderr[-2000:]
     assert "Everflow refused the transaction id filter" in proc.stderr
@@ -476,8 +516,15 @@ def test_when_everflow_refuses_the_transaction_filter_whole_days_are_read(
      ({"reconcile": True, "ledger_url": "none"}, "Setting 'reconcile': is true but ledger_url is none", 1),
      ({"api_requests_per_second": 0}, "Setting 'api_requests_per_second': must be > 0", 1)],
 )  # fmt: skip
-def test_settings_are_checked_before_anything_runs(tmp_path: Path, changes: dict, says: str, code: int) -> None:
-    config = {**config_under(tmp_path), "postback_url": "https://t.example.com/", "api_key": SECRET_API_KEY, **changes}
+def test_settings_are_checked_before_anything_runs(
+    tmp_path: Path, changes: dict, says: str, code: int
+) -> None:
+    config = {
+        **config_under(tmp_path),
+        "postback_url": "https://t.example.com/",
+        "api_key": SECRET_API_KEY,
+        **changes,
+    }
     config = {k: v for k, v in config.items() if v is not None}
     result = run_target(config, singer_lines("o", [track(1)]), tmp_path)
     assert result.code == code and says in result.stderr, result.stderr[-2000:]
@@ -489,8 +536,15 @@ def test_settings_are_checked_before_anything_runs(tmp_path: Path, changes: dict
      ({"ledger_url": "none"}, "Setting 'ledger_url': is none", 1),
      ({"api_url": "http://api.example.com/v1"}, "Setting 'api_url': must use https", 1)],
 )  # fmt: skip
-def test_the_reconcile_command_says_what_is_wrong_in_one_line(tmp_path: Path, changes: dict, says: str, code: int) -> None:
-    config = {**config_under(tmp_path), "postback_url": "https://t.example.com/", "api_key": SECRET_API_KEY, **changes}
+def test_the_reconcile_command_says_what_is_wrong_in_one_line(
+    tmp_path: Path, changes: dict, says: str, code: int
+) -> None:
+    config = {
+        **config_under(tmp_path),
+        "postback_url": "https://t.example.com/",
+        "api_key": SECRET_API_KEY,
+        **changes,
+    }
     config = {k: v for k, v in config.items() if v is not None}
     proc = reconcile_cli(config, tmp_path)
     assert proc.code == code, proc.stderr
@@ -503,7 +557,9 @@ def test_sigterm_stops_reconcile_and_gives_its_claims_back(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'state' / 'ledger.sqlite3'}"
     (tmp_path / "state").mkdir()
     seed(url, tmp_path, [("k1", "tx-1", None)])
-    reporting = FakeReporting(api_key=SECRET_API_KEY, script=[Answer.slow(60, then=Answer.ok({"conversions": []}))])
+    reporting = FakeReporting(
+        api_key=SECRET_API_KEY, script=[Answer.slow(60, then=Answer.ok({"conversions": []}))]
+    )
     with Receiver(reporting=reporting) as rx:
         config = {**config_under(tmp_path), "postback_url": rx.url, "api_url": rx.api_url,
                   "api_key": SECRET_API_KEY, "reconcile_after_minutes": 0}  # fmt: skip
@@ -522,7 +578,9 @@ def test_sigterm_stops_reconcile_and_gives_its_claims_back(tmp_path: Path) -> No
     assert proc.returncode == 143, stderr
     assert "stopped by signal 15" in stderr and "Traceback" not in stderr
     con = sqlite3.connect(tmp_path / "state" / "ledger.sqlite3")
-    assert con.execute("SELECT recon_status, recon_owner FROM everflow_ledger").fetchall() == [(None, None)]
+    assert con.execute("SELECT recon_status, recon_owner FROM everflow_ledger").fetchall() == [
+        (None, None)
+    ]
     con.close()
 
 
@@ -549,13 +607,18 @@ def test_a_report_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     assert "Setting 'reconcile_report_path': cannot write" in proc.stderr
 
 
-def test_the_lease_is_renewed_before_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_lease_is_renewed_before_every_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(reconciler, "PAGE_SIZE", 2)
     now = time.time()
     reporting = FakeReporting(api_key=SECRET_API_KEY)
     with Receiver(reporting=reporting) as rx:
         config = live_config(tmp_path, rx)
-        assert run_target(config, singer_lines("o", [recent(i, now) for i in range(5)]), tmp_path).code == 0
+        assert (
+            run_target(config, singer_lines("o", [recent(i, now) for i in range(5)]), tmp_path).code
+            == 0
+        )
         renewals: list[float] = []
         original = ReconcileStore.renew
 
@@ -565,7 +628,9 @@ def test_the_lease_is_renewed_before_every_page(tmp_path: Path, monkeypatch: pyt
 
         monkeypatch.setattr(ReconcileStore, "renew", renew)
         s = Settings.from_config({**config, "api_requests_per_second": 1000})
-        ledger = open_ledger(s.ledger_url, default_dir=s.state_dir, lease_seconds=60, retention_days=400)
+        ledger = open_ledger(
+            s.ledger_url, default_dir=s.state_dir, lease_seconds=60, retention_days=400
+        )
         try:
             result = Reconciler(s, ledger).run()
         finally:

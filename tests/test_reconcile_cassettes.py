@@ -36,11 +36,16 @@ from target_everflow import everflow_api, reconciler
 from target_everflow.delivery import RateLimiter
 from target_everflow.errors import EXIT_CONFIG
 from target_everflow.ledger import open_ledger
-from target_everflow.reconciler import Reconciler, ReconcileError
+from target_everflow.reconciler import ReconcileError, Reconciler
 from target_everflow.settings import Settings
-
-from tests.test_api_check import LIVE, RECORD_MODE, TEST_KEY, _scrub_request, _scrub_response
-from tests.test_api_check import _no_key_in_logs  # noqa: F401 - autouse: no key in any log line
+from tests.test_api_check import (
+    LIVE,
+    RECORD_MODE,
+    TEST_KEY,
+    _no_key_in_logs,  # noqa: F401 - autouse: no key in any log line
+    _scrub_request,
+    _scrub_response,
+)
 from tests.test_api_check import cassette as api_check_cassette
 
 HERE = Path(__file__).parent
@@ -181,12 +186,17 @@ def reconcile(tmp_path: Path, ledger: Any, fake: FakeTime, **overrides: Any) -> 
                            "and EVERFLOW_APPROVED_EVENT_TIME")  # fmt: skip
 def test_approved_is_confirmed(tmp_path: Path) -> None:
     event_time = APPROVED_TIME or time.time() - 3600
-    ledger = seed(tmp_path, [{"key": "k1", "tid": APPROVED_TID, "event_time": event_time, "order_id": "1042"}])
+    ledger = seed(
+        tmp_path, [{"key": "k1", "tid": APPROVED_TID, "event_time": event_time, "order_id": "1042"}]
+    )
     with cassette("approved"):
         result = reconcile(tmp_path, ledger, FakeTime())
     assert statuses(tmp_path)["k1"] == ("confirmed", None, None, True, None)
     assert result.exit_code == 0 and result.requests == 1
-    assert result.as_dict()["by_event"]["Order Completed"]["confirmed"] == {"count": 1, "amount": 10.0}
+    assert result.as_dict()["by_event"]["Order Completed"]["confirmed"] == {
+        "count": 1,
+        "amount": 10.0,
+    }
 
 
 @replay_only
@@ -221,7 +231,10 @@ REJECTED_TIDS = {
 
 @replay_only
 def test_rejected_with_codes_8_13_21_25(tmp_path: Path) -> None:
-    ledger = seed(tmp_path, [{"key": k, "tid": tid, "amount": 20.0} for k, (tid, _, _) in REJECTED_TIDS.items()])
+    ledger = seed(
+        tmp_path,
+        [{"key": k, "tid": tid, "amount": 20.0} for k, (tid, _, _) in REJECTED_TIDS.items()],
+    )
     with cassette("rejected"):
         result = reconcile(tmp_path, ledger, FakeTime())
     got = statuses(tmp_path)
@@ -251,7 +264,10 @@ def test_a_row_for_another_transaction_is_not_ours(tmp_path: Path) -> None:
     got = statuses(tmp_path)
     assert got["ours"][0] == "confirmed"
     assert got["missing"] == (None, None, None, True, None)  # asked again next time
-    assert result.exit_code == 0 and result.as_dict()["by_event"]["Order Completed"]["missing"]["count"] == 1
+    assert (
+        result.exit_code == 0
+        and result.as_dict()["by_event"]["Order Completed"]["missing"]["count"] == 1
+    )
 
 
 @replay_only
@@ -278,12 +294,16 @@ def test_several_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = seed(tmp_path, [{"key": f"p{i}", "tid": tid} for i, tid in enumerate(tids)])
     with cassette("several_pages"):
         result = reconcile(tmp_path, ledger, FakeTime())
-    assert {k: v[0] for k, v in statuses(tmp_path).items()} == {f"p{i}": "confirmed" for i in range(5)}
+    assert {k: v[0] for k, v in statuses(tmp_path).items()} == {
+        f"p{i}": "confirmed" for i in range(5)
+    }
     assert result.requests == 3
 
 
 @replay_only
-def test_429_then_200_waits_for_retry_after(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_429_then_200_waits_for_retry_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ledger = seed(tmp_path, [{"key": "k1", "tid": "0d1e2f3a4b5c46d7e8f9a0b1c2d3e4f5"}])
     fake = FakeTime()
     with cassette("rate_limited_then_ok"):
@@ -295,7 +315,10 @@ def test_429_then_200_waits_for_retry_after(tmp_path: Path, caplog: pytest.LogCa
 
 
 def test_401_stops_with_one_line_and_leaves_the_keys_due(tmp_path: Path) -> None:
-    ledger = seed(tmp_path, [{"key": "k1", "tid": APPROVED_TID if LIVE else "e2f3a4b5c6d747e8f9a0b1c2d3e4f5a6"}])
+    ledger = seed(
+        tmp_path,
+        [{"key": "k1", "tid": APPROVED_TID if LIVE else "e2f3a4b5c6d747e8f9a0b1c2d3e4f5a6"}],
+    )
     with cassette("unauthorized"), pytest.raises(ReconcileError) as info:
         reconcile(tmp_path, ledger, FakeTime(), api_key=TEST_KEY)
     message = str(info.value)

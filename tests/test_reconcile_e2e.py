@@ -22,7 +22,15 @@ from pathlib import Path
 from tests.conftest import SECRET_API_KEY, RunResult, config_under, run_target, singer_lines, track
 from tests.receiver import FakeReporting, Receiver, Verdict
 
-REJECTED = {"tx-3": 8, "tx-30": 13, "tx-61": 21, "tx-99": 25, "tx-120": 8, "tx-150": 13, "tx-181": 25}
+REJECTED = {
+    "tx-3": 8,
+    "tx-30": 13,
+    "tx-61": 21,
+    "tx-99": 25,
+    "tx-120": 8,
+    "tx-150": 13,
+    "tx-181": 25,
+}
 OMITTED = {"tx-7", "tx-77", "tx-177"}
 
 
@@ -73,7 +81,9 @@ def test_reconcile_end_to_end_finds_exactly_the_rejected_and_missing(tmp_path: P
             "advertiser_id": 7, "preflight": False, "request_timeout": 10,
             "reconcile_after_minutes": 0, "reconcile_not_found_after_hours": 0,
         }  # fmt: skip
-        delivered = run_target(config, singer_lines("orders", records, state={"bookmark": 200}), tmp_path)
+        delivered = run_target(
+            config, singer_lines("orders", records, state={"bookmark": 200}), tmp_path
+        )
         assert delivered.code == 0, delivered.stderr[-3000:]
         assert len(rx.accepted) == 200 and all(r.status == 200 for r in rx.requests)
         assert reporting.requests == []  # a run without reconcile: true asks nothing
@@ -89,12 +99,16 @@ def test_reconcile_end_to_end_finds_exactly_the_rejected_and_missing(tmp_path: P
 
     # Every delivered transaction was asked for exactly once, in one report request per day.
     assert asked_first == {f"tx-{i}": 1 for i in range(200)}
-    days = {dt.datetime.fromtimestamp(now - 3600 - 300 * i, dt.timezone.utc).date() for i in range(200)}
+    days = {
+        dt.datetime.fromtimestamp(now - 3600 - 300 * i, dt.timezone.utc).date() for i in range(200)
+    }
     assert len(reporting.report_requests()) == len(days)
     assert requests_first == len(days) + 1  # and the advertiser's event names, once
 
     report = json.loads((tmp_path / "state" / "reconcile_report.json").read_text())
-    listed = {c["transaction_id"]: (c["status"], c["error_code"]) for c in report["rejected_or_not_found"]}
+    listed = {
+        c["transaction_id"]: (c["status"], c["error_code"]) for c in report["rejected_or_not_found"]
+    }
     expected = {tid: ("rejected", code) for tid, code in REJECTED.items()}
     expected |= {tid: ("not_found", None) for tid in OMITTED}
     assert listed == expected

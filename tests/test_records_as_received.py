@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, dead_letter_records, run_in_process
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    config_under,
+    dead_letter_records,
+    run_in_process,
+)
 
 SCHEMA = {
     "type": "object",
@@ -32,8 +37,15 @@ RECORD = (
 
 
 def test_a_dead_letter_holds_timestamps_and_number_text_as_received(tmp_path: Path) -> None:
-    config = {**config_under(tmp_path), "dry_run": True, "validate_records": True, **DEAD_LETTERS_ON_PURPOSE}
-    schema = json.dumps({"type": "SCHEMA", "stream": "orders", "schema": SCHEMA, "key_properties": []})
+    config = {
+        **config_under(tmp_path),
+        "dry_run": True,
+        "validate_records": True,
+        **DEAD_LETTERS_ON_PURPOSE,
+    }
+    schema = json.dumps(
+        {"type": "SCHEMA", "stream": "orders", "schema": SCHEMA, "key_properties": []}
+    )
     code, target = run_in_process(config, [schema, RECORD])
     assert code == 0
     assert target.run.summary.as_dict(dry_run=True)["dead_lettered"] == {"invalid_record": 1}

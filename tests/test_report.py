@@ -9,7 +9,6 @@ page in a real browser.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -71,13 +70,18 @@ class Dom(HTMLParser):
         return found
 
     def where(self, tag: str | None = None, **attrs: str) -> list[Element]:
-        return [e for e in self.elements if (tag is None or e.tag == tag)
-                and all(e.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+        return [
+            e
+            for e in self.elements
+            if (tag is None or e.tag == tag)
+            and all(e.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())
+        ]
 
 
 def report_config(tmp_path: Path, ledger_url: str | None) -> Path:
     config = {
-        "postback_url": "https://www.example.com/", "network_id": 1,
+        "postback_url": "https://www.example.com/",
+        "network_id": 1,
         "dead_letter_path": str(tmp_path / "state" / "dead_letter.jsonl"),
     }
     if ledger_url is not None:
@@ -91,7 +95,10 @@ def run_report(tmp_path: Path, ledger_url: str | None, *args: str) -> subprocess
     config = report_config(tmp_path, ledger_url)
     return subprocess.run(
         [sys.executable, "-m", "target_everflow", "report", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
 
 
@@ -114,21 +121,40 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
     shown = {(r.attrs["data-day"], r.attrs["data-event"]) for r in rows}
     expected = known_ledger.expected_cells(ledger.now)
     assert shown == set(expected)
-    metrics = ("delivered", "dead_lettered", "in_doubt", "confirmed", "pending", "rejected", "not_found", "unchecked")
+    metrics = (
+        "delivered",
+        "dead_lettered",
+        "in_doubt",
+        "confirmed",
+        "pending",
+        "rejected",
+        "not_found",
+        "unchecked",
+    )
     for (day, event), numbers in expected.items():
         cells = {e.attrs["data-metric"]: e.text for e in row_cells(dom, day, event)}
         for metric in metrics:
             assert cells[metric] == str(numbers.get(metric, 0)), (day, event, metric)
         assert cells["amount"] == numbers["amount"], (day, event)
-        reasons = {e.attrs["data-reason"]: int(e.attrs["data-value"]) for e in row_reasons(dom, day, event)}
+        reasons = {
+            e.attrs["data-reason"]: int(e.attrs["data-value"]) for e in row_reasons(dom, day, event)
+        }
         assert reasons == numbers.get("reasons", {}), (day, event)
 
     # The charts draw the same numbers.
-    per_day = [e for e in dom.elements if e.tag == "rect" and e.attrs.get("data-series") == "delivered"
-               and e.attrs.get("data-label", "").startswith("20")]
+    per_day = [
+        e
+        for e in dom.elements
+        if e.tag == "rect"
+        and e.attrs.get("data-series") == "delivered"
+        and e.attrs.get("data-label", "").startswith("20")
+    ]
     assert sum(float(e.attrs["data-value"]) for e in per_day) == 7
-    dead_bars = {e.attrs["data-label"]: float(e.attrs["data-value"]) for e in dom.elements
-                 if e.tag == "rect" and e.attrs.get("data-series") == "dead_lettered"}
+    dead_bars = {
+        e.attrs["data-label"]: float(e.attrs["data-value"])
+        for e in dom.elements
+        if e.tag == "rect" and e.attrs.get("data-series") == "dead_lettered"
+    }
     a, b = known_ledger.day_name(2, ledger.now), known_ledger.day_name(1, ledger.now)
     assert dead_bars[a] == 4 and dead_bars[b] == 1
     assert dead_bars["Order Completed"] == 4 and dead_bars["Subscription Started"] == 1
@@ -210,12 +236,19 @@ def test_report_of_an_older_ledger_without_history_or_reconciliation(tmp_path):
     shows what there is and says what is missing."""
     now = time.time()
     con = sqlite3.connect(tmp_path / "old.db")
-    con.execute("CREATE TABLE everflow_ledger (delivery_key TEXT PRIMARY KEY, status TEXT NOT NULL,"
-                " owner TEXT NOT NULL, owner_scope TEXT NOT NULL DEFAULT '', lease_until REAL,"
-                " http_status INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL)")
-    con.executemany("INSERT INTO everflow_ledger VALUES (?, ?, 'o:1:x', '', NULL, 200, ?, ?)",
-                    [("k1", "delivered", now - 60, now - 60), ("k2", "delivered", now - 30, now - 30),
-                     ("k3", "in_doubt", now - 20, now - 20)])
+    con.execute(
+        "CREATE TABLE everflow_ledger (delivery_key TEXT PRIMARY KEY, status TEXT NOT NULL,"
+        " owner TEXT NOT NULL, owner_scope TEXT NOT NULL DEFAULT '', lease_until REAL,"
+        " http_status INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    con.executemany(
+        "INSERT INTO everflow_ledger VALUES (?, ?, 'o:1:x', '', NULL, 200, ?, ?)",
+        [
+            ("k1", "delivered", now - 60, now - 60),
+            ("k2", "delivered", now - 30, now - 30),
+            ("k3", "in_doubt", now - 20, now - 20),
+        ],
+    )
     con.commit()
     con.close()
     out = tmp_path / "old.html"
@@ -229,8 +262,9 @@ def test_report_of_an_older_ledger_without_history_or_reconciliation(tmp_path):
     assert dom.by_id("no-history").text == "No run history yet."
     assert "No reconciliation data" in page and "total-confirmed" not in page
     assert "does not record each conversion" in page
-    assert [e.attrs["data-event"] for e in dom.elements if e.tag == "tr" and "data-event" in e.attrs] == [
-        "(event not recorded)"]
+    assert [
+        e.attrs["data-event"] for e in dom.elements if e.tag == "tr" and "data-event" in e.attrs
+    ] == ["(event not recorded)"]
 
 
 def test_report_of_an_empty_ledger(tmp_path):
@@ -240,7 +274,10 @@ def test_report_of_an_empty_ledger(tmp_path):
     dom = Dom(out.read_text())
     assert dom.by_id("total-delivered").attrs["data-value"] == "0"
     # two day charts (conversions, amounts: today's ledger has the amount column), 7 days each
-    assert len([e for e in dom.elements if e.tag == "text" and e.attrs.get("text-anchor") == "middle"]) == 2 * 7
+    assert (
+        len([e for e in dom.elements if e.tag == "text" and e.attrs.get("text-anchor") == "middle"])
+        == 2 * 7
+    )
 
 
 def test_report_without_a_ledger_fails_with_one_line(tmp_path):

@@ -17,7 +17,6 @@ import shutil
 import struct
 import tempfile
 import typing as t
-from pathlib import Path
 
 import pytest
 
@@ -28,18 +27,28 @@ from tests.test_report import render_known
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 BROWSER_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1280,900",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
 )
 
 
 @pytest.fixture
 def browser() -> t.Iterator[t.Any]:
     if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("Chromium is not installed: apt-get install -y chromium chromium-driver "
-                    "(Debian's packages; .ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+        pytest.skip(
+            "Chromium is not installed: apt-get install -y chromium chromium-driver "
+            "(Debian's packages; .ci/run installs them)"
+        )
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
+    )
     from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="target-everflow-chromium-")
@@ -61,10 +70,14 @@ def browser() -> t.Iterator[t.Any]:
 def full_page_png(driver: t.Any) -> bytes:
     metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
     size = metrics.get("cssContentSize") or metrics["contentSize"]
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
-    })
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+        },
+    )
     return base64.b64decode(shot["data"])
 
 
@@ -112,12 +125,21 @@ def test_report_in_headless_chromium(tmp_path, browser):
     rows = browser.find_elements(By.CSS_SELECTOR, "#detail-table tbody tr")
     seen = {}
     for row in rows:
-        cells = {c.get_attribute("data-metric"): c.text
-                 for c in row.find_elements(By.CSS_SELECTOR, "td[data-metric]")}
+        cells = {
+            c.get_attribute("data-metric"): c.text
+            for c in row.find_elements(By.CSS_SELECTOR, "td[data-metric]")
+        }
         seen[(row.get_attribute("data-day"), row.get_attribute("data-event"))] = cells
     assert set(seen) == set(expected)
     for key, numbers in expected.items():
-        for metric in ("delivered", "dead_lettered", "in_doubt", "confirmed", "rejected", "not_found"):
+        for metric in (
+            "delivered",
+            "dead_lettered",
+            "in_doubt",
+            "confirmed",
+            "rejected",
+            "not_found",
+        ):
             assert seen[key][metric] == str(numbers.get(metric, 0)), (key, metric)
         assert seen[key]["amount"] == numbers["amount"]
     cell_texts = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#detail-table td")]

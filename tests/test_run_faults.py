@@ -43,9 +43,9 @@ from target_everflow.accounting import (
     dumps,
     escape_log_records,
 )
+from target_everflow.adapter.reader import SegmentReader
 from target_everflow.errors import EXIT_OUTPUT
 from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, UNMAPPED_EVENT
-from target_everflow.adapter.reader import SegmentReader
 from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     SECRET_TOKEN,
@@ -90,7 +90,9 @@ def nested(depth: int) -> str:
 def deep_record_line(depth: int = DEPTH) -> str:
     """A RECORD whose record is a mobile track without IP with ``properties.x`` nested ``depth``
     levels (built as text: Python's json could not write it from a test's stack)."""
-    line = json.dumps({"type": "RECORD", "stream": STREAM, "record": mobile_without_ip(0, x="@DEEP@")})
+    line = json.dumps(
+        {"type": "RECORD", "stream": STREAM, "record": mobile_without_ip(0, x="@DEEP@")}
+    )
     return line.replace('"@DEEP@"', nested(depth))
 
 
@@ -98,8 +100,14 @@ def record_line(record: dict, stream: str = STREAM) -> str:
     return json.dumps({"type": "RECORD", "stream": stream, "record": record})
 
 
-def cli(config: dict, payload: str | bytes, tmp_path: Path, *, limit_file_size: int | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess:
+def cli(
+    config: dict,
+    payload: str | bytes,
+    tmp_path: Path,
+    *,
+    limit_file_size: int | None = None,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess:
     """The CLI as a pipeline runs it; ``limit_file_size``: no file it writes may grow past that
     many bytes (RLIMIT_FSIZE: a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
     path = tmp_path / f"config-{len(os.listdir(tmp_path))}.json"
@@ -112,7 +120,11 @@ def cli(config: dict, payload: str | bytes, tmp_path: Path, *, limit_file_size: 
     data = payload.encode() if isinstance(payload, str) else payload
     return subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(path)],
-        input=data, capture_output=True, timeout=timeout, cwd=tmp_path, preexec_fn=limit,
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        preexec_fn=limit,
     )
 
 
@@ -134,7 +146,9 @@ def dead_letter_lines(path: Path) -> list[str]:
 # --- 5: a deeply nested record ------------------------------------------------------------------
 
 
-def test_a_record_nested_980_levels_is_dead_lettered_and_the_run_goes_on(base_config: dict, tmp_path: Path) -> None:
+def test_a_record_nested_980_levels_is_dead_lettered_and_the_run_goes_on(
+    base_config: dict, tmp_path: Path
+) -> None:
     """The issue's repro, live through the CLI: the good records around it are delivered, the
     deep one is in the dead-letter file whole, the summary counts it, exit 0."""
     payload = "\n".join([
@@ -142,7 +156,9 @@ def test_a_record_nested_980_levels_is_dead_lettered_and_the_run_goes_on(base_co
         json.dumps({"type": "STATE", "value": {"upto": 3}}),
     ]) + "\n"  # fmt: skip
     with Receiver() as rx:
-        proc = cli({**base_config, "postback_url": rx.url, **DEAD_LETTERS_ON_PURPOSE}, payload, tmp_path)
+        proc = cli(
+            {**base_config, "postback_url": rx.url, **DEAD_LETTERS_ON_PURPOSE}, payload, tmp_path
+        )
         sent = sorted(r.transaction_id for r in rx.requests)
     stderr = text_of(proc)
     assert proc.returncode == 0, stderr[-3000:]
@@ -163,7 +179,10 @@ def test_the_deep_dead_letter_replays(tmp_path: Path) -> None:
     """The dead-letter line of a deep record is read back by the target (a Singer stream)."""
     first = tmp_path / "first"
     first.mkdir()
-    payload = "\n".join([*singer_lines(STREAM, [track(1)]), deep_record_line(), record_line(track(3))]) + "\n"
+    payload = (
+        "\n".join([*singer_lines(STREAM, [track(1)]), deep_record_line(), record_line(track(3))])
+        + "\n"
+    )
     proc = cli(dry(first), payload, first)
     assert proc.returncode == 0, text_of(proc)[-3000:]
     assert {p["message_id"] for p in read_jsonl(first / "dry_run.jsonl")} == {"msg-1", "msg-3"}
@@ -194,14 +213,23 @@ def test_a_record_that_cannot_be_written_is_kept_as_a_stand_in(tmp_path: Path) -
     """What no JSON can hold (only a programmatic caller can hand it over) is dead-lettered as a
     stand-in that says why, with its message id; the file takes the next record as usual."""
     letters = DeadLetters(tmp_path / "dl.jsonl", lambda _stream: None)
-    letters.write(STREAM, {"messageId": "odd-1", "properties": {"x": _Unprintable()}}, "rejected", "HTTP 204",
-                  message_id="odd-1")  # (the id read once at the door; the writer no longer reads the record)
+    letters.write(
+        STREAM,
+        {"messageId": "odd-1", "properties": {"x": _Unprintable()}},
+        "rejected",
+        "HTTP 204",
+        message_id="odd-1",
+    )  # (the id read once at the door; the writer no longer reads the record)
     letters.write(STREAM, track(2), "rejected", "HTTP 204")
     letters.close()
     first, second = dead_letter_records(tmp_path / "dl.jsonl")
     assert first["record"]["messageId"] == "odd-1"
     assert "cannot be written as JSON" in first["record"][UNWRITABLE]
-    assert (first["reason"], second["record"]["messageId"], letters.count) == ("rejected", "msg-2", 2)
+    assert (first["reason"], second["record"]["messageId"], letters.count) == (
+        "rejected",
+        "msg-2",
+        2,
+    )
 
 
 # --- 8: memory and the summary with many distinct event names -----------------------------------
@@ -213,9 +241,16 @@ def _many_names(path: Path, distinct: int) -> None:
     with path.open("w") as out:
         out.write(singer_lines(STREAM, [])[0] + "\n")
         for i in range(distinct):
-            out.write(record_line({"type": "track", "event": f"Event {i}", "messageId": f"e-{i}"}) + "\n")
+            out.write(
+                record_line({"type": "track", "event": f"Event {i}", "messageId": f"e-{i}"}) + "\n"
+            )
             if i % 100 == 0:
-                out.write(record_line({"type": "track", "event": "Product Viewed", "messageId": f"pv-{i}"}) + "\n")
+                out.write(
+                    record_line(
+                        {"type": "track", "event": "Product Viewed", "messageId": f"pv-{i}"}
+                    )
+                    + "\n"
+                )
             if i % (distinct // 10) == 0:
                 out.write(record_line(track(i)) + "\n")
         out.write(record_line({"type": "page", "messageId": "page-1"}) + "\n")
@@ -228,8 +263,13 @@ def _dry_run_peak_rss(tmp_path: Path, distinct: int) -> tuple[float, dict, list[
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dry(tmp_path)))
     with (tmp_path / "in.singer").open("rb") as stdin, (tmp_path / "stderr.log").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "target_everflow", "--config", str(config)],
-                                stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "target_everflow", "--config", str(config)],
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=tmp_path,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     lines = (tmp_path / "stderr.log").read_text(errors="replace").splitlines()
     assert os.waitstatus_to_exitcode(status) == 0, "\n".join(lines[-30:])
@@ -242,16 +282,25 @@ def test_memory_stays_flat_with_distinct_event_names(tmp_path: Path) -> None:
     small_rss, _, _ = _dry_run_peak_rss(tmp_path / "small", 20_000)
     rss, summary, lines = _dry_run_peak_rss(tmp_path / "large", 200_000)
     assert rss < 200, f"peak RSS {rss:.0f} MB"
-    assert rss - small_rss < 30, f"peak RSS {small_rss:.0f} MB -> {rss:.0f} MB: it grows with the names"
+    assert rss - small_rss < 30, (
+        f"peak RSS {small_rss:.0f} MB -> {rss:.0f} MB: it grows with the names"
+    )
     rows = summary["streams"][STREAM]
     assert rows["Order Completed"][DELIVERED] == 10  # the mapped event keeps its row
-    assert rows["Product Viewed"][SKIPPED] == {UNMAPPED_EVENT: 2_000}  # the most frequent other name
+    assert rows["Product Viewed"][SKIPPED] == {
+        UNMAPPED_EVENT: 2_000
+    }  # the most frequent other name
     assert rows["(page)"][SKIPPED] == {"not_track": 1}
     assert len(rows) <= 1 + MAX_OTHER_EVENTS + 1
     assert sum(rows[OTHER_EVENTS][SKIPPED].values()) > 199_000
-    outcomes = sum(row[DELIVERED] + sum(row[SKIPPED].values()) + sum(row[DEAD_LETTER].values()) for row in rows.values())
+    outcomes = sum(
+        row[DELIVERED] + sum(row[SKIPPED].values()) + sum(row[DEAD_LETTER].values())
+        for row in rows.values()
+    )
     assert outcomes == summary["records_read"] == 200_000 + 2_000 + 10 + 1
-    summary_lines = [line for line in lines if f"|   {STREAM} / " in line]  # one per row, bounded too
+    summary_lines = [
+        line for line in lines if f"|   {STREAM} / " in line
+    ]  # one per row, bounded too
     assert len(summary_lines) == len(rows)
 
 
@@ -291,7 +340,9 @@ def _assert_one_line_exit_1(proc: subprocess.CompletedProcess, setting: str) -> 
 def test_a_summary_path_that_cannot_be_written_fails_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     config = dry(tmp_path, summary_path=str(tmp_path / "a-file" / "summary.json"))
-    proc = cli(config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path)
+    proc = cli(
+        config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path
+    )
     _assert_one_line_exit_1(proc, "summary_path")
     assert not (tmp_path / "dry_run.jsonl").exists()
 
@@ -299,7 +350,9 @@ def test_a_summary_path_that_cannot_be_written_fails_at_start_up(tmp_path: Path)
 def test_a_dry_run_output_that_is_a_directory_fails_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     config = dry(tmp_path, dry_run_output=str(tmp_path / "out"))
-    proc = cli(config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path)
+    proc = cli(
+        config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path
+    )
     _assert_one_line_exit_1(proc, "dry_run_output")
 
 
@@ -311,7 +364,9 @@ def _fills_the_dead_letter_file() -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_a_dead_letter_file_that_fills_up_stops_the_run_counting_what_was_written(tmp_path: Path) -> None:
+def test_a_dead_letter_file_that_fills_up_stops_the_run_counting_what_was_written(
+    tmp_path: Path,
+) -> None:
     """No file may grow past 300 kB: the dead-letter file fills up after 9 of the 30 dead
     letters, the 10th written part-way. The run stops (exit 7, one line), the torn line is cut
     off, and the log, the summary and the file agree on what was kept."""
@@ -359,7 +414,9 @@ def test_a_dry_run_output_that_fills_up_stops_the_run(tmp_path: Path) -> None:
     assert states(proc) == []
 
 
-def test_a_dead_letter_from_everflow_that_cannot_be_written_stops_delivery(base_config: dict, tmp_path: Path) -> None:
+def test_a_dead_letter_from_everflow_that_cannot_be_written_stops_delivery(
+    base_config: dict, tmp_path: Path
+) -> None:
     """A live run: Everflow rejects a conversion (204) and its dead letter cannot be written.
     The engine stops (exit 7, the dead-letter error named), nothing is counted that was not kept."""
     if not os.path.exists("/dev/full"):
@@ -375,8 +432,9 @@ def test_a_dead_letter_from_everflow_that_cannot_be_written_stops_delivery(base_
     assert summary["dead_lettered"] == {} and result.states == []
 
 
-def test_a_summary_that_cannot_be_written_at_the_end_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_summary_that_cannot_be_written_at_the_end_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """After the last STATE nothing fails the run: a disk that filled since start-up is a warning."""
     real_write_text = Path.write_text
 
@@ -409,7 +467,9 @@ class _SignalingStream(io.StringIO):
         return super().write(text)
 
 
-def _run_with_signal_on(prefix: str, config: dict, lines: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def _run_with_signal_on(
+    prefix: str, config: dict, lines: list[str], capsys: pytest.CaptureFixture
+) -> tuple[int, str]:
     stream = _SignalingStream(prefix)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -426,21 +486,28 @@ def _run_with_signal_on(prefix: str, config: dict, lines: list[str], capsys: pyt
     return code, capsys.readouterr().err
 
 
-def test_sigterm_while_the_final_summary_is_logged(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_sigterm_while_the_final_summary_is_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     """No "--- Logging error ---": the summary is logged and written whole, the signal is
     reported after it, and the exit code says the process was stopped by it."""
     config = dry(tmp_path)
-    code, err = _run_with_signal_on("Run summary:", config, singer_lines(STREAM, [track(1)], state={"upto": 1}), capsys)
+    code, err = _run_with_signal_on(
+        "Run summary:", config, singer_lines(STREAM, [track(1)], state={"upto": 1}), capsys
+    )
     assert "Logging error" not in err and "Traceback" not in err
     assert code == 128 + signal.SIGTERM
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("  orders / Order Completed: 1 planned") for m in messages)  # the rest of it
+    assert any(
+        m.startswith("  orders / Order Completed: 1 planned") for m in messages
+    )  # the rest of it
     assert any("Received signal 15 while finishing" in m for m in messages)
     assert json.loads(Path(config["summary_path"]).read_text())["delivered"] == 1
 
 
-def test_sigterm_while_a_warning_is_logged_stops_before_the_next_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sigterm_while_a_warning_is_logged_stops_before_the_next_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A signal that arrives while a dead letter's warning is logged cannot stop the main
     thread there; the reader stops before the next line (not, as before, never)."""
     lines = singer_lines(STREAM, [track(1), mobile_without_ip(2), track(3)], state={"upto": 3})
@@ -469,7 +536,9 @@ def test_a_value_in_a_record_cannot_forge_a_log_line(tmp_path: Path) -> None:
     proc = cli(dry(tmp_path), "\n".join(lines) + "\n", tmp_path)
     stderr = text_of(proc)
     assert proc.returncode == 0, stderr[-3000:]
-    assert not [line for line in stderr.splitlines() if line.startswith(FORGED[:10]) and "FORGED" in line]
+    assert not [
+        line for line in stderr.splitlines() if line.startswith(FORGED[:10]) and "FORGED" in line
+    ]
     assert "FORGED" in stderr and "\\n2026-01-01" in stderr  # escaped, not left out
     assert "Dead-lettered a record of stream orders (message id 'id-1\\n2026-01-01" in stderr
 
@@ -505,8 +574,16 @@ REFUSED_URLS = [
     ("userinfo_empty", "https://@track.example.com/", "credentials"),
     ("userinfo", f"https://user:{SECRET_TOKEN}@track.example.com/", "credentials"),
     ("query_nid", "https://track.example.com/?nid=5", "'nid'"),
-    ("query_token", f"https://track.example.com/?verification_token={SECRET_TOKEN}", "'verification_token'"),
-    ("query_field_any_case", "https://track.example.com/?src=x&Transaction_ID=tx", "'transaction_id'"),
+    (
+        "query_token",
+        f"https://track.example.com/?verification_token={SECRET_TOKEN}",
+        "'verification_token'",
+    ),
+    (
+        "query_field_any_case",
+        "https://track.example.com/?src=x&Transaction_ID=tx",
+        "'transaction_id'",
+    ),
     ("query_encoded_name", "https://track.example.com/?%61mount=5", "'amount'"),
     ("host_not_ascii", "https://trackä.example.com/", "ASCII"),
     ("port_out_of_range", "https://track.example.com:99999/", "not a valid URL"),
@@ -515,9 +592,13 @@ REFUSED_URLS = [
 
 
 @pytest.mark.parametrize(("case", "url", "says"), REFUSED_URLS, ids=[c[0] for c in REFUSED_URLS])
-def test_postback_url_refused_at_config_time(case: str, url: str, says: str, tmp_path: Path) -> None:
+def test_postback_url_refused_at_config_time(
+    case: str, url: str, says: str, tmp_path: Path
+) -> None:
     config = {**config_under(tmp_path), "postback_url": url, "verification_token": SECRET_TOKEN}
-    proc = cli(config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path)
+    proc = cli(
+        config, "\n".join(singer_lines(STREAM, [track(1)], state={"upto": 1})) + "\n", tmp_path
+    )
     stderr = text_of(proc)
     assert proc.returncode == 1, (case, stderr[-3000:])
     assert "Traceback" not in stderr
@@ -527,12 +608,16 @@ def test_postback_url_refused_at_config_time(case: str, url: str, says: str, tmp
     assert proc.stdout == b"" and not Path(config["dead_letter_path"]).parent.exists()
 
 
-def test_a_non_ascii_path_in_postback_url_is_percent_encoded(base_config: dict, tmp_path: Path) -> None:
+def test_a_non_ascii_path_in_postback_url_is_percent_encoded(
+    base_config: dict, tmp_path: Path
+) -> None:
     """Sent as UTF-8 percent-encoding (it used to fail every postback as a network error); a
     query string of the user's own that does not collide is kept."""
     with Receiver() as rx:
         url = f"{rx.url}pöstback/ä b?source=ségment"
-        result = run_target({**base_config, "postback_url": url}, singer_lines(STREAM, [track(1)]), tmp_path)
+        result = run_target(
+            {**base_config, "postback_url": url}, singer_lines(STREAM, [track(1)]), tmp_path
+        )
         requests = rx.requests
     assert result.code == 0, result.stderr[-3000:]
     (request,) = requests
@@ -546,23 +631,41 @@ def test_a_non_ascii_path_in_postback_url_is_percent_encoded(base_config: dict, 
 def _read(lines: list[str | bytes]) -> list[dict]:
     reader = SegmentReader()
     seen: list[dict] = []
-    callbacks = {kind: seen.append for kind in ("RECORD", "SCHEMA", "STATE", "ACTIVATE_VERSION", "BATCH")}
-    reader.process_lines(io.StringIO("".join(x if isinstance(x, str) else x.decode() for x in lines)), callbacks)  # type: ignore[arg-type]
+    callbacks = {
+        kind: seen.append for kind in ("RECORD", "SCHEMA", "STATE", "ACTIVATE_VERSION", "BATCH")
+    }
+    reader.process_lines(
+        io.StringIO("".join(x if isinstance(x, str) else x.decode() for x in lines)), callbacks
+    )  # type: ignore[arg-type]
     return seen
 
 
-@pytest.mark.parametrize("line", [
-    '{"type": "STATE", "value": {"upto": 9}, "type": "RECORD", "stream": "orders", "record": {}}\n',
-    '{"type":"RECORD","type":"RECORD","stream":"orders","record":{}}\n',
-    '{"type":"RECORD","stream":"orders","record":{},"record":{"type":"track"}}\n',
-    '{"typ\\u0065":"STATE","type":"RECORD","stream":"orders","record":{}}\n',  # spelt differently
-    '{ "type" : "RECORD" ,\t"stream":"orders", "record":{}, "stream":"other"}\r\n',  # unusual spacing
-    '{"type":"STATE","value":NaN,"type":"STATE","value":1}\n',  # (the lenient reader's path)
-], ids=["type_state_then_record", "type_twice_same", "record_twice", "escaped_key", "odd_spacing", "lenient"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"type": "STATE", "value": {"upto": 9}, "type": "RECORD", "stream": "orders", "record": {}}\n',
+        '{"type":"RECORD","type":"RECORD","stream":"orders","record":{}}\n',
+        '{"type":"RECORD","stream":"orders","record":{},"record":{"type":"track"}}\n',
+        '{"typ\\u0065":"STATE","type":"RECORD","stream":"orders","record":{}}\n',  # spelt differently
+        '{ "type" : "RECORD" ,\t"stream":"orders", "record":{}, "stream":"other"}\r\n',  # unusual spacing
+        '{"type":"STATE","value":NaN,"type":"STATE","value":1}\n',  # (the lenient reader's path)
+    ],
+    ids=[
+        "type_state_then_record",
+        "type_twice_same",
+        "record_twice",
+        "escaped_key",
+        "odd_spacing",
+        "lenient",
+    ],
+)
 def test_reader_refuses_a_message_that_names_a_key_twice(line: str) -> None:
     from target_everflow.errors import InputError
 
-    with pytest.raises(InputError, match=r"at line 1: the message has the key '(type|record|stream|value)' more than once"):
+    with pytest.raises(
+        InputError,
+        match=r"at line 1: the message has the key '(type|record|stream|value)' more than once",
+    ):
         _read([line])
 
 
@@ -571,8 +674,13 @@ def test_reader_reads_keys_named_like_message_keys_inside_a_record() -> None:
     raw = {"type": "track", "stream": "x", "record": {"type": "y"}, "properties": {"type": "z"}}
     lines = [
         json.dumps({"type": "RECORD", "stream": "orders", "record": raw}) + "\n",
-        json.dumps({"type": "RECORD", "stream": "orders", "record": raw}, separators=(",", ":")) + "\n",
+        json.dumps({"type": "RECORD", "stream": "orders", "record": raw}, separators=(",", ":"))
+        + "\n",
         '{ "type" : "RECORD", "stream" : "orders", "record" : {"type": "track", "type": "page"} }\n',
     ]
     messages = _read(lines)
-    assert [m["record"] for m in messages] == [raw, raw, {"type": "page"}]  # (inside a record: the last)
+    assert [m["record"] for m in messages] == [
+        raw,
+        raw,
+        {"type": "page"},
+    ]  # (inside a record: the last)

@@ -8,14 +8,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from target_everflow.settings import CONFIG_SCHEMA
 from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, dead_letter_records, run_in_process, singer_lines, track
+from target_everflow.settings import CONFIG_SCHEMA
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    config_under,
+    dead_letter_records,
+    run_in_process,
+    singer_lines,
+    track,
+)
 
 
 def about() -> dict:
-    out = subprocess.run([sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     return json.loads(out)
 
 
@@ -34,7 +46,9 @@ def test_about_shows_a_title_for_every_setting_and_hides_the_sdk_settings_that_d
     for name, spec in CONFIG_SCHEMA["properties"].items():
         assert properties[name]["title"] == spec["title"], name
     # the SDK settings that do something here are still offered
-    assert {"stream_maps", "flattening_enabled", "batch_size_rows", "validate_records"} <= set(properties)
+    assert {"stream_maps", "flattening_enabled", "batch_size_rows", "validate_records"} <= set(
+        properties
+    )
     assert properties == plugin_settings_schema()["properties"]
 
 
@@ -47,7 +61,9 @@ def test_batch_size_rows_is_the_targets_own_setting_with_its_default() -> None:
 def test_add_record_metadata_adds_nothing(tmp_path: Path) -> None:
     """The SDK would add _sdc_* columns to every record (and so to the dead letters)."""
     config = {**config_under(tmp_path), "dry_run": True, "add_record_metadata": True}
-    lines = singer_lines("tracks", [track(1), track(2, tid=None), {**track(3), "properties": {"total": "x"}}])
+    lines = singer_lines(
+        "tracks", [track(1), track(2, tid=None), {**track(3), "properties": {"total": "x"}}]
+    )
     code, _ = run_in_process({**config, "strict_types": True, **DEAD_LETTERS_ON_PURPOSE}, lines)
     assert code == 0
     dead = dead_letter_records(Path(config["dead_letter_path"]))

@@ -37,8 +37,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from singer_sdk.testing import get_target_test_class
-from singer_sdk.testing import target_test_streams
+from singer_sdk.testing import get_target_test_class, target_test_streams
 
 from target_everflow.adapter.target import TargetEverflow
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE
@@ -57,6 +56,7 @@ SDK_TEST_CONFIG = {
     "validate_records": True,  # the SDK's default; this target's is false
 }
 
+
 class TestTargetEverflowStandard(get_target_test_class(TargetEverflow, config=SDK_TEST_CONFIG)):
     def test_target_record_missing_key_property(self, tmp_path: Path) -> None:  # type: ignore[override]
         """Replaces the SDK's (see the module docstring): dead-lettered, not raised."""
@@ -64,8 +64,11 @@ class TestTargetEverflowStandard(get_target_test_class(TargetEverflow, config=SD
         target = TargetEverflow(config={**_config(tmp_path), **DEAD_LETTERS_ON_PURPOSE})
         assert target.main(io.StringIO(text)) == 0
         assert target.run.summary.as_dict()["dead_lettered"] == {"invalid_record": _records(text)}
-        (line,) = [json.loads(x) for x in Path(_config(tmp_path)["dead_letter_path"]).read_text().splitlines()
-                   if json.loads(x)["type"] == "RECORD"]
+        (line,) = [
+            json.loads(x)
+            for x in Path(_config(tmp_path)["dead_letter_path"]).read_text().splitlines()
+            if json.loads(x)["type"] == "RECORD"
+        ]
         assert line["reason"] == "invalid_record" and "lacks key properties" in line["message"]
         assert line["field"] == "id"
 
@@ -87,7 +90,9 @@ REPORTED = {
 
 
 def _read(name: str) -> str:
-    return (importlib.resources.files(target_test_streams) / f"{name}.singer").read_text(encoding="utf-8")
+    return (importlib.resources.files(target_test_streams) / f"{name}.singer").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_every_sdk_stream_is_covered() -> None:
@@ -105,7 +110,9 @@ def _config(tmp_path: Path) -> dict:
 
 
 def _records(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line.strip() and json.loads(line)["type"] == "RECORD")
+    return sum(
+        1 for line in text.splitlines() if line.strip() and json.loads(line)["type"] == "RECORD"
+    )
 
 
 @pytest.mark.parametrize("name", [name for name in STREAM_FILES if name not in REPORTED])
@@ -125,7 +132,10 @@ def test_sdk_stream_through_main(name: str, tmp_path: Path) -> None:
     assert summary["delivered"] == 0
     assert summary["dead_lettered"] == {}
     assert summary["skipped"] == ({"unmapped_event": records} if records else {})
-    assert not (tmp_path / "state" / "dl.jsonl").exists() or (tmp_path / "state" / "dl.jsonl").read_text() == ""
+    assert (
+        not (tmp_path / "state" / "dl.jsonl").exists()
+        or (tmp_path / "state" / "dl.jsonl").read_text() == ""
+    )
     assert (tmp_path / "dry.jsonl").read_text() == ""
 
 
@@ -143,8 +153,12 @@ def test_record_breaking_its_schema_does_not_crash_the_run(name: str, tmp_path: 
 
 def test_state_messages_pass_through(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """What TargetMultipleStateMessages means to check: STATE reaches stdout, the last one last."""
-    code = TargetEverflow(config=_config(tmp_path)).main(io.StringIO(_read("multiple_state_messages")))
+    code = TargetEverflow(config=_config(tmp_path)).main(
+        io.StringIO(_read("multiple_state_messages"))
+    )
     assert code == 0
-    states = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    states = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
     assert states
     assert states[-1] == {"test_multiple_state_messages_a": 5, "test_multiple_state_messages_b": 6}

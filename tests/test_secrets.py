@@ -38,7 +38,13 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from target_everflow.settings import CONFIG_SCHEMA
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_API_KEY, SECRET_TOKEN, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    SECRET_API_KEY,
+    SECRET_TOKEN,
+    singer_lines,
+    track,
+)
 from tests.receiver import Answer, Receiver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +65,12 @@ def lower_hex(text: str) -> str:
 
 def go_json(text: str) -> str:
     """A JSON string as Go's encoding/json writes it: ``& < >`` as ``\\u0026 \\u003c \\u003e``."""
-    return json.dumps(text)[1:-1].replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return (
+        json.dumps(text)[1:-1]
+        .replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+    )
 
 
 def html_escaped(text: str) -> str:
@@ -71,9 +82,19 @@ def forms(secret: str) -> set[str]:
     """The secret as a server may echo it: as is, percent-encoded (upper- and lower-case hex,
     ``+`` for a space), JSON-escaped (Go's way too), HTML-escaped, and combinations."""
     percent = {quote(secret, safe=""), quote(secret), quote_plus(secret)}
-    out = {secret, json.dumps(secret)[1:-1], go_json(secret), html.escape(secret), html_escaped(secret)}
+    out = {
+        secret,
+        json.dumps(secret)[1:-1],
+        go_json(secret),
+        html.escape(secret),
+        html_escaped(secret),
+    }
     out |= percent | {lower_hex(p) for p in percent}
-    out |= {go_json(html.escape(secret)), quote(html.escape(secret), safe=""), html.escape(quote_plus(secret))}
+    out |= {
+        go_json(html.escape(secret)),
+        quote(html.escape(secret), safe=""),
+        html.escape(quote_plus(secret)),
+    }
     return out
 
 
@@ -85,7 +106,7 @@ def assert_clean(name: str, data: bytes | str) -> None:
             assert form not in text, f"{name} contains a secret ({form!r})"
             assert form.encode("utf-16-le") not in raw, f"{name} contains a secret (UTF-16)"
     at = text.find(MARKER)
-    assert at < 0, f"{name} contains part of a secret: ...{text[max(0, at - 60):at + 60]!r}..."
+    assert at < 0, f"{name} contains part of a secret: ...{text[max(0, at - 60) : at + 60]!r}..."
 
 
 def scan_run(tmp: Path, proc: t.Any) -> list[str]:
@@ -107,7 +128,10 @@ def run_cli(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[str] 
     path.write_text(json.dumps(config))
     return subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(path), *args],
-        input=("\n".join(lines) + "\n").encode(), capture_output=True, timeout=120, cwd=tmp,
+        input=("\n".join(lines) + "\n").encode(),
+        capture_output=True,
+        timeout=120,
+        cwd=tmp,
         env={**os.environ, **(env or {})},
     )
 
@@ -182,7 +206,9 @@ def echo(received: t.Any, n: int) -> Answer | None:
         "tx-10": Answer.status(400, seen),
         "tx-11": Answer.error_json(seen),
         "tx-12": Answer.status(404, seen * 5),
-        "tx-13": Answer.status(422, json.dumps({"error": seen}), {"Content-Type": "application/json"}),
+        "tx-13": Answer.status(
+            422, json.dumps({"error": seen}), {"Content-Type": "application/json"}
+        ),
     }.get(received.transaction_id or "")
 
 
@@ -191,11 +217,21 @@ def echo_encoded(received: t.Any, n: int) -> Answer | None:
     token = received.query.get("verification_token", "")
     form_encoded = quote_plus(token)
     return {
-        "tx-20": Answer.status(400, f"bad token {lower_hex(quote(token, safe=''))} in /?{lower_hex(received.raw_query)}"),
-        "tx-21": Answer.status(400, f'{{"message":"bad token {go_json(token)}"}}', {"Content-Type": "application/json"}),
-        "tx-22": Answer.status(400, f"<p>bad token {html_escaped(token)}</p>", {"Content-Type": "text/html"}),
+        "tx-20": Answer.status(
+            400,
+            f"bad token {lower_hex(quote(token, safe=''))} in /?{lower_hex(received.raw_query)}",
+        ),
+        "tx-21": Answer.status(
+            400, f'{{"message":"bad token {go_json(token)}"}}', {"Content-Type": "application/json"}
+        ),
+        "tx-22": Answer.status(
+            400, f"<p>bad token {html_escaped(token)}</p>", {"Content-Type": "text/html"}
+        ),
         "tx-23": Answer.status(400, f"token={lower_hex(form_encoded)}&raw={form_encoded}"),
-        "tx-24": Answer.status(400, f'{{"html":"{go_json(html.escape(token))}","url":"{quote(html.escape(token), safe="")}"}}'),
+        "tx-24": Answer.status(
+            400,
+            f'{{"html":"{go_json(html.escape(token))}","url":"{quote(html.escape(token), safe="")}"}}',
+        ),
         "tx-25": Answer.error_json(f"bad token {token}"),  # JSON-escaped by json.dumps
     }.get(received.transaction_id or "")
 
@@ -204,11 +240,17 @@ def echo_encoded(received: t.Any, n: int) -> Answer | None:
 
 
 def test_dry_run(tmp_path: Path) -> None:
-    proc = run_cli(tmp_path, files(tmp_path, dry_run=True), singer_lines("orders", mixed_records(), state={"s": 1}))
+    proc = run_cli(
+        tmp_path,
+        files(tmp_path, dry_run=True),
+        singer_lines("orders", mixed_records(), state={"s": 1}),
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert set(scan_run(tmp_path, proc)) >= {"dry_run.jsonl", "dead_letter.jsonl", "summary.json"}
-    assert b"verification_token=***" in (tmp_path / "dry_run.jsonl").read_bytes() or \
-        b"verification_token=%2A%2A%2A" in (tmp_path / "dry_run.jsonl").read_bytes()
+    assert (
+        b"verification_token=***" in (tmp_path / "dry_run.jsonl").read_bytes()
+        or b"verification_token=%2A%2A%2A" in (tmp_path / "dry_run.jsonl").read_bytes()
+    )
 
 
 def test_live_success_with_the_api_check(tmp_path: Path) -> None:
@@ -228,7 +270,9 @@ def test_live_answers_that_echo_the_token(tmp_path: Path) -> None:
     letters keep a body excerpt, never the token."""
     records = [track(i) for i in range(10, 14)] + [track(1)]
     with Receiver(script=echo) as rx:
-        proc = run_cli(tmp_path, files(tmp_path, postback_url=rx.url), singer_lines("orders", records))
+        proc = run_cli(
+            tmp_path, files(tmp_path, postback_url=rx.url), singer_lines("orders", records)
+        )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     dead = (tmp_path / "state" / "dead_letter.jsonl").read_text()
     assert dead.count('"reason"') == 4 and "you sent /?nid=1" in dead and "***" in dead
@@ -265,7 +309,12 @@ def test_live_systemic_failures(tmp_path: Path, failure: str) -> None:
         return {
             "401": Answer.status(401, f"bad token in {seen}"),
             "outage_503": Answer.status(503, f"down; you sent {seen}"),
-            "redirect": Answer.status(302, headers={"Location": f"https://elsewhere.example/{SPECIAL_TOKEN}/?{received.raw_query}"}),
+            "redirect": Answer.status(
+                302,
+                headers={
+                    "Location": f"https://elsewhere.example/{SPECIAL_TOKEN}/?{received.raw_query}"
+                },
+            ),
             "timeout": Answer.slow(3.0),
         }[failure]
 
@@ -296,12 +345,16 @@ def test_config_and_ledger_errors(tmp_path: Path, case: str, changes: dict, code
     scan_run(tmp_path, proc)
 
 
-@pytest.mark.parametrize(("status", "says"), [(401, b"rejected the API key"), (403, b"wrong kind"), (404, b"HTTP 404")])
+@pytest.mark.parametrize(
+    ("status", "says"), [(401, b"rejected the API key"), (403, b"wrong kind"), (404, b"HTTP 404")]
+)
 def test_api_check_failures_with_the_key_echoed(tmp_path: Path, status: int, says: bytes) -> None:
     with fake_api(status) as api_url:
         config = files(tmp_path, postback_url="https://track.example.com/", api_url=api_url)
         check = run_cli(tmp_path, config, [], args=["--check"])
-        preflight = run_cli(tmp_path, {**config, "preflight": True}, singer_lines("orders", [track(1)]))
+        preflight = run_cli(
+            tmp_path, {**config, "preflight": True}, singer_lines("orders", [track(1)])
+        )
     for proc in (check, preflight):
         assert proc.returncode == 1, proc.stderr.decode()[-2000:]
         assert says in proc.stderr and b"Traceback" not in proc.stderr
@@ -311,7 +364,12 @@ def test_api_check_failures_with_the_key_echoed(tmp_path: Path, status: int, say
 
 def test_api_check_success_prints_no_secret(tmp_path: Path) -> None:
     with fake_api(200) as api_url:
-        proc = run_cli(tmp_path, files(tmp_path, api_url=api_url, postback_url="https://t.example.com/"), [], args=["--check"])
+        proc = run_cli(
+            tmp_path,
+            files(tmp_path, api_url=api_url, postback_url="https://t.example.com/"),
+            [],
+            args=["--check"],
+        )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert b"Everflow API check passed" in proc.stdout
     scan_run(tmp_path, proc)
@@ -397,11 +455,17 @@ def _disabling_env(cert: Path) -> dict[str, dict[str, str]]:
         "CURL_CA_BUNDLE=''": {"CURL_CA_BUNDLE": ""},
         "PYTHONHTTPSVERIFY=0": {"PYTHONHTTPSVERIFY": "0"},
         "all_of_them": {"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": "", "PYTHONHTTPSVERIFY": "0"},
-        "SSL_CERT_FILE=the_untrusted_cert": {"SSL_CERT_FILE": str(cert), "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""},
+        "SSL_CERT_FILE=the_untrusted_cert": {
+            "SSL_CERT_FILE": str(cert),
+            "REQUESTS_CA_BUNDLE": "",
+            "CURL_CA_BUNDLE": "",
+        },
     }
 
 
-def test_tls_verification_cannot_be_turned_off(self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+def test_tls_verification_cannot_be_turned_off(
+    self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
     cert, context = self_signed
     with https_receiver(context) as (url, seen):
         # The server works: a client that trusts this certificate gets its answer.
@@ -411,18 +475,28 @@ def test_tls_verification_cannot_be_turned_off(self_signed: tuple[Path, ssl.SSLC
         for name, env in _disabling_env(cert).items():
             run_dir = tmp_path / name.replace("'", "").replace("=", "_")
             run_dir.mkdir()
-            config = files(run_dir, postback_url=url, max_retries=0,
-                           verify_ssl=False, tls_verify=False, insecure=True)  # not settings: no effect
+            config = files(
+                run_dir,
+                postback_url=url,
+                max_retries=0,
+                verify_ssl=False,
+                tls_verify=False,
+                insecure=True,
+            )  # not settings: no effect
             proc = run_cli(run_dir, config, singer_lines("orders", [track(1)]), env=env)
             stderr = proc.stderr.decode()
             assert proc.returncode == 3, (name, stderr[-2000:])
             assert "TLS error talking to the postback host" in stderr, (name, stderr[-2000:])
-            assert "CERTIFICATE_VERIFY_FAILED" in stderr or "certificate verify failed" in stderr, name
+            assert "CERTIFICATE_VERIFY_FAILED" in stderr or "certificate verify failed" in stderr, (
+                name
+            )
             scan_run(run_dir, proc)
         assert seen == [], "a postback was sent over an unverified connection"
 
 
-def test_api_check_tls_verification_cannot_be_turned_off(self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+def test_api_check_tls_verification_cannot_be_turned_off(
+    self_signed: tuple[Path, ssl.SSLContext], tmp_path: Path
+) -> None:
     """``--check`` uses requests, which also honours a CA bundle named in REQUESTS_CA_BUNDLE
     (a different trust store, never none); emptying it or the others turns nothing off."""
     cert, context = self_signed
@@ -437,9 +511,13 @@ def test_api_check_tls_verification_cannot_be_turned_off(self_signed: tuple[Path
 
 def test_a_remote_postback_url_must_be_https(tmp_path: Path) -> None:
     for url in ("http://track.example.com/", "http://203.0.113.7/", "HTTP://track.example.com/"):
-        proc = run_cli(tmp_path, files(tmp_path, postback_url=url), singer_lines("orders", [track(1)]))
+        proc = run_cli(
+            tmp_path, files(tmp_path, postback_url=url), singer_lines("orders", [track(1)])
+        )
         assert proc.returncode == 1
-        assert b"Setting 'postback_url': must use https" in proc.stderr, proc.stderr.decode()[-1000:]
+        assert b"Setting 'postback_url': must use https" in proc.stderr, proc.stderr.decode()[
+            -1000:
+        ]
 
 
 # --- reconcile: the API key stays in its header ---------------------------------------------------
@@ -460,7 +538,9 @@ def test_reconcile_never_shows_the_api_key(tmp_path: Path, case: str) -> None:
     error_message: neither the output, the log, the report file nor the ledger holds it."""
     from tests.receiver import FakeReporting, Verdict
 
-    echo_body = json.dumps({"error": f"Invalid API key {SECRET_API_KEY}", "message": SECRET_API_KEY})
+    echo_body = json.dumps(
+        {"error": f"Invalid API key {SECRET_API_KEY}", "message": SECRET_API_KEY}
+    )
     script = {
         "401_echo": [Answer.status(401, echo_body, {"Content-Type": "application/json"})],
         "500_echo": [Answer.status(500, echo_body, {"Content-Type": "application/json"})] * 4,
@@ -480,7 +560,9 @@ def test_reconcile_never_shows_the_api_key(tmp_path: Path, case: str) -> None:
         assert delivered.returncode == 0, delivered.stderr.decode()[-2000:]
         reporting.script = list(script)
         if case == "after_a_run":
-            proc = run_cli(tmp_path, {**config, "reconcile": True}, singer_lines("orders", [track(3)]))
+            proc = run_cli(
+                tmp_path, {**config, "reconcile": True}, singer_lines("orders", [track(3)])
+            )
         else:
             proc = run_reconcile(tmp_path, config)
     expected = {"rows_echo_the_key": 6, "401_echo": 1, "500_echo": 3, "after_a_run": 6}[case]

@@ -23,8 +23,11 @@ def _loader() -> dict:
 
 
 def test_readme_tables_are_current():
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "update_readme.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "update_readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -32,7 +35,11 @@ def test_meltano_declares_every_setting_with_label_description_and_kind():
     settings = {s["name"]: s for s in _loader()["settings"]}
     assert SETTINGS <= set(settings), SETTINGS - set(settings)
     for name in SETTINGS:
-        assert settings[name].get("label") and settings[name].get("description") and settings[name].get("kind"), name
+        assert (
+            settings[name].get("label")
+            and settings[name].get("description")
+            and settings[name].get("kind")
+        ), name
     for name in SECRET_SETTINGS:
         assert settings[name].get("sensitive") is True, name
     for name, spec in CONFIG_SCHEMA["properties"].items():
@@ -44,8 +51,13 @@ def test_meltano_loader_definition():
     loader = _loader()
     assert loader["namespace"] == "target_everflow" and loader["executable"] == "target-everflow"
     assert loader["pip_url"].startswith("-e .")
-    assert set(loader["capabilities"]) >= {"about", "stream-maps", "schema-flattening", "validate-records",
-                                           "structured-logging"}
+    assert set(loader["capabilities"]) >= {
+        "about",
+        "stream-maps",
+        "schema-flattening",
+        "validate-records",
+        "structured-logging",
+    }
     assert ["postback_url", "network_id"] in loader["settings_group_validation"]
     assert "--check" in loader["commands"]["check"]["args"]
 
@@ -67,10 +79,16 @@ def test_sample_config_has_every_setting_and_is_valid():
 
 
 def test_about_lists_every_setting_and_marks_secrets():
-    out = subprocess.run([sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     about = json.loads(out)
     properties = about["settings"]["properties"]
     assert SETTINGS <= set(properties)
     for name in SECRET_SETTINGS:
-        assert properties[name].get("secret") is True or properties[name].get("writeOnly") is True, name
+        assert (
+            properties[name].get("secret") is True or properties[name].get("writeOnly") is True
+        ), name

@@ -96,8 +96,12 @@ FAULT_MIX = {
     "429": 0.001, "503": 0.099, "slow": 0.005, "drop": 0.005, "204": 0.002,
     "slow_seconds": 1.0, "retry_after": "0",
 }  # fmt: skip
-SOAKS = [("resend", "sqlite", "rs"), ("dead_letter", "sqlite", "ds"),
-         ("resend", "postgres", "rp"), ("dead_letter", "postgres", "dp")]  # + transaction id prefix
+SOAKS = [
+    ("resend", "sqlite", "rs"),
+    ("dead_letter", "sqlite", "ds"),
+    ("resend", "postgres", "rp"),
+    ("dead_letter", "postgres", "dp"),
+]  # + transaction id prefix
 
 IN_DOUBT = re.compile(
     r"In doubt: conversion (\S+) \(stream (\S+), event '([^']*)', transaction (\S+)\) "
@@ -129,7 +133,9 @@ class Run:
 class Soak:
     """One soak: its input, its ledger, its runs, its kills and pauses."""
 
-    def __init__(self, in_doubt: str, ledger: str, prefix: str, root: Path, url: str, log_path: Path) -> None:
+    def __init__(
+        self, in_doubt: str, ledger: str, prefix: str, root: Path, url: str, log_path: Path
+    ) -> None:
         self.in_doubt = in_doubt
         self.ledger = ledger
         self.prefix = prefix
@@ -158,7 +164,12 @@ class Soak:
         with path.open("w", encoding="utf-8") as out:
             out.write(singer_lines("segment_tracks", [])[0] + "\n")
             for i in range(start, CONVERSIONS):
-                out.write(json.dumps({"type": "RECORD", "stream": "segment_tracks", "record": self.record(i)}) + "\n")
+                out.write(
+                    json.dumps(
+                        {"type": "RECORD", "stream": "segment_tracks", "record": self.record(i)}
+                    )
+                    + "\n"
+                )
                 if (i + 1) % STATE_EVERY == 0:
                     out.write(json.dumps({"type": "STATE", "value": {"upto": i}}) + "\n")
         return CONVERSIONS - start
@@ -178,7 +189,9 @@ class Soak:
         if self.ledger == "postgres":
             base = postgres_url()
             sep = "&" if "?" in base else "?"
-            config["ledger_url"] = f"{base}{sep}table={self.table}&application_name={self.app(number)}"
+            config["ledger_url"] = (
+                f"{base}{sep}table={self.table}&application_name={self.app(number)}"
+            )
         return config
 
     # -- the ledger, from outside ----------------------------------------------------------------
@@ -186,7 +199,9 @@ class Soak:
     def sql(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run ``sql`` (``{t}``: the table, ``?``: placeholders) on this soak's ledger."""
         if self.ledger == "sqlite":
-            conn = sqlite3.connect(self.root / "state" / "ledger.sqlite3", timeout=30, isolation_level=None)
+            conn = sqlite3.connect(
+                self.root / "state" / "ledger.sqlite3", timeout=30, isolation_level=None
+            )
             try:
                 return conn.execute(sql.format(t=LEDGER_TABLE), params).fetchall()
             finally:
@@ -196,7 +211,9 @@ class Soak:
     def in_transaction(self, number: int) -> bool:
         """Does run ``number`` hold a ledger transaction open (frozen, it would block others)?"""
         if self.ledger == "sqlite":
-            conn = sqlite3.connect(self.root / "state" / "ledger.sqlite3", timeout=0, isolation_level=None)
+            conn = sqlite3.connect(
+                self.root / "state" / "ledger.sqlite3", timeout=0, isolation_level=None
+            )
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
@@ -266,9 +283,13 @@ class Soak:
                 self._end(run)
                 if run.code == 0:
                     break
-                resume = run.states[-1]["upto"] if run.states else run.resume  # inclusive, as taps resume
+                resume = (
+                    run.states[-1]["upto"] if run.states else run.resume
+                )  # inclusive, as taps resume
                 if len(self.runs) >= MAX_RUNS:
-                    raise AssertionError(f"soak {self.name}: the input was not done after {MAX_RUNS} runs")
+                    raise AssertionError(
+                        f"soak {self.name}: the input was not done after {MAX_RUNS} runs"
+                    )
                 run = self._start(len(self.runs), resume)
             for frozen in resumed:
                 self._end(frozen)
@@ -290,9 +311,13 @@ class Soak:
         baseline: int | None = None
         deadline = time.monotonic() + 600
         while run.proc.poll() is None:
-            assert time.monotonic() < deadline, f"soak {self.name}: run {run.number} made no progress"
+            assert time.monotonic() < deadline, (
+                f"soak {self.name}: run {run.number} made no progress"
+            )
             if baseline is None:
-                if any(line.startswith("{") for line in stdout.read_text(errors="replace").splitlines()):
+                if any(
+                    line.startswith("{") for line in stdout.read_text(errors="replace").splitlines()
+                ):
                     baseline = self._requests_so_far()
             elif self._requests_so_far() >= baseline + extra:
                 return True
@@ -316,10 +341,14 @@ class Soak:
         pid = frozen.proc.pid
         stderr = self.root / f"run-{frozen.number}" / "stderr"
         deadline = time.monotonic() + 60
-        while not (opened := OWNER.search(stderr.read_text(errors="replace"))):  # its ledger is open
+        while not (
+            opened := OWNER.search(stderr.read_text(errors="replace"))
+        ):  # its ledger is open
             if frozen.proc.poll() is not None:
                 return frozen  # ended before it could be paused
-            assert time.monotonic() < deadline, f"soak {self.name}: run {frozen.number} never opened its ledger"
+            assert time.monotonic() < deadline, (
+                f"soak {self.name}: run {frozen.number} never opened its ledger"
+            )
             time.sleep(0.05)
         os.kill(pid, signal.SIGSTOP)
         for _ in range(200):
@@ -329,7 +358,9 @@ class Soak:
             time.sleep(0.01)
             os.kill(pid, signal.SIGSTOP)
         else:
-            raise AssertionError(f"soak {self.name}: run {frozen.number} never left its ledger transaction")
+            raise AssertionError(
+                f"soak {self.name}: run {frozen.number} never left its ledger transaction"
+            )
         frozen.paused = True
         # What 60 s of frozen wall time does to its claims (the lease minimum), without the wait.
         # (Retried: a live run's transaction may hold one of these rows, e.g. a delivered mark.)
@@ -343,15 +374,22 @@ class Soak:
                     raise
                 time.sleep(0.1)
         states = []
-        for line in (self.root / f"run-{frozen.number}" / "stdout").read_text(errors="replace").splitlines():
+        for line in (
+            (self.root / f"run-{frozen.number}" / "stdout").read_text(errors="replace").splitlines()
+        ):
             with contextlib.suppress(ValueError):
                 states.append(json.loads(line))
         taking_over = self._start(len(self.runs), states[-1]["upto"] if states else frozen.resume)
         assert taking_over.proc is not None
         before = self._requests_so_far()  # the frozen run wakes up once this one is sending
         deadline = time.monotonic() + 600
-        while taking_over.proc.poll() is None and self._requests_so_far() < before + self.rng.randint(1, BATCH_SIZE):
-            assert time.monotonic() < deadline, f"soak {self.name}: run {taking_over.number} made no progress"
+        while (
+            taking_over.proc.poll() is None
+            and self._requests_so_far() < before + self.rng.randint(1, BATCH_SIZE)
+        ):
+            assert time.monotonic() < deadline, (
+                f"soak {self.name}: run {taking_over.number} made no progress"
+            )
             time.sleep(0.02)
         os.kill(pid, signal.SIGCONT)
         return taking_over
@@ -428,41 +466,71 @@ class Soak:
         assert figures["lost"] == 0, f"conversions lost\n{shown}"
         twice = {tx for tx, n in accepted.items() if n > 1}
         unreported = twice - figures["_crash"] - figures["_no_answer"]
-        assert not unreported, f"accepted twice without an in-doubt report: {sorted(unreported)[:10]}\n{shown}"
+        assert not unreported, (
+            f"accepted twice without an in-doubt report: {sorted(unreported)[:10]}\n{shown}"
+        )
         assert figures["in_doubt_after_a_kill"] <= figures["restarts"] * MAX_CONCURRENCY, shown
-        no_answer_faults = figures["faults_injected"].get("slow", 0) + figures["faults_injected"].get("drop", 0)
+        no_answer_faults = figures["faults_injected"].get("slow", 0) + figures[
+            "faults_injected"
+        ].get("drop", 0)
         natural = figures["of_which_timed_out_on_their_own"]
         assert figures["in_doubt_without_an_answer"] - natural <= no_answer_faults, shown
-        assert natural <= CONVERSIONS // 100, f"too many timeouts without an injected fault\n{shown}"
+        assert natural <= CONVERSIONS // 100, (
+            f"too many timeouts without an injected fault\n{shown}"
+        )
 
         assert figures["killed"] >= 2, f"the soak was meant to be killed several times\n{shown}"
         assert figures["paused"] >= 1, f"the soak was meant to be paused and taken over\n{shown}"
         if self.in_doubt == "dead_letter":
-            assert twice == set(), f"in_doubt=dead_letter, yet accepted twice: {sorted(twice)[:10]}\n{shown}"
+            assert twice == set(), (
+                f"in_doubt=dead_letter, yet accepted twice: {sorted(twice)[:10]}\n{shown}"
+            )
             for tx in figures["_crash"] | figures["_no_answer"]:
-                assert "in_doubt" in dead.get(tx, []), f"{tx} was in doubt but not dead-lettered\n{shown}"
+                assert "in_doubt" in dead.get(tx, []), (
+                    f"{tx} was in doubt but not dead-lettered\n{shown}"
+                )
         # The totals add up.
         by_owner = self.ledger_delivered_by_owner()
         delivered = set().union(*by_owner.values()) if by_owner else set()
         dead_ids = {int(tx.rsplit("-", 1)[1]) for tx in dead}
-        assert delivered | dead_ids == set(range(CONVERSIONS)), f"ledger + dead letters != all\n{shown}"
+        assert delivered | dead_ids == set(range(CONVERSIONS)), (
+            f"ledger + dead letters != all\n{shown}"
+        )
         finished = [r for r in self.runs if not r.killed]
         assert any(r.code == 0 for r in finished), shown
         for run in finished:
             s = run.summary
             assert s is not None, f"run {run.number} wrote no summary\n{shown}"
-            outcomes = s["delivered"] + sum(s["skipped"].values()) + sum(s["dead_lettered"].values())
+            outcomes = (
+                s["delivered"] + sum(s["skipped"].values()) + sum(s["dead_lettered"].values())
+            )
             assert s["records_read"] == outcomes == run.records, (run.number, s, shown)
-            assert s["in_doubt"] == run.in_doubt_lines, (run.number, s["in_doubt"], run.in_doubt_lines, shown)
+            assert s["in_doubt"] == run.in_doubt_lines, (
+                run.number,
+                s["in_doubt"],
+                run.in_doubt_lines,
+                shown,
+            )
             # Its delivered count is the ledger rows it recorded. Around a takeover of a frozen
             # run (by whichever live run claims them first) a postback the frozen run had in
             # flight may be counted by both (it got the answer; the other resent it, or found it
             # delivered): each was a claim taken over in doubt, which bounds the difference.
             rows = len(by_owner.get(run.owner or "", ()))
             frozen = {r.owner for r in self.runs if r.paused}
-            slack = sum(n for r in self.runs for owner, n in r.takeovers if owner == run.owner and owner in frozen)
+            slack = sum(
+                n
+                for r in self.runs
+                for owner, n in r.takeovers
+                if owner == run.owner and owner in frozen
+            )
             slack += sum(n for owner, n in run.takeovers if owner in frozen)
-            assert rows <= s["delivered"] <= rows + slack, (run.number, s["delivered"], rows, slack, shown)
+            assert rows <= s["delivered"] <= rows + slack, (
+                run.number,
+                s["delivered"],
+                rows,
+                slack,
+                shown,
+            )
         total_dead = sum(len(v) for v in dead.values())
         assert sum(sum(r.summary["dead_lettered"].values()) for r in finished) <= total_dead, shown
 
@@ -493,7 +561,9 @@ def test_soak(tmp_path: Path) -> None:
         shown = json.dumps({"seconds": wall, "soaks": [public(f) for f in all_figures]}, indent=1)
         (tmp_path / "soak-figures.json").write_text(shown + "\n")
         print(f"\nfault soak figures ({tmp_path / 'soak-figures.json'}):\n{shown}")
-        for f in all_figures:  # shown at the end of the session (tests/conftest.py), with or without -s
+        for (
+            f
+        ) in all_figures:  # shown at the end of the session (tests/conftest.py), with or without -s
             FIGURES.append(
                 f"fault soak, in_doubt={f['in_doubt']}, {f['ledger']}: {f['conversions']} conversions, "
                 f"{f['requests']} requests, faults {f['faults_injected']}, {f['restarts']} restarts "
@@ -505,10 +575,14 @@ def test_soak(tmp_path: Path) -> None:
         FIGURES.append(f"fault soak: {len(soaks)} soaks side by side took {wall} s (seed {SEED})")
         for soak in soaks:
             if soak.error is not None:
-                raise AssertionError(f"soak {soak.name} failed: {soak.error!r}\n{shown}") from soak.error
+                raise AssertionError(
+                    f"soak {soak.name} failed: {soak.error!r}\n{shown}"
+                ) from soak.error
         for soak, figures in zip(soaks, all_figures):
             soak.check(figures, shown)
-        assert sum(f["claimed_elsewhere"] for f in all_figures) > 0, f"no pause ever cost a run a claim\n{shown}"
+        assert sum(f["claimed_elsewhere"] for f in all_figures) > 0, (
+            f"no pause ever cost a run a claim\n{shown}"
+        )
     finally:
         for soak in soaks:
             with contextlib.suppress(Exception):
@@ -522,23 +596,37 @@ def live(base_config: dict, url: str, **changes: t.Any) -> dict:
     return {**base_config, "postback_url": url, "request_timeout": 0.5, **changes}
 
 
-@pytest.mark.parametrize("fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"])
-def test_no_answer_is_in_doubt_and_resent(base_config: dict, fault: Answer, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"]
+)
+def test_no_answer_is_in_doubt_and_resent(
+    base_config: dict, fault: Answer, caplog: pytest.LogCaptureFixture
+) -> None:
     """A postback left and no answer came back: Everflow has it, and the resend duplicates it.
     That is reported (the log line, the summary's in_doubt), as for a claim left by a crash."""
     with Receiver(script=Receiver.per_transaction({"tx-1": [fault]})) as rx:
-        code, _ = run_in_process(live(base_config, rx.url), singer_lines("orders", [track(1), track(2)]))
+        code, _ = run_in_process(
+            live(base_config, rx.url), singer_lines("orders", [track(1), track(2)])
+        )
         accepted = rx.count_by_transaction()
     assert code == 0
     assert accepted == {"tx-1": 2, "tx-2": 1}
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("In doubt")]
-    assert IN_DOUBT.match(line) and "transaction tx-1) got no answer" in line and "resending it" in line
+    assert (
+        IN_DOUBT.match(line)
+        and "transaction tx-1) got no answer" in line
+        and "resending it" in line
+    )
     summary = json.loads(Path(base_config["summary_path"]).read_text())
     assert (summary["delivered"], summary["in_doubt"], summary["dead_lettered"]) == (2, 1, {})
 
 
-@pytest.mark.parametrize("fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"])
-def test_no_answer_with_in_doubt_dead_letter_is_never_sent_again(base_config: dict, fault: Answer) -> None:
+@pytest.mark.parametrize(
+    "fault", [Answer.slow(2.0), Answer.drop(accepted=True)], ids=["slow", "dropped"]
+)
+def test_no_answer_with_in_doubt_dead_letter_is_never_sent_again(
+    base_config: dict, fault: Answer
+) -> None:
     config = live(base_config, "", in_doubt="dead_letter", **DEAD_LETTERS_ON_PURPOSE)
     with Receiver(script=Receiver.per_transaction({"tx-1": [fault]})) as rx:
         config["postback_url"] = rx.url

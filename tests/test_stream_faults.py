@@ -21,10 +21,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, dead_letter_records, read_jsonl, run_target, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    dead_letter_records,
+    read_jsonl,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.receiver import Receiver
 
-SCHEMA = json.dumps({"type": "SCHEMA", "stream": "orders", "schema": {"type": "object", "properties": {}}, "key_properties": []})
+SCHEMA = json.dumps(
+    {
+        "type": "SCHEMA",
+        "stream": "orders",
+        "schema": {"type": "object", "properties": {}},
+        "key_properties": [],
+    }
+)
 
 
 def rec(i: int, stream: str = "orders", **properties: t.Any) -> str:
@@ -171,7 +185,9 @@ def _config(tmp_path: Path, changes: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Every case through the CLI once, a few at a time (each is its own process)."""
 
     def run(name: str) -> tuple[Path, subprocess.CompletedProcess]:
@@ -179,7 +195,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
         (tmp / "config.json").write_text(json.dumps(_config(tmp, CASES[name].config)))
         proc = subprocess.run(
             [sys.executable, "-m", "target_everflow", "--config", str(tmp / "config.json")],
-            input=CASES[name].payload, capture_output=True, timeout=120, cwd=tmp,
+            input=CASES[name].payload,
+            capture_output=True,
+            timeout=120,
+            cwd=tmp,
         )
         return tmp, proc
 
@@ -198,28 +217,38 @@ def test_stream_fault(name: str, runs: dict) -> None:
         assert phrase in stderr, (phrase, stderr[-3000:])
     if case.code == 2:
         (error,) = [line for line in stderr.splitlines() if "The Singer input is broken" in line]
-        assert "ERROR" in error and case.says[0] in error  # one line says it all, with the line number
+        assert (
+            "ERROR" in error and case.says[0] in error
+        )  # one line says it all, with the line number
     stdout = proc.stdout.decode()
     assert [json.loads(line) for line in stdout.splitlines()] == case.states
     planned = {line["message_id"] for line in read_jsonl(tmp / "dry.jsonl")}
     assert planned == case.planned
     summary = json.loads((tmp / "summary.json").read_text())  # the summary is always written
     dead = dead_letter_records(tmp / "dl.jsonl")
-    assert summary["records_read"] == summary["delivered"] + sum(summary["skipped"].values()) + len(dead)
+    assert summary["records_read"] == summary["delivered"] + sum(summary["skipped"].values()) + len(
+        dead
+    )
 
 
 def test_invalid_records_are_dead_lettered_with_their_reason(runs: dict) -> None:
     tmp, _ = runs["record_that_is_not_an_object"]
     dead = dead_letter_records(tmp / "dl.jsonl")
     assert [(d["reason"], d["record"], d["field"]) for d in dead] == [
-        ("invalid_record", ["not", "an", "object"], "record"), ("invalid_record", None, "record")]
+        ("invalid_record", ["not", "an", "object"], "record"),
+        ("invalid_record", None, "record"),
+    ]
     tmp, _ = runs["schema_violation_validate_records_on"]
     (line,) = dead_letter_records(tmp / "dl.jsonl")
     assert (line["reason"], line["record"]["messageId"]) == ("invalid_record", "msg-1")
     assert "properties.total" in line["message"]
     tmp, _ = runs["bad_date_time_validate_records_on"]
     (line,) = dead_letter_records(tmp / "dl.jsonl")
-    assert (line["reason"], line["field"], line["record"]["timestamp"]) == ("invalid_record", "timestamp", "soon")
+    assert (line["reason"], line["field"], line["record"]["timestamp"]) == (
+        "invalid_record",
+        "timestamp",
+        "soon",
+    )
 
 
 def test_empty_input_writes_an_empty_summary(runs: dict) -> None:
@@ -239,7 +268,9 @@ def test_every_case_is_in_the_documented_table() -> None:
 # --- live: settled before the broken line, resumed after it -----------------------------------
 
 
-def test_live_run_delivers_what_came_before_the_broken_line_and_resumes(base_config: dict, tmp_path: Path) -> None:
+def test_live_run_delivers_what_came_before_the_broken_line_and_resumes(
+    base_config: dict, tmp_path: Path
+) -> None:
     """30 records, STATE every 5, a broken line after record 17. The first run delivers 0..17
     and emits STATE 14 (the last one read); the re-run from STATE 14 with the line fixed sends
     18..29 only: 15, 16, 17 are duplicates the ledger skips. Everflow accepts each once."""
@@ -258,7 +289,9 @@ def test_live_run_delivers_what_came_before_the_broken_line_and_resumes(base_con
         config = {**base_config, "postback_url": rx.url, "batch_size_rows": 7}
         first = run_target(config, stream(broken_after=17), tmp_path)
         assert first.code == 2, first.stderr
-        assert "The Singer input is broken at line" in first.stderr and "Traceback" not in first.stderr
+        assert (
+            "The Singer input is broken at line" in first.stderr and "Traceback" not in first.stderr
+        )
         assert first.states[-1] == {"upto": 14}
         assert {r.transaction_id for r in rx.accepted} == {f"tx-{i}" for i in range(18)}
         second = run_target(config, stream(broken_after=None, start=15), tmp_path)

@@ -18,7 +18,14 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import simplejson
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, SECRET_API_KEY, SECRET_TOKEN, config_under, run_in_process, run_target
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    SECRET_API_KEY,
+    SECRET_TOKEN,
+    config_under,
+    run_in_process,
+    run_target,
+)
 from tests.test_mapping import (
     MOBILE_BASE_CONTEXT,
     MOBILE_CONTEXT,
@@ -48,7 +55,16 @@ def loads(text: str) -> t.Any:
 
 def stream_lines(stream: str, records: list[dict], schema: dict | None = None) -> list[str]:
     """A Singer stream whose numbers keep their exact text (Decimals written as given)."""
-    lines = [dumps({"type": "SCHEMA", "stream": stream, "schema": schema or OPEN_SCHEMA, "key_properties": []})]
+    lines = [
+        dumps(
+            {
+                "type": "SCHEMA",
+                "stream": stream,
+                "schema": schema or OPEN_SCHEMA,
+                "key_properties": [],
+            }
+        )
+    ]
     lines += [dumps({"type": "RECORD", "stream": stream, "record": record}) for record in records]
     return lines
 
@@ -60,21 +76,39 @@ def read_jsonl(path: Path) -> list[dict]:
 # --- one mixed input: every shape, every mapping outcome --------------------------------------
 
 WEB_1 = raw_event(context=WEB_CONTEXT, properties=WEB_PROPERTIES, message_id="web-1")
-MOBILE_1 = raw_event("Subscription Started", context=MOBILE_CONTEXT, properties=MOBILE_PROPERTIES, message_id="mob-1")
+MOBILE_1 = raw_event(
+    "Subscription Started", context=MOBILE_CONTEXT, properties=MOBILE_PROPERTIES, message_id="mob-1"
+)
 DUPLICATE = raw_event(context=WEB_CONTEXT, properties={"total": 1}, message_id="web-1")
 PAGE = raw_event(None, context=WEB_CONTEXT, message_id="page-1", type="page")
 UNMAPPED = raw_event("Product Viewed", context=WEB_CONTEXT, message_id="pv-1")
 NO_TID = raw_event(context=WEB_CONTEXT, tid=None, message_id="notid-1")
 NO_APP_ID = raw_event(
-    context={**MOBILE_BASE_CONTEXT, "app": {"name": "Shop"}}, properties={"total": 5}, message_id="and-7"
+    context={**MOBILE_BASE_CONTEXT, "app": {"name": "Shop"}},
+    properties={"total": 5},
+    message_id="and-7",
 )
 IP_OBJECT = raw_event(
-    context={**MOBILE_BASE_CONTEXT, "ip": {"v4": "198.51.100.23"}}, properties={"total": 15}, message_id="ios-9"
+    context={**MOBILE_BASE_CONTEXT, "ip": {"v4": "198.51.100.23"}},
+    properties={"total": 15},
+    message_id="ios-9",
 )
 BAD_ORDER_ID = raw_event(
-    context={"ip": "203.0.113.7"}, properties={"orderId": "ORD-2026-0042", "total": "41.00"}, message_id="web-3"
+    context={"ip": "203.0.113.7"},
+    properties={"orderId": "ORD-2026-0042", "total": "41.00"},
+    message_id="web-3",
 )
-RAW_RECORDS = [WEB_1, MOBILE_1, DUPLICATE, PAGE, UNMAPPED, NO_TID, NO_APP_ID, IP_OBJECT, BAD_ORDER_ID]
+RAW_RECORDS = [
+    WEB_1,
+    MOBILE_1,
+    DUPLICATE,
+    PAGE,
+    UNMAPPED,
+    NO_TID,
+    NO_APP_ID,
+    IP_OBJECT,
+    BAD_ORDER_ID,
+]
 
 WH_1 = to_warehouse(raw_event(context=WEB_CONTEXT, properties=WEB_PROPERTIES, message_id="wh-1"))
 WH_2 = to_warehouse(raw_event(None, context={"ip": "192.0.2.45"}, message_id="wh-2", tid="wh-tid"))
@@ -106,21 +140,38 @@ EXPECTED_PLANNED = {
 
 EXPECTED_STREAMS = {
     RAW: {
-        "(page)": {"delivered": 0, "skipped": {"not_track": 1}, "dead_letter": {}, "dropped_fields": {}},
+        "(page)": {
+            "delivered": 0,
+            "skipped": {"not_track": 1},
+            "dead_letter": {},
+            "dropped_fields": {},
+        },
         "Order Completed": {
             "delivered": 2,
             "skipped": {"duplicate": 1, "no_transaction_id": 1},
             "dead_letter": {"missing_required_field": 1, "type_mismatch": 1},
             "dropped_fields": {"order_id": 1},
         },
-        "Product Viewed": {"delivered": 0, "skipped": {"unmapped_event": 1}, "dead_letter": {}, "dropped_fields": {}},
-        "Subscription Started": {"delivered": 1, "skipped": {}, "dead_letter": {}, "dropped_fields": {}},
+        "Product Viewed": {
+            "delivered": 0,
+            "skipped": {"unmapped_event": 1},
+            "dead_letter": {},
+            "dropped_fields": {},
+        },
+        "Subscription Started": {
+            "delivered": 1,
+            "skipped": {},
+            "dead_letter": {},
+            "dropped_fields": {},
+        },
     },
     WAREHOUSE: {
         "Order Completed": {"delivered": 1, "skipped": {}, "dead_letter": {}, "dropped_fields": {}},
         "order_completed": {"delivered": 1, "skipped": {}, "dead_letter": {}, "dropped_fields": {}},
     },
-    FLAT: {"Order Completed": {"delivered": 1, "skipped": {}, "dead_letter": {}, "dropped_fields": {}}},
+    FLAT: {
+        "Order Completed": {"delivered": 1, "skipped": {}, "dead_letter": {}, "dropped_fields": {}}
+    },
 }
 
 
@@ -163,11 +214,15 @@ def test_dry_run_output_one_line_per_planned_postback(mixed_run: dict) -> None:
         assert parse_qsl(url.query, keep_blank_values=True, strict_parsing=True) == expected
         assert line["params"] == dict(expected)
         assert line["key"] == f"m:{line['message_id']}"
-        assert "verification_token=%2A%2A%2A" in line["url"] or "verification_token=***" in line["url"]
+        assert (
+            "verification_token=%2A%2A%2A" in line["url"] or "verification_token=***" in line["url"]
+        )
 
 
 def test_dry_run_line_names_stream_and_event(mixed_run: dict) -> None:
-    lines = {line["message_id"]: line for line in read_jsonl(Path(mixed_run["config"]["dry_run_output"]))}
+    lines = {
+        line["message_id"]: line for line in read_jsonl(Path(mixed_run["config"]["dry_run_output"]))
+    }
     assert (lines["mob-1"]["stream"], lines["mob-1"]["event"]) == (RAW, "Subscription Started")
     assert (lines["wh-2"]["stream"], lines["wh-2"]["event"]) == (WAREHOUSE, "order_completed")
     assert (lines["flat-1"]["stream"], lines["flat-1"]["event"]) == (FLAT, "Order Completed")
@@ -175,7 +230,12 @@ def test_dry_run_line_names_stream_and_event(mixed_run: dict) -> None:
 
 def test_dead_letter_file(mixed_run: dict) -> None:
     lines = read_jsonl(Path(mixed_run["config"]["dead_letter_path"]))
-    assert lines[0] == {"type": "SCHEMA", "stream": RAW, "schema": OPEN_SCHEMA, "key_properties": []}
+    assert lines[0] == {
+        "type": "SCHEMA",
+        "stream": RAW,
+        "schema": OPEN_SCHEMA,
+        "key_properties": [],
+    }
     records = lines[1:]
     assert [(r["type"], r["stream"], r["reason"], r["field"]) for r in records] == [
         ("RECORD", RAW, "missing_required_field", "app_id"),
@@ -197,7 +257,12 @@ def test_summary_counts(mixed_run: dict) -> None:
     assert summary["dry_run"] is True
     assert summary["records_read"] == 12
     assert summary["delivered"] == 6
-    assert summary["skipped"] == {"duplicate": 1, "no_transaction_id": 1, "not_track": 1, "unmapped_event": 1}
+    assert summary["skipped"] == {
+        "duplicate": 1,
+        "no_transaction_id": 1,
+        "not_track": 1,
+        "unmapped_event": 1,
+    }
     assert summary["dead_lettered"] == {"missing_required_field": 1, "type_mismatch": 1}
     assert summary["dropped_fields"] == 1
     assert summary["requests"] == 0  # dry run: no network
@@ -263,7 +328,9 @@ def test_replay_dead_letters_through_the_target(mixed_run: dict, tmp_path: Path)
     assert result.code == 0, result.stderr
     summary = loads(Path(config["summary_path"]).read_text())
     assert (summary["records_read"], summary["delivered"], summary["dead_lettered"]) == (2, 2, {})
-    planned = {line["message_id"]: line["params"] for line in read_jsonl(Path(config["dry_run_output"]))}
+    planned = {
+        line["message_id"]: line["params"] for line in read_jsonl(Path(config["dry_run_output"]))
+    }
     assert planned["and-7"]["conversion_user_ip"] == "198.51.100.23"
     assert "conversion_user_ip" not in planned["ios-9"]  # an object: left out on web
     assert not (tmp_path / "dl3.jsonl").exists() or read_jsonl(tmp_path / "dl3.jsonl") == []
@@ -294,20 +361,32 @@ def test_duplicates_across_streams_are_sent_once(base_config: dict, tmp_path: Pa
 
 
 def test_strict_types_dead_letters_instead_of_dropping(base_config: dict) -> None:
-    code, target = run_in_process(dry_config(base_config, strict_types=True), stream_lines(RAW, [BAD_ORDER_ID]))
+    code, target = run_in_process(
+        dry_config(base_config, strict_types=True), stream_lines(RAW, [BAD_ORDER_ID])
+    )
     assert code == 0
     data = target.run.summary.as_dict(dry_run=True)
-    assert (data["delivered"], data["dead_lettered"], data["dropped_fields"]) == (0, {"type_mismatch": 1}, 0)
+    assert (data["delivered"], data["dead_lettered"], data["dropped_fields"]) == (
+        0,
+        {"type_mismatch": 1},
+        0,
+    )
     (line,) = read_jsonl(Path(base_config["dead_letter_path"]))[1:]
     assert (line["reason"], line["field"]) == ("type_mismatch", "order_id")
 
 
 def test_numbers_from_the_singer_input_are_sent_as_written(base_config: dict) -> None:
-    record = raw_event(properties={"total": Decimal("76.0"), "orderId": Decimal("1E+2"), "adv1": Decimal("0.10")})
+    record = raw_event(
+        properties={"total": Decimal("76.0"), "orderId": Decimal("1E+2"), "adv1": Decimal("0.10")}
+    )
     code, _ = run_in_process(dry_config(base_config), stream_lines(RAW, [record]))
     assert code == 0
     (line,) = read_jsonl(Path(base_config["dry_run_output"]))
-    assert (line["params"]["amount"], line["params"]["order_id"], line["params"]["adv1"]) == ("76.0", "100", "0.10")
+    assert (line["params"]["amount"], line["params"]["order_id"], line["params"]["adv1"]) == (
+        "76.0",
+        "100",
+        "0.10",
+    )
 
 
 def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
@@ -322,8 +401,16 @@ def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
     }
     row = to_warehouse(raw_event(timestamp="2025-12-31T20:00:00-04:00", message_id="wh-dt"))
     row["received_at"] = "2026-01-01T00:00:09+00:00"
-    mobile_row = to_warehouse(raw_event(context={"os": {"name": "iOS"}}, message_id="wh-dt-2", timestamp="2026-01-01T00:00:00+00:00"))
-    code, _ = run_in_process(dry_config(base_config), stream_lines(WAREHOUSE, [row, mobile_row], schema))
+    mobile_row = to_warehouse(
+        raw_event(
+            context={"os": {"name": "iOS"}},
+            message_id="wh-dt-2",
+            timestamp="2026-01-01T00:00:00+00:00",
+        )
+    )
+    code, _ = run_in_process(
+        dry_config(base_config), stream_lines(WAREHOUSE, [row, mobile_row], schema)
+    )
     assert code == 0
     (line,) = read_jsonl(Path(base_config["dry_run_output"]))
     assert line["params"]["timestamp"] == "1767225600"
@@ -370,7 +457,10 @@ def test_live_run_sends_the_token_and_logs_it_nowhere(base_config: dict, tmp_pat
         server.server_close()
     assert result.code == 0, result.stderr
     (path,) = _Recorder.seen
-    assert parse_qsl(urlsplit(path).query, strict_parsing=True) == [*WEB_GOLDEN, ("verification_token", SECRET_TOKEN)]
+    assert parse_qsl(urlsplit(path).query, strict_parsing=True) == [
+        *WEB_GOLDEN,
+        ("verification_token", SECRET_TOKEN),
+    ]
     summary = loads(Path(config["summary_path"]).read_text())
     assert (summary["delivered"], summary["requests"]) == (1, 1)
     texts = [result.stdout, result.stderr, Path(config["summary_path"]).read_text(),
@@ -409,7 +499,10 @@ SECRET_CASES = [
     ("event_id_is_a_secret", {"event_mapping": {"Order Completed": SECRET_TOKEN}}),
     ("platform_is_a_secret", {"platform": SECRET_API_KEY}),
     ("url_with_credentials", {"postback_url": f"https://user:{SECRET_TOKEN}@track.example.com/"}),
-    ("http_url", {"dry_run": False, "postback_url": f"http://track.example.com/?k={SECRET_API_KEY}"}),
+    (
+        "http_url",
+        {"dry_run": False, "postback_url": f"http://track.example.com/?k={SECRET_API_KEY}"},
+    ),
 ]
 
 
@@ -433,7 +526,9 @@ def _assert_nothing_written(config: dict) -> None:
     assert not Path(config["dead_letter_path"]).parent.exists()  # not even the state directory
 
 
-@pytest.mark.parametrize(("case", "changes", "setting"), CONFIG_ERRORS, ids=[c[0] for c in CONFIG_ERRORS])
+@pytest.mark.parametrize(
+    ("case", "changes", "setting"), CONFIG_ERRORS, ids=[c[0] for c in CONFIG_ERRORS]
+)
 def test_config_error_in_process(case: str, changes: dict, setting: str, tmp_path: Path) -> None:
     from singer_sdk.exceptions import ConfigValidationError
 
@@ -450,7 +545,9 @@ def test_config_error_in_process(case: str, changes: dict, setting: str, tmp_pat
 
 
 @pytest.mark.parametrize(("case", "changes"), SECRET_CASES, ids=[c[0] for c in SECRET_CASES])
-def test_config_error_in_process_never_echoes_a_secret(case: str, changes: dict, tmp_path: Path) -> None:
+def test_config_error_in_process_never_echoes_a_secret(
+    case: str, changes: dict, tmp_path: Path
+) -> None:
     from singer_sdk.exceptions import ConfigValidationError
 
     from target_everflow.adapter.target import TargetEverflow
@@ -470,16 +567,25 @@ def test_config_error_in_process_never_echoes_a_secret(case: str, changes: dict,
 CLI_CASES = [
     ("wrong_type", {"network_id": "abc"}, "network_id"),
     ("missing_postback_url_live", {"dry_run": False}, "postback_url"),
-    ("http_remote_url", {"dry_run": False, "postback_url": "http://track.example.com/"}, "postback_url"),
+    (
+        "http_remote_url",
+        {"dry_run": False, "postback_url": "http://track.example.com/"},
+        "postback_url",
+    ),
     ("negative_event_id", {"event_mapping": {"Order Completed": -1}}, "event_mapping"),
     ("secret_of_the_wrong_type", {"verification_token": [SECRET_TOKEN]}, "verification_token"),
 ]
 
 
 @pytest.fixture(scope="module")
-def cli_config_error_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, t.Any]]:
+def cli_config_error_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[dict, t.Any]]:
     """The CLI cases, run side by side (each is a separate process)."""
-    jobs = {case: _config_in(tmp_path_factory.mktemp(case), {**SECRETS, **changes}) for case, changes, _ in CLI_CASES}
+    jobs = {
+        case: _config_in(tmp_path_factory.mktemp(case), {**SECRETS, **changes})
+        for case, changes, _ in CLI_CASES
+    }
     lines = stream_lines(RAW, [WEB_1, NO_APP_ID])
 
     def run(case: str) -> t.Any:
@@ -492,7 +598,9 @@ def cli_config_error_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 @pytest.mark.parametrize(("case", "changes", "setting"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_config_error_cli(case: str, changes: dict, setting: str, cli_config_error_runs: dict) -> None:
+def test_config_error_cli(
+    case: str, changes: dict, setting: str, cli_config_error_runs: dict
+) -> None:
     config, result = cli_config_error_runs[case]
     assert result.code == 1, (case, result.stderr)
     assert f"Setting '{setting}" in result.stderr, result.stderr

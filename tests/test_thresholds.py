@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, config_under, dead_letter_records, run_in_process, run_target, singer_lines, track
+from tests.conftest import (
+    REPO,
+    config_under,
+    dead_letter_records,
+    run_in_process,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.receiver import Answer, Receiver
 
 STATE = {"bookmarks": {"orders": {"upto": 9}}}
@@ -20,7 +28,9 @@ def last_line(stderr: str) -> str:
 
 def rejecting(*transactions: str) -> Receiver:
     """A receiver that rejects (204) the postbacks of ``transactions`` and accepts the rest."""
-    return Receiver(script=Receiver.per_transaction({tx: [Answer.no_content()] for tx in transactions}))
+    return Receiver(
+        script=Receiver.per_transaction({tx: [Answer.no_content()] for tx in transactions})
+    )
 
 
 def dry(base_config: dict, **changes: object) -> dict:
@@ -56,7 +66,12 @@ def test_a_run_above_the_ratio_exits_5_after_settling_and_emitting_state(base_co
 def test_max_dead_letters_counts_and_says_by_how_many(base_config, tmp_path):
     lines = singer_lines("orders", [track(i) for i in range(10)], state=STATE)
     with rejecting("tx-2", "tx-5", "tx-7") as rx:
-        config = {**base_config, "postback_url": rx.url, "max_dead_letter_ratio": 1, "max_dead_letters": 1}
+        config = {
+            **base_config,
+            "postback_url": rx.url,
+            "max_dead_letter_ratio": 1,
+            "max_dead_letters": 1,
+        }
         over = run_target(config, lines, tmp_path)
     assert over.code == 5 and over.states[-1] == STATE
     line = last_line(over.stderr)
@@ -72,16 +87,25 @@ def test_max_dead_letters_counts_and_says_by_how_many(base_config, tmp_path):
 
 def test_both_thresholds_passed_are_named_in_one_last_line(base_config, tmp_path):
     records = [track(1), mobile_without_app(2), mobile_without_app(3)]
-    result = run_target(dry(base_config, max_dead_letters=0), singer_lines("orders", records), tmp_path)
+    result = run_target(
+        dry(base_config, max_dead_letters=0), singer_lines("orders", records), tmp_path
+    )
     assert result.code == 5
     line = last_line(result.stderr)
-    assert "2 of 3 conversions were dead-lettered (66.67%), above max_dead_letter_ratio 0.05" in line
-    assert "by 61.67 percentage points; 2 records were dead-lettered, above max_dead_letters 0 by 2" in line
+    assert (
+        "2 of 3 conversions were dead-lettered (66.67%), above max_dead_letter_ratio 0.05" in line
+    )
+    assert (
+        "by 61.67 percentage points; 2 records were dead-lettered, above max_dead_letters 0 by 2"
+        in line
+    )
 
 
 @pytest.mark.parametrize(("planned", "dead", "code"), [(19, 1, 0), (9, 1, 5), (0, 0, 0), (0, 1, 5)])
 def test_a_dry_run_counts_planned_postbacks_as_delivered(base_config, planned, dead, code):
-    records = [track(i) for i in range(planned)] + [mobile_without_app(100 + i) for i in range(dead)]
+    records = [track(i) for i in range(planned)] + [
+        mobile_without_app(100 + i) for i in range(dead)
+    ]
     got, target = run_in_process(dry(base_config), singer_lines("orders", records))
     assert got == code
     assert target.run.summary.totals()["delivered"] == planned
@@ -90,14 +114,19 @@ def test_a_dry_run_counts_planned_postbacks_as_delivered(base_config, planned, d
 def test_skips_are_not_failures(base_config, tmp_path):
     """100 skipped records (unmapped, no transaction id, duplicates) change nothing: 1 dead letter
     of 11 conversions is above 5% (it would be under it if skips counted), none of 1 is fine."""
-    skipped = ([track(i, event="Product Viewed") for i in range(40)]
-               + [track(i, tid=None) for i in range(40, 80)] + [track(1)] * 20)
+    skipped = (
+        [track(i, event="Product Viewed") for i in range(40)]
+        + [track(i, tid=None) for i in range(40, 80)]
+        + [track(1)] * 20
+    )
     with_dead = [track(i) for i in range(1, 11)] + [mobile_without_app(99)]
     code, target = run_in_process(dry(base_config), singer_lines("orders", skipped + with_dead))
     assert sum(target.run.summary.as_dict()["skipped"].values()) == 100
     assert code == 5
-    code, target = run_in_process(dry(config_under(tmp_path / "no-dead-letters")),
-                                  singer_lines("orders", skipped[:80] + [track(500)]))
+    code, target = run_in_process(
+        dry(config_under(tmp_path / "no-dead-letters")),
+        singer_lines("orders", skipped[:80] + [track(500)]),
+    )
     assert sum(target.run.summary.as_dict()["skipped"].values()) == 80
     assert code == 0
 
@@ -116,18 +145,28 @@ def test_an_other_failure_keeps_its_exit_code_and_the_threshold_is_a_warning(bas
 def test_a_systemic_delivery_failure_keeps_exit_3(base_config, tmp_path):
     script = Receiver.per_transaction({"tx-1": [Answer.no_content()], "tx-2": [Answer.status(401)]})
     with Receiver(script=script) as rx:
-        config = {**base_config, "postback_url": rx.url, "max_concurrency": 1, "max_dead_letters": 0}
-        result = run_target(config, singer_lines("orders", [track(1), track(2), track(3)]), tmp_path)
+        config = {
+            **base_config,
+            "postback_url": rx.url,
+            "max_concurrency": 1,
+            "max_dead_letters": 0,
+        }
+        result = run_target(
+            config, singer_lines("orders", [track(1), track(2), track(3)]), tmp_path
+        )
     assert result.code == 3, result.stderr[-2000:]
     assert "exit code 3 takes precedence" in result.stderr
 
 
-@pytest.mark.parametrize(("changes", "says"), [
-    ({"max_dead_letter_ratio": 1.5}, "Setting 'max_dead_letter_ratio': must be <= 1"),
-    ({"max_dead_letter_ratio": -0.1}, "Setting 'max_dead_letter_ratio': must be >= 0"),
-    ({"max_dead_letters": -1}, "Setting 'max_dead_letters': must be >= 0"),
-    ({"max_dead_letters": 2.5}, "Setting 'max_dead_letters': must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"max_dead_letter_ratio": 1.5}, "Setting 'max_dead_letter_ratio': must be <= 1"),
+        ({"max_dead_letter_ratio": -0.1}, "Setting 'max_dead_letter_ratio': must be >= 0"),
+        ({"max_dead_letters": -1}, "Setting 'max_dead_letters': must be >= 0"),
+        ({"max_dead_letters": 2.5}, "Setting 'max_dead_letters': must be an integer"),
+    ],
+)
 def test_bad_threshold_settings_exit_1_naming_the_setting(base_config, tmp_path, changes, says):
     result = run_target(dry(base_config, **changes), singer_lines("orders", [track(1)]), tmp_path)
     assert result.code == 1
@@ -139,8 +178,13 @@ def test_the_demo_sets_no_threshold_and_stays_under_the_default(tmp_path):
     has enough ordinary conversions (tests/test_readme.py runs the demo command itself)."""
     demo = json.loads((REPO / "samples" / "demo_config.json").read_text())
     assert not {"max_dead_letter_ratio", "max_dead_letters"} & set(demo)
-    config = {**demo, **{k: str(tmp_path / Path(demo[k]).name) for k in
-                         ("dry_run_output", "dead_letter_path", "summary_path")}}
+    config = {
+        **demo,
+        **{
+            k: str(tmp_path / Path(demo[k]).name)
+            for k in ("dry_run_output", "dead_letter_path", "summary_path")
+        },
+    }
     lines = (REPO / "samples" / "segment_events.singer").read_text().splitlines()
     result = run_target(config, lines, tmp_path)
     assert result.code == 0, result.stderr[-2000:]

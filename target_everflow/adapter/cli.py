@@ -50,8 +50,9 @@ class TargetGroup(click.Group):
 
         return TargetEverflow.cli
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             **extra: t.Any) -> t.Any:
+    def main(  # type: ignore[override]  # every argument goes to the target command or a COMMAND
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: t.Any
+    ) -> t.Any:
         argv = list(sys.argv[1:] if args is None else args)
         if argv and (argv[0] in self.commands or argv[0] in LAZY_COMMANDS):
             return super().main(argv, prog_name=prog_name or PROG, **extra)
@@ -78,7 +79,11 @@ def cli() -> None:
 def config_option(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
     """``--config``: a JSON file (repeatable, later files win) or ``ENV``, as for the target."""
     return click.option(
-        "--config", "config", multiple=True, required=True, metavar="FILE|ENV",
+        "--config",
+        "config",
+        multiple=True,
+        required=True,
+        metavar="FILE|ENV",
         help="Configuration file(s) as for the target, or ENV for TARGET_EVERFLOW_* variables.",
     )(fn)
 
@@ -86,14 +91,16 @@ def config_option(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
 def load_target(config: Sequence[str]) -> TargetEverflow:
     """The target built from ``--config`` exactly as a run would build it (schema defaults,
     validation, ENV parsing); a bad setting exits 1 with one line."""
-    from singer_sdk.exceptions import ConfigValidationError  # noqa: PLC0415
+    from singer_sdk.exceptions import ConfigValidationError  # noqa: PLC0415 - heavy, loaded when a command runs
 
-    from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415
+    from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415 - heavy, loaded when a command runs
 
     parse_env = "ENV" in config
     files = [c for c in config if c != "ENV"]
     try:
-        return TargetEverflow(config=files or None, parse_env_config=parse_env, validate_config=True)
+        return TargetEverflow(
+            config=files or None, parse_env_config=parse_env, validate_config=True
+        )
     except ConfigValidationError as exc:
         for error in exc.errors or [str(exc)]:
             click.echo(f"{PROG}: {error}", err=True)

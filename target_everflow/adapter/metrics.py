@@ -20,6 +20,6 @@ def point_writer(logger: logging.Logger | None = None) -> PointWriter:
 
     def write(kind: str, metric: Metric, value: float, tags: dict[str, t.Any]) -> None:
         tags[sdk_metrics.Tag.PID.value] = os.getpid()
-        sdk_metrics.log(target, sdk_metrics.Point(kind, metric, value, tags))  # type: ignore[arg-type]
+        sdk_metrics.log(target, sdk_metrics.Point(kind, metric, value, tags))  # type: ignore[arg-type]  # kind is one of the SDK literals
 
     return write

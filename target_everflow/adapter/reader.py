@@ -51,8 +51,8 @@ try:
     import msgspec
     from singer_sdk.contrib.msgspec import decoder as _decoder
 except ImportError:  # pragma: no cover - msgspec is a dependency; this keeps the target usable
-    msgspec = None  # type: ignore[assignment]
-    _decoder = None
+    msgspec = None  # type: ignore[assignment]  # the module, absent
+    _decoder = None  # type: ignore[assignment]  # likewise
 
 _MSGSPEC_REFUSES: tuple[type[BaseException], ...] = (
     (msgspec.DecodeError, UnicodeError, RecursionError) if msgspec is not None else ()
@@ -139,7 +139,7 @@ class SegmentReader(GenericSingerReader[str]):
 
     # -- one line --------------------------------------------------------------------------
 
-    def deserialize_json(self, line: str | bytes) -> dict:  # type: ignore[override]
+    def deserialize_json(self, line: str | bytes) -> dict:
         """Parse one line (see the module docstring); raise ``InputError`` naming the line."""
         if _decoder is not None:
             try:
@@ -155,7 +155,7 @@ class SegmentReader(GenericSingerReader[str]):
                         repeated = None
                     if repeated is not None:
                         raise _repeated(self.line_number, repeated)
-                return message  # type: ignore[no-any-return]
+                return message
         return self._parse_leniently(line)
 
     def _parse_leniently(self, line: str | bytes) -> t.Any:
@@ -176,10 +176,14 @@ class SegmentReader(GenericSingerReader[str]):
         try:
             message, repeated = _loads(text)
         except RecursionError:
-            raise broken(number, "it is JSON nested too deeply to read (about 1,000 levels)") from None
+            raise broken(
+                number, "it is JSON nested too deeply to read (about 1,000 levels)"
+            ) from None
         except ValueError as exc:  # JSONDecodeError is a ValueError
-            if not text.endswith("\n") and isinstance(exc, json.JSONDecodeError) and (
-                exc.pos >= len(text.rstrip()) or "Unterminated" in exc.msg
+            if (
+                not text.endswith("\n")
+                and isinstance(exc, json.JSONDecodeError)
+                and (exc.pos >= len(text.rstrip()) or "Unterminated" in exc.msg)
             ):
                 problem = (
                     "the input ends in the middle of a message (the last line is cut off: did "
@@ -199,13 +203,16 @@ class SegmentReader(GenericSingerReader[str]):
         number = self.line_number
         if not isinstance(message, dict):
             raise broken(
-                number, f"it is {_kind_of(message)}, not a Singer message (a JSON object with a \"type\")"
+                number,
+                f'it is {_kind_of(message)}, not a Singer message (a JSON object with a "type")',
             )
         kind = message.get("type")
         if kind not in KNOWN_TYPES:
             if "type" not in message:
                 raise broken(number, 'the message has no "type"')
-            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else f"({_kind_of(kind)})"
+            shown = (
+                repr(kind) if isinstance(kind, str) and len(kind) <= 40 else f"({_kind_of(kind)})"
+            )
             raise broken(
                 number,
                 f"unknown message type {shown} (a Singer message is a RECORD, SCHEMA, STATE or "
@@ -215,7 +222,7 @@ class SegmentReader(GenericSingerReader[str]):
         if kind in ("RECORD", "SCHEMA", "ACTIVATE_VERSION", "BATCH"):
             stream = message.get("stream")
             if not isinstance(stream, str) or not stream:
-                what = "no \"stream\"" if stream is None else f'a "stream" that is {_kind_of(stream)}'
+                what = 'no "stream"' if stream is None else f'a "stream" that is {_kind_of(stream)}'
                 raise broken(number, f"the {kind} message has {what}, not a stream name")
         if kind == "RECORD" and "record" not in message:
             raise broken(number, f'the RECORD of stream {message["stream"]!r} has no "record"')
@@ -234,12 +241,12 @@ class SegmentReader(GenericSingerReader[str]):
             ):
                 raise broken(
                     number,
-                    f"the SCHEMA of stream {message['stream']!r}: \"key_properties\" must be a "
+                    f'the SCHEMA of stream {message["stream"]!r}: "key_properties" must be a '
                     "list of column names",
                 )
         if kind == "STATE" and "value" not in message:
             raise broken(number, 'the STATE message has no "value"')
-        return kind  # type: ignore[no-any-return]
+        return kind
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -405,7 +412,7 @@ def _keys_once(line: str | bytes, message: dict) -> bool:
     """
     data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
     try:
-        top = _RAW_MESSAGE.decode(data)  # type: ignore[union-attr]
+        top = _RAW_MESSAGE.decode(data)
     except _MSGSPEC_REFUSES:
         return False
     n = len(top)
@@ -445,7 +452,7 @@ def _pollable_fd(stream: t.Any) -> int | None:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return None
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
-        return fd  # type: ignore[no-any-return]
+        return fd
     return None
 
 

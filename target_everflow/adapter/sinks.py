@@ -11,6 +11,7 @@ from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
 from target_everflow.accounting import shown
+from target_everflow.fields import Mismatch
 from target_everflow.mapping import (
     DEAD_LETTER,
     DUPLICATE,
@@ -20,13 +21,12 @@ from target_everflow.mapping import (
     Outcome,
 )
 from target_everflow.mapping import event_time as _event_time
-from target_everflow.fields import Mismatch
 from target_everflow.metrics import log_fields
 from target_everflow.settings import CONFIG_SCHEMA
 
 if t.TYPE_CHECKING:
-    from target_everflow.run import Run
     from target_everflow.adapter.target import TargetEverflow
+    from target_everflow.run import Run
 
 UNKNOWN_EVENT = "(unknown)"
 """The summary's event for a record that is not a JSON object."""
@@ -38,7 +38,13 @@ def _kind(value: t.Any) -> str:
         return "a boolean"
     if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
         return "a number"
-    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a value"
+    return (
+        "a list"
+        if isinstance(value, list)
+        else "an object"
+        if isinstance(value, dict)
+        else "a value"
+    )
 
 
 def _datelike(prop: t.Any) -> str | None:
@@ -59,7 +65,8 @@ def without_datelike_formats(schema: t.Any) -> t.Any:
     timestamp, and every record stays as it was received (a dead letter holds it verbatim)."""
     if isinstance(schema, dict):
         return {
-            k: without_datelike_formats(v) for k, v in schema.items()
+            k: without_datelike_formats(v)
+            for k, v in schema.items()
             if not (k == "format" and v in DATELIKE_FORMATS)
         }
     if isinstance(schema, list):
@@ -153,7 +160,8 @@ class EverflowSink(BatchSink):
                 path = ".".join(str(p) for p in getattr(cause, "absolute_path", ()))
                 return (
                     f"the record does not match stream {self.stream_name}'s schema"
-                    + (f" at {path}" if path else "") + f": {exc.error_message[:300]}",
+                    + (f" at {path}" if path else "")
+                    + f": {exc.error_message[:300]}",
                     path or None,
                 )
             properties = self.original_schema.get("properties", {})
@@ -192,8 +200,17 @@ class EverflowSink(BatchSink):
         invalid = self.check_record(record)
         if invalid is not None:
             message, field = invalid
-            self._account(Outcome(DEAD_LETTER, INVALID_RECORD, message, field, event=event.label,
-                                  message_id=event.message_id), record)
+            self._account(
+                Outcome(
+                    DEAD_LETTER,
+                    INVALID_RECORD,
+                    message,
+                    field,
+                    event=event.label,
+                    message_id=event.message_id,
+                ),
+                record,
+            )
             return
         result = run.mapper.map(event)
         if isinstance(result, Outcome):
@@ -215,15 +232,27 @@ class EverflowSink(BatchSink):
             # Written first, counted after: a dead letter the file could not take (OutputError:
             # the run stops) is not counted, and its record comes again from the last STATE.
             run.dead_letters.write(
-                self.stream_name, record, outcome.reason, outcome.message, field=outcome.field,
+                self.stream_name,
+                record,
+                outcome.reason,
+                outcome.message,
+                field=outcome.field,
                 message_id=outcome.message_id,
             )
             message_id = "unknown" if outcome.message_id is None else shown(outcome.message_id, 100)
             run.logger.warning(
                 "Dead-lettered a record of stream %s (message id %s): %s: %s",
-                shown(self.stream_name), message_id, outcome.reason, outcome.message,
-                extra=log_fields(stream=self.stream_name, event=event, reason=outcome.reason,
-                                 message_id=message_id, field=outcome.field),
+                shown(self.stream_name),
+                message_id,
+                outcome.reason,
+                outcome.message,
+                extra=log_fields(
+                    stream=self.stream_name,
+                    event=event,
+                    reason=outcome.reason,
+                    message_id=message_id,
+                    field=outcome.field,
+                ),
             )
         run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
 
@@ -233,9 +262,11 @@ class EverflowSink(BatchSink):
 
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})
+        engine = self.run.engine
+        assert engine is not None, "the run opens in setup(), before any batch"  # noqa: S101 - an invariant, not input checking
         with self.run.batch():
             try:
-                self.run.engine.deliver(list(conversions.values()))
+                engine.deliver(list(conversions.values()))
             finally:
                 self.run.dead_letters.flush()  # the mapping's dead letters of this batch too
         self.holding = 0

@@ -17,6 +17,9 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
 from target_everflow.accounting import escape_log_records
+from target_everflow.adapter.metrics import point_writer
+from target_everflow.adapter.reader import SegmentReader, broken
+from target_everflow.adapter.sinks import EverflowSink
 from target_everflow.errors import (
     EXIT_INPUT,
     EXIT_OK,
@@ -25,17 +28,12 @@ from target_everflow.errors import (
     TargetEverflowError,
     Terminated,
 )
-from target_everflow.adapter.metrics import point_writer
-from target_everflow.adapter.reader import SegmentReader, broken
 from target_everflow.ledger import LedgerError
 from target_everflow.run import LedgerUnavailable, Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
-from target_everflow.adapter.sinks import EverflowSink
 
 if t.TYPE_CHECKING:
     from types import FrameType
-
-    from singer_sdk.sinks import Sink
 
 
 def _describe_schema_error(error: t.Any) -> str:
@@ -46,9 +44,16 @@ def _describe_schema_error(error: t.Any) -> str:
     if kind == "type":
         names = expected if isinstance(expected, list) else [expected]
         problem = "must be " + " or ".join(
-            {"integer": "an integer", "number": "a number", "boolean": "true or false",
-             "string": "a string", "object": "an object", "array": "a list",
-             "null": "null"}.get(n, n) for n in names
+            {
+                "integer": "an integer",
+                "number": "a number",
+                "boolean": "true or false",
+                "string": "a string",
+                "object": "an object",
+                "array": "a list",
+                "null": "null",
+            }.get(str(n), str(n))
+            for n in names
         )
     elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
@@ -99,6 +104,11 @@ class TargetEverflow(Target):
     default_sink_class = EverflowSink
     message_reader_class = SegmentReader  # msgspec, falling back to json for NaN and the like
 
+    @property
+    def reader(self) -> SegmentReader:
+        """The message reader, as the class it is (the SDK types it as its base class)."""
+        return t.cast(SegmentReader, self.message_reader)
+
     def __init__(
         self,
         *,
@@ -129,7 +139,7 @@ class TargetEverflow(Target):
         """Every sink that may still hold records (a sink registers itself in ``setup``)."""
         self.latest_state: dict | None = None
         """The value of the latest STATE message read."""
-        reader = self.message_reader
+        reader = self.reader
         reader.due = self.drain_by_age  # asked before each wait for input
         reader.before, reader.after = self._before_message, self._after_message
         self._terminating: int | None = None
@@ -190,7 +200,7 @@ class TargetEverflow(Target):
             # The SDK would hand the batch files' records to process_batch directly, past the
             # mapping and the accounting: they would be neither delivered nor counted.
             raise broken(
-                self.message_reader.line_number,
+                self.reader.line_number,
                 "BATCH messages are not supported (this target does not declare the batch "
                 "capability): run the tap without batch mode, so that records come as RECORD "
                 "messages",
@@ -225,7 +235,8 @@ class TargetEverflow(Target):
             return wait
         self.logger.debug(
             "Delivering the records read so far: the oldest has waited %.1f s "
-            "(max_batch_age_seconds).", self.settings.max_batch_age_seconds - wait,
+            "(max_batch_age_seconds).",
+            self.settings.max_batch_age_seconds - wait,
         )
         self.drain_all()  # then writes the latest STATE: every record read before it settled
         return None
@@ -246,8 +257,7 @@ class TargetEverflow(Target):
         kind = "null" if record is None else f"a {type(record).__name__}"
         sink.dead_letter_unreadable(
             record,
-            f"line {self.message_reader.line_number}: the RECORD's \"record\" is {kind}, not a "
-            "JSON object",
+            f'line {self.reader.line_number}: the RECORD\'s "record" is {kind}, not a JSON object',
         )
 
     def emit_safe_state(self) -> None:
@@ -268,7 +278,7 @@ class TargetEverflow(Target):
         if self._terminating is not None:
             return
         self._terminating = signum
-        self.message_reader.stop_signal = signum
+        self.reader.stop_signal = signum
         if self._finishing:
             return  # main() reports it once the summary is out
         self.logger.warning(
@@ -295,7 +305,7 @@ class TargetEverflow(Target):
         return command
 
     @classmethod
-    def _check_option(cls, ctx: click.Context, _param: click.Parameter, value: bool) -> None:  # noqa: FBT001
+    def _check_option(cls, ctx: click.Context, _param: click.Parameter, value: bool) -> None:  # noqa: FBT001 - click's callback signature
         """``--check``: after ``--config`` (an eager option) was read, check and exit."""
         if value:
             cls.print_version(print_fn=cls.logger.info)
@@ -311,7 +321,7 @@ class TargetEverflow(Target):
         )
 
     @classmethod
-    def invoke(  # type: ignore[override]
+    def invoke(  # type: ignore[override]  # the SDK's options, plus --check
         cls,
         *,
         about: bool = False,
@@ -341,7 +351,7 @@ class TargetEverflow(Target):
         try:
             self.run.open()
             self.listen(file_input)  # the last STATE is out when it returns
-            from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415
+            from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
 
             code = reconcile_after_run(self.settings, self.run.ledger, self.logger)
         except InputError as exc:
@@ -369,7 +379,8 @@ class TargetEverflow(Target):
         if self._terminating is not None and code == EXIT_OK:
             self.logger.warning(
                 "Received signal %d while finishing, after every record read had its outcome and "
-                "the last STATE was emitted.", self._terminating,
+                "the last STATE was emitted.",
+                self._terminating,
             )
             code = Terminated(self._terminating).exit_code
         return code
@@ -404,10 +415,11 @@ class TargetEverflow(Target):
             self.emit_safe_state()
             self.logger.error(
                 "Stopped by signal %d. Records without an outcome were not dead-lettered; the "
-                "next run resumes from the last STATE.", self._terminating,
+                "next run resumes from the last STATE.",
+                self._terminating,
             )
             return Terminated(self._terminating).exit_code
-        self.logger.error("%s", exc)  # noqa: TRY400
+        self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
         return exc.exit_code
 
 
@@ -417,6 +429,8 @@ def plugin_settings_schema() -> dict:
     schema = copy.deepcopy(TargetEverflow.config_jsonschema)
     TargetEverflow.append_builtin_config(schema)
     return schema
+
+
 def _in_logging(frame: FrameType | None) -> bool:
     """Whether the interrupted main thread is inside the logging module."""
     while frame is not None:

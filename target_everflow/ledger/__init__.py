@@ -94,7 +94,6 @@ The package
 * ``sqlite.py``, ``postgres.py``: the backends; :func:`open_ledger` (here) picks one.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -132,7 +131,6 @@ from target_everflow.ledger.urls import (
     url_secrets,
 )
 
-_SQLLedger = SQLLedger  # the name before the package (run.py uses it)
 _url_secrets = url_secrets  # the name before the package (tests use it)
 
 __all__ = [

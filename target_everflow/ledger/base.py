@@ -34,7 +34,13 @@ DELIVERED = "delivered"
 HELD = "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
 
 METADATA_COLUMNS = (
-    "stream", "event", "transaction_id", "message_id", "adv_event_id", "order_id", "amount",
+    "stream",
+    "event",
+    "transaction_id",
+    "message_id",
+    "adv_event_id",
+    "order_id",
+    "amount",
     "event_time",
 )
 """What ``claim(keys, metadata)`` writes for each key (the metadata mapping's keys)."""
@@ -79,7 +85,6 @@ class LedgerError(Exception):
     """The ledger cannot be used. The message is user-facing and never contains a password."""
 
 
-
 class Ledger(abc.ABC):
     """The idempotency ledger shared by :class:`SQLiteLedger`, :class:`PostgresLedger` and
     :class:`NullLedger`. Thread-safe. Use :func:`open_ledger` to get one."""
@@ -117,7 +122,7 @@ class Ledger(abc.ABC):
         """
         return True
 
-    def stop_waiting_after(self, seconds: float) -> None:
+    def stop_waiting_after(self, seconds: float) -> None:  # noqa: B027 - optional: NullLedger never waits
         """The run is stopping (a signal): every wait for the ledger, current or later, ends
         within ``seconds`` (a :class:`LedgerError` if the ledger has not answered by then)."""
 
@@ -160,8 +165,6 @@ class Ledger(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description} owner={self.owner}>"
-
-
 
 
 def new_owner() -> str:
@@ -217,4 +220,3 @@ class NullLedger(Ledger):
         if key in self._delivered:
             return "delivered"
         return "pending" if key in self._claimed else None
-

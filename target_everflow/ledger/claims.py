@@ -20,6 +20,7 @@ from target_everflow.ledger.base import DELIVERED, HELD, SENDING, ClaimStatus
 if TYPE_CHECKING:
     from target_everflow.ledger.sql import SQLLedger
 
+
 def machine_scope() -> str:
     """What must match, besides the hostname, for a pid to be meaningful to us.
 
@@ -86,7 +87,8 @@ def claim_rows(
     answers = _claim(ledger, cur, keys)
     if metadata:
         ours = sorted(
-            k for k, s in answers.items()
+            k
+            for k, s in answers.items()
             if s in (ClaimStatus.CLAIMED, ClaimStatus.IN_DOUBT) and k in metadata
         )
         if ours:

@@ -137,7 +137,9 @@ class MarkQueue:
                 return None
             deadline = time.monotonic() + self._commit_delay
             while (
-                len(self._queue) < self._max_batch and not self._flush_waiters and not self._stopping
+                len(self._queue) < self._max_batch
+                and not self._flush_waiters
+                and not self._stopping
             ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

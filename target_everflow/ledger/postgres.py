@@ -48,7 +48,9 @@ class PostgresLedger(SQLLedger):
                 f"(statement_timeout): {text}"
             )
         if code == "25P03":  # idle_in_transaction_session_timeout: this process was stalled
-            return f"the server ended this run's ledger session (it stalled mid-transaction): {text}"
+            return (
+                f"the server ended this run's ledger session (it stalled mid-transaction): {text}"
+            )
         if "timeout expired" in text:
             return f"could not connect within {self._connect_timeout()} s (connect_timeout): {text}"
         return text
@@ -63,7 +65,7 @@ class PostgresLedger(SQLLedger):
             raise LedgerError(PSYCOPG2_MISSING) from None
         self._psycopg2 = psycopg2
         timeout = self.timeout
-        params = {
+        params: dict[str, Any] = {
             "application_name": "target-everflow ledger",
             "connect_timeout": self._connect_timeout(),
             # A peer that vanished (host down, NAT state dropped) is noticed within about
@@ -176,4 +178,3 @@ class PostgresLedger(SQLLedger):
             f" WHERE {t}.status <> 'delivered'",
             (self.owner, self.scope, now, now, keys, [latest[k] for k in keys]),
         )
-

@@ -72,6 +72,7 @@ def create(ledger: SQLLedger, cur: Any) -> None:
     for stmt in create_statements(ledger.table, ledger.real_type):
         cur.execute(stmt)
 
+
 def upgrade(ledger: SQLLedger, cur: Any) -> None:
     """Add the columns the table lacks: in place, idempotent, no data touched.
 

@@ -8,6 +8,7 @@ Other modules (reconciliation, run history, operator commands, the report) use t
 helpers only: ``transaction``, ``sql``, ``keys_param``, ``now``, ``query``, ``column_names``,
 ``lock_for_ddl``, ``table``, ``dialect`` and ``real_type``.
 """
+
 from __future__ import annotations
 
 import abc
@@ -169,7 +170,9 @@ class SQLLedger(Ledger):
         :meth:`sql`."""
         return self._io.call(lambda: self._transaction(fn, what), what)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, params: Sequence[Any] = ()
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """One read-only statement for an operator command (``{t}`` is the ledger table, ``?``
         the placeholders); returns the column names and the rows."""
         self._check()
@@ -318,9 +321,12 @@ class SQLLedger(Ledger):
         change_own_claims(self, "", keys, "release claims")
 
     def mark_held(self, keys: Sequence[str]) -> None:
-        ks = set(keys)
+        ks = sorted(set(keys))
         held = change_own_claims(
-            self, "status = 'in_doubt', lease_until = NULL, updated_at = ?", ks, "mark keys held",
+            self,
+            "status = 'in_doubt', lease_until = NULL, updated_at = ?",
+            ks,
+            "mark keys held",
             now=True,
         )
         if len(held) != len(ks):
@@ -340,7 +346,7 @@ class SQLLedger(Ledger):
 
         return self.transaction(tx, "read a key")
 
-    def prune(self, retention_days: int) -> int:
+    def prune(self, retention_days: float) -> int:
         """Delete delivered and held rows not updated for ``retention_days``; return the count.
 
         In transactions of at most :data:`PRUNE_BATCH` rows, so that no statement of a large,

@@ -40,7 +40,7 @@ class SQLiteLedger(SQLLedger):
         )
         mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
         if mode != "wal":
-            self._log.warning(
+            self.log.warning(
                 "ledger %s: WAL mode unavailable (journal_mode=%s)", self.description, mode
             )
         # synchronous=FULL, not NORMAL: in WAL mode NORMAL survives a process crash but may lose
@@ -120,4 +120,3 @@ class SQLiteLedger(SQLLedger):
             f" WHERE {t}.status <> 'delivered'",
             (self.owner, self.scope, now, now, json.dumps(marks)),
         )
-

@@ -64,7 +64,7 @@ def url_secrets(url: str) -> frozenset[str]:
     ambiguous URL), to scrub from driver error texts."""
     try:
         return _read_url(url).secrets
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - fail closed: any error hides the URL
         return frozenset({url})
 
 
@@ -77,7 +77,7 @@ def _read_url(url: str) -> _Reading:
         pairs = parse_keywords(text) if _KEYWORD_RE.match(text) else None
         if pairs is None:  # neither a URL nor a libpq connection string: say nothing of it
             return _Reading(HIDDEN_URL, frozenset({text}))
-        found = {v for k, v, _ in pairs if k.lower() in _SECRET_KEYS}
+        found: set[str] = {v for k, v, _ in pairs if k.lower() in _SECRET_KEYS}
         found |= {raw for k, _, raw in pairs if k.lower() in _SECRET_KEYS}
         shown = " ".join(
             f"{k}=***" if k.lower() in _SECRET_KEYS else f"{k}={_keyword_quote(v)}"
@@ -93,7 +93,7 @@ def _read_url(url: str) -> _Reading:
         shown_query, query_secrets = _mask_query(query)
         shown = f"{scheme}://{base}" + (f"?{shown_query}" if question else "")
         return _Reading(shown, frozenset(query_secrets))
-    found: set[str] = set()
+    found = set()
     # The userinfo ends at the LAST "@": a password with an unencoded "@" is masked whole.
     userinfo, at, hostpart = rest.rpartition("@")
     unsure = False
@@ -257,7 +257,6 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-
 def split_table(url: str) -> tuple[str, str]:
     """Remove ``table=`` from the URL's query; return (url without it, table)."""
     base, sep, query = url.partition("?")
@@ -273,4 +272,3 @@ def split_table(url: str) -> tuple[str, str]:
             kept.append((k, v))
     rest = urllib.parse.urlencode(kept)
     return (f"{base}?{rest}" if rest else base), table
-

@@ -44,12 +44,21 @@ INSTALL_TIMEOUT = 900
 RUN_TIMEOUT = float(os.environ.get("TARGET_EVERFLOW_E2E_RUN_TIMEOUT", "300"))
 
 # Environment variables a developer's shell may carry that would leak into a test's Meltano run.
-_SCRUB_PREFIXES = ("MELTANO_", "TARGET_EVERFLOW_", "TAP_POSTGRES_", "TAP_FILESANYWHERE_", "SEGMENT_")
+_SCRUB_PREFIXES = (
+    "MELTANO_",
+    "TARGET_EVERFLOW_",
+    "TAP_POSTGRES_",
+    "TAP_FILESANYWHERE_",
+    "SEGMENT_",
+)
 
 
 def find_meltano() -> str | None:
-    candidates = [os.environ.get("MELTANO_BIN"), str(REPO / ".venv-meltano/bin/meltano"),
-                  shutil.which("meltano")]
+    candidates = [
+        os.environ.get("MELTANO_BIN"),
+        str(REPO / ".venv-meltano/bin/meltano"),
+        shutil.which("meltano"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -80,15 +89,21 @@ class Meltano:
         self.binary = binary
         self.env = env
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = RUN_TIMEOUT) -> MeltanoResult:
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
+    ) -> MeltanoResult:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
         full_env.update(self.env)
         full_env.update(env or {})
         argv = ["--log-level=info", *args]
         proc = subprocess.run(
-            [self.binary, *argv], cwd=REPO, env=full_env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            [self.binary, *argv],
+            cwd=REPO,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         return MeltanoResult(argv, proc.returncode, proc.stdout, proc.stderr)
 
@@ -123,8 +138,13 @@ def meltano_plugins(meltano_bin: str, tmp_path_factory: pytest.TempPathFactory) 
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
     env["MELTANO_DATABASE_URI"] = f"sqlite:///{db}"
     proc = subprocess.run(
-        [meltano_bin, "install"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL,
+        [meltano_bin, "install"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+        stdin=subprocess.DEVNULL,
     )
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
     assert proc.returncode == 0, f"meltano install failed:\n{tail}"
@@ -147,16 +167,21 @@ def e2e_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def meltano(meltano_plugins: str, e2e_dir: Path) -> Meltano:
     """``meltano`` for this test: its own system database (so its own STATE), e2e environment."""
-    return Meltano(meltano_plugins, {
-        "MELTANO_DATABASE_URI": f"sqlite:///{e2e_dir / 'meltano.db'}",
-        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "MELTANO_CLI_LOG_FORMAT": "uncolored",
-        "NO_COLOR": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    return Meltano(
+        meltano_plugins,
+        {
+            "MELTANO_DATABASE_URI": f"sqlite:///{e2e_dir / 'meltano.db'}",
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "MELTANO_CLI_LOG_FORMAT": "uncolored",
+            "NO_COLOR": "1",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
 
 
-def target_env(receiver_url: str, e2e_dir: Path, *, ledger_url: str | None = None) -> dict[str, str]:
+def target_env(
+    receiver_url: str, e2e_dir: Path, *, ledger_url: str | None = None
+) -> dict[str, str]:
     """The target's settings for a live run against the receiver (strings and integers only:
     Meltano 4.4.1 cannot pass a `decimal` setting that comes from an environment variable)."""
     env = {

@@ -23,27 +23,65 @@ REPO = Path(__file__).resolve().parents[2]
 (HUB_FILE,) = sorted((REPO / "plugin" / "loaders" / "target-everflow").glob("*.yml"))
 
 
-def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(meltano_bin: str,
-                                                                          tmp_path: Path) -> None:
+def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(
+    meltano_bin: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update({"MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", "NO_COLOR": "1",
-                "MELTANO_CLI_LOG_FORMAT": "uncolored"})
+    env.update(
+        {
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "NO_COLOR": "1",
+            "MELTANO_CLI_LOG_FORMAT": "uncolored",
+        }
+    )
 
-    def run(args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT, **extra: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(args, cwd=cwd, env={**env, **extra}, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+    def run(
+        args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT, **extra: str
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        assert proc.returncode == 0, f"{' '.join(map(str, args[:4]))} exited {proc.returncode}:\n{tail}"
+        assert proc.returncode == 0, (
+            f"{' '.join(map(str, args[:4]))} exited {proc.returncode}:\n{tail}"
+        )
         return proc
 
-    run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(REPO)],  # wheel from the sdist
-        cwd=tmp_path, timeout=INSTALL_TIMEOUT)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],  # wheel from the sdist
+        cwd=tmp_path,
+        timeout=INSTALL_TIMEOUT,
+    )
     (wheel,) = (tmp_path / "dist").glob("target_everflow-*-py3-none-any.whl")
 
     run([meltano_bin, "init", "project", "--no_usage_stats"], cwd=tmp_path)
     project = tmp_path / "project"
-    run([meltano_bin, "add", "--plugin-type", "loader", "target-everflow", "--from-ref", str(HUB_FILE),
-         "--no-install"], cwd=project)
+    run(
+        [
+            meltano_bin,
+            "add",
+            "--plugin-type",
+            "loader",
+            "target-everflow",
+            "--from-ref",
+            str(HUB_FILE),
+            "--no-install",
+        ],
+        cwd=project,
+    )
 
     meltano_yml = project / "meltano.yml"
     definition = yaml.safe_load(meltano_yml.read_text())
@@ -56,10 +94,14 @@ def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(meltan
     meltano_yml.write_text(yaml.safe_dump(definition, sort_keys=False))
     run([meltano_bin, "install"], cwd=project, timeout=INSTALL_TIMEOUT)
 
-    about = json.loads(run([meltano_bin, "invoke", "target-everflow", "--about", "--format", "json"],
-                           cwd=project).stdout)
-    assert {n: s.get("title") for n, s in about["settings"]["properties"].items()} == \
-        {n: s.get("title") for n, s in plugin_settings_schema()["properties"].items()}
+    about = json.loads(
+        run(
+            [meltano_bin, "invoke", "target-everflow", "--about", "--format", "json"], cwd=project
+        ).stdout
+    )
+    assert {n: s.get("title") for n, s in about["settings"]["properties"].items()} == {
+        n: s.get("title") for n, s in plugin_settings_schema()["properties"].items()
+    }
 
     listing = run([meltano_bin, "config", "list", "target-everflow"], cwd=project).stdout
     assert "Postback URL:" in listing and "Network ID:" in listing  # the labels
@@ -67,15 +109,27 @@ def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(meltan
     events = project / "events.singer"
     events.write_text("\n".join(singer_lines("tracks", [track(i) for i in range(1, 4)])) + "\n")
     out = project / "out"
-    run([meltano_bin, "invoke", "target-everflow", "--input", str(events)], cwd=project,
-        TARGET_EVERFLOW_DRY_RUN="true", TARGET_EVERFLOW_NETWORK_ID="1",
+    run(
+        [meltano_bin, "invoke", "target-everflow", "--input", str(events)],
+        cwd=project,
+        TARGET_EVERFLOW_DRY_RUN="true",
+        TARGET_EVERFLOW_NETWORK_ID="1",
         TARGET_EVERFLOW_DRY_RUN_OUTPUT=str(out / "planned.jsonl"),
         TARGET_EVERFLOW_DEAD_LETTER_PATH=str(out / "state" / "dead_letter.jsonl"),
-        TARGET_EVERFLOW_SUMMARY_PATH=str(out / "summary.json"))
+        TARGET_EVERFLOW_SUMMARY_PATH=str(out / "summary.json"),
+    )
     planned = [json.loads(line) for line in (out / "planned.jsonl").read_text().splitlines()]
     assert len(planned) == 3
     assert json.loads((out / "summary.json").read_text())["delivered"] == 3
     venv = project / ".meltano" / "loaders" / "target-everflow" / "venv"
-    where = run([str(venv / "bin" / "python"), "-c", "import target_everflow; print(target_everflow.__file__)"],
-                cwd=tmp_path).stdout.strip()
-    assert Path(where).resolve().is_relative_to(venv.resolve()), where  # the wheel's copy, not the repo
+    where = run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import target_everflow; print(target_everflow.__file__)",
+        ],
+        cwd=tmp_path,
+    ).stdout.strip()
+    assert Path(where).resolve().is_relative_to(venv.resolve()), (
+        where
+    )  # the wheel's copy, not the repo

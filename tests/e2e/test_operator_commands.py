@@ -18,7 +18,9 @@ from tests.receiver import Answer, Receiver
 pytestmark = pytest.mark.e2e
 
 
-def run_target(e2e_dir: Path, rx: Receiver, *, lines: list[str] | None = None, replay: Path | None = None) -> int:
+def run_target(
+    e2e_dir: Path, rx: Receiver, *, lines: list[str] | None = None, replay: Path | None = None
+) -> int:
     """The installed target on its own, with the settings the e2e environment gives it."""
     config = {
         "postback_url": rx.url, "network_id": scenario.NETWORK_ID, "advertiser_id": scenario.ADVERTISER_ID,
@@ -31,7 +33,11 @@ def run_target(e2e_dir: Path, rx: Receiver, *, lines: list[str] | None = None, r
     args = ["--input", str(replay)] if replay else []
     proc = subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(path), *args],
-        input="\n".join(lines or []) + "\n", capture_output=True, text=True, timeout=120, cwd=e2e_dir,
+        input="\n".join(lines or []) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=e2e_dir,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.returncode
@@ -43,8 +49,14 @@ def test_history_and_ledger_commands_through_meltano(meltano: Meltano, e2e_dir: 
         run_target(e2e_dir, rx, lines=singer_lines("orders", [track(1), track(2)]))  # tx-1 in doubt
 
         def invoke(command: str, *args: str) -> str:
-            result = meltano("--environment=e2e", "invoke", f"target-everflow:{command}", *args,
-                             env=env, timeout=120)
+            result = meltano(
+                "--environment=e2e",
+                "invoke",
+                f"target-everflow:{command}",
+                *args,
+                env=env,
+                timeout=120,
+            )
             assert result.code == 0, result.tail()
             assert scenario.VERIFICATION_TOKEN not in result.stdout + result.stderr
             return result.stdout

@@ -30,8 +30,17 @@ from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
-NUMERIC_PARAMS = {"amount", "latitude", "longitude", "order_id", "affiliate_id", "nid", "aid",
-                  "adv_event_id", "timestamp"}
+NUMERIC_PARAMS = {
+    "amount",
+    "latitude",
+    "longitude",
+    "order_id",
+    "affiliate_id",
+    "nid",
+    "aid",
+    "adv_event_id",
+    "timestamp",
+}
 DEAD_LETTER_ID = "node-7f1e2d3c-0007"
 
 
@@ -78,7 +87,9 @@ def assert_postbacks(received: list, expected: dict[str, dict], *, label: str) -
             elif name not in exp:
                 problems.append(f"{r.transaction_id}: unexpected {name}={params[name]!r}")
             elif not _same(name, params[name], exp[name]):
-                problems.append(f"{r.transaction_id}: {name}={params[name]!r}, expected {exp[name]!r}")
+                problems.append(
+                    f"{r.transaction_id}: {name}={params[name]!r}, expected {exp[name]!r}"
+                )
     assert not problems, f"{label}:\n  " + "\n  ".join(problems)
 
 
@@ -110,8 +121,9 @@ def assert_no_secret(result_text: str) -> None:
 # --- warehouse ----------------------------------------------------------------------------------
 
 
-def test_warehouse_pipeline_sends_each_conversion_once(meltano: Meltano, warehouse: Warehouse,
-                                                       e2e_dir: Path) -> None:
+def test_warehouse_pipeline_sends_each_conversion_once(
+    meltano: Meltano, warehouse: Warehouse, e2e_dir: Path
+) -> None:
     warehouse.load("warehouse.sql")
     state_id = "e2e:tap-postgres-to-target-everflow"
     expected_1 = scenario.expected_postbacks(scenario.BATCH_1, warehouse=True)
@@ -125,8 +137,11 @@ def test_warehouse_pipeline_sends_each_conversion_once(meltano: Meltano, warehou
         }
 
         # Run 1: batch 1.
-        run1 = meltano.run("tap-postgres", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-1.json")})
+        run1 = meltano.run(
+            "tap-postgres",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-1.json")},
+        )
         run1.check()
         assert_no_secret(run1.stdout + run1.stderr)
         first = list(rx.requests)
@@ -140,25 +155,33 @@ def test_warehouse_pipeline_sends_each_conversion_once(meltano: Meltano, warehou
         for table in ("order_completed", "tracks"):
             stream = f"{warehouse.schema}-{table}"
             assert bookmarks[stream]["replication_key"] == "received_at", bookmarks
-            assert bookmarks[stream]["replication_key_value"].startswith("2026-11-20T17:31:00.28"), bookmarks
+            assert bookmarks[stream]["replication_key_value"].startswith(
+                "2026-11-20T17:31:00.28"
+            ), bookmarks
 
         # Run 2: batch 2 arrived. The tap re-emits the last batch-1 row (inclusive bookmark):
         # a conversion already delivered, which the ledger must skip.
         warehouse.load("warehouse_more.sql")
-        run2 = meltano.run("tap-postgres", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-2.json")})
+        run2 = meltano.run(
+            "tap-postgres",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-2.json")},
+        )
         run2.check()
-        second = rx.requests[len(first):]
+        second = rx.requests[len(first) :]
         assert_postbacks(second, expected_2, label="run 2 (batch 2)")
         summary = read_summary(e2e_dir / "summary-2.json")
         assert summary["delivered"] == len(expected_2), summary
         assert summary["skipped"].get("duplicate", 0) >= 1, summary
 
         # Run 3: nothing new; the re-emitted last row is still not sent again.
-        run3 = meltano.run("tap-postgres", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-3.json")})
+        run3 = meltano.run(
+            "tap-postgres",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-3.json")},
+        )
         run3.check()
-        assert rx.requests[len(first) + len(second):] == []
+        assert rx.requests[len(first) + len(second) :] == []
         summary = read_summary(e2e_dir / "summary-3.json")
         assert summary["records_read"] >= 1 and summary["delivered"] == 0, summary
         assert summary["skipped"].get("duplicate", 0) >= 1, summary
@@ -180,8 +203,11 @@ def test_archive_pipeline_sends_each_conversion_once(meltano: Meltano, e2e_dir: 
     with Receiver() as rx:
         env = {"SEGMENT_ARCHIVE_DIR": str(archive_dir), **target_env(rx.url, e2e_dir)}
 
-        run1 = meltano.run("tap-filesanywhere", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-1.json")})
+        run1 = meltano.run(
+            "tap-filesanywhere",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-1.json")},
+        )
         run1.check()
         assert_no_secret(run1.stdout + run1.stderr)
         first = list(rx.requests)
@@ -196,20 +222,26 @@ def test_archive_pipeline_sends_each_conversion_once(meltano: Meltano, e2e_dir: 
 
         # Run 2: a newer file with batch 2 and a re-delivery of a batch-1 conversion.
         archive.write_archive(archive_dir, batch=2, mtime=now - 60)
-        run2 = meltano.run("tap-filesanywhere", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-2.json")})
+        run2 = meltano.run(
+            "tap-filesanywhere",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-2.json")},
+        )
         run2.check()
-        second = rx.requests[len(first):]
+        second = rx.requests[len(first) :]
         assert_postbacks(second, expected_2, label="run 2 (batch 2 + a re-delivery)")
         summary = read_summary(e2e_dir / "summary-2.json")
         assert summary["records_read"] == len(archive.events_for(2)), summary  # file 1 not re-read
         assert summary["skipped"].get("duplicate", 0) == 1, summary
 
         # Run 3: no new file.
-        run3 = meltano.run("tap-filesanywhere", "target-everflow",
-                           env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-3.json")})
+        run3 = meltano.run(
+            "tap-filesanywhere",
+            "target-everflow",
+            env={**env, "TARGET_EVERFLOW_SUMMARY_PATH": str(e2e_dir / "summary-3.json")},
+        )
         run3.check()
-        assert rx.requests[len(first) + len(second):] == []
+        assert rx.requests[len(first) + len(second) :] == []
 
         assert_postbacks(rx.requests, {**expected_1, **expected_2}, label="all runs")
 
@@ -267,20 +299,29 @@ class FakeEverflowAPI:
 
 
 API_KEY = "sk-E2E-apikey-0c4f"
-ACTIVE_24 = [{"network_advertiser_global_event_id": 24, "entry_name": "Subscription", "status": "active"}]
+ACTIVE_24 = [
+    {"network_advertiser_global_event_id": 24, "entry_name": "Subscription", "status": "active"}
+]
 
 
 def test_check_command_gets_its_config_from_meltano(meltano: Meltano, e2e_dir: Path) -> None:
     with FakeEverflowAPI(API_KEY, ACTIVE_24) as api, Receiver() as rx:
-        env = {**target_env(rx.url, e2e_dir), "TARGET_EVERFLOW_API_KEY": API_KEY,
-               "TARGET_EVERFLOW_API_URL": api.url}
-        result = meltano("--environment=e2e", "invoke", "target-everflow:check", env=env, timeout=120)
+        env = {
+            **target_env(rx.url, e2e_dir),
+            "TARGET_EVERFLOW_API_KEY": API_KEY,
+            "TARGET_EVERFLOW_API_URL": api.url,
+        }
+        result = meltano(
+            "--environment=e2e", "invoke", "target-everflow:check", env=env, timeout=120
+        )
         output = result.stdout + result.stderr
         assert result.code == 0, result.tail()
         assert "Everflow API check passed" in output, result.tail()
         assert "'Subscription Started' -> event 24 'Subscription'" in output, result.tail()
         assert [path for path, _ in api.calls] == [
-            "/v1/networks", f"/v1/networks/advertisers/{scenario.ADVERTISER_ID}/events"]
+            "/v1/networks",
+            f"/v1/networks/advertisers/{scenario.ADVERTISER_ID}/events",
+        ]
         assert all(key == API_KEY for _, key in api.calls)
         assert API_KEY not in output and scenario.VERIFICATION_TOKEN not in output
         assert rx.requests == [], "the check sent a postback"
@@ -289,9 +330,14 @@ def test_check_command_gets_its_config_from_meltano(meltano: Meltano, e2e_dir: P
 def test_check_command_fails_on_an_unknown_event_id(meltano: Meltano, e2e_dir: Path) -> None:
     events = [{"network_advertiser_global_event_id": 31, "entry_name": "Lead", "status": "active"}]
     with FakeEverflowAPI(API_KEY, events) as api:
-        env = {**target_env("http://127.0.0.1:9/", e2e_dir), "TARGET_EVERFLOW_API_KEY": API_KEY,
-               "TARGET_EVERFLOW_API_URL": api.url}
-        result = meltano("--environment=e2e", "invoke", "target-everflow:check", env=env, timeout=120)
+        env = {
+            **target_env("http://127.0.0.1:9/", e2e_dir),
+            "TARGET_EVERFLOW_API_KEY": API_KEY,
+            "TARGET_EVERFLOW_API_URL": api.url,
+        }
+        result = meltano(
+            "--environment=e2e", "invoke", "target-everflow:check", env=env, timeout=120
+        )
         output = result.stdout + result.stderr
         assert result.code != 0, result.tail()
         assert "Subscription Started" in output and "24" in output, result.tail()
@@ -302,9 +348,13 @@ def test_meltano_yml_validates_and_lists_every_setting(meltano: Meltano, e2e_dir
     """`meltano config list target-everflow` (Meltano 4's spelling of `config <plugin> list`)."""
     from target_everflow.settings import CONFIG_SCHEMA
 
-    env = {**target_env("https://www.example-tracking.com/", e2e_dir),
-           "TARGET_EVERFLOW_VERIFICATION_TOKEN": scenario.VERIFICATION_TOKEN}
-    result = meltano("--environment=e2e", "config", "list", "target-everflow", "--all", env=env, timeout=120)
+    env = {
+        **target_env("https://www.example-tracking.com/", e2e_dir),
+        "TARGET_EVERFLOW_VERIFICATION_TOKEN": scenario.VERIFICATION_TOKEN,
+    }
+    result = meltano(
+        "--environment=e2e", "config", "list", "target-everflow", "--all", env=env, timeout=120
+    )
     assert result.code == 0, result.tail()
     output = result.stdout + result.stderr
     for name in CONFIG_SCHEMA["properties"]:
@@ -326,18 +376,27 @@ def test_reconcile_command_gets_its_config_from_meltano(meltano: Meltano, e2e_di
                   "dead_letter_path": str(e2e_dir / "state" / "dead_letter.jsonl")}  # fmt: skip
         records = [track(i) for i in (1, 2, 3)]
         for record in records:  # recent events: the report covers the last 365 days
-            record["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+            record["timestamp"] = time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600)
+            )
         delivered = run_target(config, singer_lines("orders", records), e2e_dir)
         assert delivered.code == 0, delivered.stderr[-2000:]
-        env = {**target_env(rx.url, e2e_dir), "TARGET_EVERFLOW_API_KEY": API_KEY,
-               "TARGET_EVERFLOW_API_URL": rx.api_url}
-        result = meltano("--environment=e2e", "invoke", "target-everflow:reconcile", env=env, timeout=120)
+        env = {
+            **target_env(rx.url, e2e_dir),
+            "TARGET_EVERFLOW_API_KEY": API_KEY,
+            "TARGET_EVERFLOW_API_URL": rx.api_url,
+        }
+        result = meltano(
+            "--environment=e2e", "invoke", "target-everflow:reconcile", env=env, timeout=120
+        )
     output = result.stdout + result.stderr
     assert result.code == 6, result.tail()
     assert "Reconciled 3 delivered conversion(s)" in output, result.tail()
     assert "rejected, error 25 (event not on the offer): 1" in output, result.tail()
     report = json.loads((e2e_dir / "state" / "reconcile_report.json").read_text())
-    assert [(c["transaction_id"], c["error_code"]) for c in report["rejected_or_not_found"]] == [("tx-2", 25)]
+    assert [(c["transaction_id"], c["error_code"]) for c in report["rejected_or_not_found"]] == [
+        ("tx-2", 25)
+    ]
     assert reporting.asked_transactions() == {"tx-1": 1, "tx-2": 1, "tx-3": 1}
     assert len(rx.requests) == 3  # the three deliveries; reconcile sent no postback
     assert API_KEY not in output and scenario.VERIFICATION_TOKEN not in output
