@@ -38,26 +38,12 @@ from pathlib import Path
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
 from target_everflow.mapping import DEAD_LETTER
+from target_everflow.run_history import COLUMNS
 
 DAY = 86400.0
 RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
-RUN_COLUMNS = (
-    "run_id",
-    "started_at",
-    "ended_at",
-    "host",
-    "pid",
-    "version",
-    "exit_code",
-    "records_read",
-    "delivered",
-    "skipped",
-    "dead_lettered",
-    "in_doubt",
-    "requests",
-    "retries",
-    "http_429",
-)
+RUN_COLUMNS = tuple(c for c in COLUMNS if c != "summary")
+"""The run history's columns the runs table shows (the summary is read per day instead)."""
 NO_EVENT = "(event not recorded)"
 """Ledger rows written before the ledger had an ``event`` column."""
 MAX_GROUPS = 100_000
