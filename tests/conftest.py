@@ -213,3 +213,20 @@ def track(
         "context": context,
         "properties": {"orderId": 1000 + i, "total": 10 + i, **properties},
     }
+
+
+# The child is started by a small launcher that forks it and reads its rusage: a process
+# started straight from pytest inherits pytest's own peak RSS in ru_maxrss (Linux carries the
+# high-water mark of the memory it replaced at exec), which after a few hundred tests is larger
+# than the bound.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEAD_LETTERS_ON_PURPOSE, config_under, run_target, singer_lines, track
+from tests.conftest import (
+    DEAD_LETTERS_ON_PURPOSE,
+    LAUNCHER,
+    config_under,
+    run_target,
+    singer_lines,
+    track,
+)
 
 PEAK_RSS_LIMIT_MB = 150
 MB = 1024 * 1024
@@ -186,23 +193,6 @@ class Child(t.NamedTuple):
     stdout: str
     stderr: str
     peak_rss_mb: float
-
-
-# The child is started by a small launcher that forks it and reads its rusage: a process
-# started straight from pytest inherits pytest's own peak RSS in ru_maxrss (Linux carries the
-# high-water mark of the memory it replaced at exec), which after a few hundred tests is larger
-# than the bound.
-LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
-code = os.waitstatus_to_exitcode(status)
-sys.exit(code if code >= 0 else 128 - code)
-"""
 
 
 def run_measured(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[str] = (),
