@@ -28,7 +28,7 @@ from pathlib import Path
 import simplejson
 
 from target_everflow.errors import OutputError, TargetEverflowError
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED
+from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED
 
 
 def json_default(value: t.Any) -> t.Any:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
-from target_everflow.mapping import DEAD_LETTER
+from target_everflow.outcomes import DEAD_LETTER
 from target_everflow.run_history import COLUMNS
 
 DAY = 86400.0

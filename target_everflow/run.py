@@ -21,8 +21,9 @@ from target_everflow.accounting import DeadLetters, RunSummary, check_output, du
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, SQLLedger, open_ledger
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
+from target_everflow.mapping import Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
+from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED
 from target_everflow.postback import PostbackClient
 from target_everflow.run_history import RunHistory
 from target_everflow.thresholds import verdict

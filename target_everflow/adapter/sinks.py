@@ -12,23 +12,23 @@ from singer_sdk.sinks import BatchSink
 
 from target_everflow.accounting import shown
 from target_everflow.fields import Mismatch
-from target_everflow.mapping import (
+from target_everflow.mapping import Conversion
+from target_everflow.mapping import event_time as _event_time
+from target_everflow.metrics import log_fields
+from target_everflow.outcomes import (
     DEAD_LETTER,
     DUPLICATE,
     INVALID_RECORD,
     SKIPPED,
-    Conversion,
+    UNKNOWN_EVENT,
     Outcome,
 )
-from target_everflow.mapping import event_time as _event_time
-from target_everflow.metrics import log_fields
 from target_everflow.settings import CONFIG_SCHEMA
 
 if t.TYPE_CHECKING:
     from target_everflow.adapter.target import TargetEverflow
     from target_everflow.run import Run
 
-UNKNOWN_EVENT = "(unknown)"
 """The summary's event for a record that is not a JSON object."""
 DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
 
