@@ -411,7 +411,7 @@ class RunSummary:
         """requests, retries, http_429, in_doubt, ... from the delivery engine."""
         self.records_read = 0
 
-    def read(self, count: int = 1) -> None:
+    def count_read(self, count: int = 1) -> None:
         with self._lock:
             self.records_read += count
 

@@ -351,14 +351,12 @@ class TargetEverflow(Target):
         try:
             self.run.open()
             self.listen(file_input)  # the last STATE is out when it returns
-            from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
-
-            code = reconcile_after_run(self.settings, self.run.ledger, self.logger)
+            code = self.run.reconcile_after()
         except InputError as exc:
             code = self._input_broken(exc)
         except TargetEverflowError as exc:
             # (a dead-letter file that failed stops the engine too: that is the cause to report)
-            code = self._stopped(self.run.dead_letters.failed or exc)
+            code = self._stopped(self.run.output_failure or exc)
         except LedgerError as exc:  # the ledger failed mid-run: nothing more is sent
             code = self._stopped(LedgerUnavailable(str(exc)))
         except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
