@@ -29,6 +29,7 @@ import simplejson
 
 from target_everflow.errors import OutputError, TargetEverflowError
 from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED
+from target_everflow.text import clip
 
 
 def json_default(value: t.Any) -> t.Any:
@@ -113,8 +114,7 @@ def shown(value: t.Any, limit: int = 200) -> str:
     escaped repr-style (``'a\\nb'``), so that no value can start a log line of its own or
     move the cursor; at most about ``limit`` characters."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
+    text = clip(text, limit)
     return text if text.isprintable() else repr(text)
 
 
@@ -363,8 +363,7 @@ MAX_LABEL = 120
 
 def label(name: str) -> str:
     """A stream or event name as the summary shows it: bounded, and always valid UTF-8."""
-    if len(name) > MAX_LABEL:
-        name = name[: MAX_LABEL - 3] + "..."
+    name = clip(name, MAX_LABEL)
     if not name.isascii():
         try:
             name.encode("utf-8")

@@ -38,6 +38,7 @@ from target_everflow.ledger import (
     open_ledger,
 )
 from target_everflow.run_history import forget_runs
+from target_everflow.text import clip
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -109,7 +110,7 @@ def cell(value: t.Any, limit: int = MAX_CELL) -> str:
         text = "".join(
             c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
         )
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clip(text, limit)
 
 
 def format_table(

@@ -22,26 +22,13 @@ from target_everflow.outcomes import (
     Outcome,
 )
 from target_everflow.settings import CONFIG_SCHEMA
+from target_everflow.text import kind_of
 
 if t.TYPE_CHECKING:
     from target_everflow.adapter.target import TargetEverflow
     from target_everflow.run import Run
 
 DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
-
-
-def _kind(value: t.Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
-        return "a number"
-    return (
-        "a list"
-        if isinstance(value, list)
-        else "an object"
-        if isinstance(value, dict)
-        else "a value"
-    )
 
 
 def _datelike(prop: t.Any) -> str | None:
@@ -74,7 +61,7 @@ def without_datelike_formats(schema: t.Any) -> t.Any:
 def _not_datelike(kind: str, value: t.Any) -> str | None:
     """What is wrong with a value of a column declared ``kind`` (None: it parses)."""
     if not isinstance(value, str):
-        return f"{_kind(value)}, not a {kind} text"
+        return f"{kind_of(value)}, not a {kind} text"
     try:
         if kind == "date":
             date.fromisoformat(value)
