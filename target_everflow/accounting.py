@@ -28,7 +28,8 @@ from pathlib import Path
 import simplejson
 
 from target_everflow.errors import OutputError, TargetEverflowError
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED
+from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED
+from target_everflow.text import clip
 
 
 def json_default(value: t.Any) -> t.Any:
@@ -113,8 +114,7 @@ def shown(value: t.Any, limit: int = 200) -> str:
     escaped repr-style (``'a\\nb'``), so that no value can start a log line of its own or
     move the cursor; at most about ``limit`` characters."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
+    text = clip(text, limit)
     return text if text.isprintable() else repr(text)
 
 
@@ -363,8 +363,7 @@ MAX_LABEL = 120
 
 def label(name: str) -> str:
     """A stream or event name as the summary shows it: bounded, and always valid UTF-8."""
-    if len(name) > MAX_LABEL:
-        name = name[: MAX_LABEL - 3] + "..."
+    name = clip(name, MAX_LABEL)
     if not name.isascii():
         try:
             name.encode("utf-8")
@@ -411,7 +410,7 @@ class RunSummary:
         """requests, retries, http_429, in_doubt, ... from the delivery engine."""
         self.records_read = 0
 
-    def read(self, count: int = 1) -> None:
+    def count_read(self, count: int = 1) -> None:
         with self._lock:
             self.records_read += count
 

@@ -30,22 +30,22 @@ from pathlib import Path
 from target_everflow.accounting import DeadLetters, RunSummary, dumps
 from target_everflow.errors import DeliveryAborted, OutputError
 from target_everflow.ledger import ClaimStatus, Ledger
-from target_everflow.mapping import (
+from target_everflow.metrics import conversion_fields
+from target_everflow.outcomes import (
     CLAIMED_ELSEWHERE,
     DEAD_LETTER,
     DELIVERED,
     DUPLICATE,
+    IN_DOUBT_COUNT,
+    IN_DOUBT_REASON,
     SKIPPED,
-    Conversion,
 )
-from target_everflow.metrics import conversion_fields
 from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
 from target_everflow.retry import RetryPolicy
 
 if t.TYPE_CHECKING:
+    from target_everflow.mapping import Conversion
     from target_everflow.metrics import RunMetrics
-
-IN_DOUBT = "in_doubt"
 
 
 class RateLimiter:
@@ -368,8 +368,8 @@ class DeliveryEngine:
                 self._count(
                     conversion, SKIPPED, CLAIMED_ELSEWHERE if conversion.key in lost else DUPLICATE
                 )
-            elif status is ClaimStatus.IN_DOUBT:
-                self.summary.bump(IN_DOUBT)
+            elif status is ClaimStatus.TAKEN_OVER:
+                self.summary.bump(IN_DOUBT_COUNT)
                 if self.in_doubt == "resend":
                     self.logger.warning(
                         "In doubt: conversion %s (stream %s, event %r, transaction %s) was "
@@ -379,7 +379,7 @@ class DeliveryEngine:
                         conversion.stream,
                         conversion.event,
                         conversion.transaction_id,
-                        extra=conversion_fields(conversion, IN_DOUBT),
+                        extra=conversion_fields(conversion, IN_DOUBT_REASON),
                     )
                     to_send.append(conversion)
                 else:
@@ -391,11 +391,11 @@ class DeliveryEngine:
                         conversion.stream,
                         conversion.event,
                         conversion.transaction_id,
-                        extra=conversion_fields(conversion, IN_DOUBT),
+                        extra=conversion_fields(conversion, IN_DOUBT_REASON),
                     )
                     if self._dead_letter(
                         conversion,
-                        IN_DOUBT,
+                        IN_DOUBT_REASON,
                         "a previous run claimed this conversion and stopped before recording "
                         "Everflow's answer: check Everflow's conversion report for transaction "
                         f"{conversion.transaction_id} before replaying it",
@@ -513,7 +513,7 @@ class DeliveryEngine:
         """A postback left and got no answer: Everflow may have recorded it. Report it; return
         whether to send it again (``in_doubt: resend``) or not (``dead_letter``: kept for a
         person). Either way the summary counts it as in doubt."""
-        self.summary.bump(IN_DOUBT)
+        self.summary.bump(IN_DOUBT_COUNT)
         resend = self.in_doubt == "resend"
         self.logger.warning(
             "In doubt: conversion %s (stream %s, event %r, transaction %s) got no answer (%s) "
@@ -526,11 +526,11 @@ class DeliveryEngine:
             "resending it (in_doubt=resend)."
             if resend
             else "kept in the dead-letter file for a person to check (in_doubt=dead_letter).",
-            extra=conversion_fields(conversion, IN_DOUBT),
+            extra=conversion_fields(conversion, IN_DOUBT_REASON),
         )
         if not resend and self._dead_letter(
             conversion,
-            IN_DOUBT,
+            IN_DOUBT_REASON,
             f"no answer from Everflow ({answer.detail}) after the postback was sent: check "
             f"Everflow's conversion report for transaction {conversion.transaction_id} before "
             "replaying it",

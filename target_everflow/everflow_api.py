@@ -43,13 +43,13 @@ from target_everflow.settings import (
     is_loopback,
     schema_default,
 )
+from target_everflow.text import excerpt
 from target_everflow.transport import (
     DeadlineExceeded,
     HttpClient,
     Reply,
     TlsFailed,
     TransportError,
-    excerpt,
 )
 
 API_KEY_HEADER = "X-Eflow-API-Key"
@@ -123,10 +123,6 @@ class PreflightReport:
 
 def _redact(text: str, secret: str | None) -> str:
     return mask(text, (secret,), REDACTED)
-
-
-def _excerpt(text: object, limit: int = 200) -> str:
-    return excerpt(str(text), limit)
 
 
 def _check_api_url(api_url: str) -> str:
@@ -238,7 +234,7 @@ def _error_text(response: Reply, secret: str | None = None) -> str:
         for key in ("error", "Error", "message"):
             value = body.get(key)
             if isinstance(value, str) and value.strip():
-                return _excerpt(_redact(value, secret))
+                return excerpt(_redact(value, secret))
     return ""
 
 
@@ -306,8 +302,9 @@ class _Api:
         self.user_agent = USER_AGENT
         self.requests_made = 0
 
-    def fail(self, message: str, reason: str) -> PreflightError:
-        return PreflightError(_redact(message, self._key), reason)
+    def fail(self, message: str, reason: str) -> t.NoReturn:
+        """Raise the check's error (the API key masked in its message)."""
+        raise PreflightError(_redact(message, self._key), reason) from None
 
     def _region_hint(self) -> str:
         if self.host == urlsplit(DEFAULT_API_URL).hostname:
@@ -352,12 +349,12 @@ class _Api:
             try:
                 response = self.client.request(method, target, headers, payload)
             except DeadlineExceeded:
-                raise self.fail(
+                self.fail(
                     f"The Everflow API could not be reached at {self.host}: no answer within "
                     f"{self.timeout:g}s to {what}. Check api_url and this machine's network "
                     f"access, {self.hint}.",
                     "unreachable",
-                ) from None
+                )
             except TransportError as exc:
                 reason = _connection_reason(exc)
                 # A certificate that does not verify will not verify on a retry either.
@@ -373,18 +370,18 @@ class _Api:
                     )
                     self.sleep(delay)
                     continue
-                raise self.fail(
+                self.fail(
                     f"The Everflow API could not be reached at {self.host}: {reason} "
                     f"({what}, {attempt} attempts). Check api_url and this machine's network "
                     f"access, {self.hint}.",
                     "unreachable",
-                ) from None
+                )
 
             status = response.status_code
             self.log.debug("Everflow API: %s -> HTTP %d", what, status)
             if status == 200:
                 if response.truncated:
-                    raise self.fail(
+                    self.fail(
                         f"The Everflow API answered {what} with more than "
                         f"{BODY_LIMIT // (1024 * 1024)} MB; check api_url (it should look like "
                         f"{DEFAULT_API_URL}).",
@@ -393,24 +390,24 @@ class _Api:
                 try:
                     return json.loads(response.content)
                 except ValueError:
-                    raise self.fail(
+                    self.fail(
                         f"The Everflow API answered {what} with HTTP 200 but the body is not "
                         f"JSON; check api_url (it should look like {DEFAULT_API_URL}).",
                         "unexpected",
-                    ) from None
+                    )
 
             if status == 429 or status >= 500:
                 retry_after = _retry_after(response) if status == 429 or status == 503 else None
                 if retry_after is not None and not API_RETRY.waits_for(retry_after):
                     if status == 429:
-                        raise self.fail(
+                        self.fail(
                             f"The Everflow API is rate limiting this key: {what} answered HTTP "
                             f"429 with Retry-After {retry_after:.0f}s. Another process may be "
                             "using the same network key (limit: 30 requests/s); try again "
                             f"later, {self.hint}.",
                             "rate_limited",
                         )
-                    raise self.fail(
+                    self.fail(
                         f"The Everflow API is unavailable: {what} answered HTTP {status} with "
                         f"Retry-After {retry_after:.0f}s; try again later, {self.hint}.",
                         "server",
@@ -430,13 +427,13 @@ class _Api:
                     self.sleep(delay)
                     continue
                 if status == 429:
-                    raise self.fail(
+                    self.fail(
                         f"The Everflow API kept answering HTTP 429 (rate limited) to {what} "
                         f"after {attempt} attempts. Another process may be using the same "
                         f"network key (limit: 30 requests/s); try again later, {self.hint}.",
                         "rate_limited",
                     )
-                raise self.fail(
+                self.fail(
                     f"The Everflow API kept answering HTTP {status} to {what} after {attempt} "
                     f"attempts (an error on Everflow's side); try again later, {self.hint}.",
                     "server",
@@ -445,35 +442,35 @@ class _Api:
             error = _error_text(response, self._key)
             answered = f"{what} answered HTTP {status}" + (f" ({error})" if error else "")
             if status == 401:
-                raise self.fail(
+                self.fail(
                     f"Everflow rejected the API key: {answered}. Check api_key: it must be "
                     f"{SECURITY_HINT}.{self._region_hint()}",
                     "auth",
                 )
             if status == 403:
                 if "out of realm" in error.lower():
-                    raise self.fail(
+                    self.fail(
                         f"The API key is the wrong kind: {answered}. The check needs "
                         f"{SECURITY_HINT}; advertiser and affiliate keys cannot call /networks "
                         "paths.",
                         "realm",
                     )
-                raise self.fail(
+                self.fail(
                     f"The API key lacks a permission: {answered}. Check the key's permissions "
                     "under Control Center > Security.",
                     "forbidden",
                 )
             if 300 <= status < 400:
-                location = _excerpt(_redact(response.headers.get("Location", ""), self._key), 120)
+                location = excerpt(_redact(response.headers.get("Location", ""), self._key), 120)
                 to = f" to {location}" if location else ""
-                raise self.fail(
+                self.fail(
                     f"The Everflow API answered {what} with a redirect (HTTP {status}{to}); "
                     f"check api_url (it should look like {DEFAULT_API_URL}).",
                     "unexpected",
                 )
             if status == 404:
-                raise self.fail(answered, "not_found")  # the caller words it
-            raise self.fail(
+                self.fail(answered, "not_found")  # the caller words it
+            self.fail(
                 f"The Everflow API refused {self.purpose}: {answered}.",
                 "bad_request" if status == 400 else "unexpected",
             )
@@ -492,15 +489,15 @@ def advertiser_events(api: _Api, advertiser_id: int) -> dict[int, tuple[str, str
         body = api.get(path)
     except PreflightError as exc:
         if exc.reason == "not_found":
-            raise api.fail(
+            api.fail(
                 f"Everflow has no advertiser {advertiser_id}: {exc}. Check advertiser_id "
                 "(Advertisers (Brands) > Manage shows the ids).",
                 "not_found",
-            ) from None
+            )
         raise
     raw = body.get("global_events") if isinstance(body, t.Mapping) else None
     if not isinstance(raw, list):
-        raise api.fail(
+        api.fail(
             f"The Everflow API answered GET {api.api_url}{path} without a global_events list; "
             "check api_url.",
             "unexpected",
@@ -515,7 +512,7 @@ def advertiser_events(api: _Api, advertiser_id: int) -> dict[int, tuple[str, str
         name = item.get("entry_name")
         status = item.get("status")
         events[eid] = (
-            _excerpt(name) if isinstance(name, str) and name.strip() else f"event {eid}",
+            excerpt(name) if isinstance(name, str) and name.strip() else f"event {eid}",
             # No status member: nothing says it is off, take it as active.
             status.strip() if isinstance(status, str) and status.strip() else "active",
         )
@@ -560,11 +557,11 @@ def _check(
         network = api.get("/networks")
     except PreflightError as exc:
         if exc.reason == "not_found":
-            raise api.fail(
+            api.fail(
                 f"The Everflow API was not found at {api_url}: {exc}. Check api_url (it should "
                 f"look like {DEFAULT_API_URL}).",
                 "unexpected",
-            ) from None
+            )
         raise
     network_id = network_name = None
     if isinstance(network, t.Mapping):
@@ -604,7 +601,7 @@ def _check(
                 ]
             else:
                 listing = [f"Advertiser {advertiser_id} has no events in Everflow."]
-            raise api.fail("\n".join(problems + listing), "event")
+            api.fail("\n".join(problems + listing), "event")
 
     for segment_event, event_id in mapping.items():
         if event_id == 0:

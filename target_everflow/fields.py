@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
+from target_everflow.text import clip
+
 MAX_VALUE_LENGTH = 2048
 """Longest value sent in one parameter; longer values are a type mismatch, not a 414."""
 
@@ -148,8 +150,7 @@ def _describe(value: t.Any) -> str:
 
 def _describe_unsafe(value: t.Any) -> str:
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"the string {shown!r}"
+        return f"the string {clip(value, 40)!r}"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, (dict, list)):

@@ -37,8 +37,9 @@ from pathlib import Path
 
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
-from target_everflow.mapping import DEAD_LETTER
+from target_everflow.outcomes import DEAD_LETTER
 from target_everflow.run_history import COLUMNS
+from target_everflow.text import clip
 
 DAY = 86400.0
 RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
@@ -167,7 +168,7 @@ def _day(epoch: float) -> str:
 
 def _text(value: t.Any) -> str:
     text = "" if value is None else str(value)
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+    return clip(text, MAX_TEXT)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,20 +29,21 @@ import click
 from target_everflow.adapter.cli import PROG, config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import (
-    DELIVERED,
-    HELD,
-    PENDING,
-    SENDING,
+    DELIVERED_STATUS,
+    HELD_STATUS,
+    PENDING_STATUS,
+    SENDING_STATUS,
     LedgerError,
     SQLLedger,
     open_ledger,
 )
 from target_everflow.run_history import forget_runs
+from target_everflow.text import clip
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-STATUSES = (DELIVERED, PENDING, SENDING, HELD)
+STATUSES = (DELIVERED_STATUS, PENDING_STATUS, SENDING_STATUS, HELD_STATUS)
 CLAIM_COLUMNS = ("stream", "event", "transaction_id")
 """Written at claim time by target versions that record them (reconciliation, issue 13); the
 commands read them where the ledger table has them and show blanks where it does not."""
@@ -109,7 +110,7 @@ def cell(value: t.Any, limit: int = MAX_CELL) -> str:
         text = "".join(
             c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
         )
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clip(text, limit)
 
 
 def format_table(
@@ -200,10 +201,10 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
         )
         return
     notes = {
-        DELIVERED: "accepted by Everflow (a replay skips them as duplicates)",
-        PENDING: "claimed by a run, not sent yet",
-        SENDING: "claimed by a run, postback on its way",
-        HELD: f"in doubt, held for a person: {PROG} ledger in-doubt",
+        DELIVERED_STATUS: "accepted by Everflow (a replay skips them as duplicates)",
+        PENDING_STATUS: "claimed by a run, not sent yet",
+        SENDING_STATUS: "claimed by a run, postback on its way",
+        HELD_STATUS: f"in doubt, held for a person: {PROG} ledger in-doubt",
     }
     click.echo(f"Ledger {where}:")
     rows = [[status, str(n), notes.get(status, "")] for status, n in counts.items()]
@@ -263,15 +264,17 @@ def _in_doubt_rows(
 
 
 def _releasable(row: dict[str, t.Any], now: float) -> bool:
-    if row["status"] in (DELIVERED, HELD):
+    if row["status"] in (DELIVERED_STATUS, HELD_STATUS):
         return True
     return row["lease_until"] is None or row["lease_until"] <= now  # its run is gone
 
 
 def _label(row: dict[str, t.Any]) -> str:
-    return {HELD: "held", SENDING: "sending, run gone", PENDING: "pending, run gone"}.get(
-        row["status"], row["status"]
-    )
+    return {
+        HELD_STATUS: "held",
+        SENDING_STATUS: "sending, run gone",
+        PENDING_STATUS: "pending, run gone",
+    }.get(row["status"], row["status"])
 
 
 @ledger_command.command("in-doubt")
@@ -374,7 +377,7 @@ def release_command(
                 click.echo(f"No in-doubt keys in ledger {ledger.description}: nothing to release.")
                 return
             sys.exit(1)
-        delivered = sum(1 for r in plan if r["status"] == DELIVERED)
+        delivered = sum(1 for r in plan if r["status"] == DELIVERED_STATUS)
         click.echo(
             f"Releasing {len(plan)} key(s) in ledger {ledger.description}: "
             f"{_shown_keys([r['delivery_key'] for r in plan])}"

@@ -32,6 +32,17 @@ from target_everflow.fields import (
     render,
     render_json,
 )
+from target_everflow.outcomes import (
+    DEAD_LETTER,
+    INVALID_RECORD,
+    MISSING_REQUIRED_FIELD,
+    NO_TRANSACTION_ID,
+    NOT_TRACK,
+    SKIPPED,
+    TYPE_MISMATCH,
+    UNMAPPED_EVENT,
+    Outcome,
+)
 from target_everflow.records import (
     MISSING,
     SegmentEvent,
@@ -45,21 +56,6 @@ from target_everflow.records import (
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
-
-# Outcome kinds and reasons (the run summary counts these).
-DELIVERED = "delivered"
-SKIPPED = "skipped"
-DEAD_LETTER = "dead_letter"
-
-NOT_TRACK = "not_track"
-UNMAPPED_EVENT = "unmapped_event"
-NO_TRANSACTION_ID = "no_transaction_id"
-DUPLICATE = "duplicate"
-CLAIMED_ELSEWHERE = "claimed_elsewhere"
-"""Skipped: another run took the claim over (this run's lease had expired) and sends it."""
-MISSING_REQUIRED_FIELD = "missing_required_field"
-TYPE_MISMATCH = "type_mismatch"
-INVALID_RECORD = "invalid_record"
 
 IDENTITY_PARAMETERS = ("nid", "transaction_id", "aid", "adv_event_id", "timestamp")
 """The parameters that say which conversion a postback is (the field table adds the rest)."""
@@ -91,20 +87,6 @@ EVENT_TIME = (_P("timestamp"), _P("originalTimestamp"), _P("receivedAt"), _P("se
 OS_NAME = _P("context.os.name")
 DEVICE_TYPE = _P("context.device.type")
 LIBRARY_NAME = _P("context.library.name")
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The final fate of a record that is not (or not yet) a conversion."""
-
-    kind: str
-    reason: str
-    message: str = ""
-    field: str | None = None
-    event: str = ""
-    """The event name, where it is known (the summary counts per event)."""
-    message_id: str | None = None
-    """The record's message id, where it has one (log lines name it)."""
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ import typing as t
 from collections import Counter
 
 from target_everflow.accounting import label
-from target_everflow.mapping import DELIVERED
+from target_everflow.outcomes import DELIVERED
 
 if t.TYPE_CHECKING:
     from target_everflow.accounting import RunSummary

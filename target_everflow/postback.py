@@ -13,6 +13,7 @@ Everflow's answers are not a clean verdict (see README, "What Everflow's answer 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import typing as t
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from target_everflow.masking import REDACTED, mask
 from target_everflow.retry import retry_after_seconds
+from target_everflow.text import excerpt
 from target_everflow.transport import (
     Abandoned,
     ConnectFailed,
@@ -29,7 +31,6 @@ from target_everflow.transport import (
     Reply,
     TlsFailed,
     TransportError,
-    excerpt,
 )
 
 if t.TYPE_CHECKING:
@@ -88,23 +89,21 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 """What ``quote(s, safe="")`` leaves as it is: such a value (ids, numbers, IPs) is sent as is."""
 
 
-_QUOTED: dict[str, str] = {}
-_QUOTED_MAX, _QUOTED_MAX_LENGTH = 4096, 256
-"""Quoted values seen recently (user agents, emails repeat): at most 4,096 of <= 256 characters."""
+_QUOTED_MAX_LENGTH = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _quote_short(text: str) -> str:
+    """Quoted values seen recently (user agents, emails repeat): at most 4,096 of <= 256
+    characters."""
+    return quote(text, safe="")
 
 
 def _quote(text: str) -> str:
     """``urllib.parse.quote(text, safe="")``, skipping the byte loop when nothing needs quoting."""
     if _UNRESERVED.fullmatch(text):
         return text
-    quoted = _QUOTED.get(text)
-    if quoted is None:
-        quoted = quote(text, safe="")
-        if len(text) <= _QUOTED_MAX_LENGTH:
-            if len(_QUOTED) >= _QUOTED_MAX:
-                _QUOTED.clear()
-            _QUOTED[text] = quoted
-    return quoted
+    return _quote_short(text) if len(text) <= _QUOTED_MAX_LENGTH else quote(text, safe="")
 
 
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:

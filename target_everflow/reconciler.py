@@ -65,7 +65,6 @@ from target_everflow.everflow_api import (
     _Api,
     _api_key,
     _check_api_url,
-    _excerpt,
     _redact,
     advertiser_events,
     api_client,
@@ -81,6 +80,7 @@ from target_everflow.reconcile_store import (
     ReconcileStore,
     Verdict,
 )
+from target_everflow.text import excerpt
 from target_everflow.transport import HttpClient
 
 if t.TYPE_CHECKING:
@@ -343,7 +343,7 @@ def verdict_of(key: DueKey, row: t.Mapping[str, t.Any], redact: t.Callable[[str]
     message = _text(row.get("error_message"))
     if not message and status not in ("rejected", "invalid"):
         message = f"status {status}"
-    return Verdict(key.key, REJECTED, error_code, _excerpt(redact(message)) or None)
+    return Verdict(key.key, REJECTED, error_code, excerpt(redact(message)) or None)
 
 
 # --- the summary ------------------------------------------------------------------------------------

@@ -24,17 +24,12 @@ from decimal import Decimal
 from functools import lru_cache
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]")
-_FOLDED: dict[str, str] = {}
 
 
+@lru_cache(maxsize=100_000)
 def fold(name: str) -> str:
     """Segment's name folding: ``orderId`` = ``order_id`` = ``OrderID`` -> ``orderid``."""
-    folded = _FOLDED.get(name)
-    if folded is None:
-        folded = _NON_ALNUM.sub("", name.lower())
-        if len(_FOLDED) < 100_000:
-            _FOLDED[name] = folded
-    return folded
+    return _NON_ALNUM.sub("", name.lower())
 
 
 def slug(name: str) -> str:

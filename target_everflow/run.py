@@ -21,8 +21,9 @@ from target_everflow.accounting import DeadLetters, RunSummary, check_output, du
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, SQLLedger, open_ledger
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, Mapper
+from target_everflow.mapping import Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
+from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED, UNKNOWN_EVENT, Outcome
 from target_everflow.postback import PostbackClient
 from target_everflow.run_history import RunHistory
 from target_everflow.thresholds import verdict
@@ -32,6 +33,7 @@ if t.TYPE_CHECKING:
 
     from target_everflow.mapping import Conversion
     from target_everflow.metrics import PointWriter
+    from target_everflow.records import SegmentEvent
     from target_everflow.settings import Settings
 
 DROPPED_WARNINGS_PER_FIELD = 20
@@ -170,6 +172,86 @@ class Run:
             "event_mapping": s.event_mapping,
             "request_timeout": s.request_timeout,
         }
+
+    # -- during the run: one record -------------------------------------------------------
+
+    def count_read(self) -> None:
+        """A record read that has no view (a RECORD message whose record is not an object)."""
+        self.summary.count_read()
+
+    def view(self, record: dict, stream: str) -> SegmentEvent:
+        """A record read: counted, and wrapped into its one event view (the only wrapping)."""
+        self.summary.count_read()
+        return self.mapper.view(record, stream)
+
+    def map(self, event: SegmentEvent) -> Conversion | Outcome:
+        """The event's conversion (its dropped optional fields counted and reported), or its
+        final outcome (to :meth:`account` for)."""
+        result = self.mapper.map(event)
+        if not isinstance(result, Outcome):
+            for param, why in result.dropped:
+                self.summary.drop(result.stream, result.event, param)
+                self.warn_dropped(result.stream, result, param, why)
+        return result
+
+    def account(self, stream: str, outcome: Outcome, record: t.Any) -> None:
+        """A record's final outcome: a dead letter is written (record as received) and logged,
+        then every outcome is counted. Written first, counted after: a dead letter the file
+        could not take (``OutputError``: the run stops) is not counted, and its record comes
+        again from the last STATE."""
+        event = outcome.event or UNKNOWN_EVENT
+        if outcome.kind == DEAD_LETTER:
+            self.dead_letters.write(
+                stream,
+                record,
+                outcome.reason,
+                outcome.message,
+                field=outcome.field,
+                message_id=outcome.message_id,
+            )
+            message_id = "unknown" if outcome.message_id is None else shown(outcome.message_id, 100)
+            self.logger.warning(
+                "Dead-lettered a record of stream %s (message id %s): %s: %s",
+                shown(stream),
+                message_id,
+                outcome.reason,
+                outcome.message,
+                extra=log_fields(
+                    stream=stream,
+                    event=event,
+                    reason=outcome.reason,
+                    message_id=message_id,
+                    field=outcome.field,
+                ),
+            )
+        self.summary.count(stream, event, outcome.kind, outcome.reason)
+
+    def flush_dead_letters(self) -> None:
+        """Every dead letter written so far is durable (before any STATE that follows)."""
+        self.dead_letters.flush()
+
+    def deliver(self, conversions: list[Conversion]) -> None:
+        """Deliver one batch; returns when every conversion has its final outcome (its dead
+        letters durable, the mapping's dead letters of the batch too)."""
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("the run opens before any batch is delivered")
+        with self.batch():
+            try:
+                engine.deliver(conversions)
+            finally:
+                self.dead_letters.flush()
+
+    @property
+    def output_failure(self) -> TargetEverflowError | None:
+        """The dead-letter file's failure, when one stopped the run (the cause to report)."""
+        return self.dead_letters.failed
+
+    def reconcile_after(self) -> int:
+        """``reconcile: true``: check what earlier runs delivered (exit code 0 or 6)."""
+        from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
+
+        return reconcile_after_run(self.settings, self.ledger, self.logger)
 
     # -- during the run --------------------------------------------------------------------
 

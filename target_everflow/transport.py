@@ -32,6 +32,8 @@ from urllib3 import exceptions
 from urllib3.util import parse_url
 from urllib3.util.wait import wait_for_read
 
+from target_everflow.text import excerpt
+
 READ_CHUNK = 16 * 1024
 WATCH_INTERVAL = 0.05  # how often the watchdog looks for requests past their deadline
 WATCH_LINGER = 5.0  # an idle watchdog thread ends after this long
@@ -367,11 +369,6 @@ def _parse_content_type(header: str) -> tuple[str, dict[str, str]]:
         if value:
             params[key.strip().lower()] = value.strip().strip("'\"")
     return content_type.strip().lower(), params
-
-
-def excerpt(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _why(exc: BaseException) -> str:

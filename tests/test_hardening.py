@@ -33,6 +33,10 @@ from hypothesis import strategies as st
 
 from target_everflow.fields import FIELDS, MAX_VALUE_LENGTH, FieldType, Mismatch, coerce
 from target_everflow.mapping import (
+    Conversion,
+    Mapper,
+)
+from target_everflow.outcomes import (
     DEAD_LETTER,
     DUPLICATE,
     INVALID_RECORD,
@@ -42,8 +46,6 @@ from target_everflow.mapping import (
     SKIPPED,
     TYPE_MISMATCH,
     UNMAPPED_EVENT,
-    Conversion,
-    Mapper,
     Outcome,
 )
 from target_everflow.records import MISSING, SegmentEvent, compile_path

@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 C = ClaimStatus.CLAIMED
 D = ClaimStatus.DELIVERED
 H = ClaimStatus.HELD
-I = ClaimStatus.IN_DOUBT  # noqa: E741
+I = ClaimStatus.TAKEN_OVER  # noqa: E741
 B = ClaimStatus.BUSY
 
 

@@ -36,7 +36,7 @@ from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
 from tests.test_ledger import Backend, backend  # noqa: F401 - the fixture, both ledgers
 
 C = ClaimStatus.CLAIMED
-I = ClaimStatus.IN_DOUBT  # noqa: E741
+I = ClaimStatus.TAKEN_OVER  # noqa: E741
 
 IN_DOUBT = re.compile(
     r"In doubt: conversion (\S+) \(stream (\S+), event '([^']*)', transaction (\S+)\) "

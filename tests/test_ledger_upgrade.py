@@ -129,7 +129,7 @@ def test_a_0_1_0_sqlite_ledger_upgrades_in_place_with_nothing_lost(tmp_path: Pat
         assert answers == {
             "msg-delivered-1": ClaimStatus.DELIVERED,
             "msg-held-1": ClaimStatus.HELD,
-            "msg-sending-1": ClaimStatus.IN_DOUBT,  # 0.1.0's lease expired long ago
+            "msg-sending-1": ClaimStatus.TAKEN_OVER,  # 0.1.0's lease expired long ago
             "new": ClaimStatus.CLAIMED,
         }
     finally:
@@ -352,7 +352,7 @@ def test_held_and_in_doubt_keys_have_their_metadata(tmp_path: Path) -> None:
         meta = {"k2": {"stream": "s", "event": "Order Completed", "transaction_id": "tx-2",
                        "message_id": None, "adv_event_id": 24, "order_id": "7", "amount": 9.5,
                        "event_time": 1.0}}  # fmt: skip
-        assert b.claim(["k2"], meta) == {"k2": ClaimStatus.IN_DOUBT}
+        assert b.claim(["k2"], meta) == {"k2": ClaimStatus.TAKEN_OVER}
         b.mark_held(["k2"])
     finally:
         b.close()

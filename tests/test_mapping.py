@@ -21,6 +21,11 @@ import simplejson
 
 from target_everflow.fields import Mismatch
 from target_everflow.mapping import (
+    Conversion,
+    Mapper,
+    event_time,
+)
+from target_everflow.outcomes import (
     DEAD_LETTER,
     MISSING_REQUIRED_FIELD,
     NO_TRANSACTION_ID,
@@ -28,10 +33,7 @@ from target_everflow.mapping import (
     SKIPPED,
     TYPE_MISMATCH,
     UNMAPPED_EVENT,
-    Conversion,
-    Mapper,
     Outcome,
-    event_time,
 )
 from target_everflow.records import MISSING, SegmentEvent
 from target_everflow.settings import Settings

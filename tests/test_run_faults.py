@@ -45,7 +45,12 @@ from target_everflow.accounting import (
 )
 from target_everflow.adapter.reader import SegmentReader
 from target_everflow.errors import EXIT_OUTPUT
-from target_everflow.mapping import DEAD_LETTER, DELIVERED, SKIPPED, UNMAPPED_EVENT
+from target_everflow.outcomes import (
+    DEAD_LETTER,
+    DELIVERED,
+    SKIPPED,
+    UNMAPPED_EVENT,
+)
 from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     LAUNCHER,

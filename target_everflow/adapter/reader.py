@@ -46,6 +46,7 @@ from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessag
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from target_everflow.errors import InputError, Terminated
+from target_everflow.text import clip, first_line, kind_of
 
 try:
     import msgspec
@@ -74,28 +75,11 @@ def _parse_int(text: str) -> int | Decimal:
     return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
 
 
-def _excerpt(text: str | bytes) -> str:
+def _shown_line(text: str | bytes) -> str:
+    """A broken input line as its error shows it: quoted, clipped."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    text = text.rstrip("\r\n")
-    shown = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-    return repr(shown)
-
-
-def _kind_of(value: t.Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float, Decimal)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return repr(clip(text.rstrip("\r\n"), _SHOWN))
 
 
 class BrokenLine(InputError, InvalidInputLine):
@@ -193,7 +177,7 @@ class SegmentReader(GenericSingerReader[str]):
                 problem = f"it is not JSON ({exc.msg} at column {exc.colno})"
             else:
                 problem = f"it is not JSON ({exc})"
-            raise broken(number, f"{problem}: {_excerpt(text)}") from None
+            raise broken(number, f"{problem}: {_shown_line(text)}") from None
         if repeated is not None:
             raise _repeated(number, repeated)
         return message
@@ -204,14 +188,14 @@ class SegmentReader(GenericSingerReader[str]):
         if not isinstance(message, dict):
             raise broken(
                 number,
-                f'it is {_kind_of(message)}, not a Singer message (a JSON object with a "type")',
+                f'it is {kind_of(message)}, not a Singer message (a JSON object with a "type")',
             )
         kind = message.get("type")
         if kind not in KNOWN_TYPES:
             if "type" not in message:
                 raise broken(number, 'the message has no "type"')
             shown = (
-                repr(kind) if isinstance(kind, str) and len(kind) <= 40 else f"({_kind_of(kind)})"
+                repr(kind) if isinstance(kind, str) and len(kind) <= 40 else f"({kind_of(kind)})"
             )
             raise broken(
                 number,
@@ -222,7 +206,7 @@ class SegmentReader(GenericSingerReader[str]):
         if kind in ("RECORD", "SCHEMA", "ACTIVATE_VERSION", "BATCH"):
             stream = message.get("stream")
             if not isinstance(stream, str) or not stream:
-                what = 'no "stream"' if stream is None else f'a "stream" that is {_kind_of(stream)}'
+                what = 'no "stream"' if stream is None else f'a "stream" that is {kind_of(stream)}'
                 raise broken(number, f"the {kind} message has {what}, not a stream name")
         if kind == "RECORD" and "record" not in message:
             raise broken(number, f'the RECORD of stream {message["stream"]!r} has no "record"')
@@ -230,7 +214,7 @@ class SegmentReader(GenericSingerReader[str]):
             schema = message.get("schema")
             if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
                 problem = (
-                    f'"schema" is {_kind_of(schema)}, not a JSON schema object'
+                    f'"schema" is {kind_of(schema)}, not a JSON schema object'
                     if not isinstance(schema, dict)
                     else 'its "schema" has no "properties" object'
                 )
@@ -279,16 +263,16 @@ class SegmentReader(GenericSingerReader[str]):
                 except InputError:
                     raise
                 except RecordsWithoutSchemaException as exc:
-                    raise broken(number, _first_line(exc), RecordBeforeSchema) from None
+                    raise broken(number, first_line(exc), RecordBeforeSchema) from None
                 except InvalidJSONSchema as exc:  # (only validate_records compiles the schema)
                     raise broken(
                         number,
                         f"the SCHEMA of stream {message.get('stream')!r} is not a valid JSON "
                         "schema, so records cannot be validated against it (validate_records): "
-                        f"{_first_line(exc)}",
+                        f"{first_line(exc)}",
                     ) from None
                 except InvalidInputLine as exc:
-                    raise broken(number, _first_line(exc)) from None
+                    raise broken(number, first_line(exc)) from None
                 stats[kind] += 1
         return Counter(**stats)
 
@@ -454,12 +438,6 @@ def _pollable_fd(stream: t.Any) -> int | None:
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
         return fd
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 __all__ = ["BrokenLine", "RecordBeforeSchema", "SegmentReader", "broken"]

@@ -10,41 +10,25 @@ from datetime import time as dt_time
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
-from target_everflow.accounting import shown
 from target_everflow.fields import Mismatch
-from target_everflow.mapping import (
+from target_everflow.mapping import Conversion
+from target_everflow.mapping import event_time as _event_time
+from target_everflow.outcomes import (
     DEAD_LETTER,
     DUPLICATE,
     INVALID_RECORD,
     SKIPPED,
-    Conversion,
+    UNKNOWN_EVENT,
     Outcome,
 )
-from target_everflow.mapping import event_time as _event_time
-from target_everflow.metrics import log_fields
 from target_everflow.settings import CONFIG_SCHEMA
+from target_everflow.text import kind_of
 
 if t.TYPE_CHECKING:
     from target_everflow.adapter.target import TargetEverflow
     from target_everflow.run import Run
 
-UNKNOWN_EVENT = "(unknown)"
-"""The summary's event for a record that is not a JSON object."""
 DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
-
-
-def _kind(value: t.Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)) or type(value).__name__ == "Decimal":
-        return "a number"
-    return (
-        "a list"
-        if isinstance(value, list)
-        else "an object"
-        if isinstance(value, dict)
-        else "a value"
-    )
 
 
 def _datelike(prop: t.Any) -> str | None:
@@ -77,7 +61,7 @@ def without_datelike_formats(schema: t.Any) -> t.Any:
 def _not_datelike(kind: str, value: t.Any) -> str | None:
     """What is wrong with a value of a column declared ``kind`` (None: it parses)."""
     if not isinstance(value, str):
-        return f"{_kind(value)}, not a {kind} text"
+        return f"{kind_of(value)}, not a {kind} text"
     try:
         if kind == "date":
             date.fromisoformat(value)
@@ -184,23 +168,25 @@ class EverflowSink(BatchSink):
 
     def dead_letter_unreadable(self, record: t.Any, message: str) -> None:
         """A RECORD message whose record is not an object: dead-lettered at once, made durable."""
-        self.run.summary.read()
-        self._account(
-            Outcome(DEAD_LETTER, INVALID_RECORD, message, "record", event=UNKNOWN_EVENT), record
+        self.run.count_read()
+        self.run.account(
+            self.stream_name,
+            Outcome(DEAD_LETTER, INVALID_RECORD, message, "record", event=UNKNOWN_EVENT),
+            record,
         )
-        self.run.dead_letters.flush()  # durable before any STATE that follows it
+        self.run.flush_dead_letters()  # durable before any STATE that follows it
 
     def process_record(self, record: dict, context: dict) -> None:
         if self.pending_since is None:
             self.pending_since = time.monotonic()
         run = self.run
         self.holding += 1
-        run.summary.read()
-        event = run.mapper.view(record, self.stream_name)  # the record's one view
+        event = run.view(record, self.stream_name)  # the record's one view
         invalid = self.check_record(record)
         if invalid is not None:
             message, field = invalid
-            self._account(
+            run.account(
+                self.stream_name,
                 Outcome(
                     DEAD_LETTER,
                     INVALID_RECORD,
@@ -212,49 +198,19 @@ class EverflowSink(BatchSink):
                 record,
             )
             return
-        result = run.mapper.map(event)
+        result = run.map(event)
         if isinstance(result, Outcome):
-            self._account(result, record)
+            run.account(self.stream_name, result, record)
             return
-        for param, why in result.dropped:
-            run.summary.drop(self.stream_name, result.event, param)
-            run.warn_dropped(self.stream_name, result, param, why)
         batch: dict[str, Conversion] = context.setdefault("conversions", {})
         if result.key in batch:  # the same conversion twice in one batch
-            run.summary.count(self.stream_name, result.event, SKIPPED, DUPLICATE)
+            run.account(
+                self.stream_name,
+                Outcome(SKIPPED, DUPLICATE, event=result.event, message_id=result.message_id),
+                record,
+            )
             return
         batch[result.key] = result
-
-    def _account(self, outcome: Outcome, record: dict) -> None:
-        run = self.run
-        event = outcome.event or UNKNOWN_EVENT
-        if outcome.kind == DEAD_LETTER:
-            # Written first, counted after: a dead letter the file could not take (OutputError:
-            # the run stops) is not counted, and its record comes again from the last STATE.
-            run.dead_letters.write(
-                self.stream_name,
-                record,
-                outcome.reason,
-                outcome.message,
-                field=outcome.field,
-                message_id=outcome.message_id,
-            )
-            message_id = "unknown" if outcome.message_id is None else shown(outcome.message_id, 100)
-            run.logger.warning(
-                "Dead-lettered a record of stream %s (message id %s): %s: %s",
-                shown(self.stream_name),
-                message_id,
-                outcome.reason,
-                outcome.message,
-                extra=log_fields(
-                    stream=self.stream_name,
-                    event=event,
-                    reason=outcome.reason,
-                    message_id=message_id,
-                    field=outcome.field,
-                ),
-            )
-        run.summary.count(self.stream_name, event, outcome.kind, outcome.reason)
 
     def start_drain(self) -> dict:
         self.pending_since = None  # records read from now on start the next batch
@@ -262,12 +218,6 @@ class EverflowSink(BatchSink):
 
     def process_batch(self, context: dict) -> None:
         conversions: dict[str, Conversion] = context.get("conversions", {})
-        engine = self.run.engine
-        assert engine is not None, "the run opens in setup(), before any batch"  # noqa: S101 - an invariant, not input checking
-        with self.run.batch():
-            try:
-                engine.deliver(list(conversions.values()))
-            finally:
-                self.run.dead_letters.flush()  # the mapping's dead letters of this batch too
+        self.run.deliver(list(conversions.values()))
         self.holding = 0
         self.target_everflow.batch_settled()

@@ -31,6 +31,7 @@ from target_everflow.errors import (
 from target_everflow.ledger import LedgerError
 from target_everflow.run import LedgerUnavailable, Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
+from target_everflow.text import first_line
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -351,18 +352,16 @@ class TargetEverflow(Target):
         try:
             self.run.open()
             self.listen(file_input)  # the last STATE is out when it returns
-            from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
-
-            code = reconcile_after_run(self.settings, self.run.ledger, self.logger)
+            code = self.run.reconcile_after()
         except InputError as exc:
             code = self._input_broken(exc)
         except TargetEverflowError as exc:
             # (a dead-letter file that failed stops the engine too: that is the cause to report)
-            code = self._stopped(self.run.dead_letters.failed or exc)
+            code = self._stopped(self.run.output_failure or exc)
         except LedgerError as exc:  # the ledger failed mid-run: nothing more is sent
             code = self._stopped(LedgerUnavailable(str(exc)))
         except (InvalidInputLine, RecordsWithoutSchemaException, json.JSONDecodeError) as exc:
-            code = self._input_broken(InputError(f"The Singer input is broken: {_first_line(exc)}"))
+            code = self._input_broken(InputError(f"The Singer input is broken: {first_line(exc)}"))
         except UnicodeDecodeError as exc:  # a text input that was decoded before it reached us
             code = self._input_broken(
                 InputError(f"The Singer input is not UTF-8 text (byte {exc.start} of a line)")
@@ -449,12 +448,6 @@ def _output_failed(exc: OSError) -> OutputError:
         f"{exc.strerror or 'I/O error'}{where}. Records without an outcome were not "
         "dead-lettered; the next run resumes from the last STATE."
     )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 __all__ = ["EXIT_INPUT", "HIDDEN_SDK_SETTINGS", "TargetEverflow", "plugin_settings_schema"]

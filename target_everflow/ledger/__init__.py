@@ -10,7 +10,7 @@ ledger like this, for one batch::
     # CLAIMED   -> send it, each attempt after ledger.mark_sending(key) returned True (the fence)
     # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
     # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
-    # IN_DOUBT  -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
+    # TAKEN_OVER -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
     #              resend -> send it; dead_letter -> dead-letter it and call mark_held(keys)
     # BUSY      -> another live process (or an earlier claim of ours) holds it: claim again later
     ledger.mark_delivered(key, http_status)  # Everflow accepted it (queued, group commit)
@@ -104,13 +104,13 @@ from typing import Any
 from target_everflow.ledger.base import (
     DEFAULT_SQLITE_RELPATH,
     DEFAULT_TABLE,
-    DELIVERED,
-    HELD,
+    DELIVERED_STATUS,
+    HELD_STATUS,
     LOG,
     METADATA_COLUMNS,
-    PENDING,
+    PENDING_STATUS,
     PSYCOPG2_MISSING,
-    SENDING,
+    SENDING_STATUS,
     ClaimStatus,
     Ledger,
     LedgerError,
@@ -138,14 +138,14 @@ __all__ = [
     "ANSWER_MARGIN",
     "DEFAULT_SQLITE_RELPATH",
     "DEFAULT_TABLE",
-    "DELIVERED",
-    "HELD",
+    "DELIVERED_STATUS",
+    "HELD_STATUS",
     "HIDDEN_URL",
     "METADATA_COLUMNS",
-    "PENDING",
+    "PENDING_STATUS",
     "PRUNE_BATCH",
     "PSYCOPG2_MISSING",
-    "SENDING",
+    "SENDING_STATUS",
     "STOP_FLOOR",
     "ClaimStatus",
     "Ledger",

@@ -28,10 +28,12 @@ PSYCOPG2_MISSING = (
 )
 
 # Row statuses (the ``status`` column).
-PENDING = "pending"
-SENDING = "sending"  # a postback for it may have left: after a crash it is in doubt
-DELIVERED = "delivered"
-HELD = "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
+PENDING_STATUS = "pending"
+SENDING_STATUS = "sending"  # a postback for it may have left: after a crash it is in doubt
+DELIVERED_STATUS = "delivered"
+HELD_STATUS = (
+    "in_doubt"  # terminal: an in-doubt key that was dead-lettered and is kept for a person
+)
 
 METADATA_COLUMNS = (
     "stream",
@@ -77,7 +79,7 @@ class ClaimStatus(enum.Enum):
     CLAIMED = "claimed"  # ours now: send it
     DELIVERED = "delivered"  # already delivered: skip as duplicate
     HELD = "held"  # an in-doubt key kept for a person (terminal): skip as duplicate
-    IN_DOUBT = "in_doubt"  # a dead owner's claim, now ours: apply setting in_doubt
+    TAKEN_OVER = "in_doubt"  # a dead owner's claim, now ours (maybe sent): apply setting in_doubt
     BUSY = "busy"  # pending under another live owner: claim again later
 
 

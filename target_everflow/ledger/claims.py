@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from target_everflow.ledger.base import DELIVERED, HELD, SENDING, ClaimStatus
+from target_everflow.ledger.base import DELIVERED_STATUS, HELD_STATUS, SENDING_STATUS, ClaimStatus
 
 if TYPE_CHECKING:
     from target_everflow.ledger.sql import SQLLedger
@@ -89,7 +89,7 @@ def claim_rows(
         ours = sorted(
             k
             for k, s in answers.items()
-            if s in (ClaimStatus.CLAIMED, ClaimStatus.IN_DOUBT) and k in metadata
+            if s in (ClaimStatus.CLAIMED, ClaimStatus.TAKEN_OVER) and k in metadata
         )
         if ours:
             ledger._write_metadata(cur, [(k, metadata[k]) for k in ours])
@@ -126,9 +126,9 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                 missing.append(k)
                 continue
             status, owner, scope, row_lease = row
-            if status == DELIVERED:
+            if status == DELIVERED_STATUS:
                 out[k] = ClaimStatus.DELIVERED
-            elif status == HELD:
+            elif status == HELD_STATUS:
                 out[k] = ClaimStatus.HELD
             elif owner == ledger.owner:  # our own claim from an earlier call, still in flight
                 out[k] = ClaimStatus.BUSY
@@ -139,7 +139,7 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                 dead = dead_cache[cache_key]
                 if dead or row_lease is None or row_lease <= now:
                     takeovers[(owner, dead)].append(k)
-                    was_sending[k] = status == SENDING
+                    was_sending[k] = status == SENDING_STATUS
                 else:
                     out[k] = ClaimStatus.BUSY
         for (old_owner, dead), ks in takeovers.items():
@@ -170,7 +170,7 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                 if k not in taken:
                     out[k] = ClaimStatus.BUSY
                 elif was_sending[k]:
-                    out[k] = ClaimStatus.IN_DOUBT
+                    out[k] = ClaimStatus.TAKEN_OVER
                 else:  # claimed by the dead run but never sent: an ordinary claim
                     out[k] = ClaimStatus.CLAIMED
             if taken:
