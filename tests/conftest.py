@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -230,3 +231,20 @@ with open(sys.argv[1], "w") as out:
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+def stop(pid: int, within: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped: kill() returns
+    before the signal is delivered, and a thread still running could take a ledger lock after
+    the caller checked that it holds none."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + within
+    while True:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):
+                states.append(stat.read_text().rpartition(")")[2].split()[0])
+        if all(state in ("T", "t", "Z", "X") for state in states):
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop within {within} s"
+        time.sleep(0.005)

@@ -31,7 +31,15 @@ import uuid
 import pytest
 
 from target_everflow.ledger import ClaimStatus, lease_clock, open_ledger
-from tests.conftest import config_under, pg_execute, postgres_url, singer_lines, track, wait_for
+from tests.conftest import (
+    config_under,
+    pg_execute,
+    postgres_url,
+    singer_lines,
+    stop,
+    track,
+    wait_for,
+)
 from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
 from tests.test_ledger import Backend, backend  # noqa: F401 - the fixture, both ledgers
 
@@ -285,7 +293,7 @@ class PauseScenario:
                 "run A did not start sending"
             )
             time.sleep(0.5)
-            os.kill(a.pid, signal.SIGSTOP)
+            stop(a.pid)
             for _ in range(
                 100
             ):  # freeze it outside a ledger transaction (else B waits on A's locks)
@@ -293,7 +301,7 @@ class PauseScenario:
                     break
                 os.kill(a.pid, signal.SIGCONT)
                 time.sleep(0.03)
-                os.kill(a.pid, signal.SIGSTOP)
+                stop(a.pid)
             assert wait_for(self.leases_of_a_expired, 120, step=0.5), "A's leases never expired"
             time.sleep(1.0)
             b = self.start("b")

@@ -80,6 +80,7 @@ from tests.conftest import (
     read_jsonl,
     run_in_process,
     singer_lines,
+    stop,
     track,
 )
 from tests.receiver import Answer, Receiver, ReceiverProcess, read_log
@@ -200,7 +201,7 @@ class Soak:
         """Run ``sql`` (``{t}``: the table, ``?``: placeholders) on this soak's ledger."""
         if self.ledger == "sqlite":
             conn = sqlite3.connect(
-                self.root / "state" / "ledger.sqlite3", timeout=30, isolation_level=None
+                self.root / "state" / "ledger.sqlite3", timeout=5, isolation_level=None
             )
             try:
                 return conn.execute(sql.format(t=LEDGER_TABLE), params).fetchall()
@@ -350,13 +351,13 @@ class Soak:
                 f"soak {self.name}: run {frozen.number} never opened its ledger"
             )
             time.sleep(0.05)
-        os.kill(pid, signal.SIGSTOP)
+        stop(pid)
         for _ in range(200):
             if not self.in_transaction(frozen.number):
                 break
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.01)
-            os.kill(pid, signal.SIGSTOP)
+            stop(pid)
         else:
             raise AssertionError(
                 f"soak {self.name}: run {frozen.number} never left its ledger transaction"
