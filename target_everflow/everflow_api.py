@@ -302,6 +302,14 @@ class _Api:
         self.user_agent = USER_AGENT
         self.requests_made = 0
 
+    def _wait_to_retry(self, why: str, what: str, attempt: int, delay: float) -> None:
+        """Say why attempt ``attempt`` is retried and wait ``delay`` seconds."""
+        self.log.warning(
+            "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
+            why, what, delay, attempt + 1, MAX_ATTEMPTS,
+        )  # fmt: skip
+        self.sleep(delay)
+
     def fail(self, message: str, reason: str) -> t.NoReturn:
         """Raise the check's error (the API key masked in its message)."""
         raise PreflightError(_redact(message, self._key), reason) from None
@@ -359,16 +367,7 @@ class _Api:
                 reason = _connection_reason(exc)
                 # A certificate that does not verify will not verify on a retry either.
                 if attempt < MAX_ATTEMPTS and not isinstance(exc, TlsFailed):
-                    delay = API_RETRY.delay(attempt)
-                    self.log.warning(
-                        "Everflow API: %s on %s; retrying in %.1fs (attempt %d of %d)",
-                        reason,
-                        what,
-                        delay,
-                        attempt + 1,
-                        MAX_ATTEMPTS,
-                    )
-                    self.sleep(delay)
+                    self._wait_to_retry(reason, what, attempt, API_RETRY.delay(attempt))
                     continue
                 self.fail(
                     f"The Everflow API could not be reached at {self.host}: {reason} "
@@ -416,15 +415,7 @@ class _Api:
                     delay = API_RETRY.delay(attempt, retry_after)
                     if status == 429 and self.limiter is not None:
                         self.limiter.hold(delay)  # the bucket's other users wait too
-                    self.log.warning(
-                        "Everflow API: HTTP %d on %s; retrying in %.1fs (attempt %d of %d)",
-                        status,
-                        what,
-                        delay,
-                        attempt + 1,
-                        MAX_ATTEMPTS,
-                    )
-                    self.sleep(delay)
+                    self._wait_to_retry(f"HTTP {status}", what, attempt, delay)
                     continue
                 if status == 429:
                     self.fail(
