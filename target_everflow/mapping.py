@@ -9,7 +9,6 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -45,6 +44,7 @@ from target_everflow.outcomes import (
 )
 from target_everflow.records import (
     MISSING,
+    Layout,
     SegmentEvent,
     SegmentObject,
     compile_path,
@@ -140,8 +140,6 @@ class _Plan:
     rule: t.Callable[[list[t.Any]], t.Any] | None
     items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
     """For a list parameter: (item key, path inside the item, types)."""
-    simple: str | None = None
-    """The folded name of the one path of a plain copied field (no rule, no fallback)."""
 
 
 def _compile(platform: str) -> list[_Plan]:
@@ -163,14 +161,6 @@ def _compile(platform: str) -> list[_Plan]:
             )
         else:  # the same parameter in both of the seed's tables: required if either says so
             plan.required = plan.required or row.required
-    for plan in plans.values():
-        if (
-            not plan.items
-            and plan.rule is None
-            and len(plan.paths) == 1
-            and plan.paths[0].top is None
-        ):
-            plan.simple = plan.paths[0].full
     return list(plans.values())
 
 
@@ -240,6 +230,7 @@ class Mapper:
         self.settings = settings
         self.logger = logger or logging.getLogger("target-everflow")
         self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
+        self._by_layout: dict[tuple[Layout, str], list[tuple[_Plan, tuple]]] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -334,33 +325,48 @@ class Mapper:
                 return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
             event = self.view(event, stream)
         stream, record, name, message_id = event.stream, event.record, event.name, event.message_id
-        outcome = functools.partial(Outcome, message_id=message_id)
 
         if event.call != "track":
             shown = event.call[:40]
-            return outcome(SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=event.label)
+            return Outcome(
+                SKIPPED,
+                NOT_TRACK,
+                f"a {shown} call, not a track",
+                event=event.label,
+                message_id=message_id,
+            )
 
         event_id = self.event_id_for(name)
         if event_id is None:
-            return outcome(
-                SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
+            return Outcome(
+                SKIPPED,
+                UNMAPPED_EVENT,
+                f"event {name!r} is not in event_mapping",
+                event=name,
+                message_id=message_id,
             )
 
         raw_tid = self._transaction_id(event)
         if raw_tid is MISSING:
-            return outcome(
+            return Outcome(
                 SKIPPED,
                 NO_TRANSACTION_ID,
                 "no Everflow transaction id (context.referrer.id with referrer type everflow, "
                 "or properties.transaction_id)",
                 "transaction_id",
                 event=name,
+                message_id=message_id,
             )
         try:
             transaction_id = as_string(raw_tid).strip()
         except Mismatch as exc:
-            return outcome(
-                DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"transaction_id: {exc}",
+                "transaction_id",
+                event=name,
+                message_id=message_id,
             )
 
         platform = self._platform(event)
@@ -381,44 +387,58 @@ class Mapper:
                 if not self.settings.send_timestamp:
                     pass  # not sent: its type does not matter
                 elif strict:
-                    return outcome(
-                        DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
+                    return Outcome(
+                        DEAD_LETTER,
+                        TYPE_MISMATCH,
+                        f"timestamp: {exc}",
+                        "timestamp",
+                        event=name,
+                        message_id=message_id,
                     )
                 else:
                     dropped.append(("timestamp", str(exc)))
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan in self._plans[platform]:
+        for plan, paths in self._plans_for(event.layout, platform):
             try:
-                value = self._value(event, plan, dropped)
+                value = self._value(event, plan, paths, dropped)
             except Mismatch as exc:
                 if plan.required or strict:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         TYPE_MISMATCH,
                         f"{plan.param} ({plan.paths[0].path}): {exc}",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 dropped.append((plan.param, str(exc)))
                 continue
             if value is None:
                 if plan.required:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
                         f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
                         "conversions",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 continue
             params.append((plan.param, value))
 
         if strict and dropped:
             param, why = dropped[0]
-            return outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"{param}: {why}",
+                param,
+                event=name,
+                message_id=message_id,
+            )
 
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),
@@ -434,22 +454,36 @@ class Mapper:
             event_time=when,
         )
 
+    def _plans_for(self, layout: Layout, platform: str) -> list[tuple[_Plan, tuple]]:
+        """The platform's plans for records of one key layout, each with the paths such a
+        record can hold (``None`` for a rule's path it cannot): compiled once per layout, so
+        a warehouse row or flattened record does not look up the fields its columns lack."""
+        compiled = self._by_layout.get((layout, platform))
+        if compiled is None:
+            compiled = []
+            for plan in self._plans[platform]:
+                if plan.rule is not None:
+                    paths = tuple(p if layout.may_hold(p) else None for p in plan.paths)
+                else:
+                    paths = tuple(p for p in plan.paths if layout.may_hold(p))
+                compiled.append((plan, paths))
+            if len(self._by_layout) >= 4096:  # bounded, as the layouts are
+                self._by_layout.clear()
+            self._by_layout[layout, platform] = compiled
+        return compiled
+
     def _value(
-        self, event: SegmentObject, plan: _Plan, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, plan: _Plan, paths: tuple, dropped: list[tuple[str, str]]
     ) -> str | None:
-        if plan.items:
-            return self._line_items(event, plan, dropped)
         if plan.rule is not None:
-            values = [event.get(p) for p in plan.paths]
+            values = [None if p is None else event.get(p) for p in paths]
             result = plan.rule([None if v is MISSING else v for v in values])
             return None if result is None else render(result)
-        if plan.simple is not None and not event.has_json:
-            # The common case, one dict access: the path's folded name in the record's index.
-            found = event.flat.get(plan.simple, MISSING)
-            if found is MISSING and plan.paths[0].unprefixed:
-                found = event.get(plan.paths[0])
-        else:
-            found = event.first(*plan.paths)
+        if not paths:
+            return None
+        if plan.items:
+            return self._line_items(event, plan, dropped)
+        found = event.first(*paths)
         if found is MISSING:
             return None
         return render(coerce(found, plan.types))

@@ -51,36 +51,38 @@ MISSING: t.Any = _Missing()
 class SegmentPath:
     """A Segment property path, compiled once: every folded join of its segments.
 
-    ``keys[i][j]`` is the folded name of segments ``i..j-1`` joined, which is what a record
-    flattened at that point stores it under.
+    ``probes[i]`` is what a lookup tries from segment ``i`` on: ``(j, name)`` pairs, where
+    ``name`` is segments ``i..j-1`` folded and joined (what a record flattened at that point
+    stores it under), longest flattened name first. ``tails[i]`` stands for the path from
+    segment ``i`` on: a key layouts remember their answers by.
     """
 
-    __slots__ = (
-        "path",
-        "segments",
-        "keys",
-        "probes",
-        "unprefixed",
-        "full",
-        "top",
-        "unprefixed_name",
-    )
+    __slots__ = ("path", "segments", "probes", "tails", "unprefixed", "unprefixed_name")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.segments = tuple(fold(part) for part in path.split("."))
         n = len(self.segments)
-        self.keys = [["".join(self.segments[i:j]) for j in range(n + 1)] for i in range(n + 1)]
-        # What _resolve tries from segment i on: (j, keys[i][j]), longest flattened name first.
-        self.probes = [tuple((j, self.keys[i][j]) for j in range(n, i, -1)) for i in range(n + 1)]
+        keys = [["".join(self.segments[i:j]) for j in range(n + 1)] for i in range(n + 1)]
+        self.probes = tuple(tuple((j, keys[i][j]) for j in range(n, i, -1)) for i in range(n + 1))
+        self.tails = tuple(_Tail(self, i) for i in range(n + 1))
         # Warehouses store properties un-prefixed: properties.orderId lands in order_id.
         self.unprefixed = self.segments[0] == "properties" and n > 1
-        self.full = self.keys[0][n]
-        self.top = self.full if n == 1 else None
-        self.unprefixed_name = self.keys[1][n] if self.unprefixed else ""
+        self.unprefixed_name = keys[1][n] if self.unprefixed else ""
 
     def __repr__(self) -> str:
         return f"SegmentPath({self.path!r})"
+
+
+class _Tail:
+    """A path from one of its segments on (``SegmentPath.tails``); hashed by identity."""
+
+    __slots__ = ("path", "start", "n")
+
+    def __init__(self, path: SegmentPath, start: int) -> None:
+        self.path = path
+        self.start = start
+        self.n = len(path.segments)
 
 
 @lru_cache(maxsize=512)
@@ -88,82 +90,104 @@ def compile_path(path: str) -> SegmentPath:
     return SegmentPath(path)
 
 
-_MAX_DEPTH = 16
-"""Nested objects deeper than this are not indexed (Segment's deepest path has 4 levels)."""
-_LAYOUTS: dict[tuple, dict[str, str]] = {}
-_MAX_LAYOUTS = 4096
+class Layout:
+    """What one key layout (a dict's keys, in order) answers for the paths looked up in it.
 
-
-def _index(obj: dict) -> dict[str, str]:
-    """Folded name -> the dict's own key of that name (first spelling wins).
-
-    It depends only on the dict's keys, in order, so it is computed once per key layout (once
-    per schema for warehouse rows, once per library and event for raw events), not per record.
-    The cache is bounded: it starts over when it holds ``_MAX_LAYOUTS`` layouts.
+    ``index``: folded name -> the dict's own key of that name (first spelling wins).
+    ``where(tail)``: the ``(key, end)`` pairs a lookup of ``tail`` reads in such a dict, in
+    order: computed on the first lookup, then one dict access. Records of one stream share a
+    few layouts (one per schema for warehouse rows, one per library and event for raw events),
+    so after the first records a lookup reads only the keys that hold the value: the lookup
+    plan of each (stream, layout) is compiled once, lazily, path by path.
     """
+
+    __slots__ = ("index", "_where", "unprefixed", "_holds")
+
+    def __init__(self, keys: tuple) -> None:
+        index: dict[str, str] = {}
+        for key in keys:
+            if isinstance(key, str):
+                index.setdefault(fold(key), key)
+        self.index = index
+        self._where: dict[_Tail, tuple[tuple[str, int], ...]] = {}
+        self.unprefixed: dict[SegmentPath, str | None] = {}
+        self._holds: dict[SegmentPath, bool] = {}
+
+    def where(self, tail: _Tail) -> tuple[tuple[str, int], ...]:
+        found = self._where.get(tail)
+        if found is None:
+            index = self.index
+            found = self._where[tail] = tuple(
+                (index[name], end) for end, name in tail.path.probes[tail.start] if name in index
+            )
+        return found
+
+    def may_hold(self, path: SegmentPath) -> bool:
+        """Whether a record of this layout can hold a value at ``path``: some spelling of the
+        path, or of its start, is a key here (or, for ``properties.*``, an un-prefixed one).
+        False means every lookup of ``path`` in such a record finds nothing."""
+        held = self._holds.get(path)
+        if held is None:
+            held = self._holds[path] = bool(
+                self.where(path.tails[0])
+                or (path.unprefixed and (self.unprefixed_key(path) or self.where(path.tails[1])))
+            )
+        return held
+
+    def unprefixed_key(self, path: SegmentPath) -> str | None:
+        """The top-level column a warehouse stores ``properties.x`` under (``x``), if any."""
+        try:
+            return self.unprefixed[path]
+        except KeyError:
+            key = self.unprefixed[path] = self.index.get(path.unprefixed_name)
+            return key
+
+
+_LAYOUTS: dict[tuple, Layout] = {}
+_MAX_LAYOUTS = 4096
+"""Layouts remembered; the cache starts over when it holds this many."""
+
+
+def _layout(obj: dict) -> Layout:
+    """The layout of a dict's keys, built once per distinct key order (bounded cache)."""
     keys = tuple(obj)
     layout = _LAYOUTS.get(keys)
     if layout is None:
-        layout = {}
-        for key in keys:
-            if isinstance(key, str):
-                layout.setdefault(fold(key), key)
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
-        _LAYOUTS[keys] = layout
+        layout = _LAYOUTS[keys] = Layout(keys)
     return layout
+
+
+def _is_json_object_text(value: t.Any) -> bool:
+    return isinstance(value, str) and value[:1] == "{"
 
 
 class SegmentObject:
     """A JSON object looked up by Segment path, whatever its shape (a record, a product)."""
 
-    __slots__ = ("record", "stream", "_top", "_nested", "_parsed", "_flat", "_has_json")
+    __slots__ = ("record", "stream", "_top", "_nested", "_parsed", "_json_skipped")
 
     def __init__(self, record: dict, stream: str) -> None:
         self.record = record
         self.stream = stream
-        self._top = _index(record)
+        self._top = _layout(record)
         # Caches keyed by id(): each entry keeps its object alive, so an id is never reused
         # for another object while this event lives (a nested object parsed from a JSON
         # string would otherwise be freed, and its id handed to the next one parsed).
-        self._nested: dict[int, tuple[dict, dict[str, str]]] = {}
+        self._nested: dict[int, tuple[dict, Layout]] = {}
         self._parsed: dict[int, tuple[str, t.Any]] = {}
-        self._flat: dict[str, t.Any] | None = None
-        self._has_json = False
+        self._json_skipped = False
 
-    def _flat_index(self) -> dict[str, t.Any]:
-        """Every value of the record under its folded, joined path, built once per record.
+    @property
+    def layout(self) -> Layout:
+        """The record's key layout (shared by every record with the same keys, in order)."""
+        return self._top
 
-        ``{"context": {"userAgent": ...}}``, ``{"context_user_agent": ...}`` and
-        ``{"context": {"user_agent": ...}}`` all land under ``contextuseragent``, so a lookup is
-        one dict access. Shallower spellings win (a level is indexed before the objects in it),
-        as in ``_resolve``; absent, null and empty values are left out. Objects kept as JSON
-        strings are not parsed here: when the record has any, a miss falls back to ``_resolve``.
-        """
-        flat = self._flat
-        if flat is None:
-            flat = self._flat = {}
-            pending: list[tuple[dict, str, int]] = [(self.record, "", 0)]
-            while pending:
-                obj, prefix, depth = pending.pop(0)
-                for folded, key in _index(obj).items():
-                    value = obj[key]
-                    if value is None or value == "":
-                        continue
-                    name = prefix + folded
-                    if name not in flat:
-                        flat[name] = value
-                    if isinstance(value, dict):
-                        if depth < _MAX_DEPTH:
-                            pending.append((value, name, depth + 1))
-                    elif isinstance(value, str) and value[:1] == "{":
-                        self._has_json = True
-        return flat
-
-    def _index_of(self, obj: dict) -> dict[str, str]:
+    def _layout_of(self, obj: dict) -> Layout:
         entry = self._nested.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = self._nested[id(obj)] = (obj, _index(obj))
+            entry = self._nested[id(obj)] = (obj, _layout(obj))
         return entry[1]
 
     def _json_object(self, text: str) -> t.Any:
@@ -177,12 +201,15 @@ class SegmentObject:
             entry = self._parsed[id(text)] = (text, parsed)
         return entry[1]
 
-    def _resolve(self, obj: dict, index: dict[str, str], path: SegmentPath, start: int) -> t.Any:
-        n = len(path.segments)
-        for end, name in path.probes[start]:
-            key = index.get(name)
-            if key is None:
-                continue
+    def _resolve(self, obj: dict, layout: Layout, tail: _Tail, parse: bool) -> t.Any:
+        """The value at ``tail`` in ``obj``: each spelling the layout has, longest flattened
+        name first, descending into nested objects (and, when ``parse``, into objects kept
+        as JSON strings; otherwise it notes that it skipped one)."""
+        where = layout._where.get(tail)  # noqa: SLF001 - Layout.where, inlined (the hot path)
+        if where is None:
+            where = layout.where(tail)
+        n = tail.n
+        for key, end in where:
             value = obj[key]
             if value is None:
                 continue
@@ -190,54 +217,53 @@ class SegmentObject:
                 if value == "":
                     continue
                 return value
-            if isinstance(value, str) and value[:1] == "{":
+            if type(value) is dict or isinstance(value, dict):
+                entry = self._nested.get(id(value))
+                if entry is None or entry[0] is not value:
+                    entry = self._nested[id(value)] = (value, _layout(value))
+                found = self._resolve(value, entry[1], tail.path.tails[end], parse)
+            elif _is_json_object_text(value):
+                if not parse:
+                    self._json_skipped = True
+                    continue
                 # Some flatteners keep a nested object as a JSON string.
-                value = self._json_object(value)
-            if isinstance(value, dict):
-                found = self._resolve(value, self._index_of(value), path, end)
-                if found is not MISSING:
-                    return found
+                parsed = self._json_object(value)
+                if not isinstance(parsed, dict):
+                    continue
+                found = self._resolve(parsed, self._layout_of(parsed), tail.path.tails[end], parse)
+            else:
+                continue
+            if found is not MISSING:
+                return found
         return MISSING
 
     def get(self, path: SegmentPath | str) -> t.Any:
-        """The value at a Segment path, or ``MISSING``."""
+        """The value at a Segment path, or ``MISSING``.
+
+        Every spelling in the record itself first (longest flattened name first), then, for a
+        ``properties.*`` path, the un-prefixed top-level column; then, only when the record
+        keeps some object on the way as a JSON string, the spellings inside it.
+        """
         if isinstance(path, str):
             path = compile_path(path)
-        if path.top is not None:  # one segment: a top-level key, no index to build
-            key = self._top.get(path.top)
+        record = self.record
+        top = self._top
+        self._json_skipped = False
+        found = self._resolve(record, top, path.tails[0], False)
+        if found is not MISSING:
+            return found
+        json_skipped = self._json_skipped
+        if path.unprefixed:
+            key = top.unprefixed_key(path)  # un-prefixed: top-level columns only
             if key is not None:
-                value = self.record[key]
+                value = record[key]
                 if value is not None and value != "":
                     return value
-            return MISSING
-        flat = self._flat
-        if flat is None:
-            flat = self._flat_index()
-        found = flat.get(path.full, MISSING)
-        if found is MISSING and path.unprefixed:
-            key = self._top.get(path.unprefixed_name)  # un-prefixed: top-level columns only
-            if key is not None:
-                value = self.record[key]
-                if value is not None and value != "":
-                    found = value
-        if found is MISSING and self._has_json:
-            found = self._resolve(self.record, self._top, path, 0)
+        if json_skipped:
+            found = self._resolve(record, top, path.tails[0], True)
             if found is MISSING and path.unprefixed:
-                found = self._resolve(self.record, self._top, path, 1)
+                found = self._resolve(record, top, path.tails[1], True)
         return found
-
-    @property
-    def flat(self) -> dict[str, t.Any]:
-        """The folded-path index (see ``_flat_index``)."""
-        flat = self._flat
-        return flat if flat is not None else self._flat_index()
-
-    @property
-    def has_json(self) -> bool:
-        """Whether some nested object is kept as a JSON string (lookups then need ``get``)."""
-        if self._flat is None:
-            self._flat_index()
-        return self._has_json
 
     def first(self, *paths: SegmentPath | str) -> t.Any:
         """The value at the first path that has one, or ``MISSING``."""

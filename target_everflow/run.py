@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import typing as t
-from pathlib import Path
 
 from target_everflow.accounting import DeadLetters, RunSummary, check_output, dumps, shown
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
-from target_everflow.ledger import Ledger, LedgerError, SQLLedger, open_ledger
+from target_everflow.ledger import Ledger, LedgerError, NullLedger, SQLLedger, open_ledger
 from target_everflow.mapping import Mapper
 from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED, UNKNOWN_EVENT, Outcome
@@ -67,7 +64,6 @@ class Run:
         self._active_batches = 0
         self._lock = threading.Lock()
         self._dropped_warned: dict[tuple[str, str], int] = {}
-        self._scratch_dir: str | None = None
         self._progress_stop = threading.Event()
         self._progress: threading.Thread | None = None
 
@@ -91,16 +87,9 @@ class Run:
         lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
         try:
             if s.dry_run:
-                # Dry run never touches the real ledger: a scratch one dedupes within the run.
-                self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
-                self.ledger = open_ledger(
-                    None,
-                    default_dir=Path(self._scratch_dir),
-                    lease_seconds=lease,
-                    retention_days=s.ledger_retention_days,
-                    timeout=s.ledger_timeout,
-                    logger=self.logger,
-                )
+                # Dry run never touches the real ledger: an in-memory one dedupes within the
+                # run (its keys only: about 120 bytes per planned conversion).
+                self.ledger = NullLedger(description="in memory (dry run)")
             else:
                 self.ledger = open_ledger(
                     s.ledger_url,
@@ -140,7 +129,7 @@ class Run:
             f"dry run, planned postbacks go to {s.dry_run_output}"
             if s.dry_run
             else f"sending to {_host(s.postback_url)} with up to {s.max_concurrency} requests in flight",
-            "scratch (dry run)" if s.dry_run else self.ledger.description,
+            self.ledger.description,
             s.dead_letter_path,
         )
         if s.progress_interval > 0:
@@ -358,9 +347,6 @@ class Run:
                 errors.append(str(exc))
         self.engine = None
         self.ledger = None
-        if self._scratch_dir:
-            shutil.rmtree(self._scratch_dir, ignore_errors=True)
-            self._scratch_dir = None
         for line in self.summary.lines(dry_run=self.settings.dry_run):
             self.logger.info("%s", line)
         self.metrics.emit(final=True)

@@ -180,8 +180,8 @@ class NullLedger(Ledger):
     dedupes (two records with one key are one conversion), in memory.
     """
 
-    def __init__(self) -> None:
-        self.description = "none"
+    def __init__(self, description: str = "none") -> None:
+        self.description = description
         self.owner = new_owner()
         self._claimed: set[str] = set()
         self._delivered: set[str] = set()
