@@ -366,9 +366,12 @@ class DeliveryEngine:
 
         A key found delivered (or held) is a ``duplicate``, or ``claimed_elsewhere`` when it is
         one of ``lost``: another run took it over from this one and delivered it."""
-        statuses = self.ledger.claim(
-            [c.key for c in conversions], {c.key: c.ledger_metadata() for c in conversions}
+        metadata = (
+            {c.key: c.ledger_metadata() for c in conversions}
+            if self.ledger.keeps_metadata
+            else None
         )
+        statuses = self.ledger.claim([c.key for c in conversions], metadata)
         to_send: list[Conversion] = []
         busy: list[Conversion] = []
         held: list[str] = []

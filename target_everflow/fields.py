@@ -274,13 +274,17 @@ def render(value: str | bool) -> str:
     return str(value)
 
 
+_json_string: t.Callable[[str], str] = json.encoder.encode_basestring
+"""``json.dumps(s, ensure_ascii=False)`` for a str, without building an encoder (the C function)."""
+
+
 def render_json(value: str | bool) -> str:
     """The JSON text of a coerced value (numbers stay numbers, exactly as given)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, NumberText):
         return str(value)
-    return json.dumps(value, ensure_ascii=False)
+    return _json_string(value)
 
 
 # --- Value rules for derived fields -------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import typing as t
@@ -50,6 +49,7 @@ from target_everflow.records import (
     compile_path,
     fold,
     id_text,
+    json_loads,
     slug,
     stream_event,
 )
@@ -498,7 +498,7 @@ class Mapper:
             return None
         if isinstance(found, str):
             try:
-                found = _json_loads(found)
+                found = json_loads(found)
             except (ValueError, RecursionError):
                 raise Mismatch("properties.products is not valid JSON") from None
         if not isinstance(found, list):
@@ -570,7 +570,3 @@ def _storable(text: str | None) -> str | None:
 
 def _key_part(value: t.Any) -> str:
     return "" if value is MISSING else id_text(value)
-
-
-def _json_loads(text: str) -> t.Any:
-    return json.loads(text, parse_float=Decimal)

@@ -38,6 +38,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", spaced.lower()).strip("_")
 
 
+json_loads = json.JSONDecoder(parse_float=Decimal).decode
+"""JSON text kept inside a record (a nested object or a list some flatteners store as a
+string), numbers exactly as given; one decoder, not one per call as ``json.loads(...,
+parse_float=...)`` builds."""
+
+
 class _Missing:
     __slots__ = ()
 
@@ -172,11 +178,11 @@ class SegmentObject:
         self.record = record
         self.stream = stream
         self._top = _layout(record)
-        # Caches keyed by id(): each entry keeps its object alive, so an id is never reused
-        # for another object while this event lives (a nested object parsed from a JSON
-        # string would otherwise be freed, and its id handed to the next one parsed).
-        self._nested: dict[int, tuple[dict, Layout]] = {}
-        self._parsed: dict[int, tuple[str, t.Any]] = {}
+        # Caches keyed by id(), made on first use: each entry keeps its object alive, so an id
+        # is never reused for another object while this event lives (a nested object parsed
+        # from a JSON string would otherwise be freed, and its id handed to the next one).
+        self._nested: dict[int, tuple[dict, Layout]] | None = None
+        self._parsed: dict[int, tuple[str, t.Any]] | None = None
         self._json_skipped = False
 
     @property
@@ -185,20 +191,26 @@ class SegmentObject:
         return self._top
 
     def _layout_of(self, obj: dict) -> Layout:
-        entry = self._nested.get(id(obj))
+        nested = self._nested
+        if nested is None:
+            nested = self._nested = {}
+        entry = nested.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = self._nested[id(obj)] = (obj, _layout(obj))
+            entry = nested[id(obj)] = (obj, _layout(obj))
         return entry[1]
 
     def _json_object(self, text: str) -> t.Any:
         """A nested object some flatteners keep as a JSON string, parsed once."""
-        entry = self._parsed.get(id(text))
+        parsed_texts = self._parsed
+        if parsed_texts is None:
+            parsed_texts = self._parsed = {}
+        entry = parsed_texts.get(id(text))
         if entry is None or entry[0] is not text:
             try:
-                parsed = json.loads(text, parse_float=Decimal)  # numbers exactly as given
+                parsed = json_loads(text)
             except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
                 parsed = MISSING
-            entry = self._parsed[id(text)] = (text, parsed)
+            entry = parsed_texts[id(text)] = (text, parsed)
         return entry[1]
 
     def _resolve(self, obj: dict, layout: Layout, tail: _Tail, parse: bool) -> t.Any:
@@ -217,11 +229,8 @@ class SegmentObject:
                 if value == "":
                     continue
                 return value
-            if type(value) is dict or isinstance(value, dict):
-                entry = self._nested.get(id(value))
-                if entry is None or entry[0] is not value:
-                    entry = self._nested[id(value)] = (value, _layout(value))
-                found = self._resolve(value, entry[1], tail.path.tails[end], parse)
+            if isinstance(value, dict):
+                found = self._resolve(value, self._layout_of(value), tail.path.tails[end], parse)
             elif _is_json_object_text(value):
                 if not parse:
                     self._json_skipped = True
@@ -276,7 +285,8 @@ class SegmentObject:
 
 _TYPE = compile_path("type")
 _EVENT_TEXT = compile_path("event_text")
-EVENT_NAME = (_EVENT_TEXT, compile_path("event"))
+_EVENT = compile_path("event")
+
 MESSAGE_ID = (compile_path("messageId"), compile_path("id"))
 
 
@@ -311,11 +321,12 @@ class SegmentEvent(SegmentObject):
     def __init__(self, record: dict, stream: str) -> None:
         super().__init__(record, stream)
         call = self.get(_TYPE)
-        if isinstance(call, str) and call.strip() and self.get(_EVENT_TEXT) is MISSING:
+        event_text = self.get(_EVENT_TEXT)
+        if isinstance(call, str) and call.strip() and event_text is MISSING:
             self.call = call.strip().lower()
         else:
             self.call = "track"
-        name = self.first(*EVENT_NAME)
+        name = event_text if event_text is not MISSING else self.get(_EVENT)
         self.name: str = name if isinstance(name, str) and name.strip() else stream_event(stream)
         self.label = self.name if self.call == "track" else f"({self.call[:40]})"
         found = self.first(*MESSAGE_ID)

@@ -102,6 +102,7 @@ class EverflowSink(BatchSink):
         self.target_everflow = target
         self.run: Run = target.run
         self.record_validator: t.Any = None
+        self.datelike_columns: dict[str, str] = {}
         self.holding = 0
         """Records taken since the last batch settled (they have no final outcome yet)."""
         self.pending_since: float | None = None
@@ -113,6 +114,11 @@ class EverflowSink(BatchSink):
         # Validated (validate_records) against the schema as the tap declared it; the SDK sees
         # no date/time formats, so it parses no timestamp.
         self.record_validator = super().get_validator()
+        properties = self.original_schema.get("properties", {})
+        self.datelike_columns = {
+            key: kind for key, prop in properties.items() if (kind := _datelike(prop)) is not None
+        }
+        """Columns the tap declares date, time or date-time (checked with validate_records)."""
         self.schema = without_datelike_formats(self.schema)
         self.target_everflow.sinks.add(self)
 
@@ -148,16 +154,20 @@ class EverflowSink(BatchSink):
                     + f": {exc.error_message[:300]}",
                     path or None,
                 )
-            properties = self.original_schema.get("properties", {})
-            for key, value in record.items():
-                kind = _datelike(properties.get(key))
-                problem = None if kind is None or value is None else _not_datelike(kind, value)
-                if problem:
-                    return (
-                        f"the record does not match stream {self.stream_name}'s schema at {key}: "
-                        f"{problem}",
-                        key,
-                    )
+            problems = [
+                (key, problem)
+                for key, kind in self.datelike_columns.items()
+                if (value := record.get(key)) is not None
+                and (problem := _not_datelike(kind, value))
+            ]
+            if problems:
+                order = {key: i for i, key in enumerate(record)}
+                key, problem = min(problems, key=lambda found: order.get(found[0], 0))
+                return (
+                    f"the record does not match stream {self.stream_name}'s schema at {key}: "
+                    f"{problem}",
+                    key,
+                )
         missing = [k for k in self.key_properties if k not in record]
         if missing:
             return (

@@ -94,6 +94,9 @@ class Ledger(abc.ABC):
     description: str
     owner: str
 
+    keeps_metadata = True
+    """Whether :meth:`claim` stores the ``metadata`` it is given (callers skip building it)."""
+
     @abc.abstractmethod
     def claim(
         self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
@@ -179,6 +182,8 @@ class NullLedger(Ledger):
     UNSAFE for re-runs: a replayed or re-read conversion is sent again. Within one run it still
     dedupes (two records with one key are one conversion), in memory.
     """
+
+    keeps_metadata = False
 
     def __init__(self, description: str = "none") -> None:
         self.description = description
