@@ -40,6 +40,7 @@ tap-flattened streams.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -247,6 +248,43 @@ def bench_mapping(
     return runs
 
 
+@dataclass
+class Goal:
+    """One goal of the performance issue, measured in this invocation, beside its figure before."""
+
+    what: str
+    now: str
+    met: bool
+    before: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what}: {self.now} ({'met' if self.met else 'NOT met'}; before: {self.before})"
+        )
+
+
+BEFORE_SOURCE = "bench/RESULTS.md of 2026-11-29 and 2026-12-01, before issue 15's work"
+BEFORE = {
+    "mapping_off": "0.30x",
+    "mapping_on": "0.52x",
+    "c32": "50% (798 records/s)",
+    "c128": "not measured (concurrency 64: 881 records/s)",
+    "naive": "19.9x",
+    "memory_dry": "85 MB (dry run only; 100,000 and 1,000,000 records)",
+    "memory_live": "not measured",
+    "latency": "no postback until the end of input (13-25 s for 5 records over 15 s)",
+}
+"""The figures before, as ``BEFORE_SOURCE`` recorded them (same machine kind, 2 cores)."""
+
+
+def goals_table(goals: list[Goal]) -> str:
+    rows = ["| Goal | Now | Met | Before |", "| --- | --- | --- | --- |"]
+    rows += [
+        f"| {g.what} | **{g.now}** | {'met' if g.met else 'NOT met'} | {g.before} |" for g in goals
+    ]
+    return "\n".join(rows)
+
+
 DELIVERY_C32_GOAL = 0.8
 """Delivery at concurrency 32: at least this fraction of the bound (concurrency / latency)."""
 DELIVERY_C128_GOAL = 2500
@@ -313,22 +351,50 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_memory(root: Path, sizes: list[int]) -> dict[int, Run]:
-    out: dict[int, Run] = {}
-    for n in sizes:
-        run_dir = fresh_dir(root, f"memory-{n}")
-        cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "dry_run": True})
-        run = run_child(
-            [*TARGET, "--config", str(cfg)],
-            records=n,
-            workdir=run_dir,
-            generator=[PY, str(BENCH / "generate.py"), "--records", str(n)],
-            summary=run_dir / "summary.json",
-        )
-        if run.summary.get("records_read") != n:
-            raise BenchError(f"memory run read {run.summary.get('records_read')} of {n} records")
-        out[n] = run
-        print(f"  memory   {n:>10,} records  peak RSS {run.rss_mb:6.0f} MB", flush=True)
+MEMORY_CONCURRENCY = 64
+"""max_concurrency of the live memory runs (enough that 1,000,000 records take minutes)."""
+MEMORY_GOAL_MB = 200
+"""Peak RSS of every memory run, dry and live, stays below this."""
+
+
+def bench_memory(root: Path, sizes: list[int], latency: float) -> dict[str, dict[int, Run]]:
+    """Peak RSS over ``sizes`` records fed through a pipe: a dry run, and a live run (SQLite
+    ledger on) against the receiver. Each size once: the figure is a peak, not a speed."""
+    out: dict[str, dict[int, Run]] = {"dry": {}, "live": {}}
+    for mode in ("dry", "live"):
+        for n in sizes:
+            run_dir = fresh_dir(root, f"memory-{mode}-{n}")
+            before = _children_cpu()
+            with contextlib.ExitStack() as stack:
+                extra: dict[str, t.Any] = {"dry_run": True}
+                if mode == "live":
+                    rx = stack.enter_context(ReceiverProcess(latency=latency))
+                    extra = {
+                        "postback_url": rx.url,
+                        "request_timeout": 30,
+                        "max_concurrency": MEMORY_CONCURRENCY,
+                    }
+                cfg = write_config(run_dir / "config.json", {**base_config(run_dir), **extra})
+                run = run_child(
+                    [*TARGET, "--config", str(cfg)],
+                    records=n,
+                    workdir=run_dir,
+                    generator=[PY, str(BENCH / "generate.py"), "--records", str(n)],
+                    summary=run_dir / "summary.json",
+                )
+            if mode == "live":
+                run.receiver_cpu = max(0.0, _children_cpu() - before - run.cpu)
+            if run.summary.get("records_read") != n:
+                raise BenchError(
+                    f"memory run ({mode}) read {run.summary.get('records_read')} of {n} records"
+                )
+            out[mode][n] = run
+            print(
+                f"  memory   {mode:<4} {n:>10,} records  peak RSS {run.rss_mb:6.0f} MB  "
+                f"({run.rate:,.0f} records/s, {run.summary.get('delivered', 0):,} "
+                f"{'planned' if mode == 'dry' else 'delivered'})",
+                flush=True,
+            )
     return out
 
 
@@ -482,16 +548,16 @@ def _n(x: float) -> str:
 def table(
     mapping: dict[str, list[Run]] | None,
     delivery: dict[str, list[Run]] | None,
-    memory: dict[int, Run] | None,
+    memory: dict[str, dict[int, Run]] | None,
     *,
     latency: float,
     concurrencies: list[int],
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[Goal]]:
     rows = [
         "| Benchmark | Configuration | Records | Records/s (median) | Compared | CPU µs/record | Peak RSS |",
         "| --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
-    goals: list[str] = []
+    goals: list[Goal] = []
     if mapping:
         n = mapping["target"][0].records
 
@@ -514,8 +580,12 @@ def table(
                 f"{_n(ours)} | **{ours / noop:.2f}x** the do-nothing target | {rss('target' + suffix)} |"
             )
             goals.append(
-                f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}: "
-                f"{ours / noop:.2f}x ({'met' if ours / noop >= 0.8 else 'NOT met'})"
+                Goal(
+                    f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}",
+                    f"{ours / noop:.2f}x",
+                    ours / noop >= 0.8,
+                    BEFORE["mapping" + (suffix or "_off").replace("_validate", "_on")],
+                )
             )
         if mapping["noop_default_reader"]:
             base, noop = median(mapping["noop_default_reader"]), median(mapping["noop"])
@@ -557,34 +627,63 @@ def table(
         if c32:
             frac = c32 / (32 / latency)
             goals.append(
-                f"delivery at concurrency 32 >= 80% of the bound: {frac:.0%} "
-                f"({'met' if frac >= DELIVERY_C32_GOAL else 'NOT met'})"
+                Goal(
+                    "delivery at concurrency 32 >= 80% of the bound (SQLite ledger on)",
+                    f"{frac:.0%} ({_n(c32)} records/s)",
+                    frac >= DELIVERY_C32_GOAL,
+                    BEFORE["c32"],
+                )
             )
         if "c128" in delivery:
             c128 = median(delivery["c128"])
             goals.append(
-                f"delivery at concurrency 128 >= {_n(DELIVERY_C128_GOAL)} records/s: {_n(c128)} "
-                f"({'met' if c128 >= DELIVERY_C128_GOAL else 'NOT met'})"
+                Goal(
+                    f"delivery at concurrency 128 >= {_n(DELIVERY_C128_GOAL)} records/s "
+                    "(SQLite ledger on)",
+                    f"{_n(c128)} records/s",
+                    c128 >= DELIVERY_C128_GOAL,
+                    BEFORE["c128"],
+                )
             )
+        if c32:
             goals.append(
-                f"delivery at concurrency 32 >= 15x the naive reference: {c32 / rate_naive:.1f}x "
-                f"({'met' if c32 / rate_naive >= 15 else 'NOT met'})"
+                Goal(
+                    "delivery at concurrency 32 >= 15x the naive reference",
+                    f"{c32 / rate_naive:.1f}x",
+                    c32 / rate_naive >= 15,
+                    BEFORE["naive"],
+                )
             )
     if memory:
-        for n, run in memory.items():
-            rows.append(
-                f"| memory | dry run, input through a pipe | {_n(n)} | {_n(run.rate)} | | "
-                f"{run.cpu_us:.0f} | **{run.rss_mb:.0f} MB** |"
+        for mode, label in (("dry", "dry run"), ("live", "live, SQLite ledger on, receiver")):
+            for n, run in memory[mode].items():
+                extra = ""
+                if mode == "live":
+                    extra = f" {latency * 1000:g} ms, concurrency {MEMORY_CONCURRENCY}"
+                    cpu_text = f"{run.cpu_us:.0f} (receiver {run.receiver_us:.0f})"
+                else:
+                    cpu_text = f"{run.cpu_us:.0f}"
+                rows.append(
+                    f"| memory | {label}{extra}, input through a pipe | {_n(n)} | {_n(run.rate)} | "
+                    f"| {cpu_text} | **{run.rss_mb:.0f} MB** |"
+                )
+        for mode in ("dry", "live"):
+            runs = memory[mode]
+            if not runs:
+                continue
+            sizes = sorted(runs)
+            peak = max(r.rss_mb for r in runs.values())
+            growth = runs[sizes[-1]].rss_mb - runs[sizes[0]].rss_mb
+            goals.append(
+                Goal(
+                    f"peak RSS < {MEMORY_GOAL_MB} MB from {_n(sizes[0])} to {_n(sizes[-1])} "
+                    f"records, {'dry run' if mode == 'dry' else 'live'}",
+                    f"{peak:.0f} MB at most ({growth:+.0f} MB from {_n(sizes[0])} to "
+                    f"{_n(sizes[-1])})",
+                    peak < MEMORY_GOAL_MB,
+                    BEFORE["memory_" + mode],
+                )
             )
-        sizes = sorted(memory)
-        peak = max(r.rss_mb for r in memory.values())
-        growth = memory[sizes[-1]].rss_mb - memory[sizes[0]].rss_mb
-        goals.append(
-            f"peak RSS < 200 MB and flat: {peak:.0f} MB at most, {growth:+.0f} MB from "
-            f"{_n(sizes[0])} to {_n(sizes[-1])} records "
-            f"({'met' if peak < 200 and growth < 20 else 'NOT met'}"
-            f"{'' if 1_000_000 in memory else '; the 1M run: --memory-1m'})"
-        )
     return "\n".join(rows), goals
 
 
@@ -595,17 +694,18 @@ TRICKLE_BEFORE = (
 )
 
 
-def trickle_section(run: Trickle, command: str, took: float) -> tuple[str, str]:
+def trickle_section(run: Trickle, command: str, took: float) -> tuple[str, Goal]:
     """RESULTS.md's latency section (between its markers) and the goal line."""
     p50, p99 = _percentile(run.delivery, 50), _percentile(run.delivery, 99)
     worst = max(run.delivery, default=float("nan"))
     s50, s99 = _percentile(run.state, 50), _percentile(run.state, 99)
     bound = run.age + 1
     met = run.delivered == run.records and p99 <= bound
-    goal = (
-        f"latency behind a streaming tap: p99 <= max_batch_age_seconds + 1 s = {bound:g} s: "
-        f"{p99:.2f} s ({'met' if met else 'NOT met'}; {run.delivered} of {run.records} "
-        "delivered while the input was open)"
+    goal = Goal(
+        f"latency behind a streaming tap: p99 <= max_batch_age_seconds + 1 s = {bound:g} s",
+        f"{p99:.2f} s ({run.delivered} of {run.records} delivered while the input was open)",
+        met,
+        BEFORE["latency"],
     )
     text = "\n".join(
         [
@@ -685,10 +785,9 @@ def main() -> int:  # noqa: PLR0915
         "--repeats", type=int, default=3, help="runs per figure; the median counts (3)"
     )
     parser.add_argument(
-        "--memory-records", default="20000,100000", help="dry-run sizes for peak RSS (20000,100000)"
-    )
-    parser.add_argument(
-        "--memory-1m", action="store_true", help="memory at 100000 and 1000000 records"
+        "--memory-records",
+        default="100000,1000000",
+        help="sizes of the memory runs, dry and live (100000,1000000)",
     )
     parser.add_argument("--only", default="mapping,delivery,memory,trickle")
     parser.add_argument(
@@ -728,9 +827,7 @@ def main() -> int:  # noqa: PLR0915
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if 32 not in concurrencies:
         concurrencies.append(32)
-    memory_sizes = (
-        [100_000, 1_000_000] if args.memory_1m else [int(n) for n in args.memory_records.split(",")]
-    )
+    memory_sizes = [int(n) for n in args.memory_records.split(",")]
     only = set(args.only.split(","))
 
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="everflow-bench-"))
@@ -758,7 +855,7 @@ def main() -> int:  # noqa: PLR0915
             )
         if "memory" in only:
             print("memory:", flush=True)
-            memory = bench_memory(root, memory_sizes)
+            memory = bench_memory(root, memory_sizes, args.latency)
         if "trickle" in only:
             print(
                 f"latency behind a streaming tap: {args.trickle_rate:g} records/s for "
@@ -787,19 +884,19 @@ def main() -> int:  # noqa: PLR0915
                 "",
                 f"Machine: {machine()}.  ",
                 f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s).  ",
-                f"Each figure is the median of {args.repeats} runs; compared configurations ran interleaved "
-                "in the same invocation. Records/s is records / wall time of the whole process "
-                "(interpreter start-up included).",
+                f"Each figure is the median of {args.repeats} runs (a memory run: once); compared "
+                "configurations ran interleaved in the same invocation. Records/s is records / wall "
+                "time of the whole process (interpreter start-up included).",
+                "",
+                "## Goals",
+                "",
+                f"Measured in this one invocation; before: {BEFORE_SOURCE}.",
+                "",
+                goals_table(goals),
+                "",
+                "## Figures",
                 "",
                 rows,
-                "",
-                "Goals:",
-                "",
-                *[
-                    f"- {g}"
-                    for g in goals
-                    if trickle_text is None or not g.startswith("latency behind")
-                ],
                 "",
             ]
         )
