@@ -89,29 +89,23 @@ class Run:
             check_output("summary_path", s.summary_path)
         policy = RetryPolicy(max_retries=s.max_retries)
         lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
+        ledger_url, ledger_dir = s.ledger_url, s.state_dir
+        if s.dry_run:
+            # Dry run never touches the real ledger: a scratch one dedupes within the run.
+            self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
+            ledger_url, ledger_dir = None, Path(self._scratch_dir)
         try:
-            if s.dry_run:
-                # Dry run never touches the real ledger: a scratch one dedupes within the run.
-                self._scratch_dir = tempfile.mkdtemp(prefix="target-everflow-dry-run-")
-                self.ledger = open_ledger(
-                    None,
-                    default_dir=Path(self._scratch_dir),
-                    lease_seconds=lease,
-                    retention_days=s.ledger_retention_days,
-                    timeout=s.ledger_timeout,
-                    logger=self.logger,
-                )
-            else:
-                self.ledger = open_ledger(
-                    s.ledger_url,
-                    default_dir=s.state_dir,
-                    lease_seconds=lease,
-                    retention_days=s.ledger_retention_days,
-                    timeout=s.ledger_timeout,
-                    logger=self.logger,
-                )
-                if isinstance(self.ledger, SQLLedger):  # (ledger_url none keeps no history)
-                    self.history = RunHistory.begin(self.ledger, s.ledger_retention_days)
+            self.ledger = open_ledger(
+                ledger_url,
+                default_dir=ledger_dir,
+                lease_seconds=lease,
+                retention_days=s.ledger_retention_days,
+                timeout=s.ledger_timeout,
+                logger=self.logger,
+            )
+            # (a dry run, and ledger_url none, keep no history)
+            if not s.dry_run and isinstance(self.ledger, SQLLedger):
+                self.history = RunHistory.begin(self.ledger, s.ledger_retention_days)
         except LedgerError as exc:
             raise LedgerUnavailable(str(exc)) from None
         client = PostbackClient(
