@@ -41,7 +41,6 @@ from target_everflow.settings import (
     DEFAULT_API_URL,
     EU_API_URL,
     NETWORK_KEY,
-    ApiAccess,
     ConfigError,
 )
 from target_everflow.text import excerpt
@@ -54,7 +53,7 @@ from target_everflow.transport import (
 )
 
 if t.TYPE_CHECKING:
-    from target_everflow.settings import Settings
+    from target_everflow.settings import ApiAccess, Settings
 
 API_KEY_HEADER = "X-Eflow-API-Key"
 MAX_ATTEMPTS = API_RETRY.max_attempts  # per API call: the first try and up to three retries
