@@ -39,9 +39,9 @@ from target_everflow.masking import mask
 from target_everflow.retry import API_RETRY, retry_after_seconds
 from target_everflow.settings import (
     DEFAULT_API_URL,
-    DEFAULT_EVENT_MAPPING,
-    is_loopback,
-    schema_default,
+    EU_API_URL,
+    NETWORK_KEY,
+    ConfigError,
 )
 from target_everflow.text import excerpt
 from target_everflow.transport import (
@@ -52,14 +52,15 @@ from target_everflow.transport import (
     TransportError,
 )
 
+if t.TYPE_CHECKING:
+    from target_everflow.settings import ApiAccess, Settings
+
 API_KEY_HEADER = "X-Eflow-API-Key"
-EU_API_URL = "https://api-eu.eflow.team/v1"
 MAX_ATTEMPTS = API_RETRY.max_attempts  # per API call: the first try and up to three retries
 MAX_RETRY_AFTER = API_RETRY.retry_after_max  # a longer Retry-After is not waited for: fail instead
 USER_AGENT = "target-everflow (preflight)"
 BODY_LIMIT = 4 * 1024 * 1024  # an API page (the advertiser's events) is read up to this, decoded
 REDACTED = "[redacted]"
-SECURITY_HINT = "a network API key, created under Control Center > Security"
 SKIP_HINT = "or set preflight: false to skip the check"
 
 _LOG = logging.getLogger(__name__)
@@ -125,97 +126,6 @@ def _redact(text: str, secret: str | None) -> str:
     return mask(text, (secret,), REDACTED)
 
 
-def _check_api_url(api_url: str) -> str:
-    try:
-        parts = urlsplit(api_url)
-        host = parts.hostname or ""
-    except ValueError:
-        host, parts = "", None
-    if parts is None or parts.scheme not in {"http", "https"} or not host:
-        raise PreflightError(
-            f"Setting 'api_url': {api_url!r} is not an https:// URL "
-            f"(the default is {DEFAULT_API_URL}; EU accounts use {EU_API_URL}).",
-            "config",
-        )
-    if parts.scheme != "https" and not is_loopback(host):
-        raise PreflightError(
-            "Setting 'api_url': must use https (the API key travels in a request header); "
-            "plain http is only accepted for loopback hosts.",
-            "config",
-        )
-    if parts.username or parts.password:
-        raise PreflightError("Setting 'api_url': must not contain credentials.", "config")
-    return host
-
-
-def _api_key(config: t.Mapping[str, t.Any]) -> str:
-    key = config.get("api_key")
-    if not isinstance(key, str) or not key.strip():
-        raise PreflightError(
-            f"Setting 'api_key': the Everflow API check needs an API key ({SECURITY_HINT}); "
-            "set api_key, or set preflight: false to skip the check.",
-            "config",
-        )
-    key = key.strip()
-    # http.client puts an invalid header value into its exception text: refuse it ourselves.
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
-        raise PreflightError(
-            "Setting 'api_key': contains whitespace or control characters; paste the key "
-            "exactly as shown under Control Center > Security.",
-            "config",
-        )
-    return key
-
-
-def _event_mapping(config: t.Mapping[str, t.Any]) -> dict[str, int]:
-    mapping = config.get("event_mapping")
-    if mapping is None:
-        mapping = DEFAULT_EVENT_MAPPING
-    if not isinstance(mapping, t.Mapping):
-        raise PreflightError(
-            "Setting 'event_mapping': must be an object of Segment event name -> event id.",
-            "config",
-        )
-    out: dict[str, int] = {}
-    for name, event_id in mapping.items():
-        if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 0:
-            raise PreflightError(
-                f"Setting 'event_mapping': the id for event {str(name)!r} must be an integer "
-                ">= 0 (0 = base conversion).",
-                "config",
-            )
-        out[str(name)] = event_id
-    return out
-
-
-def _advertiser_id(config: t.Mapping[str, t.Any], mapping: dict[str, int]) -> int | None:
-    advertiser_id = config.get("advertiser_id")
-    if advertiser_id is None:
-        non_zero = [(name, eid) for name, eid in mapping.items() if eid]
-        if non_zero:
-            listed = ", ".join(f"'{name}' -> {eid}" for name, eid in non_zero)
-            raise PreflightError(
-                "Setting 'advertiser_id': is needed to check the non-zero event ids in "
-                f"event_mapping ({listed}); set it to the Everflow advertiser (brand) id.",
-                "config",
-            )
-        return None
-    if isinstance(advertiser_id, bool) or not isinstance(advertiser_id, int) or advertiser_id < 1:
-        raise PreflightError("Setting 'advertiser_id': must be an integer >= 1.", "config")
-    return advertiser_id
-
-
-def _timeout(config: t.Mapping[str, t.Any]) -> float:
-    value = config.get("request_timeout")
-    if value is None:
-        return float(schema_default("request_timeout"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise PreflightError(
-            "Setting 'request_timeout': must be a number of seconds > 0.", "config"
-        )
-    return float(value)
-
-
 def _retry_after(response: Reply) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
     return retry_after_seconds(response.headers.get("Retry-After"))
@@ -273,9 +183,7 @@ def api_client(api_url: str, timeout: float, body_limit: int = BODY_LIMIT) -> Ht
 class _Api:
     def __init__(
         self,
-        api_url: str,
-        host: str,
-        api_key: str,
+        access: ApiAccess,
         timeout: float,
         client: HttpClient,
         sleep: t.Callable[[float], None],
@@ -288,12 +196,12 @@ class _Api:
         """``limiter``: a token bucket (``delivery.RateLimiter``) every attempt waits for, and
         that a 429 holds; ``hint``: what the user can do when the API fails (ends messages);
         ``purpose``: what the requests are for, in messages."""
-        self.api_url = api_url
-        self.host = host
-        self._key = api_key
+        self.api_url = access.url
+        self.host = access.host
+        self._key = access.key
         self.timeout = timeout
         self.client = client
-        self._path = urlsplit(api_url).path
+        self._path = urlsplit(access.url).path
         self.sleep = sleep
         self.log = logger
         self.limiter = limiter
@@ -435,14 +343,14 @@ class _Api:
             if status == 401:
                 self.fail(
                     f"Everflow rejected the API key: {answered}. Check api_key: it must be "
-                    f"{SECURITY_HINT}.{self._region_hint()}",
+                    f"{NETWORK_KEY}.{self._region_hint()}",
                     "auth",
                 )
             if status == 403:
                 if "out of realm" in error.lower():
                     self.fail(
                         f"The API key is the wrong kind: {answered}. The check needs "
-                        f"{SECURITY_HINT}; advertiser and affiliate keys cannot call /networks "
+                        f"{NETWORK_KEY}; advertiser and affiliate keys cannot call /networks "
                         "paths.",
                         "realm",
                     )
@@ -511,7 +419,7 @@ def advertiser_events(api: _Api, advertiser_id: int) -> dict[int, tuple[str, str
 
 
 def run_preflight(
-    config: t.Mapping[str, t.Any],
+    settings: Settings,
     *,
     client: HttpClient | None = None,
     sleep: t.Callable[[float], None] = time.sleep,
@@ -519,25 +427,22 @@ def run_preflight(
 ) -> PreflightReport:
     """Check the API key and every mapped event id against Everflow; see the module docstring.
 
-    Raises ``PreflightError`` (one clear message, never the key) before any request when the
-    config is incomplete, or after the API answered no.
+    ``settings`` are validated already; what only the check needs (the key, the URL, an
+    advertiser for non-zero event ids: ``Settings.api_check``) is asked of them first. Raises
+    ``PreflightError`` (one clear message, never the key) before any request when a setting is
+    missing or wrong (reason ``config``), or after the API answered no.
     """
-    log = logger or _LOG
-    api_key = _api_key(config)
-    api_url = str(config.get("api_url") or DEFAULT_API_URL).rstrip("/")
-    host = _check_api_url(api_url)
-    mapping = _event_mapping(config)
-    advertiser_id = _advertiser_id(config, mapping)
-    timeout = _timeout(config)
-
-    http = client if client is not None else api_client(api_url, timeout)
-    api = _Api(api_url, host, api_key, timeout, http, sleep, log)
     try:
-        report = _check(api, api_url, advertiser_id, mapping)
+        access = settings.api_check()
+    except ConfigError as exc:
+        raise PreflightError(str(exc), "config") from None
+    http = client if client is not None else api_client(access.url, settings.request_timeout)
+    api = _Api(access, settings.request_timeout, http, sleep, logger or _LOG)
+    try:
+        return _check(api, access.url, settings.advertiser_id, settings.event_mapping)
     finally:
         if client is None:
             http.close()
-    return report
 
 
 def _check(
@@ -565,7 +470,7 @@ def _check(
     verified: list[tuple[str, int, str]] = []
     events: dict[int, tuple[str, str]] = {}  # id -> (name, status)
     if any(mapping.values()):
-        assert advertiser_id is not None  # _advertiser_id() made sure
+        assert advertiser_id is not None  # Settings.api_check() made sure
         events = advertiser_events(api, advertiser_id)
 
         problems: list[str] = []

@@ -11,7 +11,7 @@ import typing as t
 
 import click
 
-from target_everflow.adapter.cli import PROG, config_option
+from target_everflow.adapter.cli import PROG, config_option, json_option
 from target_everflow.ledger_commands import configured_ledger, format_table, utc
 from target_everflow.run_history import COUNTS, DEFAULT_LAST, recent_runs
 
@@ -71,7 +71,7 @@ def history_table(runs: list[dict[str, t.Any]]) -> str:
     metavar="N",
     help="How many runs to show, newest first.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array instead.")
+@json_option("the runs as a JSON array")
 def history_command(config: tuple[str, ...], last: int, as_json: bool) -> None:
     """The last runs: start, duration, exit code, counts, requests, retries and 429s.
 

@@ -611,16 +611,17 @@ def render(report: Report, *, version: str = "") -> str:
         out.append(f'<p class="note">{esc(note)}</p>')
 
     outcome_series = ["delivered", "dead_lettered", "in_doubt"]
+
+    def outcome_columns(rows: list[Cell]) -> list[tuple[str, list[float]]]:
+        """One chart series per outcome, a value per row (a day, an event)."""
+        return [(name, [getattr(row, name) for row in rows]) for name in outcome_series]
+
     out.append('<section id="per-day"><h2>Per day</h2>')
     out.append(
         column_chart(
             "chart-days",
             day_labels,
-            [
-                ("delivered", [days[d].delivered for d in day_labels]),
-                ("dead_lettered", [days[d].dead_lettered for d in day_labels]),
-                ("in_doubt", [days[d].in_doubt for d in day_labels]),
-            ],
+            outcome_columns([days[d] for d in day_labels]),
         )
     )
     out.append(_legend(outcome_series))
@@ -671,11 +672,7 @@ def render(report: Report, *, version: str = "") -> str:
             bar_chart(
                 "chart-events",
                 charted,
-                [
-                    ("delivered", [by_event[e].delivered for e in charted]),
-                    ("dead_lettered", [by_event[e].dead_lettered for e in charted]),
-                    ("in_doubt", [by_event[e].in_doubt for e in charted]),
-                ],
+                outcome_columns([by_event[e] for e in charted]),
             )
         )
         out.append(_legend(outcome_series))

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 import click
 
-from target_everflow.adapter.cli import PROG, config_option, fail, load_target
+from target_everflow.adapter.cli import PROG, config_option, fail, json_option, load_target
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import (
     DELIVERED_STATUS,
@@ -145,7 +145,7 @@ def ledger_command() -> None:
 
 @ledger_command.command("status")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead.")
+@json_option("the counts as JSON")
 def status_command(config: tuple[str, ...], as_json: bool) -> None:
     """Keys by status, and the oldest claim not yet delivered."""
     with configured_ledger(config) as ledger:
@@ -279,7 +279,7 @@ def _label(row: dict[str, t.Any]) -> str:
 
 @ledger_command.command("in-doubt")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON instead.")
+@json_option("the keys as JSON")
 def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
     """In-doubt keys: held for a person, or claimed and sent by a run that died."""
     with configured_ledger(config) as ledger:

@@ -63,8 +63,6 @@ from target_everflow.everflow_api import (
     MAX_RETRY_AFTER,
     PreflightError,
     _Api,
-    _api_key,
-    _check_api_url,
     _redact,
     advertiser_events,
     api_client,
@@ -80,6 +78,7 @@ from target_everflow.reconcile_store import (
     ReconcileStore,
     Verdict,
 )
+from target_everflow.settings import ConfigError
 from target_everflow.text import excerpt
 from target_everflow.transport import HttpClient
 
@@ -138,23 +137,17 @@ class ReportingClient:
         logger: logging.Logger | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
-        config = {"api_key": settings.api_key}
         try:
-            key = _api_key(config)
-            host = _check_api_url(settings.api_url)
-        except PreflightError as exc:
-            raise _failure(
-                str(exc).replace("the Everflow API check", "reconcile"), EXIT_CONFIG
-            ) from None
+            access = settings.api_access("reconcile")
+        except ConfigError as exc:
+            raise _failure(str(exc), EXIT_CONFIG) from None
         self.settings = settings
         self._own_client = client is None
         self.http = client or api_client(
             settings.api_url, settings.request_timeout, body_limit=REPORT_BODY_LIMIT
         )
         self.api = _Api(
-            settings.api_url,
-            host,
-            key,
+            access,
             settings.request_timeout,
             self.http,
             sleep,
@@ -164,7 +157,7 @@ class ReportingClient:
             purpose="the request",
         )
         self.api.user_agent = USER_AGENT
-        self._key = key
+        self._key = access.key
         self._names: dict[int, str] | None = None
 
     @property

@@ -144,23 +144,13 @@ class Run:
         from target_everflow.everflow_api import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
 
         try:
-            report = run_preflight(self.settings_mapping(), logger=self.logger)
+            report = run_preflight(self.settings, logger=self.logger)
         except PreflightError as exc:
             raise TargetEverflowError(f"Everflow API check failed: {exc}") from None
         lines = report.lines()
         for line in lines:
             self.logger.info("%s", line)
         return lines
-
-    def settings_mapping(self) -> dict[str, t.Any]:
-        s = self.settings
-        return {
-            "api_key": s.api_key,
-            "api_url": s.api_url,
-            "advertiser_id": s.advertiser_id,
-            "event_mapping": s.event_mapping,
-            "request_timeout": s.request_timeout,
-        }
 
     # -- during the run: one record -------------------------------------------------------
 

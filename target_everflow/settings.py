@@ -4,6 +4,11 @@ The JSON schema (``CONFIG_SCHEMA``) is what ``--about``, Meltano and the SDK's o
 see. ``Settings.from_config`` adds the rules a JSON schema cannot say well (live mode needs a
 postback URL, a remote URL must be https, event ids are integers >= 0) and fails with a
 ``ConfigError`` that names the setting, before any record is read.
+
+Every rule about a setting lives here, once. The rules that matter only when Everflow's REST API
+is called (an API key, a usable ``api_url``, ``advertiser_id`` for non-zero event ids) are
+``Settings.api_access`` and ``Settings.api_check``, asked by the API check and reconcile when
+they are about to call it: a run that calls nothing needs none of them.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import json
 import re
 import typing as t
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
 from target_everflow.mapping import POSTBACK_PARAMETERS
@@ -356,6 +362,9 @@ def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:
 
 DEFAULT_EVENT_MAPPING: dict[str, int] = schema_default("event_mapping")
 DEFAULT_API_URL: str = schema_default("api_url")
+EU_API_URL = "https://api-eu.eflow.team/v1"
+NETWORK_KEY = "a network API key, created under Control Center > Security"
+"""The kind of key the REST API calls need (said in messages about api_key)."""
 
 
 SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
@@ -390,6 +399,36 @@ ASCII character that may appear there (``%`` too: what is encoded already stays 
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 
+def _http_url(
+    setting: str,
+    url: str,
+    *,
+    invalid: t.Callable[[str], str],
+    https: str,
+    credentials: str,
+) -> tuple[SplitResult, str]:
+    """The parts and host of a URL setting, or ``ConfigError``: http(s) with a host and a valid
+    port, https unless the host is loopback, no credentials. The rules of both URL settings
+    (``postback_url``, ``api_url``); each words its problems (``invalid(detail)``: the URL does
+    not parse, ``detail`` says why, or is not http(s) with a host, ``detail`` is empty)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        raise ConfigError(setting, invalid(str(exc))) from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:  # (its message would echo the text after the host)
+        raise ConfigError(setting, invalid("its port is not a number from 0 to 65535")) from None
+    if parts.scheme not in {"http", "https"} or not host:
+        raise ConfigError(setting, invalid(""))
+    if parts.scheme != "https" and not is_loopback(host):
+        raise ConfigError(setting, https)
+    if "@" in parts.netloc:
+        raise ConfigError(setting, credentials)
+    return parts, host
+
+
 def check_postback_url(url: str) -> str:
     """The postback base URL to use, or ``ConfigError`` naming what is wrong (never echoing the
     URL, whose query string could hold a secret).
@@ -405,27 +444,18 @@ def check_postback_url(url: str) -> str:
             "must not have a fragment ('#...'): nothing after '#' reaches the server, so every "
             "postback would arrive without its parameters",
         )
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError as exc:
-        raise ConfigError("postback_url", f"is not a valid URL ({exc})") from None
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:  # (its message would echo the text after the host)
-        raise ConfigError(
-            "postback_url", "is not a valid URL (its port is not a number from 0 to 65535)"
-        ) from None
-    if parts.scheme not in {"http", "https"} or not host:
-        raise ConfigError("postback_url", "must be an https:// URL with a host")
-    if parts.scheme != "https" and not is_loopback(host):
-        raise ConfigError(
-            "postback_url",
+    parts, host = _http_url(
+        "postback_url",
+        url,
+        invalid=lambda why: (
+            f"is not a valid URL ({why})" if why else "must be an https:// URL with a host"
+        ),
+        https=(
             "must use https (the verification token travels in the query string); "
-            "plain http is only accepted for loopback hosts",
-        )
-    if "@" in parts.netloc:
-        raise ConfigError("postback_url", "must not contain credentials (user:password@)")
+            "plain http is only accepted for loopback hosts"
+        ),
+        credentials="must not contain credentials (user:password@)",
+    )
     if not _HOST.fullmatch(host) and not _is_ip(host):
         raise ConfigError(
             "postback_url",
@@ -442,6 +472,34 @@ def check_postback_url(url: str) -> str:
     if (path, query) == (parts.path, parts.query):
         return url
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def check_api_url(url: str) -> str:
+    """The host of the REST API's base URL (``api_url``), or ``ConfigError``."""
+    _, host = _http_url(
+        "api_url",
+        url,
+        invalid=lambda _why: (
+            f"{url!r} is not an https:// URL (the default is {DEFAULT_API_URL}; EU accounts "
+            f"use {EU_API_URL})."
+        ),
+        https=(
+            "must use https (the API key travels in a request header); plain http is only "
+            "accepted for loopback hosts."
+        ),
+        credentials="must not contain credentials.",
+    )
+    return host
+
+
+@dataclass(frozen=True)
+class ApiAccess:
+    """Everflow's REST API as a call needs it (``Settings.api_access``): the key (stripped),
+    the base URL (no trailing slash) and its host."""
+
+    key: str = field(repr=False)
+    url: str
+    host: str
 
 
 def _is_ip(host: str) -> bool:
@@ -494,6 +552,39 @@ class Settings:
         """Directory for the embedded ledger: next to the dead letters."""
         return self.dead_letter_path.parent
 
+    def api_access(self, needed_by: str = "the Everflow API check") -> ApiAccess:
+        """The API key and URL for a call to Everflow's REST API, or ``ConfigError``. Asked
+        when a call is to be made (the check, reconcile): a run that makes none needs neither."""
+        key = (self.api_key or "").strip()
+        if not key:
+            raise ConfigError(
+                "api_key",
+                f"{needed_by} needs an API key ({NETWORK_KEY}); set api_key, or set "
+                "preflight: false to skip the check.",
+            )
+        # The HTTP layer would put an invalid header value into its exception text: refuse it.
+        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
+            raise ConfigError(
+                "api_key",
+                "contains whitespace or control characters; paste the key exactly as shown "
+                "under Control Center > Security.",
+            )
+        return ApiAccess(key, self.api_url, check_api_url(self.api_url))
+
+    def api_check(self) -> ApiAccess:
+        """``api_access`` for the Everflow API check, which also needs ``advertiser_id`` when a
+        mapped event id is not 0 (the advertiser's events are read to check it)."""
+        access = self.api_access()
+        non_zero = [(name, eid) for name, eid in self.event_mapping.items() if eid]
+        if self.advertiser_id is None and non_zero:
+            listed = ", ".join(f"'{name}' -> {eid}" for name, eid in non_zero)
+            raise ConfigError(
+                "advertiser_id",
+                "is needed to check the non-zero event ids in event_mapping "
+                f"({listed}); set it to the Everflow advertiser (brand) id.",
+            )
+        return access
+
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
         """Validate the cross-setting rules; raise ``ConfigError`` naming the setting."""
@@ -524,6 +615,21 @@ class Settings:
                     f"the id for event {name!r} must be an integer >= 0 (0 = base conversion)",
                 )
             event_mapping[str(name)] = int(event_id)
+
+        advertiser_id = config.get("advertiser_id")
+        if advertiser_id is not None and (
+            isinstance(advertiser_id, bool)
+            or not isinstance(advertiser_id, int)
+            or advertiser_id < 1
+        ):
+            raise ConfigError("advertiser_id", "must be an integer >= 1")
+        request_timeout = _setting(config, "request_timeout")
+        if (
+            isinstance(request_timeout, bool)
+            or not isinstance(request_timeout, (int, float, Decimal))  # (the SDK reads Decimal)
+            or request_timeout <= 0
+        ):
+            raise ConfigError("request_timeout", "must be a number of seconds > 0")
 
         api_key = config.get("api_key") or None
         preflight = config.get("preflight")
@@ -557,7 +663,7 @@ class Settings:
         return cls(
             postback_url=postback_url,
             network_id=network_id,
-            advertiser_id=config.get("advertiser_id"),
+            advertiser_id=advertiser_id,
             verification_token=config.get("verification_token") or None,
             api_key=api_key,
             api_url=(config.get("api_url") or DEFAULT_API_URL).rstrip("/"),
@@ -574,7 +680,7 @@ class Settings:
             max_concurrency=int(_setting(config, "max_concurrency")),
             max_requests_per_second=float(_setting(config, "max_requests_per_second")),
             max_retries=int(_setting(config, "max_retries")),
-            request_timeout=float(_setting(config, "request_timeout")),
+            request_timeout=float(request_timeout),
             max_batch_age_seconds=float(_setting(config, "max_batch_age_seconds")),
             ledger_url=config.get("ledger_url") or None,
             ledger_timeout=float(_setting(config, "ledger_timeout")),

@@ -34,6 +34,7 @@ from urllib3.exceptions import NameResolutionError
 
 from target_everflow import everflow_api
 from target_everflow.everflow_api import PreflightError, PreflightReport, run_preflight
+from target_everflow.settings import ConfigError, Settings
 from target_everflow.transport import ConnectFailed, Reply
 
 # --- mode and scenario ---------------------------------------------------------------------
@@ -103,6 +104,12 @@ def offline_config(**overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return {k: v for k, v in cfg.items() if v is not None}
+
+
+def settings_of(cfg: dict[str, Any]) -> Settings:
+    """``cfg`` validated the one way a run validates its config (``Settings.from_config``); a dry
+    run, so that no postback setting is needed (the check runs whatever ``preflight`` says)."""
+    return Settings.from_config({"dry_run": True, **cfg})
 
 
 # --- plumbing ------------------------------------------------------------------------------
@@ -211,7 +218,7 @@ def client() -> Iterator[CapturingClient]:
 
 def preflight_error(cfg: dict[str, Any], **kwargs: Any) -> PreflightError:
     with pytest.raises(PreflightError) as info:
-        run_preflight(cfg, **kwargs)
+        run_preflight(settings_of(cfg), **kwargs)
     message = str(info.value)
     for key in ALL_KEYS:
         assert key not in message
@@ -249,7 +256,7 @@ def test_success_reports_what_was_verified(client: CapturingClient) -> None:
     if LIVE:
         cfg["event_mapping"].pop("Lead Submitted")
     with cassette("success"):
-        report = run_preflight(cfg, client=client, sleep=FakeSleep())
+        report = run_preflight(settings_of(cfg), client=client, sleep=FakeSleep())
     assert_sent_key(client, 2)
     assert client.sent[0][1] == f"{API_URL}/networks"
     assert client.sent[1][1] == f"{API_URL}/networks/advertisers/{ADVERTISER_ID}/events"
@@ -282,7 +289,7 @@ def test_success_reports_what_was_verified(client: CapturingClient) -> None:
 def test_base_conversions_only_skip_the_events_call(client: CapturingClient) -> None:
     cfg = config(advertiser_id=None, event_mapping={"Order Completed": 0, "Signed Up": 0})
     with cassette("base_only"):
-        report = run_preflight(cfg, client=client)
+        report = run_preflight(settings_of(cfg), client=client)
     assert_sent_key(client, 1)
     assert report.advertiser_id is None
     assert report.events == [
@@ -447,6 +454,34 @@ def test_plain_http_api_url_is_refused_for_a_remote_host() -> None:
     )
 
 
+def test_api_url_with_a_port_out_of_range_is_refused() -> None:
+    url = "https://api.eflow.team:99999/v1"
+    err = preflight_error(offline_config(api_url=url), client=NoRequestClient())
+    assert err.reason == "config"
+    assert str(err) == (
+        f"Setting 'api_url': '{url}' is not an https:// URL (the default is "
+        "https://api.eflow.team/v1; EU accounts use https://api-eu.eflow.team/v1)."
+    )
+
+
+def test_api_url_with_credentials_is_refused() -> None:
+    err = preflight_error(
+        offline_config(api_url="https://user:pw@api.eflow.team/v1"), client=NoRequestClient()
+    )
+    assert str(err) == "Setting 'api_url': must not contain credentials."
+
+
+def test_settings_refuse_what_the_schema_refuses_too() -> None:
+    # The SDK validates the config against the schema first; Settings states the same rules
+    # for callers that build Settings themselves (the check relies on them).
+    with pytest.raises(ConfigError, match=r"^Setting 'advertiser_id': must be an integer >= 1$"):
+        settings_of(offline_config(advertiser_id=0))
+    with pytest.raises(ConfigError, match=r"^Setting 'request_timeout': must be a number"):
+        settings_of(offline_config(request_timeout=0))
+    with pytest.raises(ConfigError, match=r"^Setting 'event_mapping': the id for event 'x'"):
+        settings_of(offline_config(event_mapping={"x": -1}))
+
+
 # --- retries -------------------------------------------------------------------------------
 
 
@@ -456,7 +491,7 @@ def test_429_then_200_honours_retry_after(
 ) -> None:
     sleep = FakeSleep()
     with cassette("rate_limited_then_ok"):
-        report = run_preflight(config(), client=client, sleep=sleep)
+        report = run_preflight(settings_of(config()), client=client, sleep=sleep)
     assert sleep.calls == [2.0]
     assert_sent_key(client, 3)
     assert report.events == [
@@ -473,7 +508,7 @@ def test_429_then_200_honours_retry_after(
 def test_500_then_200_backs_off_with_jitter(client: CapturingClient) -> None:
     sleep = FakeSleep()
     with cassette("server_error_then_ok"):
-        report = run_preflight(config(), client=client, sleep=sleep)
+        report = run_preflight(settings_of(config()), client=client, sleep=sleep)
     assert len(sleep.calls) == 1 and 0.5 <= sleep.calls[0] <= 1.0
     assert report.events[1] == ("Product Purchased", 24, "Purchase")
 

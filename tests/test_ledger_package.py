@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from target_everflow import everflow_api, settings
+from target_everflow import settings
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "target_everflow"
 
@@ -41,8 +41,8 @@ def test_each_ledger_module_reads_in_one_sitting() -> None:
     assert max(sizes.values()) <= 420, sizes
 
 
-def test_the_api_request_timeout_default_comes_from_the_schema(
+def test_the_request_timeout_default_comes_from_the_schema(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(settings.CONFIG_SCHEMA["properties"]["request_timeout"], "default", 12.5)
-    assert everflow_api._timeout({}) == 12.5
+    assert settings.Settings.from_config({"dry_run": True}).request_timeout == 12.5

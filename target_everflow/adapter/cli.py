@@ -24,7 +24,7 @@ PROG = "target-everflow"
 
 
 # Operator commands defined in their own modules, imported only when named (no import loop:
-# those modules import this one for config_option/load_target/fail). One line per command.
+# those modules import this one for config_option/json_option/load_target/fail). One line per command.
 LAZY_COMMANDS = {
     "history": "target_everflow.history:history_command",
     "ledger": "target_everflow.ledger_commands:ledger_command",
@@ -86,6 +86,11 @@ def config_option(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
         metavar="FILE|ENV",
         help="Configuration file(s) as for the target, or ENV for TARGET_EVERFLOW_* variables.",
     )(fn)
+
+
+def json_option(what: str) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+    """``--json`` (parameter ``as_json``): print ``what`` as JSON instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} instead.")
 
 
 def load_target(config: Sequence[str]) -> TargetEverflow:
