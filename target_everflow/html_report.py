@@ -336,7 +336,13 @@ def _read_runs(reader: _Reader, report: Report, *, last: int) -> None:
 
 
 def build_report(
-    ledger_url: str | None, *, default_dir: Path, days: int, runs: int, now: float | None = None
+    ledger_url: str | None,
+    *,
+    default_dir: Path,
+    days: int,
+    runs: int,
+    timeout: float | None = None,
+    now: float | None = None,
 ) -> Report:
     """Open the ledger named by ``ledger_url`` (as a run does), read it, close it."""
     log = logging.getLogger("target_everflow.report")
@@ -344,8 +350,13 @@ def build_report(
         logging.ERROR
     )  # not a run: the ledger's "opened" and "none is unsafe" lines do not apply
     ledger = open_ledger(
-        ledger_url, default_dir=default_dir, lease_seconds=60.0, retention_days=0, logger=log
-    )  # 0: never prunes
+        ledger_url,
+        default_dir=default_dir,
+        lease_seconds=60.0,
+        retention_days=0,  # never prunes
+        timeout=timeout,
+        logger=log,
+    )
     try:
         if not isinstance(ledger, SQLLedger):
             raise TargetEverflowError(

@@ -73,6 +73,7 @@ def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
             default_dir=settings.state_dir,
             lease_seconds=COMMAND_LEASE_SECONDS,
             retention_days=0,
+            timeout=settings.ledger_timeout,
             logger=logger,
         )
     except LedgerError as exc:

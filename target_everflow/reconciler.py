@@ -677,6 +677,7 @@ def reconcile(settings: Settings, logger: logging.Logger, echo: t.Callable[[str]
             default_dir=settings.state_dir,
             lease_seconds=60.0,
             retention_days=settings.ledger_retention_days,
+            timeout=settings.ledger_timeout,
             logger=logger,
         )
     except LedgerError as exc:

@@ -59,7 +59,11 @@ def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) 
     settings = load_target(config).settings
     try:
         report = build_report(
-            settings.ledger_url, default_dir=settings.state_dir, days=days, runs=runs
+            settings.ledger_url,
+            default_dir=settings.state_dir,
+            days=days,
+            runs=runs,
+            timeout=settings.ledger_timeout,
         )
     except LedgerError as exc:
         from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - the run's exit code 4

@@ -337,3 +337,31 @@ def test_sqlite_busy_wait_never_hangs_the_run(ending: str, tmp_path: pathlib.Pat
             target.kill()
     _ended(target, ending, code, waited,
            "waited 2 s (ledger_timeout) for another process to release its lock on the SQLite file")  # fmt: skip
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "command", [["ledger", "status"], ["ledger", "in-doubt"], ["reconcile"], ["report"]]
+)
+def test_ledger_commands_wait_for_a_held_lock_at_most_ledger_timeout(
+    command: list[str], tmp_path: pathlib.Path, pg_table: str
+) -> None:
+    """The commands open the ledger as a run does: under the configured ``ledger_timeout``
+    (they used its default, 30 s, whatever the config said)."""
+    base = postgres_url()
+    url = f"{base}{'&' if '?' in base else '?'}table={pg_table}"
+    config = {**config_under(tmp_path), "ledger_url": url, "ledger_timeout": 2,
+              "postback_url": "http://127.0.0.1:9/", "api_key": "test-key",
+              "api_url": "https://api.eflow.team/v1"}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with _pg_lock(pg_table, LOCKS["access_exclusive"], tmp_path):
+        proc = subprocess.run(
+            [sys.executable, "-m", "target_everflow", *command, "--config", str(path)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 4, (proc.returncode, proc.stderr[-3000:])
+    assert f"gave up after 2 s (lock_timeout) waiting for a lock on the ledger table {pg_table}" in (
+        proc.stderr
+    ), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
