@@ -3,7 +3,7 @@
 A run writes its row when it starts (``exit_code`` NULL while it runs) and completes it when it
 ends: the summary counts, requests, retries, 429s and the exit code. A row that never got its end
 is a run still going, or one that was killed (SIGKILL, a crash) before it could record it. Dry
-runs use a scratch ledger and record no history. Rows older than ``ledger_retention_days`` are
+runs dedupe in memory and record no history. Rows older than ``ledger_retention_days`` are
 pruned when a run starts, like delivered keys. ``target-everflow history`` shows them
 (``history.py``); ``ledger forget`` prunes them.
 """
