@@ -200,7 +200,10 @@ def as_number(value: t.Any) -> NumberText:
     if isinstance(value, Decimal):
         return _number_text(value)
     if isinstance(value, float):
-        return _number_text(Decimal(repr(value)))
+        text = repr(value)  # the shortest text that reads back as this float
+        if _JSON_NUMBER.match(text):  # plain already (no exponent, not inf or nan): as is
+            return NumberText(text)
+        return _number_text(Decimal(text))
     if isinstance(value, str):
         text = value.strip()
         if len(text) <= MAX_NUMBER_DIGITS + 2 and _JSON_NUMBER.match(text):

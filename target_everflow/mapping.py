@@ -43,6 +43,7 @@ from target_everflow.outcomes import (
 )
 from target_everflow.records import (
     MISSING,
+    NEEDS_LOOKUP,
     Layout,
     SegmentEvent,
     SegmentObject,
@@ -50,6 +51,7 @@ from target_everflow.records import (
     fold,
     id_text,
     json_loads,
+    layout_of,
     slug,
     stream_event,
 )
@@ -508,12 +510,23 @@ class Mapper:
             if not isinstance(product, dict):
                 dropped.append((f"{plan.param}[{i}]", "the product is not an object"))
                 continue
-            item = SegmentObject(product, event.stream)
+            layout = layout_of(product)
+            item: SegmentObject | None = None
             parts: list[str] = []
             for key, path, types in plan.items:
-                value = item.get(path)
-                if value is MISSING:
+                where = layout.leaf_key(path)
+                if where is None:
                     continue
+                if where is NEEDS_LOOKUP:
+                    if item is None:
+                        item = SegmentObject(product, event.stream)
+                    value = item.get(path)
+                    if value is MISSING:
+                        continue
+                else:  # the one key that can hold it, read directly
+                    value = product[where]
+                    if value is None or value == "":
+                        continue
                 try:
                     coerced = coerce(value, types)
                 except Mismatch as exc:

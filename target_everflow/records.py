@@ -107,7 +107,7 @@ class Layout:
     plan of each (stream, layout) is compiled once, lazily, path by path.
     """
 
-    __slots__ = ("index", "_where", "unprefixed", "_holds")
+    __slots__ = ("index", "_where", "unprefixed", "_holds", "_leaf")
 
     def __init__(self, keys: tuple) -> None:
         index: dict[str, str] = {}
@@ -118,6 +118,7 @@ class Layout:
         self._where: dict[_Tail, tuple[tuple[str, int], ...]] = {}
         self.unprefixed: dict[SegmentPath, str | None] = {}
         self._holds: dict[SegmentPath, bool] = {}
+        self._leaf: dict[SegmentPath, t.Any] = {}
 
     def where(self, tail: _Tail) -> tuple[tuple[str, int], ...]:
         found = self._where.get(tail)
@@ -140,6 +141,26 @@ class Layout:
             )
         return held
 
+    def leaf_key(self, path: SegmentPath) -> t.Any:
+        """Where a record of this layout keeps ``path``, when that needs no lookup: the one key
+        that can hold it (a value there that is null or empty means absent), ``None`` when no
+        key can, ``NEEDS_LOOKUP`` otherwise (nested, several spellings, a warehouse column)."""
+        try:
+            return self._leaf[path]
+        except KeyError:
+            pass
+        where = self.where(path.tails[0])
+        if path.unprefixed:
+            found: t.Any = NEEDS_LOOKUP
+        elif not where:
+            found = None
+        elif len(where) == 1 and where[0][1] == len(path.segments):
+            found = where[0][0]
+        else:
+            found = NEEDS_LOOKUP
+        self._leaf[path] = found
+        return found
+
     def unprefixed_key(self, path: SegmentPath) -> str | None:
         """The top-level column a warehouse stores ``properties.x`` under (``x``), if any."""
         try:
@@ -152,6 +173,15 @@ class Layout:
 _LAYOUTS: dict[tuple, Layout] = {}
 _MAX_LAYOUTS = 4096
 """Layouts remembered; the cache starts over when it holds this many."""
+
+
+NEEDS_LOOKUP: t.Any = _Missing()
+"""``Layout.leaf_key``'s answer when only a full lookup (``SegmentObject.get``) can tell."""
+
+
+def layout_of(obj: dict) -> Layout:
+    """The layout of a dict's keys (see ``Layout``): shared by every dict with those keys."""
+    return _layout(obj)
 
 
 def _layout(obj: dict) -> Layout:

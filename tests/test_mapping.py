@@ -1516,3 +1516,20 @@ def test_map_never_raises(record: dict) -> None:
         assert isinstance(result, (Conversion, Outcome))
         if isinstance(result, Conversion):
             assert_wellformed(result)
+
+
+def test_product_keys_in_any_spelling_each_product_on_its_own() -> None:
+    """Products of one list may spell their keys differently (obj-case); each product is read
+    by its own keys (of two spellings of one key, the first one counts, as for a record)."""
+    value, dropped = line_items(
+        [
+            {"Quantity": 2, "SKU": "A-1", "product_name": "x", "Name": "Kettle"},
+            {"quantity": None, "qty": 3, "Sku": "B-2", "sku": "", "name": "Cups"},
+            {"QUANTITY": "4", "sku": "C-3", "name": None},
+        ]
+    )
+    assert value == (
+        '[{"quantity":2,"name":"Kettle","sku":"A-1"},{"name":"Cups","sku":"B-2"},'
+        '{"quantity":4,"sku":"C-3"}]'
+    )
+    assert dropped == []
