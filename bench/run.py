@@ -114,10 +114,12 @@ def run_child(
     stdin_file: Path | None = None,
     generator: list[str] | None = None,
     summary: Path | None = None,
+    source: Path = REPO,
 ) -> Run:
-    """Run one target process to the end; its wall time and peak RSS (from ``wait4``)."""
+    """Run one target process to the end; its wall time and peak RSS (from ``wait4``).
+    ``source``: the tree whose ``target_everflow`` runs (the baseline's, for "before")."""
     log = workdir / "stderr.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(source)}
     with open(log, "wb") as err:
         feeder = None
         if generator is not None:
@@ -159,6 +161,35 @@ def fresh_dir(root: Path, name: str) -> Path:
     return path
 
 
+BASELINE_REF = "2d17160"
+"""The commit the "before" figures are measured from, side by side: main when issue 15's work
+on mapping, delivery and memory began (its streaming latency was already in)."""
+
+
+def baseline_tree(root: Path, ref: str) -> Path | None:
+    """``ref``'s source tree, unpacked under ``root`` (``git archive``), or None without git
+    history (an unpacked sdist): the "before" figures are then the ones quoted."""
+    tree = root / f"baseline-{ref}"
+    if (tree / "target_everflow").is_dir():
+        return tree
+    tree.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", ref],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        subprocess.run(
+            ["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=120
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"  no baseline: cannot unpack {ref} ({exc}); the quoted figures stand", flush=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        return None
+    return tree
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(json.dumps(config))
     return path
@@ -191,25 +222,44 @@ def median(runs: list[Run], attr: str = "rate") -> float:
 # --- the three benchmarks ---------------------------------------------------------------------
 
 
-MAPPING_SERIES = ("noop", "target", "noop_validate", "target_validate", "noop_default_reader")
+MAPPING_SERIES = (
+    "noop",
+    "target",
+    "before",
+    "noop_validate",
+    "target_validate",
+    "before_validate",
+    "noop_default_reader",
+)
 
 
 def bench_mapping(
-    root: Path, records: int, repeats: int, *, default_reader: bool, validate: bool
+    root: Path,
+    records: int,
+    repeats: int,
+    *,
+    default_reader: bool,
+    validate: bool,
+    baseline: Path | None,
 ) -> dict[str, list[Run]]:
     """Dry run vs the do-nothing target, with record validation off (target-everflow's default)
-    and, with ``validate``, on (the SDK's default) for both."""
+    and, with ``validate``, on (the SDK's default) for both; with ``baseline``, the baseline's
+    dry run too ("before")."""
     source = input_file(root, records)
     runs: dict[str, list[Run]] = {name: [] for name in MAPPING_SERIES}
     for i in range(repeats):
-        pairs = [("noop", "target")] + ([("noop_validate", "target_validate")] if validate else [])
+        pairs: list[tuple[str, ...]] = [("noop", "target", "before")]
+        if validate:
+            pairs.append(("noop_validate", "target_validate", "before_validate"))
+        if baseline is None:
+            pairs = [pair[:2] for pair in pairs]
         order = [name for pair in pairs for name in (pair if i % 2 == 0 else reversed(pair))]
         if default_reader:
             order.append("noop_default_reader")
         for which in order:
             run_dir = fresh_dir(root, f"mapping-{which}")
             validation = {"validate_records": which.endswith("_validate")}
-            if which.startswith("target"):
+            if which.startswith(("target", "before")):
                 cfg = write_config(
                     run_dir / "config.json", {**base_config(run_dir), "dry_run": True, **validation}
                 )
@@ -218,6 +268,7 @@ def bench_mapping(
                     records=records,
                     workdir=run_dir,
                     summary=run_dir / "summary.json",
+                    source=baseline if which.startswith("before") and baseline else REPO,
                 )
                 if run.summary.get("records_read") != records:
                     raise BenchError(
@@ -285,6 +336,8 @@ def goals_table(goals: list[Goal]) -> str:
     return "\n".join(rows)
 
 
+BASELINE_CONCURRENCIES = (32, 128)
+"""The delivery runs measured for the baseline too."""
 DELIVERY_C32_GOAL = 0.8
 """Delivery at concurrency 32: at least this fraction of the bound (concurrency / latency)."""
 DELIVERY_C128_GOAL = 2500
@@ -298,20 +351,28 @@ def bench_delivery(
     concurrencies: list[int],
     latency: float,
     seconds: float,
+    baseline: Path | None,
 ) -> dict[str, list[Run]]:
+    """Live runs at each concurrency, the ledger off at 32, the naive target; with
+    ``baseline``, the baseline at 32 and 128 too ("before")."""
+
     def size(concurrency: int) -> int:
         # Enough for about `seconds` at the bound, at most --conversions.
         return int(max(200, min(conversions, round(concurrency / latency * seconds, -2))))
 
-    plans: list[tuple[str, list[str] | None, int, dict]] = []
+    plans: list[tuple[str, list[str] | None, int, dict, Path]] = []
     for c in concurrencies:
-        plans.append((f"c{c}", None, size(c), {"max_concurrency": c}))
-    plans.append(("c32_no_ledger", None, size(32), {"max_concurrency": 32, "ledger_url": "none"}))
-    plans.append(("naive", NAIVE, size(1), {}))
+        plans.append((f"c{c}", None, size(c), {"max_concurrency": c}, REPO))
+        if baseline is not None and c in BASELINE_CONCURRENCIES:
+            plans.append((f"before_c{c}", None, size(c), {"max_concurrency": c}, baseline))
+    plans.append(
+        ("c32_no_ledger", None, size(32), {"max_concurrency": 32, "ledger_url": "none"}, REPO)
+    )
+    plans.append(("naive", NAIVE, size(1), {}, REPO))
     runs: dict[str, list[Run]] = {name: [] for name, *_ in plans}
     for i in range(repeats):
         ordered = plans if i % 2 == 0 else list(reversed(plans))
-        for name, argv, n, extra in ordered:
+        for name, argv, n, extra, tree in ordered:
             source = input_file(root, n, conversions=True)
             run_dir = fresh_dir(root, f"delivery-{name}")
             before = _children_cpu()
@@ -329,6 +390,7 @@ def bench_delivery(
                     records=n,
                     workdir=run_dir,
                     summary=None if argv else run_dir / "summary.json",
+                    source=tree,
                 )
             # The receiver is reaped on leaving the block: the children's CPU that is not the
             # target's is its own.
@@ -552,6 +614,7 @@ def table(
     *,
     latency: float,
     concurrencies: list[int],
+    baseline: str | None,
 ) -> tuple[str, list[Goal]]:
     rows = [
         "| Benchmark | Configuration | Records | Records/s (median) | Compared | CPU µs/record | Peak RSS |",
@@ -579,12 +642,21 @@ def table(
                 f"| mapping | target-everflow dry run, record validation {label} | {_n(n)} | "
                 f"{_n(ours)} | **{ours / noop:.2f}x** the do-nothing target | {rss('target' + suffix)} |"
             )
+            before = BEFORE["mapping" + (suffix or "_off").replace("_validate", "_on")]
+            if mapping["before" + suffix]:
+                then = median(mapping["before" + suffix])
+                rows.append(
+                    f"| mapping | before ({baseline}): target-everflow dry run, record validation "
+                    f"{label} | {_n(n)} | {_n(then)} | {then / noop:.2f}x the do-nothing target "
+                    f"| {rss('before' + suffix)} |"
+                )
+                before = f"{then / noop:.2f}x measured beside it ({baseline}); {before} recorded"
             goals.append(
                 Goal(
                     f"dry run >= 0.8x the do-nothing target, validation {label.split(' (')[0]}",
                     f"{ours / noop:.2f}x",
                     ours / noop >= 0.8,
-                    BEFORE["mapping" + (suffix or "_off").replace("_validate", "_on")],
+                    before,
                 )
             )
         if mapping["noop_default_reader"]:
@@ -602,12 +674,27 @@ def table(
             )
 
         for c in concurrencies:
-            runs = delivery[f"c{c}"]
-            rate, bound = median(runs), c / latency
-            rows.append(
-                f"| delivery | concurrency {c}, ledger on (SQLite) | {_n(runs[0].records)} | "
-                f"{_n(rate)} | {rate / bound:.0%} of the bound {_n(bound)}/s | {cpu(runs)} |"
+            for prefix, who in (("", ""), ("before_", f"before ({baseline}): ")):
+                runs = delivery.get(f"{prefix}c{c}", [])
+                if not runs:
+                    continue
+                rate, bound = median(runs), c / latency
+                rows.append(
+                    f"| delivery | {who}concurrency {c}, ledger on (SQLite) | "
+                    f"{_n(runs[0].records)} | {_n(rate)} | {rate / bound:.0%} of the bound "
+                    f"{_n(bound)}/s | {cpu(runs)} |"
+                )
+
+        def measured_before(c: int, quoted: str) -> str:
+            runs = delivery.get(f"before_c{c}") if delivery else None
+            if not runs:
+                return quoted
+            rate = median(runs)
+            return (
+                f"{rate / (c / latency):.0%} ({_n(rate)} records/s) measured beside it "
+                f"({baseline}); {quoted} recorded"
             )
+
         off = delivery["c32_no_ledger"]
         naive = delivery["naive"]
         c32 = median(delivery["c32"]) if "c32" in delivery else None
@@ -631,7 +718,7 @@ def table(
                     "delivery at concurrency 32 >= 80% of the bound (SQLite ledger on)",
                     f"{frac:.0%} ({_n(c32)} records/s)",
                     frac >= DELIVERY_C32_GOAL,
-                    BEFORE["c32"],
+                    measured_before(32, BEFORE["c32"]),
                 )
             )
         if "c128" in delivery:
@@ -642,7 +729,7 @@ def table(
                     "(SQLite ledger on)",
                     f"{_n(c128)} records/s",
                     c128 >= DELIVERY_C128_GOAL,
-                    BEFORE["c128"],
+                    measured_before(128, BEFORE["c128"]),
                 )
             )
         if c32:
@@ -812,6 +899,12 @@ def main() -> int:  # noqa: PLR0915
         action="store_true",
         help="mapping: also the do-nothing target with the SDK's default json reader",
     )
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE_REF,
+        help=f"git ref measured side by side for the 'before' figures ({BASELINE_REF}); "
+        "'none' skips it",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, one run each")
     parser.add_argument(
         "--workdir", help="keep inputs and run directories here (default: a temp dir)"
@@ -836,6 +929,9 @@ def main() -> int:  # noqa: PLR0915
     started = time.time()
     try:
         mapping = delivery = memory = trickle = None
+        baseline = None
+        if args.baseline != "none" and only & {"mapping", "delivery"}:
+            baseline = baseline_tree(root, args.baseline)
         if "mapping" in only:
             print(f"mapping: {args.records:,} records, {args.repeats} runs each", flush=True)
             mapping = bench_mapping(
@@ -844,6 +940,7 @@ def main() -> int:  # noqa: PLR0915
                 args.repeats,
                 default_reader=args.default_reader,
                 validate=not args.no_validate,
+                baseline=baseline,
             )
         if "delivery" in only:
             print(
@@ -851,7 +948,13 @@ def main() -> int:  # noqa: PLR0915
                 flush=True,
             )
             delivery = bench_delivery(
-                root, args.conversions, args.repeats, concurrencies, args.latency, args.seconds
+                root,
+                args.conversions,
+                args.repeats,
+                concurrencies,
+                args.latency,
+                args.seconds,
+                baseline,
             )
         if "memory" in only:
             print("memory:", flush=True)
@@ -867,7 +970,12 @@ def main() -> int:  # noqa: PLR0915
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     rows, goals = table(
-        mapping, delivery, memory, latency=args.latency, concurrencies=concurrencies
+        mapping,
+        delivery,
+        memory,
+        latency=args.latency,
+        concurrencies=concurrencies,
+        baseline=args.baseline if baseline is not None else None,
     )
     command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     trickle_text = None
