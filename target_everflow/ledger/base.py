@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from target_everflow.ledger.keyset import MEMORY_KEYS, KeySet
+
 LOG = logging.getLogger("target_everflow.ledger")
 
 DEFAULT_TABLE = "everflow_ledger"
@@ -180,25 +182,27 @@ class NullLedger(Ledger):
     """``ledger_url: none``: nothing is kept across runs.
 
     UNSAFE for re-runs: a replayed or re-read conversion is sent again. Within one run it still
-    dedupes (two records with one key are one conversion), in memory.
+    dedupes (two records with one key are one conversion), with bounded memory (``KeySet``).
+    Dry run uses one too, whatever ``ledger_url`` says: it never touches the real ledger.
     """
 
     keeps_metadata = False
 
-    def __init__(self, description: str = "none") -> None:
+    def __init__(self, description: str = "none", *, memory_keys: int = MEMORY_KEYS) -> None:
         self.description = description
         self.owner = new_owner()
         self._claimed: set[str] = set()
-        self._delivered: set[str] = set()
+        self._delivered = KeySet(memory_keys)
 
     def claim(
         self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
     ) -> dict[str, ClaimStatus]:
+        delivered = self._delivered.among(keys)
         result: dict[str, ClaimStatus] = {}
         for key in keys:
             if key in result:
                 continue
-            if key in self._delivered:
+            if key in delivered:
                 result[key] = ClaimStatus.DELIVERED
             elif key in self._claimed:
                 result[key] = ClaimStatus.BUSY
@@ -221,7 +225,7 @@ class NullLedger(Ledger):
         pass
 
     def close(self) -> None:
-        pass
+        self._delivered.close()
 
     def status(self, key: str) -> str | None:
         if key in self._delivered:
