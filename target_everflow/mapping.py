@@ -47,11 +47,13 @@ from target_everflow.records import (
     Layout,
     SegmentEvent,
     SegmentObject,
+    child_layouts,
     compile_path,
     fold,
     id_text,
     json_loads,
     layout_of,
+    may_hold_in,
     slug,
     stream_event,
 )
@@ -232,7 +234,8 @@ class Mapper:
         self.settings = settings
         self.logger = logger or logging.getLogger("target-everflow")
         self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
-        self._by_layout: dict[tuple[Layout, str], list[tuple[_Plan, tuple]]] = {}
+        self._by_shape: dict[tuple, list[tuple[_Plan, tuple]]] = {}
+        self._hops: dict[Layout, tuple[str, ...]] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -402,7 +405,7 @@ class Mapper:
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan, paths in self._plans_for(event.layout, platform):
+        for plan, paths in self._plans_for(event, platform):
             try:
                 value = self._value(event, plan, paths, dropped)
             except Mismatch as exc:
@@ -456,23 +459,44 @@ class Mapper:
             event_time=when,
         )
 
-    def _plans_for(self, layout: Layout, platform: str) -> list[tuple[_Plan, tuple]]:
-        """The platform's plans for records of one key layout, each with the paths such a
-        record can hold (``None`` for a rule's path it cannot): compiled once per layout, so
-        a warehouse row or flattened record does not look up the fields its columns lack."""
-        compiled = self._by_layout.get((layout, platform))
+    def _plans_for(self, event: SegmentEvent, platform: str) -> list[tuple[_Plan, tuple]]:
+        """The platform's plans for records of one shape, each with the paths such a record
+        can hold (``None`` for a rule's path it cannot). A shape is the record's key layout and
+        the layouts of the objects it holds at the top (a raw event's ``context`` and
+        ``properties``); the plans are compiled once per shape, so no record looks up a field
+        its keys cannot hold (a warehouse row's missing columns, a raw event's absent
+        properties)."""
+        layout = event.layout
+        hops = self._hops.get(layout)
+        if hops is None:
+            hops = self._hops[layout] = self._hop_keys(layout)
+        inside = child_layouts(event.record, hops) if hops else ()
+        shape = (layout, platform, inside)
+        compiled = self._by_shape.get(shape)
         if compiled is None:
+            children = dict(zip(hops, inside))
             compiled = []
             for plan in self._plans[platform]:
-                if plan.rule is not None:
-                    paths = tuple(p if layout.may_hold(p) else None for p in plan.paths)
-                else:
-                    paths = tuple(p for p in plan.paths if layout.may_hold(p))
+                held = [p if may_hold_in(layout, children, p) else None for p in plan.paths]
+                paths = tuple(held) if plan.rule is not None else tuple(p for p in held if p)
                 compiled.append((plan, paths))
-            if len(self._by_layout) >= 4096:  # bounded, as the layouts are
-                self._by_layout.clear()
-            self._by_layout[layout, platform] = compiled
+            if len(self._by_shape) >= 4096:  # bounded, as the layouts are
+                self._by_shape.clear()
+                self._hops.clear()
+            self._by_shape[shape] = compiled
         return compiled
+
+    def _hop_keys(self, layout: Layout) -> tuple[str, ...]:
+        """The keys of a layout that some plan's path goes through to a nested object."""
+        keys: dict[str, None] = {}
+        for plans in self._plans.values():
+            for plan in plans:
+                for path in plan.paths:
+                    n = len(path.segments)
+                    for key, end in layout.where(path.tails[0]):
+                        if end < n:
+                            keys[key] = None
+        return tuple(keys)
 
     def _value(
         self, event: SegmentObject, plan: _Plan, paths: tuple, dropped: list[tuple[str, str]]
@@ -485,7 +509,7 @@ class Mapper:
             return None
         if plan.items:
             return self._line_items(event, plan, dropped)
-        found = event.first(*paths)
+        found = event.get(paths[0]) if len(paths) == 1 else event.first(*paths)
         if found is MISSING:
             return None
         return render(coerce(found, plan.types))

@@ -175,6 +175,41 @@ _MAX_LAYOUTS = 4096
 """Layouts remembered; the cache starts over when it holds this many."""
 
 
+JSON_TEXT: t.Any = _Missing()
+"""In ``child_layouts``: the value is an object kept as JSON text (a lookup may parse it)."""
+
+
+def child_layouts(record: dict, keys: t.Iterable[str]) -> tuple:
+    """What the record holds at each of ``keys`` (keys of its layout), as ``may_hold_in``
+    reads it: the layout of an object, ``JSON_TEXT``, or None (nothing to look into)."""
+    found: list[t.Any] = []
+    for key in keys:
+        value = record[key]
+        if type(value) is dict or isinstance(value, dict):
+            found.append(_layout(value))
+        elif isinstance(value, str) and value[:1] == "{":
+            found.append(JSON_TEXT)
+        else:
+            found.append(None)
+    return tuple(found)
+
+
+def may_hold_in(top: Layout, children: t.Mapping[str, t.Any], path: SegmentPath) -> bool:
+    """Whether a record of layout ``top`` whose objects at the top have the layouts
+    ``children`` (key -> ``child_layouts``' answer; a key not there: not looked into) can hold
+    a value at ``path``. False is certain: every lookup of ``path`` in it finds nothing."""
+    if path.unprefixed and (top.unprefixed_key(path) is not None or top.where(path.tails[1])):
+        return True
+    n = len(path.segments)
+    for key, end in top.where(path.tails[0]):
+        if end == n or key not in children:
+            return True
+        child = children[key]
+        if child is JSON_TEXT or (child is not None and child.where(path.tails[end])):
+            return True
+    return False
+
+
 NEEDS_LOOKUP: t.Any = _Missing()
 """``Layout.leaf_key``'s answer when only a full lookup (``SegmentObject.get``) can tell."""
 

@@ -1533,3 +1533,30 @@ def test_product_keys_in_any_spelling_each_product_on_its_own() -> None:
         '{"quantity":4,"sku":"C-3"}]'
     )
     assert dropped == []
+
+
+def test_one_mapper_reads_each_record_by_its_own_keys_whatever_came_before() -> None:
+    """Plans are compiled per record shape (its keys and those of its top-level objects): a
+    record whose ``properties`` hold a field the previous ones lacked still sends it, and one
+    that keeps ``properties`` as JSON text is parsed."""
+    m = mapper()
+    plain = raw_event(properties={"orderId": 5})
+    with_adv = raw_event(properties={"orderId": 5, "adv1": "x"})
+    as_text = raw_event()
+    as_text["properties"] = '{"orderId": 6, "adv2": "y", "transaction_id": "' + TID + '"}'
+    renamed = raw_event(properties={"order_id": 7, "ADV3": "z"})
+    sent = []
+    for record in (plain, with_adv, plain, as_text, renamed, with_adv):
+        result = m.map(record, "segment_archive")
+        assert isinstance(result, Conversion), result
+        params = dict(result.params)
+        sent.append((params.get("order_id"), params.get("adv1"), params.get("adv2"),
+                     params.get("adv3")))  # fmt: skip
+    assert sent == [
+        ("5", None, None, None),
+        ("5", "x", None, None),
+        ("5", None, None, None),
+        ("6", None, "y", None),
+        ("7", None, None, "z"),
+        ("5", "x", None, None),
+    ]
