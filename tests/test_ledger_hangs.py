@@ -361,7 +361,8 @@ def test_ledger_commands_wait_for_a_held_lock_at_most_ledger_timeout(
             capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
     assert proc.returncode == 4, (proc.returncode, proc.stderr[-3000:])
-    assert f"gave up after 2 s (lock_timeout) waiting for a lock on the ledger table {pg_table}" in (
-        proc.stderr
+    assert (
+        f"gave up after 2 s (lock_timeout) waiting for a lock on the ledger table {pg_table}"
+        in (proc.stderr)
     ), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
