@@ -36,7 +36,7 @@ from target_everflow.ledger.claims import (
 )
 from target_everflow.ledger.io import LedgerIO
 from target_everflow.ledger.leases import Leases
-from target_everflow.ledger.marks import Mark, MarkQueue, write_marks
+from target_everflow.ledger.marks import COMMIT_WHAT, Mark, MarkQueue, write_marks
 from target_everflow.ledger.schema import create, upgrade
 from target_everflow.ledger.urls import error_text
 from target_everflow.retry import LEDGER_RETRY
@@ -88,7 +88,7 @@ class SQLLedger(Ledger):
         self._closed = False
         self._io = LedgerIO(description, timeout, on_hang=self._fail)
         self._marks = MarkQueue(
-            commit=self._commit_marks, check=self._check, logger=self.log,
+            commit=self._commit_marks, run=self._io.call, check=self._check, logger=self.log,
             describe=lambda e: f"ledger {description}: could not commit delivered marks: "
             f"{self._describe_error(e)}",
             commit_delay=commit_delay, max_batch=max_batch,
@@ -387,7 +387,7 @@ class SQLLedger(Ledger):
             raise LedgerError(f"ledger {self.description} is closed")
 
     def _commit_marks(self, items: list[Mark]) -> set[str]:
-        return self.transaction(lambda cur: write_marks(self, cur, items), "commit delivered marks")
+        return self.transaction(lambda cur: write_marks(self, cur, items), COMMIT_WHAT)
 
     # ---- leases (leases.py) -----------------------------------------------------------
 
