@@ -154,7 +154,7 @@ class MarkQueue:
                         self._job = None
                     self._cond.notify_all()
 
-    def _commit_queued(self, job: object | None = None) -> None:
+    def _commit_queued(self, job: object) -> None:
         """On the I/O thread: commit up to ``max_batch`` of the queued marks (oldest first).
 
         Jobs run one at a time, so marks taken by an earlier job are committed (or the ledger
@@ -207,11 +207,12 @@ class MarkQueue:
                     if self._stopping or self.failed is not None:
                         return
                 continue
+            with self._cond:
+                target = self._enqueued
             try:
-                self._run(self._commit_queued, COMMIT_WHAT)
+                self._commit_up_to(target)  # (or rides on a job a sending mark queued)
             except LedgerError as e:
                 self._log.error("%s", e)
-                self.fail(e)
                 return
 
 
