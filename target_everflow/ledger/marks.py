@@ -246,13 +246,6 @@ def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
                 (keys, ledger.owner),
             )
             fenced = {r[0] for r in cur.fetchall()}
-    if marks:
+    if marks:  # (with sent_at: the first accepted answer's time)
         ledger._upsert_delivered(cur, marks, now)
-        cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
-            ledger.sql(
-                "UPDATE {t} SET sent_at = ? WHERE delivery_key {in_keys}"
-                " AND status = 'delivered' AND sent_at IS NULL"
-            ),
-            (now, ledger.keys_param(sorted({k for k, _ in marks}))),
-        )
     return fenced

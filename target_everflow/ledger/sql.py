@@ -124,7 +124,8 @@ class SQLLedger(Ledger):
 
     @abc.abstractmethod
     def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
-        """Write ``delivered`` rows (insert or update), one transaction for the batch."""
+        """Write ``delivered`` rows (insert or update; ``sent_at`` is ``now`` unless a row has
+        one already), one statement for the batch."""
 
     @abc.abstractmethod
     def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
