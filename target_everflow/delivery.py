@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 import typing as t
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,10 @@ from target_everflow.retry import RetryPolicy
 if t.TYPE_CHECKING:
     from target_everflow.mapping import Conversion
     from target_everflow.metrics import RunMetrics
+
+
+SETTLE_EVERY = 0.005
+"""Seconds the engine lets results gather before it settles them (a postback takes longer)."""
 
 
 class RateLimiter:
@@ -93,49 +96,63 @@ class RateLimiter:
                 time.sleep(min(wait_for, 1.0))
 
 
+class _Raised:
+    """What a call run by a ``_Workers`` thread raised, handed to whoever waits for it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Workers:
     """``max_concurrency`` sending threads. Unlike ``ThreadPoolExecutor``'s, they are daemon
     threads that the interpreter does not join at exit: a postback abandoned in flight (still
-    connecting, say, where no socket can be shut down yet) never keeps a stopping run alive."""
+    connecting, say, where no socket can be shut down yet) never keeps a stopping run alive.
+
+    No future per call: ``submit(fn, arg, done)`` runs ``fn(arg)`` and hands ``done`` its result
+    (or a ``_Raised``), which is all the engine needs, without a condition variable per call."""
 
     def __init__(self, count: int, name: str) -> None:
         self._count = count
         self._name = name
         self._queue: queue.SimpleQueue[
-            tuple[Future[t.Any], t.Callable[..., t.Any], tuple] | None
+            tuple[t.Callable[[t.Any], t.Any], t.Any, t.Callable[[t.Any], None]] | None
         ] = queue.SimpleQueue()
         self._started = False
 
-    def submit(self, fn: t.Callable[..., t.Any], *args: t.Any) -> Future[t.Any]:
+    def submit(
+        self, fn: t.Callable[[t.Any], t.Any], arg: t.Any, done: t.Callable[[t.Any], None]
+    ) -> None:
         if not self._started:
             self._started = True
             for i in range(self._count):
                 threading.Thread(target=self._work, name=f"{self._name}_{i}", daemon=True).start()
-        future: Future[t.Any] = Future()
-        self._queue.put((future, fn, args))
-        return future
+        self._queue.put((fn, arg, done))
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            future, fn, args = item
-            if not future.set_running_or_notify_cancel():
-                continue
+            fn, arg, done = item
             try:
-                result = fn(*args)
+                result = fn(arg)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+                result = _Raised(exc)
+            done(result)
 
-    def shutdown(self) -> None:
-        """Cancel what has not started; idle threads end, busy ones when their call returns."""
+    def discard_queued(self) -> None:
+        """Drop the calls no thread has taken yet (they never run)."""
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
-            if item is not None:
-                item[0].cancel()
+                return
+            if item is None:  # (only shutdown() queues these: keep them)
+                self._queue.put(None)
+                return
+
+    def shutdown(self) -> None:
+        """Drop what has not started; idle threads end, busy ones when their call returns."""
+        self.discard_queued()
         if self._started:
             for _ in range(self._count):
                 self._queue.put(None)
@@ -429,34 +446,35 @@ class DeliveryEngine:
         """Send them; return those whose claim another run took over (not sent, not counted)."""
         if not conversions:
             return []
-        # Each future reports itself on a queue when done: settling one is O(1). (wait() with
-        # FIRST_COMPLETED installs a waiter on every pending future, each time: O(batch) per
-        # postback, which at 5,000 per batch cost more CPU than the requests themselves.)
-        finished: queue.SimpleQueue[Future[_Result]] = queue.SimpleQueue()
-        futures: set[Future[_Result]] = set()
+        # Each call reports its result on a queue: settling one is O(1), and results that
+        # arrived together are settled together (SETTLE_EVERY), so the main thread does not
+        # wake for every postback.
+        finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
         for conversion in conversions:
-            future = self._pool.submit(self._send_one, conversion)
-            futures.add(future)
-            future.add_done_callback(finished.put)
+            self._pool.submit(self._send_one, conversion, finished.put)
+        pending = len(conversions)
         grace_deadline: float | None = None
         release: list[str] = []
         lost: list[Conversion] = []
         try:
-            while futures:
+            while pending:
                 try:
-                    future = finished.get(timeout=0.25)
+                    result = finished.get(timeout=0.25)
                 except queue.Empty:
                     pass
                 else:
                     while True:
-                        if future in futures:
-                            futures.discard(future)
-                            self._settle(future.result(), release, lost)
+                        pending -= 1
+                        if isinstance(result, _Raised):
+                            raise result.error
+                        self._settle(result, release, lost)
                         try:
-                            future = finished.get_nowait()
+                            result = finished.get_nowait()
                         except queue.Empty:
                             break
-                if self._stop.is_set():
+                    if pending and not self._stop.is_set():
+                        time.sleep(SETTLE_EVERY)
+                if self._stop.is_set() and pending:
                     now = time.monotonic()
                     if grace_deadline is None:
                         grace_deadline = now + self.stop_grace
@@ -464,16 +482,15 @@ class DeliveryEngine:
                         # Abandoned in flight: Everflow may have them. Their claims stay
                         # pending, so the next run treats them as in doubt. Their sockets are
                         # shut down (nothing waits on them); their workers account for nothing.
-                        for future in futures:
-                            future.cancel()
+                        self._pool.discard_queued()
                         self.client.close()
                         self.logger.warning(
                             "Abandoned %d postbacks still in flight after %.0f s; the next run "
                             "treats them as in doubt.",
-                            len(futures),
+                            pending,
                             self.stop_grace,
                         )
-                        futures = set()
+                        pending = 0
         finally:
             if lost:
                 self.logger.warning(

@@ -1,14 +1,18 @@
 """The ledger's group commit: ``sending`` and ``delivered`` marks, queued and committed together.
 
-``mark_delivered`` only queues; a writer thread (``ledger-writer``) commits every queued mark
-within a few milliseconds in one transaction. ``mark_sending`` (the fence) and ``flush`` wait
-for their marks to be committed. A commit that fails makes the ledger *failed*: sticky, every
-later call raises the error, so a mark is never silently lost and no STATE is emitted past a
-delivery that is not in the ledger.
+Marks are queued, and committed in one transaction by a job of the ledger's I/O thread that
+takes every mark queued by the time it runs. ``mark_sending`` (the fence) and ``flush`` queue
+that job themselves and wait for it (with the I/O thread's deadline): a sending mark goes from
+the sending thread straight to the I/O thread and back, and marks queued meanwhile by other
+threads go in the same transaction. ``mark_delivered`` only queues; a writer thread
+(``ledger-writer``) commits marks nobody waits for within a few milliseconds. A commit that
+fails makes the ledger *failed*: sticky, every later call raises the error, so a mark is never
+silently lost and no STATE is emitted past a delivery that is not in the ledger.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,21 +27,29 @@ if TYPE_CHECKING:
 Mark = tuple[str, "int | None"]
 """(key, HTTP status) for a delivered mark; (key, None) for a sending mark."""
 
+FOLLOW_WAIT = 0.2
+"""Seconds between looks of a caller waiting for a commit job another caller queued (that
+caller's wait has the deadline, and wakes the others when it ends)."""
+COMMIT_WHAT = "commit delivered marks"
+"""What a mark commit is called in errors ("... while trying to commit delivered marks")."""
+
 
 class MarkQueue:
-    """The queue of marks and the writer thread that commits them.
+    """The queue of marks, the commit job and the writer thread.
 
     ``commit(marks)`` writes one batch in one transaction and returns the keys whose sending
-    mark proved the claim still ours; ``describe(error)`` is the message of a commit that failed
-    other than with a :class:`LedgerError`. ``check()`` raises when the ledger cannot take marks (it
-    is called with the queue's lock held). Also holds the ledger's sticky failure
-    (:attr:`failed`).
+    mark proved the claim still ours; ``run(job, what)`` runs ``job`` on the I/O thread and
+    waits for it with a deadline (``LedgerIO.call``); ``describe(error)`` is the message of a
+    commit that failed other than with a :class:`LedgerError`. ``check()`` raises when the
+    ledger cannot take marks (it is called with the queue's lock held). Also holds the ledger's
+    sticky failure (:attr:`failed`).
     """
 
     def __init__(
         self,
         *,
         commit: Callable[[list[Mark]], set[str]],
+        run: Callable[[Callable[[], None], str], None],
         check: Callable[[], None],
         describe: Callable[[Exception], str],
         logger: logging.Logger,
@@ -45,6 +57,7 @@ class MarkQueue:
         max_batch: int,
     ) -> None:
         self._commit = commit
+        self._run = run
         self._check = check
         self._describe = describe
         self._log = logger
@@ -55,11 +68,11 @@ class MarkQueue:
         self._queue: list[Mark] = []
         self._enqueued = 0
         self._committed = 0
-        self._flush_waiters = 0
         self._stopping = False
         self.failed: LedgerError | None = None
         self._fenced: dict[str, bool] = {}  # sending marks' answers, by key
-        self.commits = 0  # number of writer transactions (diagnostics, tests)
+        self._job: object | None = None  # the commit job queued on the I/O thread, not started
+        self.commits = 0  # number of mark transactions (diagnostics, tests)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -89,7 +102,9 @@ class MarkQueue:
             self._check()
             self._queue.append((key, None))
             self._enqueued += 1
-            self._wait_committed(self._enqueued)
+            target = self._enqueued
+        self._commit_up_to(target)
+        with self._cond:
             return self._fenced.pop(key, False)
 
     def delivered(self, key: str, http_status: int) -> None:
@@ -108,63 +123,97 @@ class MarkQueue:
             target = self._enqueued
             if self._committed >= target:
                 return False
-            self._wait_committed(target)
-            return True
+        self._commit_up_to(target)
+        return True
 
-    def _wait_committed(self, target: int) -> None:
-        """Wait (holding ``_cond``) until the first ``target`` marks are committed.
+    def _commit_up_to(self, target: int) -> None:
+        """Commit until the first ``target`` marks are committed, on the I/O thread.
 
-        A waiter makes the writer commit at once instead of gathering more marks. The writer
-        commits or fails within its own deadline (it waits for the I/O thread), so this ends.
-        """
-        self._flush_waiters += 1
-        self._cond.notify_all()
-        try:
-            while self._committed < target and self.failed is None:
-                self._cond.wait()
-        finally:
-            self._flush_waiters -= 1
-        if self.failed is not None:
-            raise self.failed
+        At most one commit job waits in the I/O thread's queue: a caller that finds one there
+        lets it take its mark too and waits for it, instead of queuing a job of its own (which
+        would find nothing left to commit). The caller that queued the job waits for it with the
+        I/O thread's deadline, and wakes the others however its wait ends, so theirs end too."""
+        while True:
+            with self._cond:
+                if self.failed is not None:
+                    raise self.failed
+                if self._committed >= target:
+                    return
+                if self._job is not None:  # queued and not started yet: it takes our mark
+                    self._cond.wait(FOLLOW_WAIT)
+                    continue
+                job = self._job = object()
+            try:
+                self._run(functools.partial(self._commit_queued, job), COMMIT_WHAT)
+            except LedgerError as e:
+                self.fail(e)  # (a wait that ran out has failed the ledger already)
+                raise
+            finally:
+                with self._cond:
+                    if self._job is job:  # never started (the wait was cut short)
+                        self._job = None
+                    self._cond.notify_all()
 
-    def _next_batch(self) -> list[Mark] | None:
-        """The next marks to commit (None: stopping, all committed), gathered for a few
-        milliseconds unless someone is waiting for them."""
+    def _commit_queued(self, job: object) -> None:
+        """On the I/O thread: commit up to ``max_batch`` of the queued marks (oldest first).
+
+        Jobs run one at a time, so marks taken by an earlier job are committed (or the ledger
+        failed) before the next job looks."""
         with self._cond:
-            while not self._queue and not self._stopping:
+            if self._job is job:
+                self._job = None  # started: marks queued from now on need another job
+            if self.failed is not None:
+                raise self.failed
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+        if not batch:
+            return
+        try:
+            fenced = self._commit(batch)
+        except Exception as e:
+            err = e if isinstance(e, LedgerError) else LedgerError(self._describe(e))
+            self.fail(err)  # sticky: every later call raises; no mark is silently dropped
+            raise err from None
+        with self._cond:
+            for key, status in batch:
+                if status is None:
+                    self._fenced[key] = key in fenced
+            self._committed += len(batch)
+            self.commits += 1
+            self._cond.notify_all()
+
+    def _gathered(self) -> bool:
+        """Wait for marks and gather them for a few milliseconds; False: stopping, all
+        committed."""
+        with self._cond:
+            while not self._queue and not self._stopping and self.failed is None:
                 self._cond.wait()
-            if not self._queue:
-                return None
+            if self.failed is not None or not self._queue:
+                return False
             deadline = time.monotonic() + self._commit_delay
-            while (
-                len(self._queue) < self._max_batch
-                and not self._flush_waiters
-                and not self._stopping
-            ):
+            while len(self._queue) < self._max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            return batch
+            return bool(self._queue)
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            try:
-                fenced = self._commit(batch)
-            except Exception as e:
-                err = e if isinstance(e, LedgerError) else LedgerError(self._describe(e))
-                self._log.error("%s", err)
-                self.fail(err)  # sticky: every later call raises; no mark is silently dropped
-                return
+        """The writer: commits the marks nobody waits for (``mark_delivered``), a few
+        milliseconds after the first of them was queued."""
+        while True:
+            if not self._gathered():
+                with self._cond:
+                    if self._stopping or self.failed is not None:
+                        return
+                continue
             with self._cond:
-                for key, status in batch:
-                    if status is None:
-                        self._fenced[key] = key in fenced
-                self._committed += len(batch)
-                self.commits += 1
-                self._cond.notify_all()
+                target = self._enqueued
+            try:
+                self._commit_up_to(target)  # (or rides on a job a sending mark queued)
+            except LedgerError as e:
+                self._log.error("%s", e)
+                return
 
 
 def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
@@ -178,22 +227,25 @@ def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
         # The fence: the owner check and the write are one statement, so a claim another
         # process took over (our lease had expired) changes no row and is not sent. It also
         # renews the claim's lease.
+        keys = ledger.keys_param(sending)
         cur.execute(
             ledger.sql(
                 "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
-                " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
-                " AND owner = ? RETURNING delivery_key"
+                " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending') AND owner = ?"
             ),
-            (now + ledger.lease_seconds, now, ledger.keys_param(sending), ledger.owner),
+            (now + ledger.lease_seconds, now, keys, ledger.owner),
         )
-        fenced = {r[0] for r in cur.fetchall()}
-    if marks:
+        if cur.rowcount == len(sending):  # every claim still ours (no RETURNING: a row each,
+            fenced = set(sending)  # and SQLite lets the GIL go for each row it steps through)
+        else:  # some were taken over: those still ours are the ones just marked
+            cur.execute(
+                ledger.sql(
+                    "SELECT delivery_key FROM {t} WHERE delivery_key {in_keys}"
+                    " AND status = 'sending' AND owner = ?"
+                ),
+                (keys, ledger.owner),
+            )
+            fenced = {r[0] for r in cur.fetchall()}
+    if marks:  # (with sent_at: the first accepted answer's time)
         ledger._upsert_delivered(cur, marks, now)
-        cur.execute(  # the first accepted answer's time (a row written by 0.1.0: none)
-            ledger.sql(
-                "UPDATE {t} SET sent_at = ? WHERE delivery_key {in_keys}"
-                " AND status = 'delivered' AND sent_at IS NULL"
-            ),
-            (now, ledger.keys_param(sorted({k for k, _ in marks}))),
-        )
     return fenced

@@ -169,12 +169,13 @@ class PostgresLedger(SQLLedger):
         t = self.table
         cur.execute(
             f"INSERT INTO {t} (delivery_key, status, owner, owner_scope, lease_until,"
-            " http_status, created_at, updated_at)"
-            " SELECT u.k, 'delivered', %s, %s, NULL, u.h, %s, %s"
+            " http_status, created_at, updated_at, sent_at)"
+            " SELECT u.k, 'delivered', %s, %s, NULL, u.h, %s, %s, %s"
             " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS u(k, h, i) ORDER BY u.i"
             " ON CONFLICT (delivery_key) DO UPDATE SET status = 'delivered',"
             " owner = EXCLUDED.owner, owner_scope = EXCLUDED.owner_scope, lease_until = NULL,"
-            " http_status = EXCLUDED.http_status, updated_at = EXCLUDED.updated_at"
+            " http_status = EXCLUDED.http_status, updated_at = EXCLUDED.updated_at,"
+            f" sent_at = COALESCE({t}.sent_at, EXCLUDED.sent_at)"
             f" WHERE {t}.status <> 'delivered'",
-            (self.owner, self.scope, now, now, keys, [latest[k] for k in keys]),
+            (self.owner, self.scope, now, now, now, keys, [latest[k] for k in keys]),
         )

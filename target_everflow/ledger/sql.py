@@ -36,7 +36,7 @@ from target_everflow.ledger.claims import (
 )
 from target_everflow.ledger.io import LedgerIO
 from target_everflow.ledger.leases import Leases
-from target_everflow.ledger.marks import Mark, MarkQueue, write_marks
+from target_everflow.ledger.marks import COMMIT_WHAT, Mark, MarkQueue, write_marks
 from target_everflow.ledger.schema import create, upgrade
 from target_everflow.ledger.urls import error_text
 from target_everflow.retry import LEDGER_RETRY
@@ -88,7 +88,7 @@ class SQLLedger(Ledger):
         self._closed = False
         self._io = LedgerIO(description, timeout, on_hang=self._fail)
         self._marks = MarkQueue(
-            commit=self._commit_marks, check=self._check, logger=self.log,
+            commit=self._commit_marks, run=self._io.call, check=self._check, logger=self.log,
             describe=lambda e: f"ledger {description}: could not commit delivered marks: "
             f"{self._describe_error(e)}",
             commit_delay=commit_delay, max_batch=max_batch,
@@ -124,7 +124,8 @@ class SQLLedger(Ledger):
 
     @abc.abstractmethod
     def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
-        """Write ``delivered`` rows (insert or update), one transaction for the batch."""
+        """Write ``delivered`` rows (insert or update; ``sent_at`` is ``now`` unless a row has
+        one already), one statement for the batch."""
 
     @abc.abstractmethod
     def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
@@ -387,7 +388,7 @@ class SQLLedger(Ledger):
             raise LedgerError(f"ledger {self.description} is closed")
 
     def _commit_marks(self, items: list[Mark]) -> set[str]:
-        return self.transaction(lambda cur: write_marks(self, cur, items), "commit delivered marks")
+        return self.transaction(lambda cur: write_marks(self, cur, items), COMMIT_WHAT)
 
     # ---- leases (leases.py) -----------------------------------------------------------
 

@@ -111,12 +111,13 @@ class SQLiteLedger(SQLLedger):
         t = self.table
         cur.execute(
             f"INSERT INTO {t} (delivery_key, status, owner, owner_scope, lease_until,"
-            " http_status, created_at, updated_at)"
+            " http_status, created_at, updated_at, sent_at)"
             " SELECT json_extract(value, '$[0]'), 'delivered', ?, ?, NULL,"
-            " json_extract(value, '$[1]'), ?, ? FROM json_each(?) WHERE true"
+            " json_extract(value, '$[1]'), ?, ?, ? FROM json_each(?) WHERE true"
             " ON CONFLICT (delivery_key) DO UPDATE SET status = 'delivered',"
             " owner = excluded.owner, owner_scope = excluded.owner_scope, lease_until = NULL,"
-            " http_status = excluded.http_status, updated_at = excluded.updated_at"
+            " http_status = excluded.http_status, updated_at = excluded.updated_at,"
+            f" sent_at = COALESCE({t}.sent_at, excluded.sent_at)"
             f" WHERE {t}.status <> 'delivered'",
-            (self.owner, self.scope, now, now, json.dumps(marks)),
+            (self.owner, self.scope, now, now, now, json.dumps(marks)),
         )
