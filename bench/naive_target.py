@@ -53,6 +53,7 @@ class NaiveTarget(Target):
         self.urls = PostbackClient(  # only its url(): the naive sink sends with requests.get
             self.settings.postback_url or "https://dry-run.invalid/",
             verification_token=self.settings.verification_token,
+            timeout=self.settings.request_timeout,
         )
         self.session = requests.Session()
 

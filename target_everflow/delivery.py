@@ -250,11 +250,11 @@ class DeliveryEngine:
         policy: RetryPolicy,
         limiter: RateLimiter,
         concurrency: int,
-        in_doubt: str = "resend",
+        in_doubt: str,
         dry_run: DryRunWriter | None = None,
         logger: logging.Logger | None = None,
         busy_wait: float = 0.5,
-        stop_grace: float = 10.0,
+        stop_grace: float,
         metrics: RunMetrics | None = None,
     ) -> None:
         self.client = client
@@ -282,10 +282,6 @@ class DeliveryEngine:
         if not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def close(self) -> None:
         self._stop.set()

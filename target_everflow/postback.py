@@ -156,8 +156,7 @@ class PostbackClient:
         postback_url: str,
         *,
         verification_token: str | None = None,
-        timeout: float = 30.0,
-        pool_size: int = 16,  # noqa: ARG002 - one connection per sending thread: as many as they
+        timeout: float,
     ) -> None:
         self.base = postback_url
         self._joiner = "&" if "?" in postback_url else "?"

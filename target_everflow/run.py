@@ -107,7 +107,6 @@ class Run:
             s.postback_url or DRY_RUN_POSTBACK_URL,
             verification_token=s.verification_token,
             timeout=s.request_timeout,
-            pool_size=s.max_concurrency,
         )
         dry_run = DryRunWriter(s.dry_run_output, client) if s.dry_run else None
         self.engine = DeliveryEngine(

@@ -110,7 +110,7 @@ def test_query_is_percent_encoded_utf8():
 
 
 def test_url_appends_token_last_and_redacts():
-    client = PostbackClient("https://t.example/path?x=1", verification_token="tok en")
+    client = PostbackClient("https://t.example/path?x=1", verification_token="tok en", timeout=30)
     conversion = _conversion([("nid", "1"), ("transaction_id", "abc")])
     assert (
         client.url(conversion)
