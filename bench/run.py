@@ -1,8 +1,8 @@
 """target-everflow benchmarks (issue 7): mapping cost, delivery throughput, memory.
 
-    make bench                                  # the defaults below: about 10 minutes on 2 cores
+    make bench                                  # the defaults below: about 18 minutes on 2 cores
     make bench BENCH_ARGS=--quick               # smoke: tiny sizes, one run each
-    make bench BENCH_ARGS=--memory-1m           # also the 1,000,000-record memory run (+4 min)
+    make bench BENCH_ARGS=--only-trickle        # only the latency behind a streaming tap
     .venv/bin/python bench/run.py --help
 
 Prints one table and writes it to ``bench/RESULTS.md`` with the machine's cores and Python
@@ -25,8 +25,9 @@ tap-flattened streams.
    reference (``naive_target.py``: one blocking ``requests.get`` per record) and the ledger off
    (``ledger_url: none``) at concurrency 32. The receiver shares the machine's cores: its CPU
    per record is shown beside the target's.
-3. Memory: peak RSS of dry runs over ``--memory-records`` records (fed through a pipe from the
-   generator, nothing on disk).
+3. Memory: peak RSS over ``--memory-records`` records (100,000 and 1,000,000; fed through a
+   pipe from the generator), once each: a dry run, and a live run (SQLite ledger on) against
+   the receiver.
 4. Latency behind a streaming tap (``--only-trickle`` runs only this): a tap that writes
    ``--trickle-rate`` records/s for ``--trickle-seconds`` through a pipe it keeps open, into a
    live target (default ``max_batch_age_seconds``) against the receiver with ``--latency``. For
@@ -35,6 +36,10 @@ tap-flattened streams.
    stdout; p50 / p99 / max. The pipe is closed only once every postback arrived, so no record is
    delivered by the end of input. ``RESULTS.md``'s latency section is replaced on its own: a
    ``--only-trickle`` run keeps the rest of the file.
+
+The "before" figures: ``--baseline REF`` (default ``BASELINE_REF``) is unpacked from git and
+its dry runs and its delivery at concurrency 32 and 128 run interleaved with the current code's,
+in the same invocation.
 """
 
 from __future__ import annotations
