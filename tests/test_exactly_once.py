@@ -25,12 +25,11 @@ from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     dead_letter_records,
     postgres_url,
-    read_jsonl,
     run_target,
     singer_lines,
     track,
 )
-from tests.receiver import Receiver, ReceiverProcess, accepted_by_transaction
+from tests.receiver import Receiver, ReceiverProcess, accepted_by_transaction, read_log
 
 
 def live(base_config: dict, url: str, **overrides) -> dict:
@@ -232,7 +231,8 @@ def test_sigkill_then_rerun_from_last_state(base_config, tmp_path, in_doubt):
         config = live(base_config, rx.url, max_concurrency=8, batch_size_rows=40, in_doubt=in_doubt)
         proc, out, err = _spawn(config, numbered(0, total), tmp_path, "killed")
         deadline = time.monotonic() + 30
-        while len(read_jsonl(log)) < 100 and time.monotonic() < deadline:
+        # read_log: the receiver may be writing its next line right now (a torn last line)
+        while len(read_log(log)) < 100 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
