@@ -45,3 +45,20 @@ def test_null_ledger_dedupes_beyond_its_memory_limit() -> None:
     assert ledger.status("m:5") == "delivered" and ledger.status("m:new") == "pending"
     assert ledger.claim(["m:new"]) == {"m:new": ClaimStatus.BUSY}
     ledger.close()
+
+
+def test_threads_adding_at_once_lose_no_key() -> None:
+    import threading
+
+    keys = KeySet(memory_keys=97)
+    threads = [
+        threading.Thread(target=lambda n=n: [keys.add(f"m:{n}:{i}") for i in range(2000)])
+        for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    every = [f"m:{n}:{i}" for n in range(8) for i in range(2000)]
+    assert keys.among(every) == set(every)
+    keys.close()

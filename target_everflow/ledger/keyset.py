@@ -13,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterable
 
 MEMORY_KEYS = 100_000
@@ -23,9 +24,11 @@ _CHUNK = 500
 
 
 class KeySet:
-    """``add`` and ``among``: a set of strings, in memory up to ``memory_keys``, then on disk."""
+    """``add`` and ``among``: a set of strings, in memory up to ``memory_keys``, then on disk.
+    Thread-safe (sending threads add the keys they delivered)."""
 
     def __init__(self, memory_keys: int = MEMORY_KEYS) -> None:
+        self._lock = threading.Lock()
         self._memory: set[str] = set()
         self._memory_keys = max(1, memory_keys)
         self._db: sqlite3.Connection | None = None
@@ -37,13 +40,18 @@ class KeySet:
         return bool(self.among([key]))
 
     def add(self, key: str) -> None:
-        self._memory.add(key)
-        if len(self._memory) >= self._memory_keys:
-            self._spill()
+        with self._lock:
+            self._memory.add(key)
+            if len(self._memory) >= self._memory_keys:
+                self._spill()
 
     def among(self, keys: Iterable[str]) -> set[str]:
         """Those of ``keys`` in the set."""
         wanted = list(dict.fromkeys(keys))
+        with self._lock:
+            return self._among(wanted)
+
+    def _among(self, wanted: list[str]) -> set[str]:
         found = {key for key in wanted if key in self._memory}
         if self._db is not None:
             rest = [key for key in wanted if key not in found]
@@ -76,6 +84,10 @@ class KeySet:
 
     def close(self) -> None:
         """Drop the file (the set is empty afterwards)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self._memory = set()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
