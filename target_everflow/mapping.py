@@ -9,6 +9,7 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -330,48 +331,33 @@ class Mapper:
                 return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
             event = self.view(event, stream)
         stream, record, name, message_id = event.stream, event.record, event.name, event.message_id
+        outcome = functools.partial(Outcome, message_id=message_id)
 
         if event.call != "track":
             shown = event.call[:40]
-            return Outcome(
-                SKIPPED,
-                NOT_TRACK,
-                f"a {shown} call, not a track",
-                event=event.label,
-                message_id=message_id,
-            )
+            return outcome(SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=event.label)
 
         event_id = self.event_id_for(name)
         if event_id is None:
-            return Outcome(
-                SKIPPED,
-                UNMAPPED_EVENT,
-                f"event {name!r} is not in event_mapping",
-                event=name,
-                message_id=message_id,
+            return outcome(
+                SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
             )
 
         raw_tid = self._transaction_id(event)
         if raw_tid is MISSING:
-            return Outcome(
+            return outcome(
                 SKIPPED,
                 NO_TRANSACTION_ID,
                 "no Everflow transaction id (context.referrer.id with referrer type everflow, "
                 "or properties.transaction_id)",
                 "transaction_id",
                 event=name,
-                message_id=message_id,
             )
         try:
             transaction_id = as_string(raw_tid).strip()
         except Mismatch as exc:
-            return Outcome(
-                DEAD_LETTER,
-                TYPE_MISMATCH,
-                f"transaction_id: {exc}",
-                "transaction_id",
-                event=name,
-                message_id=message_id,
+            return outcome(
+                DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
             )
 
         platform = self._platform(event)
@@ -392,13 +378,8 @@ class Mapper:
                 if not self.settings.send_timestamp:
                     pass  # not sent: its type does not matter
                 elif strict:
-                    return Outcome(
-                        DEAD_LETTER,
-                        TYPE_MISMATCH,
-                        f"timestamp: {exc}",
-                        "timestamp",
-                        event=name,
-                        message_id=message_id,
+                    return outcome(
+                        DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
                     )
                 else:
                     dropped.append(("timestamp", str(exc)))
@@ -410,40 +391,31 @@ class Mapper:
                 value = self._value(event, plan, paths, dropped)
             except Mismatch as exc:
                 if plan.required or strict:
-                    return Outcome(
+                    return outcome(
                         DEAD_LETTER,
                         TYPE_MISMATCH,
                         f"{plan.param} ({plan.paths[0].path}): {exc}",
                         plan.param,
                         event=name,
-                        message_id=message_id,
                     )
                 dropped.append((plan.param, str(exc)))
                 continue
             if value is None:
                 if plan.required:
-                    return Outcome(
+                    return outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
                         f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
                         "conversions",
                         plan.param,
                         event=name,
-                        message_id=message_id,
                     )
                 continue
             params.append((plan.param, value))
 
         if strict and dropped:
             param, why = dropped[0]
-            return Outcome(
-                DEAD_LETTER,
-                TYPE_MISMATCH,
-                f"{param}: {why}",
-                param,
-                event=name,
-                message_id=message_id,
-            )
+            return outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
 
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),

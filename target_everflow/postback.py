@@ -100,41 +100,17 @@ def _quote_short(text: str) -> str:
 
 
 def _quote(text: str) -> str:
-    """``urllib.parse.quote(text, safe="")``, skipping the byte loop when nothing needs quoting."""
-    if _UNRESERVED.fullmatch(text):
+    """``urllib.parse.quote(text, safe="")``, skipping the byte loop when nothing needs quoting
+    (ids and numbers: letters and digits only; IPs and the like: one regex match)."""
+    if (text.isascii() and text.isalnum()) or _UNRESERVED.fullmatch(text):
         return text
     return _quote_short(text) if len(text) <= _QUOTED_MAX_LENGTH else quote(text, safe="")
 
 
-_is_unreserved = _UNRESERVED.fullmatch
-
-
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:
-    """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8.
-
-    The one place a postback is percent-encoded (the sender, and dry run's URL). A value that
-    needs no quoting (ids, numbers, IPs: most of them) costs one regex match.
-    """
-    keys = _QUOTED_KEYS
-    return "&".join(
-        [
-            (keys.get(k) or _quoted_key(k))
-            + "="
-            + (v if (v.isascii() and v.isalnum()) or _is_unreserved(v) else _quote(v))
-            for k, v in params
-        ]
-    )
-
-
-_QUOTED_KEYS: dict[str, str] = {}
-"""Parameter names, quoted: the field table's few names (bounded all the same)."""
-
-
-def _quoted_key(key: str) -> str:
-    quoted = _quote(key)
-    if len(_QUOTED_KEYS) < 1024:
-        _QUOTED_KEYS[key] = quoted
-    return quoted
+    """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8: the one place
+    a postback is percent-encoded (the sender, and dry run's URL)."""
+    return "&".join([_quote(k) + "=" + _quote(v) for k, v in params])
 
 
 class PostbackClient:

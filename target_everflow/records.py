@@ -107,7 +107,7 @@ class Layout:
     plan of each (stream, layout) is compiled once, lazily, path by path.
     """
 
-    __slots__ = ("index", "_where", "unprefixed", "_holds", "_leaf")
+    __slots__ = ("index", "_where", "unprefixed", "_leaf")
 
     def __init__(self, keys: tuple) -> None:
         index: dict[str, str] = {}
@@ -117,7 +117,6 @@ class Layout:
         self.index = index
         self._where: dict[_Tail, tuple[tuple[str, int], ...]] = {}
         self.unprefixed: dict[SegmentPath, str | None] = {}
-        self._holds: dict[SegmentPath, bool] = {}
         self._leaf: dict[SegmentPath, t.Any] = {}
 
     def where(self, tail: _Tail) -> tuple[tuple[str, int], ...]:
@@ -128,18 +127,6 @@ class Layout:
                 (index[name], end) for end, name in tail.path.probes[tail.start] if name in index
             )
         return found
-
-    def may_hold(self, path: SegmentPath) -> bool:
-        """Whether a record of this layout can hold a value at ``path``: some spelling of the
-        path, or of its start, is a key here (or, for ``properties.*``, an un-prefixed one).
-        False means every lookup of ``path`` in such a record finds nothing."""
-        held = self._holds.get(path)
-        if held is None:
-            held = self._holds[path] = bool(
-                self.where(path.tails[0])
-                or (path.unprefixed and (self.unprefixed_key(path) or self.where(path.tails[1])))
-            )
-        return held
 
     def leaf_key(self, path: SegmentPath) -> t.Any:
         """Where a record of this layout keeps ``path``, when that needs no lookup: the one key
@@ -185,9 +172,9 @@ def child_layouts(record: dict, keys: t.Iterable[str]) -> tuple:
     found: list[t.Any] = []
     for key in keys:
         value = record[key]
-        if type(value) is dict or isinstance(value, dict):
-            found.append(_layout(value))
-        elif isinstance(value, str) and value[:1] == "{":
+        if isinstance(value, dict):
+            found.append(layout_of(value))
+        elif _is_json_object_text(value):
             found.append(JSON_TEXT)
         else:
             found.append(None)
@@ -215,12 +202,8 @@ NEEDS_LOOKUP: t.Any = _Missing()
 
 
 def layout_of(obj: dict) -> Layout:
-    """The layout of a dict's keys (see ``Layout``): shared by every dict with those keys."""
-    return _layout(obj)
-
-
-def _layout(obj: dict) -> Layout:
-    """The layout of a dict's keys, built once per distinct key order (bounded cache)."""
+    """The layout of a dict's keys (see ``Layout``), built once per distinct key order and
+    shared by every dict with those keys (a bounded cache)."""
     keys = tuple(obj)
     layout = _LAYOUTS.get(keys)
     if layout is None:
@@ -242,7 +225,7 @@ class SegmentObject:
     def __init__(self, record: dict, stream: str) -> None:
         self.record = record
         self.stream = stream
-        self._top = _layout(record)
+        self._top = layout_of(record)
         # Caches keyed by id(), made on first use: each entry keeps its object alive, so an id
         # is never reused for another object while this event lives (a nested object parsed
         # from a JSON string would otherwise be freed, and its id handed to the next one).
@@ -261,7 +244,7 @@ class SegmentObject:
             nested = self._nested = {}
         entry = nested.get(id(obj))
         if entry is None or entry[0] is not obj:
-            entry = nested[id(obj)] = (obj, _layout(obj))
+            entry = nested[id(obj)] = (obj, layout_of(obj))
         return entry[1]
 
     def _json_object(self, text: str) -> t.Any:
@@ -282,7 +265,7 @@ class SegmentObject:
         """The value at ``tail`` in ``obj``: each spelling the layout has, longest flattened
         name first, descending into nested objects (and, when ``parse``, into objects kept
         as JSON strings; otherwise it notes that it skipped one)."""
-        where = layout._where.get(tail)  # noqa: SLF001 - Layout.where, inlined (the hot path)
+        where = layout._where.get(tail)  # noqa: SLF001 - Layout.where inlined: a call per lookup level costs ~5% of mapping
         if where is None:
             where = layout.where(tail)
         n = tail.n

@@ -87,8 +87,7 @@ class Run:
         lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
         try:
             if s.dry_run:
-                # Dry run never touches the real ledger: an in-memory one dedupes within the
-                # run (its keys only: about 120 bytes per planned conversion).
+                # Dry run never touches the real ledger: a NullLedger dedupes within the run.
                 self.ledger = NullLedger(description="in memory (dry run)")
             else:
                 self.ledger = open_ledger(
