@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from target_everflow.accounting.run_history import COLUMNS
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
 from target_everflow.outcomes import DEAD_LETTER
-from target_everflow.run_history import COLUMNS
 from target_everflow.text import clip
 
 DAY = 86400.0
@@ -345,7 +345,7 @@ def build_report(
     now: float | None = None,
 ) -> Report:
     """Open the ledger named by ``ledger_url`` (as a run does), read it, close it."""
-    log = logging.getLogger("target_everflow.report")
+    log = logging.getLogger("target_everflow.adapter.commands.report")
     log.setLevel(
         logging.ERROR
     )  # not a run: the ledger's "opened" and "none is unsafe" lines do not apply

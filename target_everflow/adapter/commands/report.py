@@ -1,5 +1,5 @@
 """``target-everflow report --config config.json --output report.html``: one self-contained HTML
-page about the ledger and the run history (built by ``html_report.py``)."""
+page about the ledger and the run history (built by ``target_everflow/report/html.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from target_everflow.adapter.cli import config_option, fail, load_target
+from target_everflow.adapter.commands.options import config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError
-from target_everflow.html_report import build_report, render
 from target_everflow.ledger import LedgerError
+from target_everflow.report.html import build_report, render
 
 
 def write_atomically(path: Path, text: str) -> None:
