@@ -24,7 +24,7 @@ LEDGER_COLUMNS = (
     " stream TEXT, event TEXT, transaction_id TEXT, message_id TEXT, adv_event_id INTEGER,"
     " order_id TEXT, amount {real}, event_time {real}, sent_at {real},"
     " recon_status TEXT, recon_error_code INTEGER, recon_error_message TEXT,"
-    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}"
+    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}, currency TEXT"
 )
 RUNS_COLUMNS = (
     "run_id TEXT PRIMARY KEY, started_at {real}, ended_at {real}, host TEXT, pid INTEGER,"
@@ -281,7 +281,7 @@ def build_sqlite(
         for stmt in _statements(table, "REAL"):
             con.execute(stmt)
         con.executemany(
-            f"INSERT INTO {table} VALUES ({','.join('?' * 18)}, NULL, NULL, NULL, NULL, NULL)",
+            f"INSERT INTO {table} VALUES ({','.join('?' * 18)}, NULL, NULL, NULL, NULL, NULL, NULL)",
             ledger_rows,
         )
         con.executemany(f"INSERT INTO {table}_runs VALUES ({','.join('?' * 16)})", run_rows)
@@ -304,7 +304,7 @@ def build_postgres(base_url: str, *, now: float | None = None) -> KnownLedger:
             for stmt in _statements(table, "DOUBLE PRECISION"):
                 cur.execute(stmt)
             cur.executemany(
-                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 18)}, NULL, NULL, NULL, NULL, NULL)",
+                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 18)}, NULL, NULL, NULL, NULL, NULL, NULL)",
                 ledger_rows,
             )
             cur.executemany(f"INSERT INTO {table}_runs VALUES ({','.join(['%s'] * 16)})", run_rows)

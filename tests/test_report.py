@@ -289,3 +289,21 @@ def test_report_without_a_ledger_fails_with_one_line(tmp_path):
     assert result.returncode == 4, result.stderr
     assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "everflow_report.html").exists()
+
+
+def test_the_page_templates_ship_in_the_wheel():
+    """Every file of report/templates/ is package data (so the wheel holds it, and the sdist the
+    wheel is built from: MANIFEST.in), and jinja2 is a runtime dependency."""
+    import fnmatch
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = project["tool"]["setuptools"]["package-data"]["target_everflow.report"]
+    package = repo / "target_everflow" / "report"
+    templates = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(n, g) for g in globs) for n in templates)
+    manifest = (repo / "MANIFEST.in").read_text(encoding="utf-8")
+    assert "recursive-include target_everflow/report/templates" in manifest
+    assert any(d.startswith("jinja2") for d in project["project"]["dependencies"])

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import jinja2
+
 from target_everflow.accounting.run_history import COLUMNS
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
@@ -401,14 +403,6 @@ def _axis(value: float, *, whole: bool) -> float:
     return 40 * power if not whole else 4 * max(1, math.ceil(wanted))
 
 
-def _legend(names: t.Sequence[str]) -> str:
-    items = "".join(
-        f'<span class="key"><i style="background:{COLORS[n]}"></i>{esc(LABELS[n])}</span>'
-        for n in names
-    )
-    return f'<div class="legend">{items}</div>'
-
-
 def column_chart(
     chart_id: str,
     labels: list[str],
@@ -503,59 +497,29 @@ def bar_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[flo
     return "".join(parts)
 
 
-STYLE = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: #1f2933; background: #f4f6f8; }
-header { background: #1f2933; color: #fff; padding: 20px 32px; }
-header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
-header p { margin: 0; color: #c4cdd5; }
-main { max-width: 1240px; margin: 0 auto; padding: 20px 32px 40px; }
-section { background: #fff; border-radius: 8px; padding: 16px 20px; margin: 0 0 18px;
-          box-shadow: 0 1px 2px rgba(0,0,0,.08); }
-h2 { font-size: 16px; margin: 0 0 10px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(130px, 1fr)); gap: 12px;
-         margin: 0 0 18px; }
-.card { background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px rgba(0,0,0,.08);
-        border-top: 4px solid #9aa5b1; }
-.card .value { font-size: 21px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card .name { color: #52606d; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
-.chart { width: 100%; height: auto; display: block; }
-.chart .grid { stroke: #e4e7eb; stroke-width: 1; }
-.chart .axis { fill: #52606d; font-size: 12px; }
-.legend { margin: 6px 0 0; color: #3e4c59; font-size: 13px; }
-.key { margin-right: 16px; white-space: nowrap; }
-.key i { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 5px;
-         vertical-align: -1px; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { text-align: left; padding: 5px 7px; border-bottom: 1px solid #e4e7eb; vertical-align: top; }
-th { color: #52606d; font-weight: 600; background: #f9fafb; }
-td.day, td.when { white-space: nowrap; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.reasons { color: #7b3b3b; font-size: 12px; }
-.note { color: #52606d; margin: 4px 0; }
-.empty { color: #7b8794; font-style: italic; }
-.wide { overflow-x: auto; }
-footer { color: #7b8794; font-size: 12px; text-align: center; padding: 0 0 24px; }
-"""
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("target_everflow.report", "templates"),
+    autoescape=True,  # every value from the ledger or the history is text, in text and attributes
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+"""The page's templates (``templates/`` in this package, shipped in the wheel)."""
 
 
-def _card(card_id: str, name: str, value: float, color: str, *, money: bool = False) -> str:
-    shown = _money(value) if money else _count(value)
-    return (
-        f'<div class="card" style="border-top-color:{color}"><div class="value" id="{card_id}" '
-        f'data-value="{value:g}">{esc(shown)}</div><div class="name">{esc(name)}</div></div>'
-    )
+def _card(card_id: str, name: str, value: float, color: str, *, money: bool = False) -> dict:
+    return {
+        "id": card_id,
+        "name": name,
+        "value": f"{value:g}",
+        "shown": _money(value) if money else _count(value),
+        "color": color,
+    }
 
 
-def _reasons(dead: Counter[str]) -> str:
-    if not dead:
-        return ""
-    return ", ".join(
-        f'<span data-reason="{esc(reason)}" data-value="{n}">{esc(reason)}: {n:,}</span>'
-        for reason, n in sorted(dead.items(), key=lambda kv: (-kv[1], kv[0]))
-    )
+def _keys(names: t.Sequence[str]) -> list[dict[str, str]]:
+    return [{"label": LABELS[n], "color": COLORS[n]} for n in names]
 
 
 def _when(epoch: t.Any) -> str:
@@ -578,38 +542,43 @@ def _duration(start: t.Any, end: t.Any) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
 
 
+OUTCOME_SERIES = ("delivered", "dead_lettered", "in_doubt")
+RUN_COUNTS = (
+    ("records_read", "Read"),
+    ("delivered", "Delivered"),
+    ("skipped", "Skipped"),
+    ("dead_lettered", "Dead-lettered"),
+    ("in_doubt", "In doubt"),
+    ("requests", "Requests"),
+    ("retries", "Retries"),
+    ("http_429", "429s"),
+)
+
+
 def render(report: Report, *, version: str = "") -> str:
-    """The whole page."""
+    """The whole page (``templates/report.html.j2``)."""
     total = report.total()
     days = report.by_day()
     day_labels = list(days)
     events = report.events()
     by_event = report.by_event()
-    first, last = report.days[0], report.days[-1]
-    out: list[str] = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Everflow conversions {esc(first)} to {esc(last)}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        "<header><h1>Everflow conversions</h1>",
-        f'<p>{esc(first)} to {esc(last)} (UTC) &middot; ledger <code id="ledger">{esc(report.ledger)}'
-        f"</code> &middot; generated {esc(_when(report.generated_at))} UTC</p></header><main>",
-        '<div class="cards">',
-        _card("total-delivered", "Delivered", total.delivered, COLORS["delivered"]),
-    ]
+
+    def outcome_columns(rows: list[Cell]) -> list[tuple[str, list[float]]]:
+        """One chart series per outcome, a value per row (a day, an event)."""
+        return [(name, [getattr(row, name) for row in rows]) for name in OUTCOME_SERIES]
+
+    cards = [_card("total-delivered", "Delivered", total.delivered, COLORS["delivered"])]
     if report.amounts:
-        out.append(
+        cards.append(
             _card("total-amount", "Amount delivered", total.amount, COLORS["amount"], money=True)
         )
-    out.append(
+    cards.append(
         _card("total-dead-lettered", "Dead-lettered", total.dead_lettered, COLORS["dead_lettered"])
     )
-    out.append(_card("total-in-doubt", "In doubt", total.in_doubt, COLORS["in_doubt"]))
+    cards.append(_card("total-in-doubt", "In doubt", total.in_doubt, COLORS["in_doubt"]))
     if report.reconciliation:
         for state in ("confirmed", "rejected", "not_found"):
-            out.append(
+            cards.append(
                 _card(
                     f"total-{state.replace('_', '-')}",
                     LABELS[state],
@@ -617,184 +586,108 @@ def render(report: Report, *, version: str = "") -> str:
                     COLORS[state],
                 )
             )
-    out.append("</div>")
-    for note in report.notes:
-        out.append(f'<p class="note">{esc(note)}</p>')
-
-    outcome_series = ["delivered", "dead_lettered", "in_doubt"]
-
-    def outcome_columns(rows: list[Cell]) -> list[tuple[str, list[float]]]:
-        """One chart series per outcome, a value per row (a day, an event)."""
-        return [(name, [getattr(row, name) for row in rows]) for name in outcome_series]
-
-    out.append('<section id="per-day"><h2>Per day</h2>')
-    out.append(
-        column_chart(
-            "chart-days",
+    charted = events[:MAX_EVENTS_CHARTED]
+    charts = {
+        "days": column_chart(
+            "chart-days", day_labels, outcome_columns([days[d] for d in day_labels])
+        ),
+        "amounts": column_chart(
+            "chart-amounts",
             day_labels,
-            outcome_columns([days[d] for d in day_labels]),
+            [("amount", [days[d].amount for d in day_labels])],
+            money=True,
         )
+        if report.amounts
+        else "",
+        "reconciliation": column_chart(
+            "chart-reconciliation",
+            day_labels,
+            [(state, [days[d].recon[state] for d in day_labels]) for state in RECON_STATES],
+        )
+        if report.reconciliation
+        else "",
+        "events": bar_chart(
+            "chart-events", charted, outcome_columns([by_event[e] for e in charted])
+        )
+        if events
+        else "",
+    }
+    return _TEMPLATES.get_template("report.html.j2").render(
+        first=report.days[0],
+        last=report.days[-1],
+        ledger=report.ledger,
+        generated=_when(report.generated_at),
+        version=version,
+        cards=cards,
+        notes=report.notes,
+        history=report.history,
+        amounts=report.amounts,
+        reconciliation=report.reconciliation,
+        charts=charts,
+        legends={"outcomes": _keys(OUTCOME_SERIES), "recon": _keys(RECON_STATES)},
+        events=events,
+        events_total=len(events),
+        events_charted=len(charted),
+        detail=_detail_table(report, events),
+        runs=[_run_row(run) for run in report.runs],
+        run_counts=[{"name": k, "label": label} for k, label in RUN_COUNTS],
     )
-    out.append(_legend(outcome_series))
-    if not report.history:
-        out.append(
-            '<p class="note">Dead letters are counted from the run history, and there is '
-            "no run history yet.</p>"
-        )
-    out.append("</section>")
-
-    if report.amounts:
-        out.append('<section id="amounts"><h2>Amount delivered per day</h2>')
-        out.append(
-            column_chart(
-                "chart-amounts",
-                day_labels,
-                [("amount", [days[d].amount for d in day_labels])],
-                money=True,
-            )
-        )
-        out.append("</section>")
-
-    out.append('<section id="reconciliation"><h2>Reconciliation</h2>')
-    if report.reconciliation:
-        out.append(
-            column_chart(
-                "chart-reconciliation",
-                day_labels,
-                [(state, [days[d].recon[state] for d in day_labels]) for state in RECON_STATES],
-            )
-        )
-        out.append(_legend(RECON_STATES))
-        out.append(
-            '<p class="note">Delivered conversions by what Everflow\'s conversion report '
-            "says about them (unchecked: not reconciled yet).</p>"
-        )
-    else:
-        out.append(
-            '<p class="empty">No reconciliation data: reconcile has not checked any '
-            "conversion in this ledger yet.</p>"
-        )
-    out.append("</section>")
-
-    out.append('<section id="per-event"><h2>Per event</h2>')
-    if events:
-        charted = events[:MAX_EVENTS_CHARTED]
-        out.append(
-            bar_chart(
-                "chart-events",
-                charted,
-                outcome_columns([by_event[e] for e in charted]),
-            )
-        )
-        out.append(_legend(outcome_series))
-        if len(events) > len(charted):
-            out.append(
-                f'<p class="note">The {len(charted)} busiest of {len(events)} events; '
-                "the table below has them all.</p>"
-            )
-    else:
-        out.append(
-            '<p class="empty">Nothing delivered, dead-lettered or in doubt in this period.</p>'
-        )
-    out.append("</section>")
-
-    out.append(_detail_table(report, events))
-    out.append(_runs_table(report))
-    out.append(
-        "</main><footer>target-everflow"
-        + (f" {esc(version)}" if version else "")
-        + " &middot; one self-contained file: no scripts, no network</footer></body></html>\n"
-    )
-    return "".join(out)
 
 
-def _detail_table(report: Report, events: list[str]) -> str:
+def _detail_table(report: Report, events: list[str]) -> dict[str, t.Any]:
     recon = report.reconciliation
     head = ["Day", "Event", "Delivered"] + (["Amount"] if report.amounts else [])
     head += ["Dead-lettered", "By reason", "In doubt"]
     if recon:
         head += [LABELS[s] for s in RECON_STATES]
-    out = [
-        '<section id="details"><h2>Per day and event</h2><div class="wide"><table id="detail-table"><thead><tr>'
-    ]
-    for name in head:
-        numeric = name not in ("Day", "Event", "By reason")
-        out.append(f"<th{' class=n' if numeric else ''}>{esc(name)}</th>")
-    out.append("</tr></thead><tbody>")
     rank = {e: i for i, e in enumerate(events)}
-    rows = sorted(  # latest day first; in a day, the busiest event first
+    cells = sorted(  # latest day first; in a day, the busiest event first
         ((day, event, cell) for (day, event), cell in report.cells.items() if not cell.empty),
         key=lambda r: (rank.get(r[1], len(rank)), r[1]),
     )
-    rows.sort(key=lambda r: r[0], reverse=True)
-    for day, event, cell in rows:
-        out.append(
-            f'<tr data-day="{esc(day)}" data-event="{esc(event)}"><td class="day">{esc(day)}</td><td>{esc(event)}</td>'
-        )
-        out.append(f'<td class="n" data-metric="delivered">{cell.delivered:,}</td>')
-        if report.amounts:
-            out.append(
-                f'<td class="n" data-metric="amount" data-value="{cell.amount:.2f}">{_money(cell.amount)}</td>'
-            )
-        out.append(f'<td class="n" data-metric="dead_lettered">{cell.dead_lettered:,}</td>')
-        out.append(f'<td class="reasons">{_reasons(cell.dead)}</td>')
-        out.append(f'<td class="n" data-metric="in_doubt">{cell.in_doubt:,}</td>')
-        if recon:
-            for state in RECON_STATES:
-                out.append(f'<td class="n" data-metric="{state}">{cell.recon[state]:,}</td>')
-        out.append("</tr>")
-    if not rows:
-        out.append(
-            f'<tr><td colspan="{len(head)}" class="empty">No conversions in this period.</td></tr>'
-        )
-    out.append("</tbody></table></div></section>")
-    return "".join(out)
-
-
-def _runs_table(report: Report) -> str:
-    out = ['<section id="runs"><h2>Last runs</h2>']
-    if not report.history:
-        out.append('<p class="empty" id="no-history">No run history yet.</p></section>')
-        return "".join(out)
-    if not report.runs:
-        out.append(
-            '<p class="empty" id="no-history">No run history yet: no run has been recorded.</p></section>'
-        )
-        return "".join(out)
-    numeric = [
-        ("records_read", "Read"),
-        ("delivered", "Delivered"),
-        ("skipped", "Skipped"),
-        ("dead_lettered", "Dead-lettered"),
-        ("in_doubt", "In doubt"),
-        ("requests", "Requests"),
-        ("retries", "Retries"),
-        ("http_429", "429s"),
+    cells.sort(key=lambda r: r[0], reverse=True)
+    rows = [
+        {
+            "day": day,
+            "event": event,
+            "delivered": _count(cell.delivered),
+            "amount": _money(cell.amount),
+            "amount_value": f"{cell.amount:.2f}",
+            "dead_lettered": _count(cell.dead_lettered),
+            "reasons": [
+                {"name": reason, "value": n, "shown": _count(n)}
+                for reason, n in sorted(cell.dead.items(), key=lambda kv: (-kv[1], kv[0]))
+            ],
+            "in_doubt": _count(cell.in_doubt),
+            "recon": [
+                {"name": state, "shown": _count(cell.recon[state])}
+                for state in (RECON_STATES if recon else ())
+            ],
+        }
+        for day, event, cell in cells
     ]
-    out.append(
-        '<div class="wide"><table id="runs-table"><thead><tr><th>Started (UTC)</th>'
-        "<th>Duration</th><th class=n>Exit</th>"
-    )
-    out.extend(f"<th class=n>{esc(label)}</th>" for _, label in numeric)
-    out.append(
-        "<th>Host</th><th class=n>PID</th><th>Version</th><th>Run id</th></tr></thead><tbody>"
-    )
-    for run in report.runs:
-        exit_code = run.get("exit_code")
-        exit_text = "running" if exit_code is None else str(exit_code)
-        css = "" if exit_code in (0, None) else ' style="color:#c62828;font-weight:600"'
-        out.append(
-            f'<tr data-run="{esc(_text(run.get("run_id")))}"><td class="when">{esc(_when(run.get("started_at")))}</td>'
-            f"<td>{esc(_duration(run.get('started_at'), run.get('ended_at')))}</td>"
-            f'<td class="n" data-metric="exit_code"{css}>{esc(exit_text)}</td>'
-        )
-        for key, _ in numeric:
-            value = run.get(key)
-            shown = "" if value is None else f"{int(value):,}"
-            out.append(f'<td class="n" data-metric="{key}">{esc(shown)}</td>')
-        out.append(
-            f'<td>{esc(_text(run.get("host")))}</td><td class="n">{esc(_text(run.get("pid")))}</td>'
-            f'<td>{esc(_text(run.get("version")))}</td><td class="when"><code>{esc(_text(run.get("run_id")))}</code></td></tr>'
-        )
-    out.append("</tbody></table></div></section>")
-    return "".join(out)
+    return {
+        "head": [
+            {"name": name, "numeric": name not in ("Day", "Event", "By reason")} for name in head
+        ],
+        "rows": rows,
+    }
+
+
+def _run_row(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    exit_code = run.get("exit_code")
+    counts = []
+    for key, _ in RUN_COUNTS:
+        value = run.get(key)
+        counts.append({"name": key, "shown": "" if value is None else _count(value)})
+    return {
+        "id": _text(run.get("run_id")),
+        "started": _when(run.get("started_at")),
+        "duration": _duration(run.get("started_at"), run.get("ended_at")),
+        "exit": "running" if exit_code is None else str(exit_code),
+        "failed": exit_code not in (0, None),
+        "counts": counts,
+        "host": _text(run.get("host")),
+        "pid": _text(run.get("pid")),
+        "version": _text(run.get("version")),
+    }
