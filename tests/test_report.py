@@ -21,7 +21,16 @@ import pytest
 
 from tests import known_ledger
 from tests.conftest import postgres_url
-from tests.known_ledger import EXPECTED_RUNS, EXPECTED_TOTALS, XSS_EVENT, XSS_HOST
+from tests.known_ledger import (
+    EXPECTED_IN_DOUBT,
+    EXPECTED_REJECTED,
+    EXPECTED_RUNS,
+    EXPECTED_TOTALS,
+    XSS_EVENT,
+    XSS_HOST,
+    XSS_MESSAGE,
+    XSS_VERSION,
+)
 
 VOID = {"meta", "br", "hr", "img", "input", "link"}
 
@@ -115,7 +124,8 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
     """Every number of the known ledger, where the page shows it."""
     for element_id, value in EXPECTED_TOTALS.items():
         assert float(dom.by_id(element_id).attrs["data-value"]) == pytest.approx(value), element_id
-    assert dom.by_id("total-amount").text == "73.75"
+    assert dom.by_id("total-amount-usd").text == "36.75"
+    assert dom.by_id("total-amount-none").attrs["data-currency"] == "(no currency)"
 
     rows = [e for e in dom.elements if e.tag == "tr" and "data-day" in e.attrs]
     shown = {(r.attrs["data-day"], r.attrs["data-event"]) for r in rows}
@@ -124,6 +134,7 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
     metrics = (
         "delivered",
         "dead_lettered",
+        "too_old",
         "in_doubt",
         "confirmed",
         "pending",
@@ -135,7 +146,10 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
         cells = {e.attrs["data-metric"]: e.text for e in row_cells(dom, day, event)}
         for metric in metrics:
             assert cells[metric] == str(numbers.get(metric, 0)), (day, event, metric)
-        assert cells["amount"] == numbers["amount"], (day, event)
+        amounts = {
+            e.attrs["data-currency"]: e.attrs["data-value"] for e in row_amounts(dom, day, event)
+        }
+        assert amounts == numbers["amounts"], (day, event)
         reasons = {
             e.attrs["data-reason"]: int(e.attrs["data-value"]) for e in row_reasons(dom, day, event)
         }
@@ -156,8 +170,35 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
         if e.tag == "rect" and e.attrs.get("data-series") == "dead_lettered"
     }
     a, b = known_ledger.day_name(2, ledger.now), known_ledger.day_name(1, ledger.now)
-    assert dead_bars[a] == 4 and dead_bars[b] == 1
-    assert dead_bars["Order Completed"] == 4 and dead_bars["Subscription Started"] == 1
+    assert dead_bars[a] == 4 and dead_bars[b] == 2
+    assert dead_bars["Order Completed"] == 5 and dead_bars["Subscription Started"] == 1
+    # every record once: the held key is a dead letter (its run's summary), not also in doubt
+    doubt_bars = {
+        e.attrs["data-label"]: float(e.attrs["data-value"])
+        for e in dom.elements
+        if e.tag == "rect" and e.attrs.get("data-series") == "in_doubt"
+    }
+    assert doubt_bars == {b: 1, "Order Completed": 1}
+
+    # What needs a person: the in-doubt keys and the rejected transactions, by Everflow's words.
+    assert [e.attrs["data-key"] for e in dom.where("li") if "data-key" in e.attrs] == (
+        EXPECTED_IN_DOUBT
+    )
+    assert dom.by_id("in-doubt-count").attrs["data-value"] == str(len(EXPECTED_IN_DOUBT))
+    rejected = [
+        (e.attrs["data-transaction"], e.attrs["data-code"])
+        for e in dom.where("li")
+        if "data-transaction" in e.attrs
+    ]
+    assert rejected == EXPECTED_REJECTED
+    (item,) = [e for e in dom.where("li") if "data-transaction" in e.attrs]
+    assert "click not found (purged after about 3 months) (too late)" in item.text
+    assert XSS_MESSAGE in item.text and XSS_MESSAGE not in page  # text, not markup
+    (age,) = dom.where("tr", id="rejected-age-group")
+    assert age.attrs["data-value"] == "1" and "codes 5, 13, 20" in age.text
+    assert [e.attrs["data-code"] for e in dom.where("tr") if "data-code" in e.attrs] == ["13"]
+    # Lost to age per day: skipped as too old (by run day), rejected as too late (code 13).
+    assert bars(dom, "too_old") == {a: 2} and bars(dom, "rejected_age") == {a: 1}
 
     runs = [e for e in dom.elements if e.tag == "tr" and "data-run" in e.attrs]
     assert [r.attrs["data-run"] for r in runs] == EXPECTED_RUNS
@@ -165,10 +206,10 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
     assert exits == ["running", "3", "0", "0"]
 
     # Record-derived strings are text, never markup; nothing is fetched.
-    assert XSS_EVENT not in page and XSS_HOST not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Co&#x27;s" in page
+    assert XSS_EVENT not in page and XSS_HOST not in page and XSS_VERSION not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; Co&#39;s" in page
     assert any(e.text == XSS_EVENT for e in dom.elements if e.tag == "td")
-    assert any(e.text == XSS_HOST for e in dom.elements if e.tag == "td")
+    assert any(e.text == XSS_VERSION for e in dom.elements if e.tag == "td")
     assert not [e for e in dom.elements if e.tag in ("script", "iframe", "img", "link", "object")]
     assert not [e for e in dom.elements if "src" in e.attrs or "href" in e.attrs]
     (csp,) = dom.where("meta", http_equiv="Content-Security-Policy")
@@ -177,6 +218,19 @@ def check_known_page(page: str, dom: Dom, ledger: known_ledger.KnownLedger) -> N
 
 def row_cells(dom: Dom, day: str, event: str) -> list[Element]:
     return _inside_row(dom, day, event, lambda e: e.tag == "td" and "data-metric" in e.attrs)
+
+
+def bars(dom: Dom, series: str) -> dict[str, float]:
+    """label -> value of a chart series' bars."""
+    return {
+        e.attrs["data-label"]: float(e.attrs["data-value"])
+        for e in dom.elements
+        if e.tag == "rect" and e.attrs.get("data-series") == series
+    }
+
+
+def row_amounts(dom: Dom, day: str, event: str) -> list[Element]:
+    return _inside_row(dom, day, event, lambda e: e.tag == "span" and "data-currency" in e.attrs)
 
 
 def row_reasons(dom: Dom, day: str, event: str) -> list[Element]:
@@ -257,7 +311,8 @@ def test_report_of_an_older_ledger_without_history_or_reconciliation(tmp_path):
     page = out.read_text()
     dom = Dom(page)
     assert dom.by_id("total-delivered").attrs["data-value"] == "2"
-    assert dom.by_id("total-in-doubt").attrs["data-value"] == "1"
+    assert dom.by_id("total-in-doubt").attrs["data-value"] == "1"  # held: no summary counts it
+    assert [e.attrs["data-key"] for e in dom.where("li") if "data-key" in e.attrs] == ["k3"]
     assert dom.by_id("total-dead-lettered").attrs["data-value"] == "0"
     assert dom.by_id("no-history").text == "No run history yet."
     assert "No reconciliation data" in page and "total-confirmed" not in page

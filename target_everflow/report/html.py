@@ -1,501 +1,68 @@
-"""The report of ``target-everflow report``: the ledger and the run history as one self-contained
-HTML page (the command itself is in ``report.py``).
+"""The page of ``target-everflow report``: one self-contained HTML file (the command is in
+``adapter/commands/report.py``; what it shows is read by ``data.py``; the charts are drawn by
+``charts.py``).
 
 One file, no network (no script, no font, no image but inline SVG; a Content-Security-Policy
-that allows nothing else), charts drawn here without a plotting library. Per UTC day and per
-event it shows:
+that allows nothing else). The page is the Jinja2 template ``templates/report.html.j2`` with
+autoescape on: every string that comes from a record or the database (event names, error
+messages, run ids, currency codes) is text, in the page and in its attributes. Numbers are made
+finite before they are shown or drawn (NaN and Infinity never break the page).
 
-- conversions **delivered** and their **amounts**, from the ledger (the day of ``sent_at``);
-- conversions **in doubt**, from the ledger: kept for a person (status ``in_doubt``), or left
-  ``sending`` by a run that died (its lease ran out; the next run decides);
-- records **dead-lettered**, by reason, from the run history (``{table}_runs``): mapping-time dead
-  letters never reach the ledger, so the counts are each run's summary, on the day it started;
-- once reconciliation has run (ledger column ``recon_status``): **confirmed**, **pending**,
-  **rejected**, **not found** and unchecked, among the delivered conversions;
-- the last runs of the history.
-
-Older ledgers degrade gracefully: without the ``event``/``amount`` columns the delivered counts
-are not split by event, without ``recon_status`` there is no reconciliation section, and without
-a run history table the page says "no run history yet". The ledger is found from the settings
-exactly as a run finds it (``ledger_url``, default next to the dead letters), on SQLite or
-PostgreSQL; the report only reads it. Every string that comes from a record or the database is
-HTML-escaped.
+Sections: the totals (amounts per currency, never summed across currencies), what needs a
+person (in-doubt keys, rejected transactions), per day (conversions by event day by default, or
+by send day; dead letters and skips by run day, labelled so), amounts per day and currency,
+reconciliation, what was lost to age (skipped as too old, rejected as too late), Everflow's
+rejection codes in Everflow's words, per event, per day and event, the last runs.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import logging
-import math
-import time
+import re
 import typing as t
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import jinja2
 
-from target_everflow.accounting.run_history import COLUMNS
-from target_everflow.errors import TargetEverflowError
-from target_everflow.ledger import SQLLedger, open_ledger
-from target_everflow.outcomes import DEAD_LETTER
+from target_everflow.everflow.codes import AGE_CODES, code_name
+from target_everflow.report.charts import (
+    COLORS,
+    LABELS,
+    bar_chart,
+    column_chart,
+    count_text,
+    money_text,
+)
+from target_everflow.report.data import (
+    BY_SEND_DAY,
+    NO_CURRENCY,
+    RECON_STATES,
+    Cell,
+    Report,
+    finite,
+    text,
+)
 from target_everflow.text import clip
 
-DAY = 86400.0
-RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
-RUN_COLUMNS = tuple(c for c in COLUMNS if c != "summary")
-"""The run history's columns the runs table shows (the summary is read per day instead)."""
-NO_EVENT = "(event not recorded)"
-"""Ledger rows written before the ledger had an ``event`` column."""
-MAX_GROUPS = 100_000
-"""Rows of the ledger's GROUP BY read at most (day x event x status x reconciliation)."""
-MAX_RUNS_SCANNED = 5_000
-"""Runs of the period whose summaries are read for the dead-letter counts."""
-MAX_SUMMARY_CHARS = 1_000_000
-"""A run summary longer than this is not read (its dead letters are left out, with a note)."""
-MAX_TEXT = 200
-"""Longest host, version, run id or event name shown."""
 MAX_EVENTS_CHARTED = 12
-
-COLORS = {
-    "delivered": "#2e7d32",
-    "dead_lettered": "#c62828",
-    "in_doubt": "#ef8f00",
-    "confirmed": "#1565c0",
-    "pending": "#90a4ae",
-    "rejected": "#c62828",
-    "not_found": "#6a1b9a",
-    "unchecked": "#d5dbe0",
-    "amount": "#00796b",
-}
-LABELS = {
-    "delivered": "Delivered",
-    "dead_lettered": "Dead-lettered",
-    "in_doubt": "In doubt",
-    "confirmed": "Confirmed",
-    "pending": "Pending",
-    "rejected": "Rejected",
-    "not_found": "Not found",
-    "unchecked": "Unchecked",
-    "amount": "Amount",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# What the page shows
-
-
-@dataclass
-class Cell:
-    """One day and event (or a total of several)."""
-
-    delivered: int = 0
-    amount: float = 0.0
-    in_doubt: int = 0
-    dead: Counter[str] = field(default_factory=Counter)
-    """Dead letters by reason."""
-    recon: Counter[str] = field(default_factory=Counter)
-    """Delivered conversions by reconciliation state."""
-    confirmed_amount: float = 0.0
-
-    @property
-    def dead_lettered(self) -> int:
-        return sum(self.dead.values())
-
-    def add(self, other: Cell) -> None:
-        self.delivered += other.delivered
-        self.amount += other.amount
-        self.in_doubt += other.in_doubt
-        self.dead.update(other.dead)
-        self.recon.update(other.recon)
-        self.confirmed_amount += other.confirmed_amount
-
-    @property
-    def empty(self) -> bool:
-        return not (self.delivered or self.in_doubt or self.dead_lettered or self.amount)
-
-
-@dataclass
-class Report:
-    ledger: str
-    """The ledger's description (its URL, password masked)."""
-    generated_at: float
-    days: list[str]
-    """Every UTC day of the period, oldest first (YYYY-MM-DD)."""
-    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
-    per_event: bool = True
-    """The ledger records each conversion's event (else delivered counts are not split)."""
-    amounts: bool = True
-    reconciliation: bool = False
-    history: bool = False
-    runs: list[dict[str, t.Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def cell(self, day: str, event: str) -> Cell:
-        return self.cells.setdefault((day, event), Cell())
-
-    def events(self) -> list[str]:
-        """Events with anything to show, busiest first."""
-        volume: Counter[str] = Counter()
-        for (_, event), cell in self.cells.items():
-            if not cell.empty:
-                volume[event] += cell.delivered + cell.dead_lettered + cell.in_doubt
-        return sorted(volume, key=lambda e: (-volume[e], e))
-
-    def by_day(self) -> dict[str, Cell]:
-        out = {day: Cell() for day in self.days}
-        for (day, _), cell in self.cells.items():
-            if day in out:
-                out[day].add(cell)
-        return out
-
-    def by_event(self) -> dict[str, Cell]:
-        out: dict[str, Cell] = {}
-        for (_, event), cell in self.cells.items():
-            out.setdefault(event, Cell()).add(cell)
-        return out
-
-    def total(self) -> Cell:
-        out = Cell()
-        for cell in self.cells.values():
-            out.add(cell)
-        return out
-
-
-def _day(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
-
-
-def _text(value: t.Any) -> str:
-    text = "" if value is None else str(value)
-    return clip(text, MAX_TEXT)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the ledger
-
-
-class _Reader:
-    """Read-only queries on an open SQL ledger, in the backend's dialect."""
-
-    def __init__(self, ledger: SQLLedger) -> None:
-        self.ledger = ledger
-        self.sqlite = ledger.dialect == "sqlite"
-
-    def rows(self, sql: str, params: t.Sequence[t.Any] = ()) -> list[tuple[t.Any, ...]]:
-        return self.ledger.query(sql, params)[1]
-
-    def day(self, column: str) -> str:
-        """The UTC day number (epoch days) of an epoch-seconds column."""
-        if self.sqlite:
-            return f"CAST(({column}) / 86400 AS INTEGER)"
-        return f"CAST(FLOOR(({column}) / 86400) AS BIGINT)"
-
-    def table_exists(self, table: str) -> bool:
-        if self.sqlite:
-            sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
-        else:
-            sql = "SELECT to_regclass(CAST(? AS text))::text"
-        found = self.rows(sql, (table,))
-        return bool(found and found[0][0])
-
-    def columns(self, table: str) -> set[str]:
-        return {c.lower() for c in self.ledger.query(f"SELECT * FROM {table} WHERE 1 = 0")[0]}
-
-
-def read_report(ledger: SQLLedger, *, days: int, runs: int, now: float | None = None) -> Report:
-    """Everything the page shows, from an open ledger (see the module docstring)."""
-    now = time.time() if now is None else now
-    today = math.floor(now / DAY)
-    first = today - days + 1
-    since = first * DAY
-    report = Report(
-        ledger=ledger.description,
-        generated_at=now,
-        days=[_day((first + i) * DAY) for i in range(days)],
-    )
-    reader = _Reader(ledger)
-    _read_conversions(reader, report, since=since, now=now)
-    runs_table = f"{ledger.table}_runs"
-    report.history = reader.table_exists(runs_table)
-    if report.history:
-        _read_dead_letters(reader, report, since=since)
-        _read_runs(reader, report, last=runs)
-    return report
-
-
-def _read_conversions(reader: _Reader, report: Report, *, since: float, now: float) -> None:
-    columns = reader.columns("{t}")
-    report.per_event = "event" in columns
-    report.amounts = "amount" in columns
-    report.reconciliation = "recon_status" in columns
-    stamp = "COALESCE(sent_at, updated_at)" if "sent_at" in columns else "updated_at"
-    select = [reader.day(stamp), "status"]
-    if report.per_event:
-        select.append("event")
-    if report.reconciliation:
-        select.append("recon_status")
-    groups = ", ".join(str(i + 1) for i in range(len(select)))
-    select.append("COUNT(*)")
-    select.append("SUM(amount)" if report.amounts else "0")
-    rows = reader.rows(
-        f"SELECT {', '.join(select)} FROM {{t}}"
-        f" WHERE {stamp} >= ? AND (status IN ('delivered', 'in_doubt')"
-        "  OR (status = 'sending' AND (lease_until IS NULL OR lease_until < ?)))"
-        f" GROUP BY {groups} LIMIT {MAX_GROUPS}",
-        (since, now),
-    )
-    if len(rows) >= MAX_GROUPS:
-        report.notes.append(f"Only the first {MAX_GROUPS:,} groups of ledger rows are shown.")
-    for row in rows:
-        values = list(row)
-        day_number, status = values.pop(0), values.pop(0)
-        event = (_text(values.pop(0)) or NO_EVENT) if report.per_event else NO_EVENT
-        recon = (values.pop(0) or "unchecked") if report.reconciliation else None
-        count, amount = int(values[0]), float(values[1] or 0)
-        cell = report.cell(_day(int(day_number) * DAY), event)
-        if status == "delivered":
-            cell.delivered += count
-            cell.amount += amount
-            if recon is not None:
-                state = recon if recon in RECON_STATES else "unchecked"
-                cell.recon[state] += count
-                if state == "confirmed":
-                    cell.confirmed_amount += amount
-        else:
-            cell.in_doubt += count
-    if report.reconciliation and not any(
-        state != "unchecked" and n for c in report.cells.values() for state, n in c.recon.items()
-    ):
-        report.reconciliation = False  # the columns exist (upgraded ledger), reconcile never ran
-    if report.per_event and report.cells and all(e == NO_EVENT for _, e in report.cells):
-        report.per_event = False  # the column exists (upgraded ledger), no row has an event yet
-    if not report.per_event:
-        report.notes.append(
-            "This ledger does not record each conversion's event yet (written by an older "
-            "release): delivered and in-doubt conversions are not split by event."
-        )
-
-
-def _read_dead_letters(reader: _Reader, report: Report, *, since: float) -> None:
-    rows = reader.rows(
-        "SELECT started_at, LENGTH(summary), CASE WHEN LENGTH(summary) <= ? THEN summary END"
-        f" FROM {{t}}_runs WHERE started_at >= ? ORDER BY started_at DESC LIMIT {MAX_RUNS_SCANNED}",
-        (MAX_SUMMARY_CHARS, since),
-    )
-    if len(rows) >= MAX_RUNS_SCANNED:
-        report.notes.append(
-            f"Dead letters are counted from the latest {MAX_RUNS_SCANNED:,} runs of the period only."
-        )
-    missing = unread = 0
-    for started_at, length, text in rows:
-        if length is None:  # running, or stopped before it wrote its summary
-            missing += 1
-            continue
-        try:
-            summary = json.loads(text) if text else None
-        except ValueError:
-            summary = None
-        streams = summary.get("streams") if isinstance(summary, dict) else None
-        if not isinstance(streams, dict) or started_at is None:
-            unread += 1
-            continue
-        day = _day(float(started_at))
-        for events in streams.values():
-            if not isinstance(events, dict):
-                continue
-            for event, entry in events.items():
-                dead = entry.get(DEAD_LETTER) if isinstance(entry, dict) else None
-                if not isinstance(dead, dict):
-                    continue
-                for reason, n in dead.items():
-                    if isinstance(n, int) and n > 0:
-                        report.cell(day, _text(event)).dead[_text(reason)] += n
-    if missing:
-        report.notes.append(
-            f"{missing} run(s) of the period have no summary yet (running, or stopped before the "
-            "end): their dead letters are not counted."
-        )
-    if unread:
-        report.notes.append(
-            f"{unread} run(s) of the period have a summary too large or not readable: their dead "
-            "letters are not counted."
-        )
-
-
-def _read_runs(reader: _Reader, report: Report, *, last: int) -> None:
-    available = reader.columns("{t}_runs")
-    wanted = [c for c in RUN_COLUMNS if c in available]
-    if "started_at" not in wanted:
-        report.notes.append("The run history table has no started_at column: runs are not listed.")
-        return
-    rows = reader.rows(
-        f"SELECT {', '.join(wanted)} FROM {{t}}_runs ORDER BY started_at DESC LIMIT ?", (last,)
-    )
-    report.runs = [dict(zip(wanted, row)) for row in rows]
-
-
-def build_report(
-    ledger_url: str | None,
-    *,
-    default_dir: Path,
-    days: int,
-    runs: int,
-    timeout: float | None = None,
-    now: float | None = None,
-) -> Report:
-    """Open the ledger named by ``ledger_url`` (as a run does), read it, close it."""
-    log = logging.getLogger("target_everflow.adapter.commands.report")
-    log.setLevel(
-        logging.ERROR
-    )  # not a run: the ledger's "opened" and "none is unsafe" lines do not apply
-    ledger = open_ledger(
-        ledger_url,
-        default_dir=default_dir,
-        lease_seconds=60.0,
-        retention_days=0,  # never prunes
-        timeout=timeout,
-        logger=log,
-    )
-    try:
-        if not isinstance(ledger, SQLLedger):
-            raise TargetEverflowError(
-                "ledger_url is none: there is no ledger to report on (set ledger_url to the "
-                "ledger your runs use)"
-            )
-        return read_report(ledger, days=days, runs=runs, now=now)
-    finally:
-        ledger.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Drawing
-
-
-def esc(value: t.Any) -> str:
-    """HTML-escaped text (quotes too: safe in attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _count(n: float) -> str:
-    return f"{int(n):,}"
-
-
-def _money(x: float) -> str:
-    return f"{x:,.2f}"
-
-
-def _axis(value: float, *, whole: bool) -> float:
-    """The top of a 4-step axis at or above ``value``: 4 x a 1, 2, 2.5 or 5 x 10^k step (a
-    whole number of at least 1 for counts)."""
-    if value <= 0:
-        return 4.0
-    wanted = value / 4
-    power = 10 ** math.floor(math.log10(wanted))
-    for factor in (1, 2, 2.5, 5, 10):
-        step = factor * power
-        if whole and (step < 1 or step != int(step)):
-            continue
-        if step >= wanted - 1e-9:
-            return 4 * step
-    return 40 * power if not whole else 4 * max(1, math.ceil(wanted))
-
-
-def column_chart(
-    chart_id: str,
-    labels: list[str],
-    series: list[tuple[str, list[float]]],
-    *,
-    money: bool = False,
-    height: int = 240,
-) -> str:
-    """Stacked columns, one per label (a day), one colour per series; inline SVG."""
-    width, left, right, top, bottom = 960, 64, 12, 12, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-    totals = [sum(values[i] for _, values in series) for i in range(len(labels))]
-    ceiling = _axis(max(totals, default=0), whole=not money)
-    fmt = _money if money else _count
-    parts = [
-        f'<svg id="{esc(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
-        f'preserveAspectRatio="xMidYMid meet" role="img" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for k in range(5):
-        y = top + plot_h - plot_h * k / 4
-        value = ceiling * k / 4
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-        )
-        label = _money(value) if money else f"{value:,.0f}"
-        parts.append(
-            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(label)}</text>'
-        )
-    slot = plot_w / max(len(labels), 1)
-    bar = max(1.0, min(slot * 0.72, 48.0))
-    every = max(1, math.ceil(len(labels) / 12))
-    for i, label in enumerate(labels):
-        x = left + slot * i + (slot - bar) / 2
-        base: float = top + plot_h
-        for name, values in series:
-            value = values[i]
-            if value <= 0:
-                continue
-            h = plot_h * value / ceiling
-            base -= h
-            parts.append(
-                f'<rect x="{x:.1f}" y="{base:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
-                f'data-value="{value:g}"><title>{esc(label)}: {esc(fmt(value))} '
-                f"{esc(LABELS[name].lower())}</title></rect>"
-            )
-        if i % every == 0 or i == len(labels) - 1 and len(labels) <= 12:
-            parts.append(
-                f'<text class="axis" x="{left + slot * i + slot / 2:.1f}" y="{height - 12}" '
-                f'text-anchor="middle">{esc(label[5:] if len(label) == 10 else label)}</text>'
-            )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bar_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[float]]]) -> str:
-    """Stacked horizontal bars, one per label (an event); inline SVG."""
-    row, left, right, top = 28, 220, 70, 6
-    width = 960
-    height = top * 2 + row * max(len(labels), 1)
-    plot_w = width - left - right
-    totals = [sum(values[i] for _, values in series) for i in range(len(labels))]
-    ceiling = max(totals, default=0) or 1
-    parts = [
-        f'<svg id="{esc(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
-        f'preserveAspectRatio="xMidYMid meet" role="img" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for i, label in enumerate(labels):
-        y = top + row * i
-        shown = label if len(label) <= 32 else label[:31] + "\u2026"
-        parts.append(
-            f'<text class="axis" x="{left - 8}" y="{y + row / 2 + 4:.1f}" text-anchor="end">'
-            f"<title>{esc(label)}</title>{esc(shown)}</text>"
-        )
-        x = float(left)
-        for name, values in series:
-            value = values[i]
-            if value <= 0:
-                continue
-            w = plot_w * value / ceiling
-            parts.append(
-                f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" '
-                f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
-                f'data-value="{value:g}"><title>{esc(label)}: {esc(_count(value))} '
-                f"{esc(LABELS[name].lower())}</title></rect>"
-            )
-            x += w
-        parts.append(
-            f'<text class="axis" x="{x + 6:.1f}" y="{y + row / 2 + 4:.1f}">{esc(_count(totals[i]))}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
+MAX_CURRENCIES_CHARTED = 8
+"""Amount charts drawn at most (one per currency; the table has every currency)."""
+MAX_MESSAGE = 160
+"""Longest rejection message shown in the needs-action list."""
+OUTCOME_SERIES = ("delivered", "dead_lettered", "in_doubt")
+AGE_SERIES = ("too_old", "rejected_age")
+BY_RUN = ("dead_lettered", "too_old")
+"""Series counted by the runs' summaries: they can only be dated by the day the run started."""
+RUN_COUNTS = (
+    ("records_read", "Read"),
+    ("delivered", "Delivered"),
+    ("skipped", "Skipped"),
+    ("dead_lettered", "Dead-lettered"),
+    ("in_doubt", "In doubt"),
+    ("requests", "Requests"),
+    ("retries", "Retries"),
+    ("http_429", "429s"),
+)
+_SLUG = re.compile(r"^[A-Za-z]{3}$")
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("target_everflow.report", "templates"),
@@ -508,51 +75,57 @@ _TEMPLATES = jinja2.Environment(
 """The page's templates (``templates/`` in this package, shipped in the wheel)."""
 
 
-def _card(card_id: str, name: str, value: float, color: str, *, money: bool = False) -> dict:
-    return {
-        "id": card_id,
-        "name": name,
-        "value": f"{value:g}",
-        "shown": _money(value) if money else _count(value),
-        "color": color,
-    }
-
-
-def _keys(names: t.Sequence[str]) -> list[dict[str, str]]:
-    return [{"label": LABELS[n], "color": COLORS[n]} for n in names]
-
-
-def _when(epoch: t.Any) -> str:
+def when(epoch: t.Any) -> str:
     if epoch is None:
         return ""
     try:
         return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (ValueError, OverflowError, OSError):
+    except (TypeError, ValueError, OverflowError, OSError):
         return ""
 
 
-def _duration(start: t.Any, end: t.Any) -> str:
+def duration(start: t.Any, end: t.Any) -> str:
     if start is None or end is None:
         return ""
-    seconds = max(0.0, float(end) - float(start))
+    seconds = finite(finite(end) - finite(start))
+    if seconds < 0 or seconds > 10 * 365 * 86400:
+        return ""
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(seconds), 60)
+    minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-OUTCOME_SERIES = ("delivered", "dead_lettered", "in_doubt")
-RUN_COUNTS = (
-    ("records_read", "Read"),
-    ("delivered", "Delivered"),
-    ("skipped", "Skipped"),
-    ("dead_lettered", "Dead-lettered"),
-    ("in_doubt", "In doubt"),
-    ("requests", "Requests"),
-    ("retries", "Retries"),
-    ("http_429", "429s"),
-)
+def currency_label(currency: str) -> str:
+    return currency if currency != NO_CURRENCY else "(no currency)"
+
+
+def _slugs(currencies: list[str]) -> dict[str, str]:
+    """An element-id part per currency: the code, else its position (ids stay plain)."""
+    return {
+        c: "none" if c == NO_CURRENCY else c.lower() if _SLUG.match(c) else f"c{i}"
+        for i, c in enumerate(currencies)
+    }
+
+
+def _card(card_id: str, name: str, value: float, color: str, *, money: bool = False) -> dict:
+    value = finite(value)
+    return {
+        "id": card_id,
+        "name": name,
+        "value": f"{value:g}",
+        "shown": money_text(value) if money else count_text(value),
+        "color": color,
+        "currency": None,
+    }
+
+
+def _keys(names: t.Sequence[str]) -> list[dict[str, str]]:
+    return [
+        {"label": LABELS[n] + (" (by run day)" if n in BY_RUN else ""), "color": COLORS[n]}
+        for n in names
+    ]
 
 
 def render(report: Report, *, version: str = "") -> str:
@@ -562,20 +135,37 @@ def render(report: Report, *, version: str = "") -> str:
     day_labels = list(days)
     events = report.events()
     by_event = report.by_event()
+    currencies = report.currencies()
+    slugs = _slugs(currencies)
 
-    def outcome_columns(rows: list[Cell]) -> list[tuple[str, list[float]]]:
-        """One chart series per outcome, a value per row (a day, an event)."""
-        return [(name, [getattr(row, name) for row in rows]) for name in OUTCOME_SERIES]
+    def series(names: t.Sequence[str], rows: list[Cell]) -> list[tuple[str, list[float]]]:
+        """One chart series per name, a value per row (a day, an event)."""
+        return [(name, [getattr(row, name) for row in rows]) for name in names]
 
     cards = [_card("total-delivered", "Delivered", total.delivered, COLORS["delivered"])]
     if report.amounts:
-        cards.append(
-            _card("total-amount", "Amount delivered", total.amount, COLORS["amount"], money=True)
-        )
+        for currency in currencies or [NO_CURRENCY]:
+            card = _card(
+                f"total-amount-{slugs.get(currency, 'none')}",
+                f"Amount delivered, {currency_label(currency)}",
+                total.amounts.get(currency, 0.0),
+                COLORS["amount"],
+                money=True,
+            )
+            card["currency"] = currency_label(currency)
+            cards.append(card)
     cards.append(
-        _card("total-dead-lettered", "Dead-lettered", total.dead_lettered, COLORS["dead_lettered"])
+        _card(
+            "total-dead-lettered",
+            "Dead-lettered (by run day)",
+            total.dead_lettered,
+            COLORS["dead_lettered"],
+        )
     )
     cards.append(_card("total-in-doubt", "In doubt", total.in_doubt, COLORS["in_doubt"]))
+    cards.append(
+        _card("total-too-old", "Skipped as too old (by run day)", total.too_old, COLORS["too_old"])
+    )
     if report.reconciliation:
         for state in ("confirmed", "rejected", "not_found"):
             cards.append(
@@ -586,28 +176,42 @@ def render(report: Report, *, version: str = "") -> str:
                     COLORS[state],
                 )
             )
-    charted = events[:MAX_EVENTS_CHARTED]
-    charts = {
-        "days": column_chart(
-            "chart-days", day_labels, outcome_columns([days[d] for d in day_labels])
-        ),
-        "amounts": column_chart(
-            "chart-amounts",
-            day_labels,
-            [("amount", [days[d].amount for d in day_labels])],
-            money=True,
+        cards.append(
+            _card(
+                "total-rejected-age",
+                "Rejected as too late",
+                total.rejected_age,
+                COLORS["rejected_age"],
+            )
         )
-        if report.amounts
-        else "",
+
+    charted = events[:MAX_EVENTS_CHARTED]
+    day_cells = [days[d] for d in day_labels]
+    amount_charts = [
+        {
+            "slug": slugs[currency],
+            "label": currency_label(currency),
+            "svg": column_chart(
+                f"chart-amounts-{slugs[currency]}",
+                day_labels,
+                [("amount", [cell.amounts.get(currency, 0.0) for cell in day_cells])],
+                money=True,
+            ),
+        }
+        for currency in currencies[:MAX_CURRENCIES_CHARTED]
+    ]
+    charts = {
+        "days": column_chart("chart-days", day_labels, series(OUTCOME_SERIES, day_cells)),
         "reconciliation": column_chart(
             "chart-reconciliation",
             day_labels,
-            [(state, [days[d].recon[state] for d in day_labels]) for state in RECON_STATES],
+            [(state, [cell.recon[state] for cell in day_cells]) for state in RECON_STATES],
         )
         if report.reconciliation
         else "",
+        "age": column_chart("chart-age", day_labels, series(AGE_SERIES, day_cells)),
         "events": bar_chart(
-            "chart-events", charted, outcome_columns([by_event[e] for e in charted])
+            "chart-events", charted, series(OUTCOME_SERIES, [by_event[e] for e in charted])
         )
         if events
         else "",
@@ -616,30 +220,104 @@ def render(report: Report, *, version: str = "") -> str:
         first=report.days[0],
         last=report.days[-1],
         ledger=report.ledger,
-        generated=_when(report.generated_at),
+        generated=when(report.generated_at),
         version=version,
+        dated_by="send day" if report.by == BY_SEND_DAY else "event day",
         cards=cards,
         notes=report.notes,
         history=report.history,
         amounts=report.amounts,
+        amount_charts=amount_charts,
+        currencies_total=len(currencies),
         reconciliation=report.reconciliation,
         charts=charts,
-        legends={"outcomes": _keys(OUTCOME_SERIES), "recon": _keys(RECON_STATES)},
+        legends={
+            "outcomes": _keys(OUTCOME_SERIES),
+            "recon": _keys(RECON_STATES),
+            "age": _keys(AGE_SERIES),
+        },
         events=events,
         events_total=len(events),
         events_charted=len(charted),
-        detail=_detail_table(report, events),
+        action=_needs_action(report),
+        codes=_rejection_codes(total),
+        detail=_detail_table(report, events, currencies),
         runs=[_run_row(run) for run in report.runs],
         run_counts=[{"name": k, "label": label} for k, label in RUN_COUNTS],
     )
 
 
-def _detail_table(report: Report, events: list[str]) -> dict[str, t.Any]:
+def _needs_action(report: Report) -> dict[str, t.Any]:
+    return {
+        "in_doubt": [
+            {
+                "key": text(k.delivery_key),
+                "held": k.status != "sending",
+                "event": text(k.event),
+                "transaction": text(k.transaction_id),
+                "since": when(k.updated_at),
+            }
+            for k in report.in_doubt_keys
+        ],
+        "in_doubt_more": max(0, report.in_doubt_total - len(report.in_doubt_keys)),
+        "rejected": [
+            {
+                "transaction": text(r.transaction_id),
+                "key": text(r.delivery_key),
+                "code": "" if r.error_code is None else str(r.error_code),
+                "code_name": code_name(r.error_code),
+                "age": r.error_code in AGE_CODES,
+                "event": text(r.event),
+                "sent": when(r.sent_at),
+                "message": clip(text(r.error_message), MAX_MESSAGE),
+            }
+            for r in report.rejected
+        ],
+        "rejected_more": max(0, report.rejected_total - len(report.rejected)),
+    }
+
+
+def _rejection_codes(total: Cell) -> dict[str, t.Any]:
+    """Rejected conversions by Everflow's code: the age codes first, with their subtotal."""
+
+    def row(code: int | None, n: int) -> dict[str, t.Any]:
+        return {
+            "code": "" if code is None else str(code),
+            "name": code_name(code),
+            "value": n,
+            "shown": count_text(n),
+        }
+
+    codes = total.rejected_codes
+    age = [row(c, codes[c]) for c in sorted(AGE_CODES) if codes[c]]
+    other = [
+        row(c, n)
+        for c, n in sorted(codes.items(), key=lambda kv: (-kv[1], -1 if kv[0] is None else kv[0]))
+        if c not in AGE_CODES and n
+    ]
+    return {
+        "age": age,
+        "age_codes": ", ".join(str(c) for c in sorted(AGE_CODES)),
+        "age_total": total.rejected_age,
+        "age_total_shown": count_text(total.rejected_age),
+        "other": other,
+        "total": sum(codes.values()),
+    }
+
+
+def _detail_table(report: Report, events: list[str], currencies: list[str]) -> dict[str, t.Any]:
     recon = report.reconciliation
-    head = ["Day", "Event", "Delivered"] + (["Amount"] if report.amounts else [])
-    head += ["Dead-lettered", "By reason", "In doubt"]
+    head: list[tuple[str, bool]] = [("Day", False), ("Event", False), ("Delivered", True)]
+    if report.amounts:
+        head.append(("Amount", True))
+    head += [
+        ("Dead-lettered (by run day)", True),
+        ("By reason", False),
+        ("Skipped as too old (by run day)", True),
+        ("In doubt", True),
+    ]
     if recon:
-        head += [LABELS[s] for s in RECON_STATES]
+        head += [(LABELS[s], True) for s in RECON_STATES]
     rank = {e: i for i, e in enumerate(events)}
     cells = sorted(  # latest day first; in a day, the busiest event first
         ((day, event, cell) for (day, event), cell in report.cells.items() if not cell.empty),
@@ -650,44 +328,42 @@ def _detail_table(report: Report, events: list[str]) -> dict[str, t.Any]:
         {
             "day": day,
             "event": event,
-            "delivered": _count(cell.delivered),
-            "amount": _money(cell.amount),
-            "amount_value": f"{cell.amount:.2f}",
-            "dead_lettered": _count(cell.dead_lettered),
+            "delivered": count_text(cell.delivered),
+            "amounts": [
+                {
+                    "currency": currency_label(c),
+                    "value": f"{finite(cell.amounts[c]):.2f}",
+                    "shown": money_text(cell.amounts[c]),
+                }
+                for c in currencies
+                if c in cell.amounts
+            ],
+            "dead_lettered": count_text(cell.dead_lettered),
             "reasons": [
-                {"name": reason, "value": n, "shown": _count(n)}
+                {"name": reason, "value": n, "shown": count_text(n)}
                 for reason, n in sorted(cell.dead.items(), key=lambda kv: (-kv[1], kv[0]))
             ],
-            "in_doubt": _count(cell.in_doubt),
+            "too_old": count_text(cell.too_old),
+            "in_doubt": count_text(cell.in_doubt),
             "recon": [
-                {"name": state, "shown": _count(cell.recon[state])}
+                {"name": state, "shown": count_text(cell.recon[state])}
                 for state in (RECON_STATES if recon else ())
             ],
         }
         for day, event, cell in cells
     ]
-    return {
-        "head": [
-            {"name": name, "numeric": name not in ("Day", "Event", "By reason")} for name in head
-        ],
-        "rows": rows,
-    }
+    return {"head": [{"name": n, "numeric": numeric} for n, numeric in head], "rows": rows}
 
 
 def _run_row(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A run of the history; host and PID are in its id (``host:pid:random``)."""
     exit_code = run.get("exit_code")
-    counts = []
-    for key, _ in RUN_COUNTS:
-        value = run.get(key)
-        counts.append({"name": key, "shown": "" if value is None else _count(value)})
     return {
-        "id": _text(run.get("run_id")),
-        "started": _when(run.get("started_at")),
-        "duration": _duration(run.get("started_at"), run.get("ended_at")),
-        "exit": "running" if exit_code is None else str(exit_code),
+        "id": text(run.get("run_id")),
+        "started": when(run.get("started_at")),
+        "duration": duration(run.get("started_at"), run.get("ended_at")),
+        "exit": "running" if exit_code is None else text(exit_code),
         "failed": exit_code not in (0, None),
-        "counts": counts,
-        "host": _text(run.get("host")),
-        "pid": _text(run.get("pid")),
-        "version": _text(run.get("version")),
+        "counts": [{"name": k, "shown": count_text(run.get(k))} for k, _ in RUN_COUNTS],
+        "version": text(run.get("version")),
     }
