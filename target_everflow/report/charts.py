@@ -114,7 +114,7 @@ def column_chart(
             parts.append(
                 f'<rect x="{x:.1f}" y="{base:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                 f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
-                f'data-value="{value:g}"><title>{esc(label)}: {esc(fmt(value))} '
+                f'data-value="{value:.15g}"><title>{esc(label)}: {esc(fmt(value))} '
                 f"{esc(LABELS[name].lower())}</title></rect>"
             )
         if i % every == 0 or i == len(labels) - 1 and len(labels) <= 12:
@@ -155,7 +155,7 @@ def bar_chart(chart_id: str, labels: list[str], series: list[tuple[str, list[flo
             parts.append(
                 f'<rect x="{x:.1f}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" '
                 f'fill="{COLORS[name]}" data-series="{esc(name)}" data-label="{esc(label)}" '
-                f'data-value="{value:g}"><title>{esc(label)}: {esc(count_text(value))} '
+                f'data-value="{value:.15g}"><title>{esc(label)}: {esc(count_text(value))} '
                 f"{esc(LABELS[name].lower())}</title></rect>"
             )
             x += w

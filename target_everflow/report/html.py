@@ -46,6 +46,8 @@ from target_everflow.text import clip
 MAX_EVENTS_CHARTED = 12
 MAX_CURRENCIES_CHARTED = 8
 """Amount charts drawn at most (one per currency; the table has every currency)."""
+MAX_DETAIL_ROWS = 5_000
+"""Rows of the per-day-and-event table at most (the latest days first; the rest are counted)."""
 MAX_MESSAGE = 160
 """Longest rejection message shown in the needs-action list."""
 OUTCOME_SERIES = ("delivered", "dead_lettered", "in_doubt")
@@ -114,7 +116,7 @@ def _card(card_id: str, name: str, value: float, color: str, *, money: bool = Fa
     return {
         "id": card_id,
         "name": name,
-        "value": f"{value:g}",
+        "value": f"{value:.15g}",
         "shown": money_text(value) if money else count_text(value),
         "color": color,
         "currency": None,
@@ -324,6 +326,7 @@ def _detail_table(report: Report, events: list[str], currencies: list[str]) -> d
         key=lambda r: (rank.get(r[1], len(rank)), r[1]),
     )
     cells.sort(key=lambda r: r[0], reverse=True)
+    more = max(0, len(cells) - MAX_DETAIL_ROWS)
     rows = [
         {
             "day": day,
@@ -350,9 +353,13 @@ def _detail_table(report: Report, events: list[str], currencies: list[str]) -> d
                 for state in (RECON_STATES if recon else ())
             ],
         }
-        for day, event, cell in cells
+        for day, event, cell in cells[:MAX_DETAIL_ROWS]
     ]
-    return {"head": [{"name": n, "numeric": numeric} for n, numeric in head], "rows": rows}
+    return {
+        "head": [{"name": n, "numeric": numeric} for n, numeric in head],
+        "rows": rows,
+        "more": more,
+    }
 
 
 def _run_row(run: dict[str, t.Any]) -> dict[str, t.Any]:
