@@ -73,7 +73,7 @@ NO_EVENT = "(event not recorded)"
 NO_CURRENCY = ""
 """The currency key of amounts sent without a currency (shown as ``(no currency)``)."""
 MAX_GROUPS = 100_000
-"""Groups of the ledger's GROUP BY read at most (day x event x status x reconciliation x ...)."""
+"""Groups of the ledger's aggregate read at most (day x event x status x reconciliation x ...)."""
 MAX_SUMMARY_CHARS = 1_000_000
 """A run summary longer than this is not read (its counts are left out, with a note)."""
 MAX_COUNT = 10**15
