@@ -362,7 +362,7 @@ def recent_runs(
         cur.execute(
             ledger.sql(
                 f"SELECT {', '.join(wanted)} FROM {runs_table(ledger)}"
-                " ORDER BY started_at DESC LIMIT ?"
+                " ORDER BY started_at DESC, run_id LIMIT ?"
             ),
             (last,),
         )

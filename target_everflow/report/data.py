@@ -55,7 +55,7 @@ from target_everflow.ledger.reporting import (
     rejected_conversions,
 )
 from target_everflow.outcomes import DEAD_LETTER, SKIPPED, TOO_OLD
-from target_everflow.reconcile.store import REJECTED
+from target_everflow.reconcile.store import CONFIRMED, NOT_FOUND, PENDING, REJECTED
 from target_everflow.text import clip
 
 try:
@@ -65,7 +65,9 @@ except ImportError:  # pragma: no cover - msgspec comes with singer-sdk[msgspec]
 
 __all__ = ["BY_EVENT_DAY", "BY_SEND_DAY", "DATE_BASES", "Cell", "Report", "build_report"]
 
-RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
+UNCHECKED = "unchecked"
+"""A delivered conversion reconcile has not checked yet (``recon_status`` NULL)."""
+RECON_STATES = (CONFIRMED, PENDING, REJECTED, NOT_FOUND, UNCHECKED)
 RUN_COLUMNS = tuple(c for c in COLUMNS if c != "summary")
 """The run history's columns the runs table may show (the summary is folded per day instead)."""
 NO_EVENT = "(event not recorded)"
@@ -280,12 +282,12 @@ def _read_conversions(
             currency = text(group.currency) if group.currency else NO_CURRENCY
             cell.amounts[currency] = cell.amounts.get(currency, 0.0) + finite(group.amount)
         if report.reconciliation:
-            state = group.recon_status if group.recon_status in RECON_STATES else "unchecked"
+            state = group.recon_status if group.recon_status in RECON_STATES else UNCHECKED
             cell.recon[state] += group.count
             if state == REJECTED:
                 cell.rejected_codes[group.recon_error_code] += group.count
     if report.reconciliation and not any(
-        state != "unchecked" and n for c in report.cells.values() for state, n in c.recon.items()
+        state != UNCHECKED and n for c in report.cells.values() for state, n in c.recon.items()
     ):
         report.reconciliation = False  # the columns exist (upgraded ledger), reconcile never ran
     if report.per_event and report.cells and all(e == NO_EVENT for _, e in report.cells):

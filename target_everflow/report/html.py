@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import jinja2
 
 from target_everflow.everflow.codes import AGE_CODES, code_name
+from target_everflow.ledger import SENDING_STATUS
 from target_everflow.report.charts import (
     COLORS,
     LABELS,
@@ -254,7 +255,7 @@ def _needs_action(report: Report) -> dict[str, t.Any]:
         "in_doubt": [
             {
                 "key": text(k.delivery_key),
-                "held": k.status != "sending",
+                "held": k.status != SENDING_STATUS,
                 "event": text(k.event),
                 "transaction": text(k.transaction_id),
                 "since": when(k.updated_at),
