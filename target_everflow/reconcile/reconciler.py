@@ -518,7 +518,9 @@ class _Tally:
         """``USD 12.00; EUR 3.50; (no currency) 1.00``, or '' without amounts."""
         return "; ".join(
             f"{cur} {amount:.2f}"
-            for cur, amount in sorted(self.amounts.items(), key=lambda kv: kv[0] == NO_CURRENCY)
+            for cur, amount in sorted(
+                self.amounts.items(), key=lambda kv: (kv[0] == NO_CURRENCY, kv[0])
+            )
             if amount
         )
 
