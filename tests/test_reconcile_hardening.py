@@ -294,6 +294,32 @@ def test_rejections_found_by_a_failed_reconcile_are_reported_by_the_next(tmp_pat
     assert third.exit_code == 0 and third.unreported == []
 
 
+def test_findings_of_a_reconcile_whose_report_could_not_be_written_are_reported_next(
+    tmp_path: Path,
+) -> None:
+    reporting = FakeReporting(api_key=SECRET_API_KEY, verdicts={"tx-1": FakeVerdict.rejected(8)})
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    with Receiver(reporting=reporting) as rx:
+        config = deliver(rx, tmp_path, 3)
+        blocked = {**config, "reconcile_report_path": str(tmp_path / "blocked" / "r.json")}
+        with pytest.raises(ReconcileError, match="reconcile_report_path"):
+            reconcile_once(blocked)  # the path went bad after start-up: the write fails
+        s = Settings.from_config(config)
+        ledger = open_ledger(s.ledger_url, default_dir=s.state_dir, lease_seconds=60,
+                             retention_days=400)  # fmt: skip
+        try:
+            assert reconciler.reconcile_after_run(
+                Settings.from_config({**config, "reconcile": True}), ledger,
+                logging.getLogger("test"),
+            ) == 6  # fmt: skip
+            assert reconciler.reconcile_after_run(
+                Settings.from_config({**config, "reconcile": True}), ledger,
+                logging.getLogger("test"),
+            ) == 0  # fmt: skip
+        finally:
+            ledger.close()
+
+
 def test_reconcile_true_checks_reconcile_report_path_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "blocked").write_text("a file, not a directory")
     with Receiver(reporting=FakeReporting(api_key=SECRET_API_KEY)) as rx:
@@ -398,6 +424,12 @@ def test_one_rest_client_no_private_names_across_modules_one_rate_limiter() -> N
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("target_"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
+    # Reconcile's SQL uses the ledger's public helpers only (no private attribute of it).
+    tree = ast.parse((ROOT / "target_everflow" / "ledger" / "verdicts.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            if node.value.attr == "ledger":
+                assert not node.attr.startswith("_"), f"verdicts.py uses ledger.{node.attr}"
     assert (ApiAuthError.exit_code, ApiRateLimited.exit_code, ApiUnavailable.exit_code,
             ApiBadAnswer.exit_code) == (EXIT_CONFIG, EXIT_DELIVERY, EXIT_DELIVERY, EXIT_DELIVERY)  # fmt: skip
 

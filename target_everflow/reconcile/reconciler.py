@@ -968,8 +968,8 @@ def _iso(epoch: float | None) -> str | None:
 
 def reconcile_after_run(settings: Settings, ledger: Ledger | None, logger: logging.Logger) -> int:
     """``reconcile: true``: after a normal run, check what earlier runs delivered. A reporting
-    API failure (or a report that cannot be written, a ledger error) is a warning: the delivery
-    run stands, and the findings are reported again next time. Returns 6 when there is a
+    API failure (or a report that cannot be written) is a warning: the delivery run stands, and
+    the findings are reported again next time (a ledger error fails the run, exit 4). Returns 6 when there is a
     rejected or not-found conversion not reported before, else 0."""
     if not settings.reconcile or settings.dry_run or ledger is None:
         return EXIT_OK
@@ -979,7 +979,7 @@ def reconcile_after_run(settings: Settings, ledger: Ledger | None, logger: loggi
         for line in result.lines():
             logger.info("%s", line)
         reconciler.mark_reported(result)
-    except (ReconcileError, LedgerError) as exc:
+    except ReconcileError as exc:
         logger.warning(
             "Reconcile after the run did not finish (the delivery is not affected): %s", exc
         )
