@@ -130,9 +130,9 @@ runpy.run_module("target_everflow", run_name="__main__")
 
 
 def test_an_api_that_ignores_page_keeps_reconcile_under_200_mb(tmp_path: Path) -> None:
-    """Every answer is a new page of 2,000 rows of the asked transactions (4 KB each, ~8 MB),
+    """Every answer is a new page of 2,000 rows of the asked transactions (3.6 KB each, ~7.5 MB),
     ``total_count`` a billion: the rows kept stay a few per transaction, memory bounded."""
-    blob = "x" * 3900
+    blob = "x" * 3500
 
     def pages(n: int, body: dict) -> dict:
         tids = [f["filter_id_value"] for f in body["query"]["filters"]] or ["tx-0"]
@@ -140,7 +140,7 @@ def test_an_api_that_ignores_page_keeps_reconcile_under_200_mb(tmp_path: Path) -
             {"transaction_id": tids[i % len(tids)], "status": "rejected", "error_code": 8,
              "error_message": f"{n}-{i} {blob}", "is_event": False, "event": "",
              "conversion_unix_timestamp": int(time.time()) - 600}
-            for i in range(1900)
+            for i in range(2000)
         ]  # fmt: skip
         return {"conversions": rows, "paging": {"total_count": 10**9}}
 
