@@ -136,8 +136,8 @@ def clean_text(text: str, secrets: t.Iterable[str | None], limit: int = TEXT_LIM
     """A string read from Everflow, fit to store, print and write: every secret masked (the one
     masking function), NUL and every other control character removed, whitespace runs
     collapsed, at most ``limit`` characters."""
-    masked = mask(text, tuple(secrets), REDACTED)
-    return excerpt(one_line(masked.replace("\x00", "")), limit)
+    masked = mask(one_line(text.replace("\x00", "")), tuple(secrets), REDACTED)
+    return excerpt(masked, limit)
 
 
 def _connection_reason(exc: TransportError) -> str:

@@ -384,9 +384,18 @@ class ReportingClient:
             and math.isfinite(float(when))
             else None,
             status=self.clean(item.get("status"), 40).lower(),
-            error_code=item.get("error_code"),
+            error_code=_bounded(item.get("error_code")),
             error_message=self.clean(item.get("error_message"), MESSAGE_LIMIT // 2),
         )  # fmt: skip
+
+
+def _bounded(value: t.Any) -> t.Any:
+    """An ``error_code`` as read, kept small: a number as it is, anything else as at most 64
+    characters of its text (a code is never longer; the rest only goes into a message)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:64]
 
 
 def _integral_text(value: t.Any) -> t.Any:
