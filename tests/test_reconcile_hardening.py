@@ -124,7 +124,7 @@ import atexit, resource, sys
 atexit.register(lambda: sys.stderr.write(
     f"MAXRSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
 import target_everflow.reconcile.reconciler as r
-r.MAX_PAGES = 40
+r.MAX_PAGES = 30
 import runpy
 sys.argv = ["target-everflow", "reconcile", "--config", sys.argv[1]]
 runpy.run_module("target_everflow", run_name="__main__")
@@ -158,7 +158,7 @@ def test_an_api_that_ignores_page_keeps_reconcile_under_200_mb(tmp_path: Path) -
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     peak_mb = int(proc.stderr.split("MAXRSS_KB ")[1].split()[0]) / 1024
     assert peak_mb < 200, f"peak {peak_mb:.0f} MB"
-    assert proc.stderr.count("had more than 40 pages") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("had more than 30 pages") == 1, proc.stderr[-3000:]
     assert proc.returncode in (0, 6), proc.stderr[-3000:]
 
 
