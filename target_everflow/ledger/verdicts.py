@@ -33,8 +33,7 @@ import math
 import typing as t
 from dataclasses import dataclass
 
-from target_everflow.ledger.base import DELIVERED_STATUS, Ledger, LedgerError
-from target_everflow.ledger.sql import SQLLedger
+from target_everflow.ledger import DELIVERED_STATUS, Ledger, LedgerError, SQLLedger
 
 # Reconcile's statuses (the ``recon_status`` column; NULL = unchecked).
 CONFIRMED = "confirmed"
