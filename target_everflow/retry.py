@@ -5,20 +5,24 @@ Each user has its own parameters:
 * postbacks (``delivery/engine.py``): ``RetryPolicy(max_retries=<setting max_retries>)``: exponential
   backoff from 0.5 s, at most 30 s, full jitter; a ``Retry-After`` is waited for at least (at
   most 300 s);
-* the Everflow REST API (``everflow/api.py``: the pre-flight check and reconcile):
+* the Everflow REST API (``everflow/client.py``: the pre-flight check and reconcile):
   :data:`API_RETRY`: 4 attempts, exponential backoff from 1 s, at most 8 s, equal jitter; a
   ``Retry-After`` replaces the backoff, and one longer than 60 s is not waited for (the caller
   fails instead, see :meth:`RetryPolicy.waits_for`);
 * the ledger's deadlocks and serialisation failures (``ledger/sql.py``): :data:`LEDGER_RETRY`:
   6 retries, linear backoff of 20 ms per retry, the lower quarter of each step left out.
 
-And the one reading of a ``Retry-After`` header: :func:`retry_after_seconds`.
+And the one reading of a ``Retry-After`` header: :func:`retry_after_seconds`; and the one token
+bucket (:class:`RateLimiter`) the postback engine and the REST client each pace their requests
+with (a 429 holds every sender of the bucket).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
+import typing as t
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
@@ -121,3 +125,49 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if moment.tzinfo is None:  # an HTTP date is always GMT
         moment = moment.replace(tzinfo=timezone.utc)
     return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
+
+
+class RateLimiter:
+    """A token bucket shared by every sender of one kind (the postbacks, the Everflow REST
+    client): a global token bucket (``rate`` requests/s; 0 = unlimited) with a shared hold.
+
+    ``hold(seconds)`` pauses every sender, which is how a 429 slows the whole engine down,
+    not only the request that got it.
+    """
+
+    def __init__(self, rate: float = 0.0, *, clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_free = clock()
+        self._hold_until = 0.0
+
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Wait for a slot; False when ``stop`` was set meanwhile."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait_for = self._hold_until - now
+                if wait_for <= 0:
+                    if self.rate <= 0:
+                        return True
+                    slot = max(now, self._next_free)
+                    self._next_free = slot + 1.0 / self.rate
+                    wait_for = slot - now
+                    if wait_for <= 0:
+                        return True
+                    # The slot is reserved: sleep until it, then go.
+                    if stop is not None and stop.wait(wait_for):
+                        return False
+                    if stop is None:
+                        time.sleep(wait_for)
+                    return True
+            if stop is not None:
+                if stop.wait(min(wait_for, 1.0)):
+                    return False
+            else:
+                time.sleep(min(wait_for, 1.0))

@@ -83,6 +83,8 @@ class Run:
             check_output("dry_run_output", s.dry_run_output)
         if s.summary_path:
             check_output("summary_path", s.summary_path)
+        if s.reconcile and not s.dry_run:
+            check_output("reconcile_report_path", s.reconcile_report_path)
         policy = RetryPolicy(max_retries=s.max_retries)
         lease = max(60.0, min(policy.worst_case_seconds(s.request_timeout), 900.0))
         try:
@@ -139,7 +141,7 @@ class Run:
 
     def check_api(self) -> list[str]:
         """The Everflow API check; returns the lines saying what was verified."""
-        from target_everflow.everflow.api import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
+        from target_everflow.everflow.preflight import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
 
         try:
             report = run_preflight(self.settings, logger=self.logger)

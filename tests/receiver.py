@@ -60,6 +60,7 @@ import http.server
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -666,8 +667,15 @@ class FakeReporting:
     * ``GET /v1/networks/advertisers/{id}/events``: ``events`` (id -> name) as global events.
 
     A request without the ``api_key`` gets 401; ``script`` answers (e.g. a 429) come first, one
-    per request. With ``transaction_filter=False`` a transaction id filter gets HTTP 400 (to
-    test the time-window fallback). Every request is kept in ``requests``.
+    per request (``None`` in the script: answer that request normally). With
+    ``transaction_filter=False`` a transaction id filter gets HTTP 400 (to test the time-window
+    fallback). Every request is kept in ``requests``.
+
+    Hostile or odd reports: ``page_cap`` caps a page's rows whatever ``page_size`` asks (as
+    Everflow may); ``ignore_page`` answers the first page to every ``page``; ``rewrite`` changes
+    each row before it is answered (a :class:`Raw` value is written as raw JSON text, e.g.
+    ``Raw("1e400")``); ``pages(n, body)`` answers the n-th report request with its own JSON
+    object instead (the other options then do not apply).
     """
 
     PREFIX = "/v1"
@@ -680,9 +688,13 @@ class FakeReporting:
         omit: t.Iterable[str] = (),
         events: t.Mapping[int, str] | None = None,
         advertiser_id: int = 7,
-        script: t.Sequence[Answer] = (),
+        script: t.Sequence[Answer | None] = (),
         max_page_size: int = 2000,
         transaction_filter: bool = True,
+        page_cap: int | None = None,
+        ignore_page: bool = False,
+        rewrite: t.Callable[[JsonDict], JsonDict] | None = None,
+        pages: t.Callable[[int, JsonDict], JsonDict] | None = None,
     ) -> None:
         self.api_key = api_key
         self.verdicts = dict(verdicts or {})
@@ -692,6 +704,11 @@ class FakeReporting:
         self.script = list(script)
         self.max_page_size = max_page_size
         self.transaction_filter = transaction_filter
+        self.page_cap = page_cap
+        self.ignore_page = ignore_page
+        self.rewrite = rewrite
+        self.pages = pages
+        self._report_count = 0
         self.requests: list[Received] = []
         self._lock = threading.Lock()
 
@@ -735,7 +752,7 @@ class FakeReporting:
                 amount = float(q["amount"]) if "amount" in q else 0.0
             except ValueError:
                 amount = 0.0
-            rows.append({
+            row = {
                 "conversion_id": f"c{received.seq:08d}",
                 "transaction_id": tid,
                 "status": verdict.status,
@@ -750,7 +767,8 @@ class FakeReporting:
                 "adv1": q.get("adv1", ""),
                 "is_scrub": False,
                 "currency_id": "USD",
-            })  # fmt: skip
+            }  # fmt: skip
+            rows.append(self.rewrite(row) if self.rewrite is not None else row)
         return rows
 
     # answers
@@ -760,8 +778,10 @@ class FakeReporting:
             received.seq = len(self.requests)
             self.requests.append(received)
             if self.script:
-                received.answer = self.script.pop(0)
-                return received.answer
+                scripted = self.script.pop(0)
+                if scripted is not None:
+                    received.answer = scripted
+                    return received.answer
         if received.headers.get("X-Eflow-API-Key") != self.api_key:
             return self._json(401, {"error": "No Authentication Method Found"})
         path = received.path[len(self.PREFIX) :]
@@ -772,6 +792,8 @@ class FakeReporting:
                  "advertiser_id": self.advertiser_id, "status": "active"}
                 for eid, name in sorted(self.events.items())
             ]})  # fmt: skip
+        if path == "/networks" and received.method == "GET":
+            return Answer.ok({"network_id": 1, "name": "Fake network"})
         if path != "/networks/reporting/conversions" or received.method != "POST":
             return self._json(404, {"error": "Not Found"})
         try:
@@ -785,13 +807,18 @@ class FakeReporting:
 
     def _report(self, received: Received, accepted: t.Sequence[Received]) -> Answer:
         body = json.loads(received.body)
+        if self.pages is not None:
+            with self._lock:
+                self._report_count += 1
+                number = self._report_count
+            return _raw_ok(self.pages(number, body))
         if body.get("timezone_id") != 67:
             return self._json(400, {"error": "the fake knows timezone 67 (UTC) only"})
         start = _report_time(body["from"], end=False)
         end = _report_time(body["to"], end=True)
         if end - start > 366 * 86400 or end < start:
             return self._json(400, {"error": "Invalid date range"})
-        page = int(received.query.get("page", "1"))
+        page = 1 if self.ignore_page else int(received.query.get("page", "1"))
         size = int(received.query.get("page_size", "50"))
         if not 1 <= size <= self.max_page_size or page < 1:
             return self._json(
@@ -813,11 +840,37 @@ class FakeReporting:
             and (show_events if row["is_event"] else show_conversions)
             and all(str(row[kind]) in values for kind, values in groups.items())
         ]  # fmt: skip
+        if self.page_cap is not None:
+            size = min(size, self.page_cap)
         chunk = rows[(page - 1) * size : page * size]
-        return Answer.ok({
+        return _raw_ok({
             "conversions": chunk,
             "paging": {"page": page, "page_size": size, "total_count": len(rows)},
         })  # fmt: skip
+
+
+class Raw(str):
+    """A value the fake report writes as raw JSON text (``Raw("1e400")``: a number no float
+    holds)."""
+
+
+_RAW = re.compile(r'"\\ue000(.*?)\\ue000"')
+
+
+def _raw_ok(body: JsonDict) -> Answer:
+    """A 200 with ``body`` as JSON, its :class:`Raw` values written as they are."""
+
+    def mark(value: t.Any) -> t.Any:
+        if isinstance(value, Raw):
+            return "\ue000" + value + "\ue000"
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        return value
+
+    text = _RAW.sub(lambda m: json.loads(f'"{m.group(1)}"'), json.dumps(mark(body)))
+    return Answer.status(200, text, {"Content-Type": "application/json"})
 
 
 def _report_time(text: str, *, end: bool) -> int:

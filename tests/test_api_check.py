@@ -32,8 +32,9 @@ import yaml
 from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import NameResolutionError
 
-from target_everflow.everflow import api as everflow_api
-from target_everflow.everflow.api import PreflightError, PreflightReport, run_preflight
+from target_everflow.everflow import client as everflow_api
+from target_everflow.everflow.preflight import PreflightError, PreflightReport, run_preflight
+from target_everflow.retry import retry_after_seconds
 from target_everflow.settings import ConfigError, Settings
 from target_everflow.transport import ConnectFailed, Reply
 
@@ -159,7 +160,7 @@ class CapturingClient:
     """The API check's own HTTP client, recording every request it sends (method, URL, headers)."""
 
     def __init__(self) -> None:
-        self.http = everflow_api.api_client(API_URL, 30)
+        self.http = everflow_api.http_client(API_URL, 30)
         self.sent: list[tuple[str, str, dict[str, str]]] = []
 
     def request(
@@ -343,10 +344,8 @@ def test_wrong_kind_of_key_403_out_of_realm(client: CapturingClient) -> None:
 # --- the events ----------------------------------------------------------------------------
 
 EVENT_LIST = (
-    "Advertiser 7's events in Everflow (id: name):\n"
-    "  24: Purchase\n"
-    "  31: Lead\n"
-    "  35: Trial Started (inactive)"
+    "Advertiser 7's events in Everflow (id: name): 24: Purchase; 31: Lead; "
+    "35: Trial Started (inactive)."
 )
 
 
@@ -362,10 +361,10 @@ def test_unknown_event_id_names_the_event_and_lists_the_advertisers_events(
     assert_message(
         str(err),
         "Segment event 'Subscription Renewed' is mapped to Everflow event id 99, but advertiser 7 "
-        "has no event with that id.\n" + EVENT_LIST,
+        "has no event with that id. " + EVENT_LIST,
         live_prefix=(
             f"Segment event 'Subscription Renewed' is mapped to Everflow event id "
-            f"{UNKNOWN_EVENT_ID}, but advertiser {ADVERTISER_ID} has no event with that id.\n"
+            f"{UNKNOWN_EVENT_ID}, but advertiser {ADVERTISER_ID} has no event with that id. "
         ),
     )
 
@@ -382,21 +381,21 @@ def test_inactive_event_id(client: CapturingClient) -> None:
     assert_message(
         str(err),
         "Segment event 'Trial Started' is mapped to Everflow event id 35 ('Trial Started'), but "
-        "that event is inactive, not active.\n" + EVENT_LIST,
+        "that event is inactive, not active. " + EVENT_LIST,
         live_prefix=f"Segment event 'Trial Started' is mapped to Everflow event id {INACTIVE_EVENT_ID} (",
     )
 
 
 @replay_only
-def test_every_bad_mapping_gets_its_own_line(client: CapturingClient) -> None:
+def test_every_bad_mapping_is_named_on_one_line(client: CapturingClient) -> None:
     cfg = config(event_mapping={"Subscription Renewed": 99, "Trial Started": 35, "Paid": 24})
     with cassette("unknown_event"):  # same two answers; only the mapping differs
         err = preflight_error(cfg, client=client)
     assert str(err) == (
         "Segment event 'Subscription Renewed' is mapped to Everflow event id 99, but advertiser 7 "
-        "has no event with that id.\n"
+        "has no event with that id. "
         "Segment event 'Trial Started' is mapped to Everflow event id 35 ('Trial Started'), but "
-        "that event is inactive, not active.\n" + EVENT_LIST
+        "that event is inactive, not active. " + EVENT_LIST
     )
 
 
@@ -567,11 +566,11 @@ def test_retry_after_as_an_http_date() -> None:
     response = Reply(
         429, HTTPHeaderDict({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), b""
     )  # past
-    assert everflow_api._retry_after(response) == 0.0
+    assert retry_after_seconds(response.headers.get("Retry-After")) == 0.0
     response.headers["Retry-After"] = "3"
-    assert everflow_api._retry_after(response) == 3.0
+    assert retry_after_seconds(response.headers.get("Retry-After")) == 3.0
     response.headers["Retry-After"] = "soon"
-    assert everflow_api._retry_after(response) is None
+    assert retry_after_seconds(response.headers.get("Retry-After")) is None
 
 
 def test_429_every_time_gives_up() -> None:
@@ -823,7 +822,7 @@ NETWORK_OK = (
             [NETWORK_OK, (200, {}, b'{"global_events": []}')],
             {},
             "Segment event 'Product Purchased' is mapped to Everflow event id 24, but advertiser 7 "
-            "has no event with that id.\nAdvertiser 7 has no events in Everflow.",
+            "has no event with that id. Advertiser 7 has no events in Everflow.",
         ),
         (
             [NETWORK_OK, (200, {}, b'{"events": []}')],

@@ -21,9 +21,9 @@ import pytest
 
 from target_everflow.adapter.target import TargetEverflow
 from target_everflow.ledger import open_ledger
+from target_everflow.ledger.verdicts import DueKey, ReconcileStore
 from target_everflow.reconcile import reconciler
-from target_everflow.reconcile.reconciler import Reconciler, match
-from target_everflow.reconcile.store import DueKey, ReconcileStore
+from target_everflow.reconcile.reconciler import Reconciler, ReportRow, match
 from target_everflow.settings import Settings
 from tests.conftest import (
     SECRET_API_KEY,
@@ -48,9 +48,8 @@ def key(
 
 def row(
     tid: str, *, event: str = "", order: str = "", at: int = 1000, status: str = "approved"
-) -> dict:
-    return {"transaction_id": tid, "is_event": bool(event), "event": event, "order_id": order,
-            "conversion_unix_timestamp": at, "status": status}  # fmt: skip
+) -> ReportRow:
+    return ReportRow(tid, bool(event), event, order, float(at), status, None, "")
 
 
 # --- matching ---------------------------------------------------------------------------------------
@@ -85,7 +84,7 @@ def test_each_row_matches_one_key_nearest_in_time() -> None:
 
 def test_without_event_names_an_event_key_takes_any_event_row() -> None:
     found = match([key("e", "T", event_id=24)], [row("T"), row("T", event="Whatever")], None)
-    assert found["e"]["event"] == "Whatever"
+    assert found["e"].event == "Whatever"
 
 
 # --- windows and batching --------------------------------------------------------------------------
@@ -98,10 +97,15 @@ class Recorder:
         self.queries: list[tuple[float, float, list[str] | None]] = []
 
     def __call__(
-        self, start: float, end: float, tids: t.Sequence[str] | None, before: t.Any = None
-    ) -> list:
+        self,
+        start: float,
+        end: float,
+        tids: t.Sequence[str] | None,
+        before: t.Any = None,
+        **_: t.Any,
+    ) -> reconciler.Page:
         self.queries.append((start, end, None if tids is None else list(tids)))
-        return []
+        return reconciler.Page()
 
 
 def settings_for(tmp_path: Path, **overrides: t.Any) -> Settings:
@@ -138,7 +142,7 @@ def run_recorded(tmp_path: Path, **overrides: t.Any) -> tuple[Recorder, t.Any]:
     try:
         rec = Reconciler(s, ledger)
         recorder = Recorder()
-        rec.client.conversions = recorder  # type: ignore[method-assign]
+        rec.client.conversions = recorder  # type: ignore[method-assign] - records, answers no rows
         return recorder, rec.run()
     finally:
         ledger.close()
@@ -357,7 +361,9 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(tmp_path: Path,
     check = open_ledger(url, default_dir=tmp_path, lease_seconds=60, retention_days=400)
     try:
         store = ReconcileStore(check, lease_seconds=60)
-        assert [(k.key, s, c) for k, s, c, _, _ in store.problems()] == [("k1", "rejected", 8)]
+        assert [(p.key.key, p.status, p.error_code) for p in store.problems()] == [
+            ("k1", "rejected", 8)
+        ]
     finally:
         check.close()
         if table:
@@ -590,7 +596,9 @@ def test_the_summary_lines_escape_event_names() -> None:
     result.count(odd, reconciler.Verdict("k", "rejected", 21, "bad token"))
     lines = result.lines()
     assert all("\n" not in line and "\x1b" not in line for line in lines)
-    assert "rejected, error 21 (invalid verification token): 1 (amount 3.50)" in "\n".join(lines)
+    assert "rejected, error 21 (invalid verification token): 1, amount (no currency) 3.50" in (
+        "\n".join(lines)
+    )
     logging.getLogger(__name__).info("%s", lines)
 
 

@@ -32,12 +32,12 @@ import pytest
 import vcr
 import yaml
 
-from target_everflow.delivery.engine import RateLimiter
 from target_everflow.errors import EXIT_CONFIG
-from target_everflow.everflow import api as everflow_api
+from target_everflow.everflow import client as everflow_api
 from target_everflow.ledger import open_ledger
 from target_everflow.reconcile import reconciler
 from target_everflow.reconcile.reconciler import ReconcileError, Reconciler
+from target_everflow.retry import RateLimiter
 from target_everflow.settings import Settings
 from tests.test_api_check import (
     LIVE,
@@ -196,7 +196,7 @@ def test_approved_is_confirmed(tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.requests == 1
     assert result.as_dict()["by_event"]["Order Completed"]["confirmed"] == {
         "count": 1,
-        "amount": 10.0,
+        "amount_by_currency": {"(no currency)": 10.0},
     }
 
 
@@ -244,7 +244,8 @@ def test_rejected_with_codes_8_13_21_25(tmp_path: Path) -> None:
     assert result.exit_code == 6
     codes = result.as_dict()["by_event"]["Order Completed"]["rejected_by_error_code"]
     assert {c: v["count"] for c, v in codes.items()} == {"8": 1, "13": 1, "21": 1, "25": 1}
-    assert codes["13"]["meaning"] == "click not found"
+    assert codes["13"]["meaning"] == "click not found (purged after about 3 months)"
+    assert codes["13"]["age"] and not codes["8"]["age"]
     report = json.loads((tmp_path / "state" / "reconcile_report.json").read_text())
     assert {(c["transaction_id"], c["error_code"], c["error_message"], c["message_id"])
             for c in report["rejected_or_not_found"]} == {

@@ -131,8 +131,8 @@ def test_reconcile_end_to_end_finds_exactly_the_rejected_and_missing(tmp_path: P
     assert "Reconciled 200 delivered conversion(s) with Everflow's conversion report" in out
     assert "'Order Completed': " in out and "'Subscription Started': " in out
     assert "rejected, error 8 (duplicate): " in out
-    assert "10 conversion(s) Everflow rejected or does not have: listed in" in out
-    assert "nothing was due" in second.stdout
+    assert "10 conversion(s) Everflow rejected or does not have, reported now" in out
+    assert "none was due now" in second.stdout and "reported now" not in second.stdout
     # the report file still lists them; none found by the second run
     again = json.loads((tmp_path / "state" / "reconcile_report.json").read_text())
     assert len(again["rejected_or_not_found"]) == 10

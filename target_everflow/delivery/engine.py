@@ -40,7 +40,7 @@ from target_everflow.outcomes import (
     IN_DOUBT_REASON,
     SKIPPED,
 )
-from target_everflow.retry import RetryPolicy
+from target_everflow.retry import RateLimiter, RetryPolicy
 
 if t.TYPE_CHECKING:
     from target_everflow.accounting.metrics import RunMetrics
@@ -49,51 +49,6 @@ if t.TYPE_CHECKING:
 
 SETTLE_EVERY = 0.005
 """Seconds the engine lets results gather before it settles them (a postback takes longer)."""
-
-
-class RateLimiter:
-    """A global token bucket (``rate`` requests/s; 0 = unlimited) with a shared hold.
-
-    ``hold(seconds)`` pauses every sender, which is how a 429 slows the whole engine down,
-    not only the request that got it.
-    """
-
-    def __init__(self, rate: float = 0.0, *, clock: t.Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next_free = clock()
-        self._hold_until = 0.0
-
-    def hold(self, seconds: float) -> None:
-        with self._lock:
-            self._hold_until = max(self._hold_until, self._clock() + seconds)
-
-    def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Wait for a slot; False when ``stop`` was set meanwhile."""
-        while True:
-            with self._lock:
-                now = self._clock()
-                wait_for = self._hold_until - now
-                if wait_for <= 0:
-                    if self.rate <= 0:
-                        return True
-                    slot = max(now, self._next_free)
-                    self._next_free = slot + 1.0 / self.rate
-                    wait_for = slot - now
-                    if wait_for <= 0:
-                        return True
-                    # The slot is reserved: sleep until it, then go.
-                    if stop is not None and stop.wait(wait_for):
-                        return False
-                    if stop is None:
-                        time.sleep(wait_for)
-                    return True
-            if stop is not None:
-                if stop.wait(min(wait_for, 1.0)):
-                    return False
-            else:
-                time.sleep(min(wait_for, 1.0))
 
 
 class _Raised:

@@ -31,6 +31,7 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("recon_checked_at", "{real}"),
     ("recon_owner", "TEXT"),  # the run reconciling the key right now, with a lease
     ("recon_lease_until", "{real}"),
+    ("recon_reported_at", "{real}"),  # when a completed reconcile reported the rejection/not_found
 )
 
 

@@ -2,7 +2,8 @@
 
 The work is in ``target_everflow/reconcile/reconciler.py`` (also run after a normal run with
 ``reconcile: true``); this module is the command line: the summary on stdout, one line on
-stderr for an error, exit 0 / 6 (something rejected or not found) / the error's code.
+stderr for an error, exit 0 / 6 (something rejected or not found that no completed reconcile
+reported yet) / the error's code. A finding counts as reported once the summary was printed.
 """
 
 from __future__ import annotations
