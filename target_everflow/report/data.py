@@ -282,7 +282,8 @@ def _read_conversions(
             currency = text(group.currency) if group.currency else NO_CURRENCY
             cell.amounts[currency] = cell.amounts.get(currency, 0.0) + finite(group.amount)
         if report.reconciliation:
-            state = group.recon_status if group.recon_status in RECON_STATES else UNCHECKED
+            status = group.recon_status
+            state = status if status is not None and status in RECON_STATES else UNCHECKED
             cell.recon[state] += group.count
             if state == REJECTED:
                 cell.rejected_codes[group.recon_error_code] += group.count
