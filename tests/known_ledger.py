@@ -26,7 +26,8 @@ LEDGER_COLUMNS = (
     " stream TEXT, event TEXT, transaction_id TEXT, message_id TEXT, adv_event_id INTEGER,"
     " order_id TEXT, amount {real}, event_time {real}, sent_at {real},"
     " recon_status TEXT, recon_error_code INTEGER, recon_error_message TEXT,"
-    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}, currency TEXT"
+    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}, currency TEXT,"
+    " recon_reported_at {real}"
 )
 RUNS_COLUMNS = (
     "run_id TEXT PRIMARY KEY, started_at {real}, ended_at {real}, host TEXT, pid INTEGER,"

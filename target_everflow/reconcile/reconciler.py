@@ -6,7 +6,7 @@ on the offer (25). The verdict shows only in its Conversion Report. ``target-eve
 (and, with ``reconcile: true``, the end of every normal run) reads that report for the
 conversions the ledger says were delivered:
 
-1. It claims the due keys (``reconcile_store``): delivered, unchecked or ``pending``, sent at
+1. It claims the due keys (``ledger/verdicts.py``): delivered, unchecked or ``pending``, sent at
    least ``reconcile_after_minutes`` ago.
 2. It groups them by the UTC day of the earlier of event time and sent time (postbacks carry
    the event's ``timestamp``, so a backfill is recorded on the event's day), and asks, per day,

@@ -54,8 +54,8 @@ from target_everflow.ledger.reporting import (
     recent_runs,
     rejected_conversions,
 )
+from target_everflow.ledger.verdicts import CONFIRMED, NOT_FOUND, PENDING, REJECTED
 from target_everflow.outcomes import DEAD_LETTER, SKIPPED, TOO_OLD
-from target_everflow.reconcile.store import CONFIRMED, NOT_FOUND, PENDING, REJECTED
 from target_everflow.text import clip
 
 try:
