@@ -58,8 +58,13 @@ test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Building the wheel needs only `build` (it makes its own isolated environment for setuptools).
+$(VENV)/.installed-build: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "build>=1.2"
+	touch $@
+
 ## make wheel: the sdist and the wheel into dist/ (python -m build)
-wheel: $(VENV)/.installed-test
+wheel: $(VENV)/.installed-build
 	rm -f dist/target_everflow-*
 	$(BIN)/python -m build --outdir dist .
 
