@@ -121,6 +121,7 @@ class Run:
             logger=self.logger,
             stop_grace=self.stop_grace,
             metrics=self.metrics,
+            on_claimed=self.report_dropped,
         )
         self.logger.info(
             "target-everflow: %s, ledger %s, dead letters in %s",
@@ -162,14 +163,16 @@ class Run:
         return self.mapper.view(record, stream)
 
     def map(self, event: SegmentEvent) -> Conversion | Outcome:
-        """The event's conversion (its dropped optional fields counted and reported), or its
-        final outcome (to :meth:`account` for)."""
-        result = self.mapper.map(event)
-        if not isinstance(result, Outcome):
-            for param, why in result.dropped:
-                self.summary.drop(result.stream, result.event, param)
-                self.warn_dropped(result.stream, result, param, why)
-        return result
+        """The event's conversion, or its final outcome (to :meth:`account` for). Its dropped
+        optional fields are reported when it is claimed (:meth:`report_dropped`): not for a
+        duplicate, which is skipped."""
+        return self.mapper.map(event)
+
+    def report_dropped(self, conversion: Conversion) -> None:
+        """Count and warn about the optional fields a conversion about to be sent left out."""
+        for param, why in conversion.dropped:
+            self.summary.drop(conversion.stream, conversion.event, param)
+            self.warn_dropped(conversion.stream, conversion, param, why)
 
     def account(self, stream: str, outcome: Outcome, record: t.Any) -> None:
         """A record's final outcome: a dead letter is written (record as received) and logged,
