@@ -14,7 +14,14 @@ import threading
 import time
 import typing as t
 
-from target_everflow.accounting import DeadLetters, RunSummary, check_output, dumps, shown
+from target_everflow.accounting import (
+    DeadLetters,
+    RunSummary,
+    check_output,
+    dumps,
+    records_kept,
+    shown,
+)
 from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, NullLedger, SQLLedger, open_ledger
@@ -345,8 +352,8 @@ class Run:
             self.logger.info("Planned postbacks were written to %s", self.settings.dry_run_output)
         if self.dead_letters.count:
             self.logger.info(
-                "%d records were kept in %s (replay: see README, 'Dead letters')",
-                self.dead_letters.count,
+                "%s in %s (replay: see docs/delivery.md, 'Dead letters')",
+                records_kept(self.dead_letters.count),
                 self.settings.dead_letter_path,
             )
         # After the last STATE nothing can fail the run: a summary file that cannot be written

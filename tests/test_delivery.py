@@ -345,6 +345,7 @@ def test_a_duplicate_does_not_warn_about_or_count_dropped_fields(base_config, tm
     assert first.code == 0 and second.code == 0, second.stderr[-2000:]
     assert "Left out optional field order_id" in first.stderr
     assert first_summary["dropped_fields"] == 1 and first_summary["delivered"] == 1
+    assert first_summary["planned"] == 0  # a live run plans nothing: it delivers
     assert second_summary["skipped"] == {"duplicate": 1}, second_summary
     assert second_summary["dropped_fields"] == 0, second_summary
     assert "Left out optional field" not in second.stderr, second.stderr[-2000:]

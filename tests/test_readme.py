@@ -70,7 +70,12 @@ def test_make_demo(tmp_path: Path) -> None:
     assert summary["delivered"] >= 1
     assert summary["dropped_fields"] >= 1
     planned = (tmp_path / config["dry_run_output"]).read_text().splitlines()
-    assert len(planned) == summary["delivered"]
+    # a dry run says what it did: planned (and "delivered", kept for scripts, the same number)
+    assert summary["dry_run"] is True and summary["planned"] == len(planned) == summary["delivered"]
+    assert f"{len(planned)} planned" in proc.stderr
+    dead_count = sum(summary["dead_lettered"].values())
+    kept = "1 record was kept" if dead_count == 1 else f"{dead_count} records were kept"
+    assert f"{kept} in " in proc.stderr
     dead = [
         json.loads(line)
         for line in (tmp_path / config["dead_letter_path"]).read_text().splitlines()
