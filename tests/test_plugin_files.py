@@ -223,3 +223,11 @@ def test_hub_definition_points_at_nothing_that_does_not_exist() -> None:
     assert "pip_url" not in hub and "docs" not in hub, hub.get("pip_url") or hub.get("docs")
     assert "not on a package index" in hub["prereq"] and "pip_url" in hub["prereq"]
     assert not [v for v in map(str, hub.values()) if "pypi.org" in v]
+
+
+def test_meltano_yml_sets_no_source_variable() -> None:
+    """The warehouse, schema and archive come from the user's environment only: an `env:` block
+    in meltano.yml would override what they exported (Meltano's precedence)."""
+    project = yaml.safe_load((REPO / "meltano.yml").read_text(encoding="utf-8"))
+    blocks = [project.get("env") or {}] + [e.get("env") or {} for e in project["environments"]]
+    assert not [name for block in blocks for name in block if name.startswith("SEGMENT_")]

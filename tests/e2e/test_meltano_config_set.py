@@ -76,3 +76,42 @@ def test_meltano_config_set_leaves_a_meltano_yml_the_checks_accept(
     again = yaml.safe_load((project / "meltano.yml").read_text(encoding="utf-8"))
     (loader,) = [p for p in again["plugins"]["loaders"] if p["name"] == "target-everflow"]
     assert Decimal(str(loader["config"]["max_dead_letter_ratio"])) == Decimal("0.5")
+
+
+def test_the_exported_warehouse_url_is_the_one_tap_postgres_gets(
+    meltano_plugins: str, tmp_path: Path
+) -> None:
+    """In every environment, `meltano run tap-postgres ...` reads the database you exported:
+    meltano.yml sets no SEGMENT_* variable that would override it."""
+    url = "postgresql://me:secret@db.internal.test:5433/my_warehouse"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+    env.update(
+        {
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "SEGMENT_WAREHOUSE_URL": url,
+            "SEGMENT_SCHEMA": "my_source",
+            "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",
+        }
+    )
+    import json
+
+    for environment in ("dev", "prod", "e2e"):
+        proc = subprocess.run(
+            [
+                meltano_plugins,
+                f"--environment={environment}",
+                "invoke",
+                "--dump=config",
+                "tap-postgres",
+            ],  # fmt: skip
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        config = json.loads(proc.stdout)
+        assert config["sqlalchemy_url"] == url, (environment, config)
+        assert config["filter_schemas"] == ["my_source"], (environment, config)
