@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import _SCRUB_PREFIXES, INSTALL_TIMEOUT
+from tests.e2e.conftest import _SCRUB_PREFIXES, INSTALL_TIMEOUT, Meltano, Warehouse
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +79,22 @@ def test_make_demo_meltano_plans_the_sample_once(meltano_bin: str, tmp_path: Pat
     assert planned() == {}, "the second run planned again what the first had planned"
     summary = json.loads((OUT / "summary.json").read_text())
     assert (summary["records_read"], summary["planned"]) == (0, 0), summary
+
+
+def test_the_warehouse_sample_passes_a_first_dev_run(
+    meltano: Meltano, warehouse: Warehouse, e2e_dir: Path
+) -> None:
+    """samples/segment-warehouse.sql, loaded as its header says, then `meltano run tap-postgres
+    target-everflow` in the default (dev) environment: a dry run that exits 0, nothing
+    dead-lettered, the conversions planned."""
+    warehouse.execute((REPO / "samples" / "segment-warehouse.sql").read_text(encoding="utf-8"))
+    result = meltano(
+        "run",
+        "tap-postgres",
+        "target-everflow",
+        env={"SEGMENT_WAREHOUSE_URL": warehouse.url, "SEGMENT_SCHEMA": warehouse.schema},
+    )
+    result.check()
+    summary = json.loads((OUT / "summary.json").read_text())
+    assert summary["dry_run"] is True and summary["dead_lettered"] == {}, summary
+    assert summary["planned"] >= 5, summary
