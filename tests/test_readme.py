@@ -40,7 +40,7 @@ COMMANDS: dict[str, str | tuple[str, str]] = {
     "python -m venv ~/.venvs/target-everflow": "tests/e2e/test_hub_definition.py::test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel",
     "~/.venvs/target-everflow/bin/pip install './dist/target_everflow-0.1.0-py3-none-any.whl[postgres]'": "tests/e2e/test_hub_definition.py::test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel",
     "~/.venvs/target-everflow/bin/target-everflow --about": "tests/test_readme.py::test_about_shows_titles_only_as_json",
-    "meltano add --plugin-type loader target-everflow --from-ref plugin/loaders/target-everflow/maintainers.yml --no-install": "tests/e2e/test_hub_definition.py::test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel",
+    "meltano add --plugin-type loader target-everflow --from-ref path/to/target-everflow/plugin/loaders/target-everflow/maintainers.yml --no-install": "tests/e2e/test_hub_definition.py::test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel",
     "meltano install": "tests/e2e/test_demo_meltano.py::test_make_demo_meltano_plans_the_sample_once",
     "meltano config list target-everflow": "tests/e2e/test_pipelines.py::test_meltano_yml_validates_and_lists_every_setting",
     "meltano run tap-filesanywhere target-everflow": "tests/e2e/test_pipelines.py::test_archive_pipeline_sends_each_conversion_once",
