@@ -18,8 +18,8 @@ from singer_sdk.sinks import RecordSink
 from singer_sdk.target_base import Target
 
 from target_everflow.adapter.target import TargetEverflow
+from target_everflow.delivery.postback import PostbackClient
 from target_everflow.mapping import Conversion, Mapper
-from target_everflow.postback import PostbackClient
 from target_everflow.settings import CONFIG_SCHEMA, Settings
 
 

@@ -20,6 +20,9 @@ NO_TRANSACTION_ID = "no_transaction_id"
 DUPLICATE = "duplicate"
 CLAIMED_ELSEWHERE = "claimed_elsewhere"
 """Skipped: another run took the claim over (this run's lease had expired) and sends it."""
+TOO_OLD = "too_old"
+"""Skipped at mapping: the event is older than ``max_conversion_age_days`` when it would be sent;
+no click that old can still convert (Everflow credits a conversion within 90 days of its click)."""
 
 # Why a record was dead-lettered (besides the postback's ``rejected`` / ``http_<status>``,
 # see ``postback.Answer.reason``).

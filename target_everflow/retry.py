@@ -2,10 +2,10 @@
 
 Each user has its own parameters:
 
-* postbacks (``delivery.py``): ``RetryPolicy(max_retries=<setting max_retries>)``: exponential
+* postbacks (``delivery/engine.py``): ``RetryPolicy(max_retries=<setting max_retries>)``: exponential
   backoff from 0.5 s, at most 30 s, full jitter; a ``Retry-After`` is waited for at least (at
   most 300 s);
-* the Everflow REST API (``everflow_api.py``: the pre-flight check and reconcile):
+* the Everflow REST API (``everflow/api.py``: the pre-flight check and reconcile):
   :data:`API_RETRY`: 4 attempts, exponential backoff from 1 s, at most 8 s, equal jitter; a
   ``Retry-After`` replaces the backoff, and one longer than 60 s is not waited for (the caller
   fails instead, see :meth:`RetryPolicy.waits_for`);
@@ -33,7 +33,7 @@ class RetryPolicy:
 
     A server's ``Retry-After`` is waited for at least (``retry_after_exact`` False: the longer of
     it and the backoff) or exactly (True), never longer than ``retry_after_max``. The defaults
-    other than ``max_retries`` are the postbacks' (``delivery.py``)."""
+    other than ``max_retries`` are the postbacks' (``delivery/engine.py``)."""
 
     max_retries: int
     backoff_base: float = 0.5

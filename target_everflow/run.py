@@ -14,7 +14,9 @@ import threading
 import time
 import typing as t
 
-from target_everflow.accounting import (
+from target_everflow.accounting.metrics import RunMetrics, conversion_fields, log_fields
+from target_everflow.accounting.run_history import RunHistory
+from target_everflow.accounting.summary import (
     DeadLetters,
     RunSummary,
     check_output,
@@ -22,21 +24,19 @@ from target_everflow.accounting import (
     records_kept,
     shown,
 )
-from target_everflow.delivery import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
+from target_everflow.accounting.thresholds import verdict
+from target_everflow.delivery.engine import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
+from target_everflow.delivery.postback import PostbackClient
 from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, NullLedger, SQLLedger, open_ledger
 from target_everflow.mapping import Mapper
-from target_everflow.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED, UNKNOWN_EVENT, Outcome
-from target_everflow.postback import PostbackClient
-from target_everflow.run_history import RunHistory
-from target_everflow.thresholds import verdict
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from target_everflow.accounting.metrics import PointWriter
     from target_everflow.mapping import Conversion
-    from target_everflow.metrics import PointWriter
     from target_everflow.records import SegmentEvent
     from target_everflow.settings import Settings
 
@@ -147,7 +147,7 @@ class Run:
 
     def check_api(self) -> list[str]:
         """The Everflow API check; returns the lines saying what was verified."""
-        from target_everflow.everflow_api import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
+        from target_everflow.everflow.api import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
 
         try:
             report = run_preflight(self.settings, logger=self.logger)
@@ -236,7 +236,7 @@ class Run:
 
     def reconcile_after(self) -> int:
         """``reconcile: true``: check what earlier runs delivered (exit code 0 or 6)."""
-        from target_everflow.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
+        from target_everflow.reconcile.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
 
         return reconcile_after_run(self.settings, self.ledger, self.logger)
 

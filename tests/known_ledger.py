@@ -16,6 +16,8 @@ from pathlib import Path
 
 XSS_EVENT = '<script>alert("x")</script> & Co\'s'
 XSS_HOST = "<b>build-host</b>"
+XSS_VERSION = "<i>0.1.0</i>"
+XSS_MESSAGE = '<img src=x onerror="alert(1)"> too late'
 
 LEDGER_COLUMNS = (
     "delivery_key TEXT PRIMARY KEY, status TEXT NOT NULL, owner TEXT NOT NULL,"
@@ -24,7 +26,7 @@ LEDGER_COLUMNS = (
     " stream TEXT, event TEXT, transaction_id TEXT, message_id TEXT, adv_event_id INTEGER,"
     " order_id TEXT, amount {real}, event_time {real}, sent_at {real},"
     " recon_status TEXT, recon_error_code INTEGER, recon_error_message TEXT,"
-    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}"
+    " recon_checked_at {real}, recon_owner TEXT, recon_lease_until {real}, currency TEXT"
 )
 RUNS_COLUMNS = (
     "run_id TEXT PRIMARY KEY, started_at {real}, ended_at {real}, host TEXT, pid INTEGER,"
@@ -63,7 +65,19 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
     ledger = []
 
     def row(
-        key, status, event, amount=None, recon=None, *, at, sent=True, owner="run-a", lease=None
+        key,
+        status,
+        event,
+        amount=None,
+        recon=None,
+        *,
+        at,
+        sent=True,
+        owner="run-a",
+        lease=None,
+        currency="USD",
+        code=None,
+        message=None,
     ):
         ledger.append(
             (
@@ -85,15 +99,31 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
                 at - 60,
                 at if sent and status == "delivered" else None,
                 recon,
+                code,
+                message,
+                None,
+                None,
+                None,
+                currency if amount is not None else None,
             )
         )
 
     row("a1", "delivered", "Order Completed", 10.5, "confirmed", at=a)
     row("a2", "delivered", "Order Completed", 20.0, "confirmed", at=a + 10)
-    row("a3", "delivered", "Order Completed", 30.0, "rejected", at=a + 20)
+    row(
+        "a3",
+        "delivered",
+        "Order Completed",
+        30.0,
+        "rejected",
+        at=a + 20,
+        currency="EUR",
+        code=13,
+        message=XSS_MESSAGE,
+    )
     row("a4", "delivered", "Subscription Started", None, None, at=a + 30)
     row("b1", "delivered", "Order Completed", 5.0, "not_found", at=b)
-    row("b2", "delivered", "Order Completed", 7.0, "pending", at=b + 10)
+    row("b2", "delivered", "Order Completed", 7.0, "pending", at=b + 10, currency=None)
     row("b3", "in_doubt", "Order Completed", 9.0, None, at=b + 20)  # held
     row(
         "b4", "sending", "Order Completed", 9.0, None, at=b + 30, owner=dead_owner, lease=b + 90
@@ -129,7 +159,7 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
                     "orders": {
                         "Order Completed": {
                             "delivered": 3,
-                            "skipped": {},
+                            "skipped": {"too_old": 2},
                             "dead_letter": {"rejected": 2, "missing_required_field": 1},
                             "dropped_fields": {},
                         }
@@ -151,7 +181,7 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
             b + 300,
             XSS_HOST,
             102,
-            "0.1.0",
+            XSS_VERSION,
             3,
             9,
             2,
@@ -164,12 +194,18 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
             _summary(
                 {
                     "orders": {
+                        "Order Completed": {
+                            "delivered": 2,
+                            "skipped": {},
+                            "dead_letter": {"in_doubt": 1},  # b3, held for a person
+                            "dropped_fields": {},
+                        },
                         "Subscription Started": {
                             "delivered": 0,
                             "skipped": {},
                             "dead_letter": {"http_400": 1},
                             "dropped_fields": {},
-                        }
+                        },
                     },
                 }
             ),
@@ -216,13 +252,20 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
 
 EXPECTED_TOTALS = {
     "total-delivered": 7,
-    "total-amount": 73.75,
-    "total-dead-lettered": 5,
-    "total-in-doubt": 2,
+    "total-amount-usd": 36.75,  # amounts per currency, never summed across currencies
+    "total-amount-eur": 30.0,
+    "total-amount-none": 7.0,
+    "total-dead-lettered": 6,  # b3 (held) once: the run summary's dead letter (in_doubt)
+    "total-in-doubt": 1,  # b4: left sending by a run that died
+    "total-too-old": 2,
     "total-confirmed": 3,
     "total-rejected": 1,
     "total-not-found": 1,
+    "total-rejected-age": 1,
 }
+EXPECTED_IN_DOUBT = ["b4", "b3"]
+"""The needs-action list of in-doubt keys, latest first (b5, b6: live runs are sending them)."""
+EXPECTED_REJECTED = [("tx-a3", "13")]
 
 
 def expected_cells(now: float) -> dict[tuple[str, str], dict[str, t.Any]]:
@@ -231,26 +274,29 @@ def expected_cells(now: float) -> dict[tuple[str, str], dict[str, t.Any]]:
     return {
         (a, "Order Completed"): {
             "delivered": 3,
-            "amount": "60.50",
+            "amounts": {"USD": "30.50", "EUR": "30.00"},
             "dead_lettered": 4,
+            "too_old": 2,
             "confirmed": 2,
             "rejected": 1,
             "reasons": {"rejected": 3, "missing_required_field": 1},
         },
-        (a, "Subscription Started"): {"delivered": 1, "amount": "0.00", "unchecked": 1},
+        (a, "Subscription Started"): {"delivered": 1, "amounts": {}, "unchecked": 1},
         (b, "Order Completed"): {
             "delivered": 2,
-            "amount": "12.00",
-            "in_doubt": 2,
+            "amounts": {"USD": "5.00", "(no currency)": "7.00"},
+            "dead_lettered": 1,
+            "in_doubt": 1,
             "not_found": 1,
             "pending": 1,
+            "reasons": {"in_doubt": 1},
         },
         (b, "Subscription Started"): {
             "dead_lettered": 1,
-            "amount": "0.00",
+            "amounts": {},
             "reasons": {"http_400": 1},
         },
-        (c, XSS_EVENT): {"delivered": 1, "amount": "1.25", "confirmed": 1},
+        (c, XSS_EVENT): {"delivered": 1, "amounts": {"USD": "1.25"}, "confirmed": 1},
     }
 
 
@@ -281,7 +327,7 @@ def build_sqlite(
         for stmt in _statements(table, "REAL"):
             con.execute(stmt)
         con.executemany(
-            f"INSERT INTO {table} VALUES ({','.join('?' * 18)}, NULL, NULL, NULL, NULL, NULL)",
+            f"INSERT INTO {table} VALUES ({','.join('?' * 24)})",
             ledger_rows,
         )
         con.executemany(f"INSERT INTO {table}_runs VALUES ({','.join('?' * 16)})", run_rows)
@@ -304,7 +350,7 @@ def build_postgres(base_url: str, *, now: float | None = None) -> KnownLedger:
             for stmt in _statements(table, "DOUBLE PRECISION"):
                 cur.execute(stmt)
             cur.executemany(
-                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 18)}, NULL, NULL, NULL, NULL, NULL)",
+                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 24)})",
                 ledger_rows,
             )
             cur.executemany(f"INSERT INTO {table}_runs VALUES ({','.join(['%s'] * 16)})", run_rows)

@@ -27,7 +27,7 @@ How an answer is chosen, per request:
 
 Then ``latency`` (plus the answer's own ``slow`` delay) is slept, and the answer is sent.
 
-"Accepted" follows the rule of ``target_everflow/postback.py`` (the README's "What Everflow's
+"Accepted" follows the rule of ``target_everflow/delivery/postback.py`` (the README's "What Everflow's
 answer means"): a 2xx other than 204 whose body is not a JSON object with an ``error`` member.
 A request counts as accepted **when the receiver decides its answer**, before any delay: that
 models Everflow recording the conversion even if its answer never reaches the caller (the caller

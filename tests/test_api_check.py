@@ -1,4 +1,4 @@
-"""The Everflow REST API pre-flight check (target_everflow/everflow_api.py).
+"""The Everflow REST API pre-flight check (target_everflow/everflow/api.py).
 
 Replays hand-built vcrpy cassettes from tests/cassettes/api_check/ (record_mode "none": a request
 the cassette does not hold fails the test). See docs/api_check.md.
@@ -32,8 +32,8 @@ import yaml
 from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import NameResolutionError
 
-from target_everflow import everflow_api
-from target_everflow.everflow_api import PreflightError, PreflightReport, run_preflight
+from target_everflow.everflow import api as everflow_api
+from target_everflow.everflow.api import PreflightError, PreflightReport, run_preflight
 from target_everflow.settings import ConfigError, Settings
 from target_everflow.transport import ConnectFailed, Reply
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from target_everflow.run_history import target_version
+from target_everflow.accounting.run_history import target_version
 from tests.conftest import DEAD_LETTERS_ON_PURPOSE, run_target, singer_lines, track
 from tests.ledgers import Backend, backend, cli, put, rows  # noqa: F401 - the fixture
 from tests.receiver import Answer, Receiver

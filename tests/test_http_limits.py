@@ -437,8 +437,8 @@ def test_postbacks_never_ask_for_compression() -> None:
             record(conn, self.stop)
             conn.close()
 
+    from target_everflow.delivery.postback import PostbackClient
     from target_everflow.mapping import Conversion
-    from target_everflow.postback import PostbackClient
 
     server = Recording(record)
     try:

@@ -14,9 +14,9 @@ import typing as t
 from collections import Counter
 from pathlib import Path
 
-from target_everflow.accounting import RunSummary
+from target_everflow.accounting.metrics import LatencyHistogram, RunMetrics, status_class
+from target_everflow.accounting.summary import RunSummary
 from target_everflow.adapter.metrics import point_writer
-from target_everflow.metrics import LatencyHistogram, RunMetrics, status_class
 from tests.conftest import run_in_process, run_target, singer_lines, track
 from tests.receiver import Answer, Receiver
 

@@ -10,15 +10,15 @@ from email.utils import format_datetime
 import pytest
 import requests
 
-from target_everflow.delivery import RateLimiter, RetryPolicy
-from target_everflow.mapping import Conversion
-from target_everflow.postback import (
+from target_everflow.delivery.engine import RateLimiter, RetryPolicy
+from target_everflow.delivery.postback import (
     PostbackClient,
     Verdict,
     classify,
     encode_query,
     retry_after_seconds,
 )
+from target_everflow.mapping import Conversion
 
 
 def _response(status: int, body: bytes = b"", headers: dict | None = None) -> requests.Response:

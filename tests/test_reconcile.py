@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from target_everflow import reconciler
 from target_everflow.adapter.target import TargetEverflow
 from target_everflow.ledger import open_ledger
-from target_everflow.reconcile_store import DueKey, ReconcileStore
-from target_everflow.reconciler import Reconciler, match
+from target_everflow.reconcile import reconciler
+from target_everflow.reconcile.reconciler import Reconciler, match
+from target_everflow.reconcile.store import DueKey, ReconcileStore
 from target_everflow.settings import Settings
 from tests.conftest import (
     SECRET_API_KEY,

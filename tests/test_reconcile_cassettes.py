@@ -32,11 +32,12 @@ import pytest
 import vcr
 import yaml
 
-from target_everflow import everflow_api, reconciler
-from target_everflow.delivery import RateLimiter
+from target_everflow.delivery.engine import RateLimiter
 from target_everflow.errors import EXIT_CONFIG
+from target_everflow.everflow import api as everflow_api
 from target_everflow.ledger import open_ledger
-from target_everflow.reconciler import ReconcileError, Reconciler
+from target_everflow.reconcile import reconciler
+from target_everflow.reconcile.reconciler import ReconcileError, Reconciler
 from target_everflow.settings import Settings
 from tests.test_api_check import (
     LIVE,

@@ -21,7 +21,13 @@ import typing as t
 import pytest
 
 from tests import known_ledger
-from tests.known_ledger import EXPECTED_RUNS, EXPECTED_TOTALS, XSS_EVENT
+from tests.known_ledger import (
+    EXPECTED_IN_DOUBT,
+    EXPECTED_REJECTED,
+    EXPECTED_RUNS,
+    EXPECTED_TOTALS,
+    XSS_EVENT,
+)
 from tests.test_report import render_known
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -119,7 +125,8 @@ def test_report_in_headless_chromium(tmp_path, browser):
         assert float(element.get_attribute("data-value")) == pytest.approx(value), element_id
         assert element.is_displayed()
     assert browser.find_element(By.ID, "total-delivered").text == "7"
-    assert browser.find_element(By.ID, "total-amount").text == "73.75"
+    assert browser.find_element(By.ID, "total-amount-usd").text == "36.75"
+    assert browser.find_element(By.ID, "total-amount-none").text == "7.00"
 
     expected = known_ledger.expected_cells(ledger.now)
     rows = browser.find_elements(By.CSS_SELECTOR, "#detail-table tbody tr")
@@ -135,13 +142,15 @@ def test_report_in_headless_chromium(tmp_path, browser):
         for metric in (
             "delivered",
             "dead_lettered",
+            "too_old",
             "in_doubt",
             "confirmed",
             "rejected",
             "not_found",
         ):
             assert seen[key][metric] == str(numbers.get(metric, 0)), (key, metric)
-        assert seen[key]["amount"] == numbers["amount"]
+        shown = [f"{v} {c}" for c, v in numbers["amounts"].items()]
+        assert sorted(seen[key]["amount"].split("\n")) == sorted(shown or [""]), key
     cell_texts = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#detail-table td")]
     assert XSS_EVENT in cell_texts  # shown as text
     assert browser.execute_script("return document.scripts.length") == 0
@@ -150,7 +159,15 @@ def test_report_in_headless_chromium(tmp_path, browser):
     assert [r.get_attribute("data-run") for r in runs] == EXPECTED_RUNS
 
     # The charts are drawn: visible, wide, with bars whose heights follow the numbers.
-    for chart in ("chart-days", "chart-amounts", "chart-reconciliation", "chart-events"):
+    for chart in (
+        "chart-days",
+        "chart-amounts-usd",
+        "chart-amounts-eur",
+        "chart-amounts-none",
+        "chart-reconciliation",
+        "chart-age",
+        "chart-events",
+    ):
         box = browser.find_element(By.ID, chart).rect
         assert box["width"] > 600 and box["height"] > 60, (chart, box)
     bars = browser.execute_script(
@@ -162,3 +179,28 @@ def test_report_in_headless_chromium(tmp_path, browser):
     b = known_ledger.day_name(1, ledger.now)
     assert values[a][0] == 4 and values[b][0] == 2
     assert values[a][1] == pytest.approx(values[b][1] * 2, rel=0.05)
+
+    # At 1280 px nothing scrolls sideways: not the page, not a table in its box.
+    assert browser.execute_script("return window.innerWidth") == 1280
+    overflow = browser.execute_script(
+        "const d = document.documentElement;"
+        "const wide = Array.from(document.querySelectorAll('.wide, table, section'))"
+        "  .filter(e => e.scrollWidth > e.clientWidth + 1)"
+        "  .map(e => (e.id || e.className || e.tagName) + ':' + e.scrollWidth + '>' + e.clientWidth);"
+        "return [d.scrollWidth, d.clientWidth, wide];"
+    )
+    assert overflow[0] <= overflow[1] and overflow[2] == [], overflow
+    runs_box = browser.find_element(By.ID, "runs-table").rect
+    assert runs_box["x"] + runs_box["width"] <= 1280, runs_box
+
+    # What needs action is on the page, visible, without the command line.
+    section = browser.find_element(By.ID, "needs-action")
+    assert section.is_displayed()
+    keys = browser.find_elements(By.CSS_SELECTOR, "#in-doubt-keys li")
+    assert [k.get_attribute("data-key") for k in keys] == EXPECTED_IN_DOUBT
+    assert all(k.is_displayed() for k in keys)
+    rejected = browser.find_elements(By.CSS_SELECTOR, "#rejected-transactions li")
+    assert [
+        (r.get_attribute("data-transaction"), r.get_attribute("data-code")) for r in rejected
+    ] == EXPECTED_REJECTED
+    assert "click not found" in rejected[0].text

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from target_everflow import delivery, everflow_api
+from target_everflow.delivery import engine as delivery
+from target_everflow.everflow import api as everflow_api
 from target_everflow.retry import API_RETRY, LEDGER_RETRY, RetryPolicy
 
 

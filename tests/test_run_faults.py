@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from target_everflow.accounting import (
+from target_everflow.accounting.summary import (
     MAX_OTHER_EVENTS,
     OTHER_EVENTS,
     UNWRITABLE,

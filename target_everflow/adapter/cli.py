@@ -13,23 +13,20 @@ import typing as t
 
 import click
 
-from target_everflow.errors import EXIT_OK, TargetEverflowError
+from target_everflow.adapter.commands.options import PROG, config_option, load_target
+from target_everflow.errors import EXIT_OK
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    from target_everflow.adapter.target import TargetEverflow
-
-PROG = "target-everflow"
+    from collections.abc import Sequence
 
 
-# Operator commands defined in their own modules, imported only when named (no import loop:
-# those modules import this one for config_option/json_option/load_target/fail). One line per command.
+# Operator commands defined in their own modules (adapter/commands/), imported only when named:
+# they share adapter/commands/options.py with this module, never import it. One line per command.
 LAZY_COMMANDS = {
-    "history": "target_everflow.history:history_command",
-    "ledger": "target_everflow.ledger_commands:ledger_command",
-    "reconcile": "target_everflow.reconcile:reconcile_command",
-    "report": "target_everflow.report:report_command",
+    "history": "target_everflow.adapter.commands.history:history_command",
+    "ledger": "target_everflow.adapter.commands.ledger:ledger_command",
+    "reconcile": "target_everflow.adapter.commands.reconcile:reconcile_command",
+    "report": "target_everflow.adapter.commands.report:report_command",
 }
 
 
@@ -74,51 +71,6 @@ class TargetGroup(click.Group):
 @click.group(cls=TargetGroup, help=__doc__.split("\n\n")[1] if __doc__ else None)
 def cli() -> None:
     """The operator commands (the plain invocation is the Singer target)."""
-
-
-def config_option(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
-    """``--config``: a JSON file (repeatable, later files win) or ``ENV``, as for the target."""
-    return click.option(
-        "--config",
-        "config",
-        multiple=True,
-        required=True,
-        metavar="FILE|ENV",
-        help="Configuration file(s) as for the target, or ENV for TARGET_EVERFLOW_* variables.",
-    )(fn)
-
-
-def json_option(what: str) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
-    """``--json`` (parameter ``as_json``): print ``what`` as JSON instead of a table."""
-    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} instead.")
-
-
-def load_target(config: Sequence[str]) -> TargetEverflow:
-    """The target built from ``--config`` exactly as a run would build it (schema defaults,
-    validation, ENV parsing); a bad setting exits 1 with one line."""
-    from singer_sdk.exceptions import ConfigValidationError  # noqa: PLC0415 - heavy, loaded when a command runs
-
-    from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415 - heavy, loaded when a command runs
-
-    parse_env = "ENV" in config
-    files = [c for c in config if c != "ENV"]
-    try:
-        return TargetEverflow(
-            config=files or None, parse_env_config=parse_env, validate_config=True
-        )
-    except ConfigValidationError as exc:
-        for error in exc.errors or [str(exc)]:
-            click.echo(f"{PROG}: {error}", err=True)
-        sys.exit(1)
-    except FileNotFoundError as exc:
-        click.echo(f"{PROG}: {exc}", err=True)
-        sys.exit(1)
-
-
-def fail(exc: TargetEverflowError) -> t.NoReturn:
-    """One line on stderr, the error's exit code."""
-    click.echo(f"{PROG}: {exc}", err=True)
-    sys.exit(exc.exit_code)
 
 
 @cli.command("check")

@@ -10,7 +10,7 @@ from singer_sdk import metrics as sdk_metrics
 if t.TYPE_CHECKING:
     import logging
 
-    from target_everflow.metrics import Metric, PointWriter
+    from target_everflow.accounting.metrics import Metric, PointWriter
 
 
 def point_writer(logger: logging.Logger | None = None) -> PointWriter:

@@ -17,7 +17,7 @@ from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
-from target_everflow.accounting import escape_log_records
+from target_everflow.accounting.summary import escape_log_records
 from target_everflow.adapter.metrics import point_writer
 from target_everflow.adapter.reader import SegmentReader, broken
 from target_everflow.adapter.sinks import EverflowSink

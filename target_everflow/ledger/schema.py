@@ -23,7 +23,8 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("amount", "{real}"),  # as sent, NULL when not sent
     ("event_time", "{real}"),  # NULL if the event had none
     ("sent_at", "{real}"),  # written when delivered: the accepted answer
-    # what Everflow made of it (target_everflow/reconcile.py); recon_status NULL = unchecked
+    ("currency", "TEXT"),  # the ISO 4217 code sent with the amount, NULL when none was sent
+    # what Everflow made of it (target_everflow/reconcile/); recon_status NULL = unchecked
     ("recon_status", "TEXT"),  # confirmed, pending, rejected, not_found
     ("recon_error_code", "INTEGER"),
     ("recon_error_message", "TEXT"),

@@ -1,7 +1,7 @@
 """``target-everflow history``: the last runs, from the run history in the ledger's database.
 
 ``target-everflow history --config config.json`` prints the last runs (``--last N``, default 20)
-as a table, or ``--json``. The history itself (what a run records, where): ``run_history.py``.
+as a table, or ``--json``. The history itself (what a run records, where): ``target_everflow/accounting/run_history.py``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import typing as t
 
 import click
 
-from target_everflow.adapter.cli import PROG, config_option, json_option
-from target_everflow.ledger_commands import configured_ledger, format_table, utc
-from target_everflow.run_history import COUNTS, DEFAULT_LAST, recent_runs
+from target_everflow.accounting.run_history import COUNTS, DEFAULT_LAST, recent_runs
+from target_everflow.adapter.commands.ledger import configured_ledger, format_table, utc
+from target_everflow.adapter.commands.options import PROG, config_option, json_option
 
 
 def _duration(run: dict[str, t.Any]) -> str:

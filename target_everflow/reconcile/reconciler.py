@@ -49,7 +49,7 @@ import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from target_everflow.delivery import RateLimiter
+from target_everflow.delivery.engine import RateLimiter
 from target_everflow.errors import (
     EXIT_CONFIG,
     EXIT_DELIVERY,
@@ -58,7 +58,7 @@ from target_everflow.errors import (
     EXIT_RECONCILE,
     TargetEverflowError,
 )
-from target_everflow.everflow_api import (
+from target_everflow.everflow.api import (
     MAX_ATTEMPTS,
     MAX_RETRY_AFTER,
     PreflightError,
@@ -68,7 +68,7 @@ from target_everflow.everflow_api import (
     api_client,
 )
 from target_everflow.ledger import Ledger, LedgerError, open_ledger
-from target_everflow.reconcile_store import (
+from target_everflow.reconcile.store import (
     CONFIRMED,
     NOT_FOUND,
     PENDING,

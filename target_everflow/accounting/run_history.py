@@ -16,7 +16,7 @@ import socket
 import typing as t
 from importlib import metadata
 
-from target_everflow.accounting import dumps
+from target_everflow.accounting.summary import dumps
 
 if t.TYPE_CHECKING:
     from target_everflow.ledger import SQLLedger

@@ -1,12 +1,8 @@
 """``target-everflow reconcile --config config.json``: did Everflow count what was delivered?
 
-The work is in ``target_everflow/reconciler.py`` (also run after a normal run with
+The work is in ``target_everflow/reconcile/reconciler.py`` (also run after a normal run with
 ``reconcile: true``); this module is the command line: the summary on stdout, one line on
 stderr for an error, exit 0 / 6 (something rejected or not found) / the error's code.
-
-``cli.py`` imports this module at its end to register the command, and this module uses
-``cli.py``'s helpers: the command object is made first, so that either module can be imported
-first.
 """
 
 from __future__ import annotations
@@ -17,8 +13,9 @@ import typing as t
 
 import click
 
+from target_everflow.adapter.commands.options import config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError, Terminated
-from target_everflow.reconciler import reconcile
+from target_everflow.reconcile.reconciler import reconcile
 
 _SIGNALLED: list[int] = []
 
@@ -52,7 +49,5 @@ reconcile_command = click.Command(
         "some were rejected or not found)."
     ),
 )
-
-from target_everflow.adapter.cli import config_option, fail, load_target  # noqa: E402 - see above
 
 config_option(reconcile_command)

@@ -26,10 +26,11 @@ import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
-from target_everflow.accounting import DeadLetters, RunSummary, dumps
+from target_everflow.accounting.metrics import conversion_fields
+from target_everflow.accounting.summary import DeadLetters, RunSummary, dumps
+from target_everflow.delivery.postback import REDACTED, Answer, PostbackClient, Verdict
 from target_everflow.errors import DeliveryAborted, OutputError
 from target_everflow.ledger import ClaimStatus, Ledger
-from target_everflow.metrics import conversion_fields
 from target_everflow.outcomes import (
     CLAIMED_ELSEWHERE,
     DEAD_LETTER,
@@ -39,12 +40,11 @@ from target_everflow.outcomes import (
     IN_DOUBT_REASON,
     SKIPPED,
 )
-from target_everflow.postback import REDACTED, Answer, PostbackClient, Verdict
 from target_everflow.retry import RetryPolicy
 
 if t.TYPE_CHECKING:
+    from target_everflow.accounting.metrics import RunMetrics
     from target_everflow.mapping import Conversion
-    from target_everflow.metrics import RunMetrics
 
 
 SETTLE_EVERY = 0.005

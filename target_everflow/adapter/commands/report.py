@@ -1,5 +1,6 @@
-"""``target-everflow report --config config.json --output report.html``: one self-contained HTML
-page about the ledger and the run history (built by ``html_report.py``)."""
+"""``target-everflow report --config config.json --output report.html [--by send-day]``: one
+self-contained HTML page about the ledger and the run history (read by
+``target_everflow/report/data.py``, drawn by ``target_everflow/report/html.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import click
 
-from target_everflow.adapter.cli import config_option, fail, load_target
+from target_everflow.adapter.commands.options import config_option, fail, load_target
 from target_everflow.errors import TargetEverflowError
-from target_everflow.html_report import build_report, render
 from target_everflow.ledger import LedgerError
+from target_everflow.report.data import BY_EVENT_DAY, DATE_BASES, build_report
+from target_everflow.report.html import render
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -54,8 +56,21 @@ def write_atomically(path: Path, text: str) -> None:
     type=click.IntRange(1, 1000),
     help="Runs listed in the run table, latest first.",
 )
-def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) -> None:
-    """Write an HTML report of delivered, dead-lettered and in-doubt conversions per day and event."""
+@click.option(
+    "--by",
+    "by",
+    default=BY_EVENT_DAY,
+    show_default=True,
+    type=click.Choice(DATE_BASES),
+    help="Date delivered, in-doubt and reconciled conversions by the day of their event "
+    "(event-day: a backfill shows on the days its events happened) or by the day Everflow "
+    "accepted them (send-day). Dead letters and skips are counted by the runs and always "
+    "dated by the day the run started.",
+)
+def report_command(config: tuple[str, ...], output: Path, days: int, runs: int, by: str) -> None:
+    """Write an HTML report of delivered, dead-lettered and in-doubt conversions per day and
+    event: amounts per currency, what needs action (in-doubt keys, rejected transactions),
+    Everflow's rejection codes, what was lost to age, the last runs."""
     settings = load_target(config).settings
     try:
         report = build_report(
@@ -63,6 +78,7 @@ def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) 
             default_dir=settings.state_dir,
             days=days,
             runs=runs,
+            by=by,
             timeout=settings.ledger_timeout,
         )
     except LedgerError as exc:

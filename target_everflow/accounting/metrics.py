@@ -34,11 +34,11 @@ import threading
 import typing as t
 from collections import Counter
 
-from target_everflow.accounting import label
+from target_everflow.accounting.summary import label
 from target_everflow.outcomes import DELIVERED
 
 if t.TYPE_CHECKING:
-    from target_everflow.accounting import RunSummary
+    from target_everflow.accounting.summary import RunSummary
     from target_everflow.mapping import Conversion
 
 

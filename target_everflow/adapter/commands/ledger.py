@@ -26,7 +26,14 @@ from datetime import datetime, timezone
 
 import click
 
-from target_everflow.adapter.cli import PROG, config_option, fail, json_option, load_target
+from target_everflow.accounting.run_history import forget_runs
+from target_everflow.adapter.commands.options import (
+    PROG,
+    config_option,
+    fail,
+    json_option,
+    load_target,
+)
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import (
     DELIVERED_STATUS,
@@ -37,7 +44,6 @@ from target_everflow.ledger import (
     SQLLedger,
     open_ledger,
 )
-from target_everflow.run_history import forget_runs
 from target_everflow.text import clip
 
 if t.TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""The operator commands (click): history, ledger, reconcile, report."""

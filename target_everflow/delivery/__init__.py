@@ -1,0 +1,1 @@
+"""The delivery engine and the Everflow postback."""

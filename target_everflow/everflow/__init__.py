@@ -1,0 +1,1 @@
+"""Everflow's REST API."""

@@ -1,0 +1,1 @@
+"""Reconciliation: Everflow's verdict on each delivered conversion."""
