@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 MELTANO_VENV ?= .venv-meltano
 MELTANO_VERSION ?= 4.4.1
 
-.PHONY: lint demo test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
+.PHONY: lint demo demo-meltano test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ demo: $(VENV)/.installed
 	@echo "Dead letters:      output/demo/dead_letter.jsonl"
 	@echo "Run summary:       output/demo/summary.json"
 
+## make demo-meltano: the same kind of dry run through Meltano, with no database and no account:
+## Meltano (pinned, its own virtualenv), `meltano install` of the file tap and the target, then
+## tap-filesanywhere over the shipped sample of Segment's raw archive (samples/segment-archive/,
+## gzipped JSON lines) into target-everflow. Run it again: the tap's bookmark (Meltano's state)
+## means nothing new is planned. No database is touched (tap-postgres is not even installed).
+MELTANO := $(MELTANO_VENV)/bin/meltano
+DEMO_ARCHIVE_DIR ?= samples/segment-archive
+demo-meltano: $(MELTANO_VENV)/.installed
+	MELTANO_SEND_ANONYMOUS_USAGE_STATS=false $(MELTANO) install tap-filesanywhere target-everflow
+	MELTANO_SEND_ANONYMOUS_USAGE_STATS=false SEGMENT_ARCHIVE_DIR=$(DEMO_ARCHIVE_DIR) \
+	  $(MELTANO) --environment=dev run tap-filesanywhere target-everflow
+	@echo
+	@echo "Planned postbacks: output/meltano/everflow_dry_run.jsonl"
+	@echo "Dead letters:      output/meltano/state/dead_letter.jsonl"
+	@echo "Run summary:       output/meltano/summary.json"
+
 ## make test: the whole suite, the Meltano/warehouse pipelines included
 test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -58,8 +74,13 @@ test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Building the wheel needs only `build` (it makes its own isolated environment for setuptools).
+$(VENV)/.installed-build: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "build>=1.2"
+	touch $@
+
 ## make wheel: the sdist and the wheel into dist/ (python -m build)
-wheel: $(VENV)/.installed-test
+wheel: $(VENV)/.installed-build
 	rm -f dist/target_everflow-*
 	$(BIN)/python -m build --outdir dist .
 

@@ -1,19 +1,29 @@
-"""Regenerate README's tables from the code: the field table and the settings table.
+"""Regenerate the documentation's tables from the code: README's settings tables and
+docs/fields.md's field table.
 
-python scripts/update_readme.py          # rewrite README.md in place
-python scripts/update_readme.py --check  # exit 1 when README is out of date (tests do this)
+python scripts/update_readme.py          # rewrite the files in place
+python scripts/update_readme.py --check  # exit 1 when one is out of date (tests do this)
+
+Each table sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` lines; everything
+around them is hand-written. A new setting in settings.py or a new row in fields.py shows up
+here without touching the prose.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import typing as t
 from pathlib import Path
 
-from target_everflow import fields, settings
-from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without the package installed, too
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from target_everflow import fields, settings  # noqa: E402
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema  # noqa: E402
+
+README = REPO / "README.md"
+FIELDS_DOC = REPO / "docs" / "fields.md"
 
 
 def sdk_settings() -> str:
@@ -30,33 +40,36 @@ def sdk_settings() -> str:
     )
 
 
-SECTIONS = {
-    "fields": fields.markdown_table,
-    "settings": settings.markdown_table,
-    "sdk-settings": sdk_settings,
+# file -> {block name: what goes between its markers}
+FILES: dict[Path, dict[str, t.Callable[[], str]]] = {
+    README: {"settings": settings.markdown_table, "sdk-settings": sdk_settings},
+    FIELDS_DOC: {"fields": fields.markdown_table},
 }
 
 
-def render(text: str) -> str:
-    for name, make in SECTIONS.items():
+def render(text: str, sections: dict[str, t.Callable[[], str]], where: str = "README.md") -> str:
+    for name, make in sections.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(
-                f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block"
-            )
+            raise SystemExit(f"{where} has no <!-- {name}:start --> ... <!-- {name}:end --> block")
         text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 
 def main() -> int:
-    current = README.read_text(encoding="utf-8")
-    wanted = render(current)
-    if "--check" in sys.argv:
-        if current != wanted:
-            print("README.md is out of date: run python scripts/update_readme.py")
-            return 1
-        return 0
-    README.write_text(wanted, encoding="utf-8")
+    stale = []
+    for path, sections in FILES.items():
+        current = path.read_text(encoding="utf-8")
+        wanted = render(current, sections, str(path.relative_to(REPO)))
+        if current == wanted:
+            continue
+        if "--check" in sys.argv:
+            stale.append(str(path.relative_to(REPO)))
+        else:
+            path.write_text(wanted, encoding="utf-8")
+    if stale:
+        print(f"{', '.join(stale)} out of date: run python scripts/update_readme.py")
+        return 1
     return 0
 
 

@@ -16,7 +16,14 @@ import typing as t
 
 from target_everflow.accounting.metrics import RunMetrics, conversion_fields, log_fields
 from target_everflow.accounting.run_history import RunHistory
-from target_everflow.accounting.summary import DeadLetters, RunSummary, check_output, dumps, shown
+from target_everflow.accounting.summary import (
+    DeadLetters,
+    RunSummary,
+    check_output,
+    dumps,
+    records_kept,
+    shown,
+)
 from target_everflow.accounting.thresholds import verdict
 from target_everflow.delivery.engine import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.delivery.postback import PostbackClient
@@ -123,6 +130,7 @@ class Run:
             logger=self.logger,
             stop_grace=self.stop_grace,
             metrics=self.metrics,
+            on_claimed=self.report_dropped,
         )
         self.logger.info(
             "target-everflow: %s, ledger %s, dead letters in %s",
@@ -164,14 +172,16 @@ class Run:
         return self.mapper.view(record, stream)
 
     def map(self, event: SegmentEvent) -> Conversion | Outcome:
-        """The event's conversion (its dropped optional fields counted and reported), or its
-        final outcome (to :meth:`account` for)."""
-        result = self.mapper.map(event)
-        if not isinstance(result, Outcome):
-            for param, why in result.dropped:
-                self.summary.drop(result.stream, result.event, param)
-                self.warn_dropped(result.stream, result, param, why)
-        return result
+        """The event's conversion, or its final outcome (to :meth:`account` for). Its dropped
+        optional fields are reported when it is claimed (:meth:`report_dropped`): not for a
+        duplicate, which is skipped."""
+        return self.mapper.map(event)
+
+    def report_dropped(self, conversion: Conversion) -> None:
+        """Count and warn about the optional fields a conversion about to be sent left out."""
+        for param, why in conversion.dropped:
+            self.summary.drop(conversion.stream, conversion.event, param)
+            self.warn_dropped(conversion.stream, conversion, param, why)
 
     def account(self, stream: str, outcome: Outcome, record: t.Any) -> None:
         """A record's final outcome: a dead letter is written (record as received) and logged,
@@ -344,8 +354,8 @@ class Run:
             self.logger.info("Planned postbacks were written to %s", self.settings.dry_run_output)
         if self.dead_letters.count:
             self.logger.info(
-                "%d records were kept in %s (replay: see README, 'Dead letters')",
-                self.dead_letters.count,
+                "%s in %s (replay: see docs/delivery.md, 'Dead letters')",
+                records_kept(self.dead_letters.count),
                 self.settings.dead_letter_path,
             )
         # After the last STATE nothing can fail the run: a summary file that cannot be written

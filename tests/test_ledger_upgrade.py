@@ -167,6 +167,17 @@ def test_the_upgrade_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert len(upgraded) == 1 and "transaction_id" in upgraded[0]
 
 
+def test_a_new_ledger_is_created_whole_not_upgraded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A brand-new table has every column from the start: nothing is "upgraded in place"."""
+    path = tmp_path / "new.sqlite3"
+    caplog.set_level("INFO")
+    _open(f"sqlite:///{path}", tmp_path).close()
+    assert _sqlite_columns(path) == OLD_COLUMNS + NEW_COLUMNS
+    assert not [m for m in caplog.messages if "upgraded" in m], caplog.messages
+
+
 # --- PostgreSQL: a table 0.1.0 created -----------------------------------------------------------
 
 

@@ -116,3 +116,41 @@ def test_changelog_has_an_unreleased_section_and_the_current_version() -> None:
     assert any(h.split()[0] == PROJECT["version"] for h in headings[1:]), headings
     unreleased = text.split("## Unreleased", 1)[1].split("\n## ", 1)[0]
     assert re.search(r"^- ", unreleased, re.M), "Unreleased lists no change"
+
+
+def test_the_python_versions_agree_with_what_is_tested() -> None:
+    """requires-python, the classifiers, --about and README name the one version CI runs."""
+    from target_everflow.adapter.target import TargetEverflow
+
+    assert PROJECT["requires-python"] == ">=3.11"
+    versions = [
+        c.rsplit(" :: ", 1)[1]
+        for c in PROJECT["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    assert versions == ["3.11"], versions
+    assert TargetEverflow.get_supported_python_versions() == versions
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "Python 3.11" in readme
+    assert not re.search(r"Python 3\.1[02]\+|Python 3\.10", readme), "README names another Python"
+
+
+def test_make_wheel_installs_only_build() -> None:
+    """`make wheel` on a fresh machine: a virtualenv, `build`, and python -m build; not the
+    test toolchain (`.[test]`) nor the package itself."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["make", "-n", "wheel", "VENV=/nonexistent/fresh-venv"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    installs = [line for line in proc.stdout.splitlines() if "pip install" in line]
+    assert installs == [
+        "/nonexistent/fresh-venv/bin/python -m pip install --quiet --upgrade pip",
+        '/nonexistent/fresh-venv/bin/python -m pip install --quiet "build>=1.2"',
+    ], installs
+    assert "-m build --outdir dist ." in proc.stdout

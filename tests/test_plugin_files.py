@@ -135,7 +135,6 @@ def test_hub_definition_follows_the_hub_loader_schema() -> None:
     assert set(hub) <= HUB_KEYS, set(hub) - HUB_KEYS
     assert HUB_FILES[0].stem == hub["variant"] and hub["name"] == "target-everflow"
     assert hub["namespace"] == "target_everflow" and hub["executable"] == "target-everflow"
-    assert hub["pip_url"] == "target-everflow"
     assert set(hub["capabilities"]) <= LOADER_CAPABILITIES
     assert "meltano_sdk" in hub["keywords"]
     assert hub["quality"] in {"gold", "silver", "bronze", "unknown"}
@@ -186,7 +185,6 @@ def test_hub_file_takes_the_project_facts_from_pyproject() -> None:
     hub = hub_definition()
     assert hub["description"] == project["description"]
     assert hub["keywords"] == project["keywords"]
-    assert hub.get("docs") == project.get("urls", {}).get("Documentation")
     assert hub.get("repo") == project.get("urls", {}).get("Repository")
 
 
@@ -207,3 +205,29 @@ def test_a_new_setting_makes_the_check_fail(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "meltano.yml" in result.stdout and "out of date" in result.stdout
+
+
+def test_hub_definition_validates_against_the_shipped_hub_schema() -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((REPO / "tests" / "fixtures" / "hub_loader_schema.json").read_text())
+    jsonschema.validate(hub_definition(), schema)  # raises, naming the key, when it does not
+
+
+def test_hub_definition_points_at_nothing_that_does_not_exist() -> None:
+    """No package index entry and no repository exist yet: no pip_url, no docs page; prereq
+    says how to install it meanwhile."""
+    hub = hub_definition()
+    assert "pip_url" not in hub and "docs" not in hub, hub.get("pip_url") or hub.get("docs")
+    assert "not on a package index" in hub["prereq"] and "pip_url" in hub["prereq"]
+    assert not [v for v in map(str, hub.values()) if "pypi.org" in v]
+
+
+def test_meltano_yml_sets_no_source_variable() -> None:
+    """The warehouse, schema and archive come from the user's environment only: an `env:` block
+    in meltano.yml would override what they exported (Meltano's precedence)."""
+    project = yaml.safe_load((REPO / "meltano.yml").read_text(encoding="utf-8"))
+    blocks = [project.get("env") or {}] + [e.get("env") or {} for e in project["environments"]]
+    assert not [name for block in blocks for name in block if name.startswith("SEGMENT_")]

@@ -42,6 +42,7 @@ from target_everflow.accounting.summary import (
     RunSummary,
     dumps,
     escape_log_records,
+    records_kept,
 )
 from target_everflow.adapter.reader import SegmentReader
 from target_everflow.errors import EXIT_OUTPUT
@@ -400,8 +401,8 @@ def test_a_dead_letter_file_that_fills_up_stops_the_run_counting_what_was_writte
     assert [k["record"]["messageId"] for k in kept] == [f"mob-{i}" for i in range(len(kept))]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dead_lettered"] == {"missing_required_field": len(kept)}
-    assert f"{len(kept)} records were kept in" in stderr
-    assert f"Stopping: {len(kept)} records were kept in it" in error
+    assert f"{records_kept(len(kept))} in" in stderr
+    assert f"Stopping: {records_kept(len(kept))} in it" in error
     assert states(proc) == []  # no STATE covers a record without its outcome
     assert summary["delivered"] == 0 and summary["records_read"] == 1 + len(kept) + 1
 
@@ -702,3 +703,9 @@ def test_reader_reads_keys_named_like_message_keys_inside_a_record() -> None:
         raw,
         {"type": "page"},
     ]  # (inside a record: the last)
+
+
+def test_records_kept_says_one_record() -> None:
+    assert records_kept(1) == "1 record was kept"
+    assert records_kept(2) == "2 records were kept"
+    assert records_kept(0) == "0 records were kept"

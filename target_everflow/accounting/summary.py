@@ -328,7 +328,7 @@ class DeadLetters:
                     os.ftruncate(self._fd, max(0, os.fstat(self._fd).st_size - written))
             self.failed = OutputError(
                 f"Cannot write the dead-letter file {self.path}: {exc.strerror or exc}. Stopping: "
-                f"{self.count} records were kept in it; records without an outcome were not "
+                f"{records_kept(self.count)} in it; records without an outcome were not "
                 "dead-lettered, the next run resumes from the last STATE."
             )
             raise self.failed from None
@@ -499,7 +499,10 @@ class RunSummary:
             return {
                 "dry_run": dry_run,
                 "records_read": self.records_read,
+                # A dry run's "delivered" are its planned postbacks: "planned" says so (the key
+                # "delivered" stays, for the scripts and thresholds that read it).
                 "delivered": totals.get(DELIVERED, 0),
+                "planned": totals.get(DELIVERED, 0) if dry_run else 0,
                 "skipped": dict(sorted(reasons[SKIPPED].items())),
                 "dead_lettered": dict(sorted(reasons[DEAD_LETTER].items())),
                 "dropped_fields": sum(self.dropped.values()),
@@ -539,6 +542,11 @@ class RunSummary:
                     f"  {escape_control(stream)} / {escape_control(event)}: " + ", ".join(parts)
                 )
         return out
+
+
+def records_kept(count: int) -> str:
+    """``1 record was kept`` / ``3 records were kept``."""
+    return f"{count} record was kept" if count == 1 else f"{count} records were kept"
 
 
 def _row_order(item: tuple[tuple[str, str, str, str], int]) -> tuple[t.Any, ...]:

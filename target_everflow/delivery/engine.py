@@ -205,8 +205,10 @@ class DeliveryEngine:
         busy_wait: float = 0.5,
         stop_grace: float,
         metrics: RunMetrics | None = None,
+        on_claimed: t.Callable[[Conversion], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_claimed = on_claimed  # each conversion claimed to be sent (not a duplicate)
         self.ledger = ledger
         self.summary = summary
         self.dead_letters = dead_letters
@@ -341,6 +343,8 @@ class DeliveryEngine:
             status = statuses[conversion.key]
             if status is ClaimStatus.CLAIMED:
                 to_send.append(conversion)
+                if self.on_claimed is not None:
+                    self.on_claimed(conversion)
             elif status in (ClaimStatus.DELIVERED, ClaimStatus.HELD):
                 self._count(
                     conversion, SKIPPED, CLAIMED_ELSEWHERE if conversion.key in lost else DUPLICATE
@@ -359,6 +363,8 @@ class DeliveryEngine:
                         extra=conversion_fields(conversion, IN_DOUBT_REASON),
                     )
                     to_send.append(conversion)
+                    if self.on_claimed is not None:
+                        self.on_claimed(conversion)
                 else:
                     self.logger.warning(
                         "In doubt: conversion %s (stream %s, event %r, transaction %s) was "

@@ -36,6 +36,8 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def create_statements(t: str, real: str) -> list[str]:
+    # A new table gets the added columns at once: only an older table is upgraded (and logged).
+    added = "".join(f",\n            {name} {kind}" for name, kind in missing_columns(set(), real))
     return [
         f"""CREATE TABLE IF NOT EXISTS {t} (
             delivery_key TEXT PRIMARY KEY,
@@ -45,7 +47,7 @@ def create_statements(t: str, real: str) -> list[str]:
             lease_until {real},
             http_status INTEGER,
             created_at {real} NOT NULL,
-            updated_at {real} NOT NULL
+            updated_at {real} NOT NULL{added}
         )""",
         f"CREATE INDEX IF NOT EXISTS {t}_pending_owner ON {t} (owner)"
         " WHERE status IN ('pending', 'sending')",

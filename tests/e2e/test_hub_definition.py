@@ -89,8 +89,8 @@ def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(
     hub = yaml.safe_load(HUB_FILE.read_text())
     assert loader["settings"] == hub["settings"]  # Meltano took every setting as written
     assert loader["settings_group_validation"] == hub["settings_group_validation"]
-    assert loader["pip_url"] == "target-everflow"
-    loader["pip_url"] = str(wheel)  # what README says to do until the package is on an index
+    assert "pip_url" not in loader  # on no index yet: the definition names none
+    loader["pip_url"] = str(wheel)  # what its prereq (and README) say to do meanwhile
     meltano_yml.write_text(yaml.safe_dump(definition, sort_keys=False))
     run([meltano_bin, "install"], cwd=project, timeout=INSTALL_TIMEOUT)
 
