@@ -106,6 +106,7 @@ def rows(now: float) -> tuple[list[tuple], list[tuple]]:
                 None,
                 None,
                 currency if amount is not None else None,
+                None,  # recon_reported_at
             )
         )
 
@@ -328,7 +329,7 @@ def build_sqlite(
         for stmt in _statements(table, "REAL"):
             con.execute(stmt)
         con.executemany(
-            f"INSERT INTO {table} VALUES ({','.join('?' * 24)})",
+            f"INSERT INTO {table} VALUES ({','.join('?' * 25)})",
             ledger_rows,
         )
         con.executemany(f"INSERT INTO {table}_runs VALUES ({','.join('?' * 16)})", run_rows)
@@ -351,7 +352,7 @@ def build_postgres(base_url: str, *, now: float | None = None) -> KnownLedger:
             for stmt in _statements(table, "DOUBLE PRECISION"):
                 cur.execute(stmt)
             cur.executemany(
-                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 24)})",
+                f"INSERT INTO {table} VALUES ({','.join(['%s'] * 25)})",
                 ledger_rows,
             )
             cur.executemany(f"INSERT INTO {table}_runs VALUES ({','.join(['%s'] * 16)})", run_rows)
