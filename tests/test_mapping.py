@@ -53,7 +53,7 @@ BASE_SETTINGS: dict[str, t.Any] = {
 ALLOWED_PARAMS = {
     "nid", "transaction_id", "aid", "adv_event_id", "timestamp",
     "conversion_user_ip", "http_user_agent", "email", "adv1", "adv2", "adv3", "adv4", "adv5",
-    "coupon_code", "order_id", "affiliate_id", "order_line_items", "amount",
+    "coupon_code", "order_id", "affiliate_id", "order_line_items", "amount", "currency",
     "app_id", "limit_ad_tracking", "app_name", "app_version", "device_make", "device_model",
     "carrier", "os", "os_version", "connection_type", "latitude", "longitude",
 }  # fmt: skip
@@ -62,7 +62,7 @@ ALLOWED_PARAMS = {
 ORDER = [
     "nid", "transaction_id", "aid", "adv_event_id", "timestamp",
     "conversion_user_ip", "http_user_agent", "email", "adv1", "adv2", "adv3", "adv4", "adv5",
-    "coupon_code", "order_id", "affiliate_id", "order_line_items", "amount",
+    "coupon_code", "order_id", "affiliate_id", "order_line_items", "amount", "currency",
     "app_id", "limit_ad_tracking", "app_name", "app_version", "device_make", "device_model",
     "carrier", "os", "os_version", "connection_type", "latitude", "longitude",
 ]  # fmt: skip
@@ -281,6 +281,7 @@ WEB_GOLDEN = [
         '{"quantity":2,"name":"Uno Card Game","sku":"46493-32"}]',
     ),
     ("amount", "27.50"),
+    ("currency", "USD"),
 ]
 
 MOBILE_CONTEXT = {
@@ -487,6 +488,7 @@ ROWS: list[tuple[str, str, t.Any, str]] = [
     ),
     ("properties.products[i].sku", "order_line_items", "46493-32", '[{"sku":"46493-32"}]'),
     ("properties.total", "amount", Decimal("27.50"), "27.50"),
+    ("properties.currency", "currency", "eur", "EUR"),
     ("context.app.namespace", "app_id", "com.example.other", "com.example.other"),
     ("context.device.adTrackingEnabled", "limit_ad_tracking", False, "true"),
     ("context.app.name", "app_name", "Shop", "Shop"),
@@ -907,7 +909,10 @@ def test_required_field_coerced_losslessly() -> None:
 
 # (where, value, parameter): optional fields whose value cannot be sent as the field's type
 BAD_OPTIONAL = [
-    ("properties", {"orderId": "ORD-2026-0042"}, "order_id"),
+    ("properties", {"orderId": {"id": "ORD-2026-0042"}}, "order_id"),
+    ("properties", {"orderId": True}, "order_id"),
+    ("properties", {"currency": "euro"}, "currency"),
+    ("properties", {"currency": 978}, "currency"),
     ("properties", {"affiliateId": "aff-7"}, "affiliate_id"),
     ("properties", {"total": "about ten"}, "amount"),
     ("properties", {"adv1": {"k": "v"}}, "adv1"),
@@ -943,13 +948,15 @@ def test_the_other_fields_still_go_when_one_is_dropped() -> None:
     conversion = conversion_of(
         raw_event(
             context={"ip": "203.0.113.7"},
-            properties={"orderId": "ORD-1", "coupon": 2026, "total": "41.00"},
+            properties={"orderId": ["ORD-1"], "coupon": 2026, "total": "41.00"},
         )
     )
     assert conversion.params == [
         *head(), ("conversion_user_ip", "203.0.113.7"), ("coupon_code", "2026"), ("amount", "41.00"),
     ]  # fmt: skip
-    assert conversion.dropped == [("order_id", "the string 'ORD-1' cannot be sent as Number")]
+    assert conversion.dropped == [
+        ("order_id", "a list cannot be sent as an order id (text or a number)")
+    ]
 
 
 def test_every_dropped_field_is_accounted_in_order() -> None:
@@ -958,7 +965,7 @@ def test_every_dropped_field_is_accounted_in_order() -> None:
             context={"traits": {"email": True}},
             properties={
                 "adv2": [1],
-                "orderId": "x",
+                "orderId": {"x": 1},
                 "products": [{"quantity": "two", "sku": "S"}, "not a product"],
                 "total": "y",
             },
@@ -982,8 +989,37 @@ def test_every_dropped_field_is_accounted_in_order() -> None:
     ],
 )
 def test_number_fields_are_plain_decimals_as_given(value: t.Any, text: str) -> None:
+    conversion = conversion_of(raw_event(properties={"affiliateId": value}))
+    assert conversion.params == [*head(), ("affiliate_id", text)]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("ORD-2026-0042", "ORD-2026-0042"),  # text, exactly as given
+        ("007", "007"),  # never a number: no "007" -> 7
+        (" 42 ", " 42 "),  # no trimming
+        ("1e3", "1e3"),
+        ("#1001", "#1001"),
+        ("Ünïcødé ✓", "Ünïcødé ✓"),
+        (1001, "1001"),  # a number as its JSON text, an integral one as its digits
+        (1001.0, "1001"),
+        (Decimal("1001.00"), "1001"),
+        (Decimal("76.50"), "76.50"),
+        (0.1, "0.1"),
+        (-3, "-3"),
+        (-0.0, "0"),
+        (1e21, "1000000000000000000000"),  # never 1e+21
+        (Decimal("1E+2"), "100"),
+        (12345678901234567890, "12345678901234567890"),
+        (10**25, "10000000000000000000000000"),
+    ],
+)
+def test_order_id_is_text(value: t.Any, text: str) -> None:
     conversion = conversion_of(raw_event(properties={"orderId": value}))
     assert conversion.params == [*head(), ("order_id", text)]
+    assert conversion.dropped == []
+    assert conversion.ledger_metadata()["order_id"] == text
 
 
 @pytest.mark.parametrize(("value", "text"), [("true", "true"), ("FALSE", "false"), (True, "true")])
@@ -1157,12 +1193,12 @@ def test_a_total_that_is_not_a_number_is_dropped_not_replaced_by_revenue() -> No
 # --- timestamp --------------------------------------------------------------------------------
 
 T1, T2, T3, T4 = (
-    "2026-01-01T00:00:01Z",
-    "2026-01-01T00:00:02Z",
-    "2026-01-01T00:00:03Z",
-    "2026-01-01T00:00:04Z",
+    "2026-11-01T00:00:01Z",
+    "2026-11-01T00:00:02Z",
+    "2026-11-01T00:00:03Z",
+    "2026-11-01T00:00:04Z",
 )
-U = 1767225600  # 2026-01-01T00:00:00Z
+U = 1793491200  # 2026-11-01T00:00:00Z
 
 
 @pytest.mark.parametrize(
@@ -1204,29 +1240,29 @@ def test_send_timestamp_false() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("2026-01-01T00:00:00Z", U),
-        ("2026-01-01T00:00:00z", U),
-        ("2026-01-01T00:00:00+00:00", U),
-        ("2026-01-01T00:00:00.000Z", U),
-        ("2026-01-01T00:00:00.999Z", U),  # fractional seconds are cut, not rounded
-        ("2026-01-01T00:00:00.5Z", U),
-        ("2026-01-01T00:00:00.1234567Z", U),  # 7 fraction digits (.NET)
-        ("2026-01-01T00:00:00.123456789+00:00", U),  # 9 fraction digits
-        ("2025-12-31T20:00:00-0400", U),  # offset without a colon
-        ("2025-12-31T20:00:00.250-0400", U),
-        ("2025-12-31T20:00:00-04:00", U),
-        ("2026-01-01T05:30:00+05:30", U),
-        ("2026-01-01T05:30:00+0530", U),
-        ("2026-01-01 00:00:00", U),  # no zone: UTC
-        ("2026-01-01T00:00:00", U),
-        (" 2026-01-01T00:00:00Z ", U),
-        (datetime(2026, 1, 1, tzinfo=timezone.utc), U),
-        (datetime(2026, 1, 1), U),  # naive: UTC
-        (datetime(2025, 12, 31, 19, 0, tzinfo=timezone(timedelta(hours=-5))), U),
-        (datetime(2026, 1, 1, 0, 0, 0, 999999, tzinfo=timezone.utc), U),
+        ("2026-11-01T00:00:00Z", U),
+        ("2026-11-01T00:00:00z", U),
+        ("2026-11-01T00:00:00+00:00", U),
+        ("2026-11-01T00:00:00.000Z", U),
+        ("2026-11-01T00:00:00.999Z", U),  # fractional seconds are cut, not rounded
+        ("2026-11-01T00:00:00.5Z", U),
+        ("2026-11-01T00:00:00.1234567Z", U),  # 7 fraction digits (.NET)
+        ("2026-11-01T00:00:00.123456789+00:00", U),  # 9 fraction digits
+        ("2026-10-31T20:00:00-0400", U),  # offset without a colon
+        ("2026-10-31T20:00:00.250-0400", U),
+        ("2026-10-31T20:00:00-04:00", U),
+        ("2026-11-01T05:30:00+05:30", U),
+        ("2026-11-01T05:30:00+0530", U),
+        ("2026-11-01 00:00:00", U),  # no zone: UTC
+        ("2026-11-01T00:00:00", U),
+        (" 2026-11-01T00:00:00Z ", U),
+        (datetime(2026, 11, 1, tzinfo=timezone.utc), U),
+        (datetime(2026, 11, 1), U),  # naive: UTC
+        (datetime(2026, 10, 31, 19, 0, tzinfo=timezone(timedelta(hours=-5))), U),
+        (datetime(2026, 11, 1, 0, 0, 0, 999999, tzinfo=timezone.utc), U),
         (U, U),  # epoch seconds
         (U * 1000 + 999, U),  # epoch milliseconds
-        (Decimal("1767225600.75"), U),
+        (Decimal("1793491200.75"), U),
     ],
 )
 def test_timestamp_formats(value: t.Any, expected: int) -> None:
@@ -1237,7 +1273,7 @@ def test_timestamp_formats(value: t.Any, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["yesterday", "2026-13-01T00:00:00Z", "2026-01-01T25:00:00Z", True, {"at": 1}, ["2026"],
+    ["yesterday", "2026-13-01T00:00:00Z", "2026-11-01T25:00:00Z", True, {"at": 1}, ["2026"],
      float("nan"), float("inf"), Decimal("Infinity"), 10**400, "9999999-01-01"],
 )  # fmt: skip
 def test_unparseable_timestamp(value: t.Any) -> None:
