@@ -38,7 +38,8 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
                 "Everflow S2S postback base URL (your tracking domain), e.g. "
                 "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
                 "(loopback hosts excepted, for tests); no fragment, credentials, or query "
-                "parameter the target sends itself; a non-ASCII path is percent-encoded."
+                "parameter the target sends itself, but currency=XXX, which fixes the currency "
+                "of every postback; a non-ASCII path is percent-encoded."
             ),
         },
         "network_id": {

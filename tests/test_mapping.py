@@ -10,6 +10,7 @@ columns, nested keys joined with ``_``, properties un-prefixed, ``event``=slug,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import typing as t
@@ -19,6 +20,7 @@ from decimal import Decimal
 import pytest
 import simplejson
 
+from target_everflow.clock import Clock
 from target_everflow.fields import Mismatch
 from target_everflow.mapping import (
     Conversion,
@@ -31,6 +33,7 @@ from target_everflow.outcomes import (
     NO_TRANSACTION_ID,
     NOT_TRACK,
     SKIPPED,
+    TOO_OLD,
     TYPE_MISMATCH,
     UNMAPPED_EVENT,
     Outcome,
@@ -1174,12 +1177,19 @@ def test_product_quantity_is_always_valid_json(quantity: str) -> None:
         ({"total": None, "revenue": Decimal("22.50")}, "22.50"),
         ({"total": "", "revenue": "22.50"}, "22.50"),
         ({"total": 0, "revenue": 5}, "0"),  # a zero total is a total
+        ({"value": Decimal("9.90")}, "9.90"),  # value, when total and revenue are absent
+        ({"revenue": 5, "value": 7}, "5"),
+        ({"total": 4, "revenue": 5, "value": 7}, "4"),
+        ({"total": None, "revenue": "", "value": 7}, "7"),
+        ({"revenue": 0, "value": 7}, "0"),
         ({}, None),
         ({"subtotal": 10, "price": 3}, None),
     ],
 )
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_amount_is_total_else_revenue(properties: dict, amount: str | None, shape: str) -> None:
+def test_amount_is_total_else_revenue_else_value(
+    properties: dict, amount: str | None, shape: str
+) -> None:
     conversion = conversion_of(SHAPES[shape](raw_event(properties=properties)))
     assert dict(conversion.params).get("amount") == amount
 
@@ -1188,6 +1198,145 @@ def test_a_total_that_is_not_a_number_is_dropped_not_replaced_by_revenue() -> No
     conversion = conversion_of(raw_event(properties={"total": "n/a", "revenue": 5}))
     assert "amount" not in dict(conversion.params)
     assert [p for p, _ in conversion.dropped] == ["amount"]
+
+
+def test_a_revenue_that_is_not_a_number_is_dropped_not_replaced_by_value() -> None:
+    conversion = conversion_of(raw_event(properties={"revenue": "n/a", "value": 5}))
+    assert "amount" not in dict(conversion.params)
+    assert [p for p, _ in conversion.dropped] == ["amount"]
+
+
+# --- currency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("currency", "sent"), [("eur", "EUR"), ("EUR", "EUR"), ("Usd", "USD"), (None, None), ("", None)]
+)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_currency_is_sent_upper_cased(currency: t.Any, sent: str | None, shape: str) -> None:
+    raw = raw_event(properties={"total": 10, "currency": currency})
+    conversion = conversion_of(SHAPES[shape](raw))
+    assert dict(conversion.params).get("currency") == sent
+    assert conversion.dropped == []
+    assert conversion.currency == sent
+    assert conversion.ledger_metadata()["currency"] == sent
+
+
+def test_no_currency_in_the_record_no_parameter() -> None:
+    conversion = conversion_of(raw_event(properties={"total": 10}))
+    assert "currency" not in dict(conversion.params)
+    assert conversion.ledger_metadata()["currency"] is None
+
+
+@pytest.mark.parametrize("currency", ["euro", "€", "E U", 978, True, {"code": "EUR"}])
+def test_a_currency_that_is_not_three_letters_is_left_out(currency: t.Any) -> None:
+    conversion = conversion_of(raw_event(properties={"total": 10, "currency": currency}))
+    assert conversion.params == [*head(), ("amount", "10")]
+    assert [p for p, _ in conversion.dropped] == ["currency"]
+    outcome = outcome_of(raw_event(properties={"currency": currency}), strict_types=True)
+    assert (outcome.kind, outcome.reason, outcome.field) == (DEAD_LETTER, TYPE_MISMATCH, "currency")
+
+
+def test_send_currency_false_sends_none() -> None:
+    for currency in ("eur", "euro"):
+        raw = raw_event(properties={"total": 10, "currency": currency})
+        conversion = conversion_of(raw, send_currency=False)
+        assert conversion.params == [*head(), ("amount", "10")]
+        assert conversion.dropped == []
+        assert conversion.currency is None
+        assert isinstance(mapper(send_currency=False, strict_types=True).map(raw), Conversion)
+
+
+def test_postback_url_currency_is_the_fixed_currency() -> None:
+    """A one-currency shop's postback_url carries currency=EUR: a record's currency never
+    overrides it (nor is it sent twice), and the ledger records the fixed one."""
+    url = "https://track.example.com/?currency=eur"
+    for currency in ("USD", "euro", None):
+        raw = raw_event(properties={"total": 10, "currency": currency})
+        conversion = conversion_of(raw, postback_url=url)
+        assert conversion.params == [*head(), ("amount", "10")]
+        assert conversion.dropped == []
+        assert conversion.currency == "EUR"
+        assert conversion.ledger_metadata()["currency"] == "EUR"
+
+
+def test_a_fixed_currency_is_said_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO"):
+        mapper(postback_url="https://track.example.com/?currency=EUR")
+    assert "postback_url fixes currency=EUR for every postback" in caplog.text
+
+
+# --- too_old: the conversion's age ------------------------------------------------------------
+
+DATA_TIME = 1795198448  # TS
+
+
+def aged_mapper(now: float, **overrides: t.Any) -> Mapper:
+    settings = Settings.from_config({**BASE_SETTINGS, **overrides})
+    return Mapper(dataclasses.replace(settings, clock=Clock(now)))
+
+
+@pytest.mark.parametrize(
+    ("days", "old"), [(120, True), (90.01, True), (90, False), (89, False), (0, False), (-3, False)]
+)
+def test_too_old_is_skipped_at_mapping(days: float, old: bool) -> None:
+    result = aged_mapper(DATA_TIME + days * 86_400).map(raw_event(properties={"total": 5}))
+    if old:
+        assert isinstance(result, Outcome)
+        assert (result.kind, result.reason, result.event) == (SKIPPED, TOO_OLD, "Order Completed")
+        assert "max_conversion_age_days (90)" in result.message
+    else:
+        assert isinstance(result, Conversion)
+
+
+def test_max_conversion_age_days_zero_turns_it_off() -> None:
+    result = aged_mapper(DATA_TIME + 3 * 365 * 86_400, max_conversion_age_days=0).map(raw_event())
+    assert isinstance(result, Conversion)
+
+
+def test_max_conversion_age_days_is_a_setting() -> None:
+    m = aged_mapper(DATA_TIME + 8 * 86_400, max_conversion_age_days=7)
+    assert isinstance(m.map(raw_event()), Outcome)
+    assert isinstance(m.map(raw_event(timestamp="2026-11-21T18:14:08Z")), Conversion)
+
+
+@pytest.mark.parametrize("timestamp", [None, "yesterday", "", {"at": 1}])
+def test_an_event_without_a_usable_time_is_never_too_old(timestamp: t.Any) -> None:
+    result = aged_mapper(DATA_TIME + 3 * 365 * 86_400).map(raw_event(timestamp=timestamp))
+    assert isinstance(result, Conversion)
+
+
+def test_too_old_whatever_the_time_field_and_shape() -> None:
+    m = aged_mapper(DATA_TIME + 120 * 86_400, send_timestamp=False)
+    for shape, make in SHAPES.items():
+        raw = raw_event(timestamp=None, receivedAt=TS)
+        result = m.map(make(raw), STREAMS[shape])
+        assert isinstance(result, Outcome) and result.reason == TOO_OLD, shape
+
+
+def test_too_old_comes_after_the_event_mapping_and_the_transaction_id() -> None:
+    m = aged_mapper(DATA_TIME + 120 * 86_400)
+    assert t.cast(Outcome, m.map(raw_event("Product Viewed"))).reason == UNMAPPED_EVENT
+    assert t.cast(Outcome, m.map(raw_event(tid=None))).reason == NO_TRANSACTION_ID
+    # before the fields: an old event is not dead-lettered for a field it lacks
+    old_mobile = raw_event(context={"os": {"name": "iOS"}})
+    assert t.cast(Outcome, m.map(old_mobile)).reason == TOO_OLD
+
+
+def test_the_clock_is_read_per_record() -> None:
+    """A streaming run lasts weeks: the same mapper judges each record against the time it is
+    mapped at, not the time the run started."""
+    now = [float(DATA_TIME)]
+
+    class Ticking(Clock):
+        def now(self) -> float:
+            return now[0]
+
+    settings = Settings.from_config(BASE_SETTINGS)
+    m = Mapper(dataclasses.replace(settings, clock=Ticking()))
+    assert isinstance(m.map(raw_event()), Conversion)
+    now[0] += 91 * 86_400
+    assert t.cast(Outcome, m.map(raw_event())).reason == TOO_OLD
 
 
 # --- timestamp --------------------------------------------------------------------------------
