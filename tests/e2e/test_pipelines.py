@@ -34,7 +34,6 @@ NUMERIC_PARAMS = {
     "amount",
     "latitude",
     "longitude",
-    "order_id",
     "affiliate_id",
     "nid",
     "aid",
