@@ -342,3 +342,48 @@ def test_demo_summary_is_the_same_whatever_the_date(
     assert summary == summaries[0]
     assert TOO_OLD not in summaries[0]["skipped"]
     assert summaries[0]["delivered"] >= 45
+
+
+# --- the ledger records the currency sent, on both backends -----------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_claim_writes_the_currency(tmp_path: Path, backend: str) -> None:
+    import contextlib
+    import uuid
+
+    from target_everflow.ledger import open_ledger
+    from tests.conftest import pg_execute, postgres_url
+
+    table = f"tmoney_{uuid.uuid4().hex[:12]}"
+    if backend == "postgres":
+        base = postgres_url()
+        url = f"{base}{'&' if '?' in base else '?'}table={table}"
+    else:
+        url = f"sqlite:///{tmp_path / 'l.db'}?table={table}"
+    meta = {
+        "eur": {"transaction_id": "tx-1", "order_id": "#1001", "amount": 64.9, "currency": "EUR"},
+        "none": {"transaction_id": "tx-2", "order_id": "12345678901234567890", "currency": None},
+    }
+    try:
+        with contextlib.closing(
+            open_ledger(url, default_dir=tmp_path, lease_seconds=30, retention_days=400)
+        ) as ledger:
+            ledger.claim(["eur", "none"], meta)
+        query = f"SELECT delivery_key, order_id, currency FROM {table} ORDER BY 1"
+        if backend == "postgres":
+            rows = pg_execute(query)
+        else:
+            con = sqlite3.connect(tmp_path / "l.db")
+            try:
+                rows = con.execute(query).fetchall()
+            finally:
+                con.close()
+        assert [tuple(r) for r in rows] == [
+            ("eur", "#1001", "EUR"),
+            ("none", "12345678901234567890", None),
+        ]
+    finally:
+        if backend == "postgres":
+            pg_execute(f"DROP TABLE IF EXISTS {table}")
+            pg_execute(f"DROP TABLE IF EXISTS {table}_runs")
