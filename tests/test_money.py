@@ -387,3 +387,23 @@ def test_the_claim_writes_the_currency(tmp_path: Path, backend: str) -> None:
         if backend == "postgres":
             pg_execute(f"DROP TABLE IF EXISTS {table}")
             pg_execute(f"DROP TABLE IF EXISTS {table}_runs")
+
+
+@pytest.mark.parametrize("years", [1, 3])
+def test_the_tests_pinned_clock_holds_when_the_calendar_moves_on(
+    monkeypatch: pytest.MonkeyPatch, years: int
+) -> None:
+    """The system clock one or three years after the tests' data: a mapping under the tests'
+    pinned clock gives what it gives today; without the pin the same record would be too old."""
+    from target_everflow import clock as clock_module
+    from target_everflow.mapping import Conversion, Mapper
+    from target_everflow.outcomes import Outcome
+
+    later = DATA_DATE.timestamp() + years * 365 * 86_400
+    monkeypatch.setattr(clock_module.time, "time", lambda: later)
+    config = {"dry_run": True, "event_mapping": {"Order Completed": 0}}
+    record = track(1)
+    assert isinstance(Mapper(Settings.from_config(config)).map(record, "orders"), Conversion)
+    monkeypatch.delenv(CLOCK_ENV)
+    result = Mapper(Settings.from_config(config)).map(record, "orders")
+    assert isinstance(result, Outcome) and result.reason == TOO_OLD
