@@ -4,8 +4,10 @@ record has one) and ``amount`` (only for records without total or revenue, from 
 age check is off (``max_conversion_age_days: 0``) so that both plan the same conversions.
 
 python scripts/compare_planned.py --base c10ff94 --records 200000
+python scripts/compare_planned.py --base c10ff94 --input samples/segment_events.singer
 
-The input is bench/generate.py's mixed input; both runs are dry runs of the CLI. Exit 1 on the
+The input is bench/generate.py's mixed input (or ``--input``); both runs are dry runs of the CLI
+with the same event mapping as the bench and the demo. Exit 1 on the
 first difference that is not allowed, with the delivery key.
 """
 
@@ -104,6 +106,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="c10ff94", help="the commit to compare with")
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--input", type=Path, help="a Singer input instead of a generated one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="compare-planned-") as tmp:
         root = Path(tmp)
@@ -111,9 +114,12 @@ def main() -> int:
             ["git", "-C", str(REPO), "archive", args.base], capture_output=True, check=True
         ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(root / "base", filter="data")
-        input_path = root / "input.singer"
-        generate.write(str(input_path), args.records)
+            # (the "data" filter where this Python has it: 3.10.12, 3.11.4 and later)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(root / "base", **safe)
+        input_path = args.input.resolve() if args.input else root / "input.singer"
+        if not args.input:
+            generate.write(str(input_path), args.records)
         before, sb = planned(root / "base", input_path, root / "before")
         after, sa = planned(REPO, input_path, root / "after")
         changed = compare(before, after, properties_by_key(input_path))
