@@ -21,16 +21,28 @@ event, transaction id, web or mobile, every shape), so records/s there is postba
 Deterministic for a given ``--seed``. Writes to ``--out`` or stdout::
 
     python bench/generate.py --records 200000 --out /tmp/in.singer
-    python bench/generate.py --records 1000000 | target-everflow --config c.json
+    python bench/generate.py --records 1000000 | \
+        TARGET_EVERFLOW_CLOCK=2026-11-29T00:00:00Z target-everflow --config c.json
+
+The events are dated 2026-11-01 to 2026-11-28: a target judging their age
+(``max_conversion_age_days``) runs with the clock pinned just after them (``CLOCK``), so the
+benchmarks' outcomes never change as the calendar moves on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import typing as t
+
+CLOCK = "2026-11-29T00:00:00Z"
+"""Just after the generated events' dates. Importing this module pins ``TARGET_EVERFLOW_CLOCK``
+to it (unless the environment pins one already), so every target a benchmark starts inherits
+it."""
+os.environ.setdefault("TARGET_EVERFLOW_CLOCK", CLOCK)
 
 RAW = "segment_tracks"
 WAREHOUSE = "segment_shop-tracks"

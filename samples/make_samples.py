@@ -120,7 +120,7 @@ raw_records = [
             "library": {"name": "analytics-kotlin"},
         },
     ),
-    # web, order id that is not a number: the field is dropped with a warning, the conversion goes
+    # web, an order id that is text: sent exactly as it is (order_id=ORD-2026-0042)
     raw(
         "ajs-008",
         "Order Completed",
@@ -129,6 +129,22 @@ raw_records = [
     ),
     # mobile whose ip is an object: a required field of the wrong type, dead-lettered (type_mismatch)
     raw("ios-009", "Order Completed", {"total": 15}, {**ios_ctx, "ip": {"v4": "198.51.100.23"}}),
+    # an order id with a '#' (percent-encoded, arrives as #1001) and a lower-case currency
+    # (sent as currency=EUR)
+    raw(
+        "ajs-010",
+        "Order Completed",
+        {"orderId": "#1001", "total": 64.9, "currency": "eur"},
+        with_ref(web_ctx, "18293a4b5c6d7e8f90a1b2c3d4e5f607"),
+    ),
+    # a 20-digit integer order id (every digit sent), a currency that is not a three-letter
+    # code (left out with a warning), and no total nor revenue: the amount comes from value
+    raw(
+        "ajs-011",
+        "Order Completed",
+        {"orderId": 12345678901234567890, "value": 18.5, "currency": "euro"},
+        with_ref(web_ctx, "293a4b5c6d7e8f90a1b2c3d4e5f60718"),
+    ),
 ]
 
 # A night of ordinary web purchases: what most of a real run is. They keep the demo's two

@@ -3,8 +3,13 @@
 ``FIELDS`` is the seed's table row for row: the "All Sources" rows, then the "Mobile Sources"
 rows. Each row says where the value is in a Segment event, which Everflow postback parameter it
 becomes, the Everflow type(s) it accepts, whether it is required, and for which sources. The
-mapper, its validation and README's field table are all driven by it: adding a field is adding
-a row.
+mapper, its validation and the documented field table are all driven by it: adding a field is
+adding a row.
+
+Where a row departs from the seed (``order_id`` is text, the ``currency`` row the seed does not
+have, the amount's fallbacks), the row says so in ``departures``: what the seed says, why we
+differ and the source (a test checks every other row against the seed, and that every departure
+is declared).
 
 Two conventions keep the rows declarative:
 
@@ -13,7 +18,11 @@ Two conventions keep the rows declarative:
 - ``rule`` names a value rule from ``RULES`` for the three rows whose value is derived rather
   than copied (``limit_ad_tracking`` is the inverse of ``adTrackingEnabled``; ``connection_type``
   comes from two booleans). ``fallback`` lists further Segment paths tried when the first is
-  absent (``amount`` falls back to ``properties.revenue``).
+  absent (``amount``: ``properties.total``, else ``properties.revenue``, else
+  ``properties.value``).
+- ``convert`` names a converter from ``CONVERTERS`` for a parameter whose text is stricter than
+  its type (``order_id``: text as given, an integral number as its digits; ``currency``: three
+  letters, upper-cased).
 """
 
 from __future__ import annotations
@@ -48,6 +57,19 @@ PLATFORMS = {ALL: ("web", "mobile"), MOBILE: ("mobile",)}
 
 
 @dataclass(frozen=True)
+class Departure:
+    """Where a row of ``FIELDS`` departs from the seed's table, and why."""
+
+    aspect: str
+    """What differs: ``type``, ``fallback`` or ``row`` (a row the seed does not have)."""
+    seed: str
+    """What the seed says (for a new row: that it has none)."""
+    reason: str
+    source: str
+    """Where the reason comes from (Everflow's or Segment's documentation)."""
+
+
+@dataclass(frozen=True)
 class Field:
     """One row of the seed's table."""
 
@@ -65,6 +87,10 @@ class Field:
     rule: str | None = None
     """A value rule from ``RULES`` for a derived value."""
     note: str = ""
+    convert: str | None = None
+    """A converter from ``CONVERTERS``, used instead of the type coercion."""
+    departures: tuple[Departure, ...] = ()
+    """Where this row departs from the seed's table (none: it is the seed's row as it is)."""
 
     @property
     def is_list_item(self) -> bool:
@@ -82,7 +108,23 @@ FIELDS: tuple[Field, ...] = (
     Field("properties.adv4", "adv4", (S, N, B)),
     Field("properties.adv5", "adv5", (S, N, B)),
     Field("properties.coupon", "coupon_code", (S, N)),
-    Field("properties.orderId", "order_id", (N,)),
+    Field(
+        "properties.orderId",
+        "order_id",
+        (S,),
+        convert="order_id",
+        note="text as given; a number as its digits",
+        departures=(
+            Departure(
+                "type",
+                "Number",
+                "Everflow types order_id as a string everywhere it gives a type, and Segment "
+                "sends order ids such as ORD-2026-0042: sent as Number, such ids were dropped",
+                "developers.everflow.io/sdk/conversion-tracking (order_id: string); Segment "
+                "Ecommerce v2 spec (order_id: String)",
+            ),
+        ),
+    ),
     Field("properties.affiliateId", "affiliate_id", (N,)),
     Field("properties.products[i].quantity", "order_line_items[i].quantity", (N,)),
     Field("properties.products[i].name", "order_line_items[i].name", (S,)),
@@ -91,8 +133,34 @@ FIELDS: tuple[Field, ...] = (
         "properties.total",
         "amount",
         (N,),
-        fallback=("properties.revenue",),
-        note="falls back to properties.revenue when total is absent",
+        fallback=("properties.revenue", "properties.value"),
+        note="total, else revenue, else value (each only when the ones before are absent)",
+        departures=(
+            Departure(
+                "fallback",
+                "properties.total only",
+                "Order Completed events often carry revenue and no total, Checkout Started "
+                "carries value: Segment's own destinations read revenue, then total; "
+                "RudderStack revenue, total, value",
+                "Segment Ecommerce v2 spec; Segment's and RudderStack's Everflow destinations",
+            ),
+        ),
+    ),
+    Field(
+        "properties.currency",
+        "currency",
+        (S,),
+        convert="currency",
+        note="ISO 4217, upper-cased (eur -> EUR); setting send_currency",
+        departures=(
+            Departure(
+                "row",
+                "no currency row",
+                "Everflow reads the amount in the offer's currency unless the postback says "
+                "which it is (then it converts); Segment's Order Completed carries currency",
+                "helpdesk.everflow.io/en/articles/6120678-currency-configurations",
+            ),
+        ),
     ),
     # --- Mobile sources ------------------------------------------------------------------
     Field("context.ip", "conversion_user_ip", (S,), required=True, sources=MOBILE),
@@ -245,6 +313,40 @@ def as_boolean(value: t.Any) -> bool:
     raise Mismatch(f"{_describe(value)} is not a boolean")
 
 
+def as_order_id(value: t.Any) -> str:
+    """An order id as Everflow reads it, text: a string exactly as given (``"007"`` stays
+    ``007``, spaces stay), a number as its JSON text, an integral one as its digits (``1001``
+    and ``1001.0`` -> ``1001``, ``1e21`` -> 21 digits, never an exponent)."""
+    if isinstance(value, str):
+        return as_string(value)
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        text = str(as_number(value))
+        whole, dot, fraction = text.partition(".")
+        if dot and not fraction.strip("0"):
+            text = "0" if whole == "-0" else whole
+        return text
+    raise Mismatch(f"{_describe(value)} cannot be sent as an order id (text or a number)")
+
+
+_CURRENCY_CODE = re.compile(r"[A-Za-z]{3}", re.ASCII)
+
+
+def as_currency(value: t.Any) -> str:
+    """An ISO 4217 currency code: three ASCII letters, upper-cased (``eur`` -> ``EUR``)."""
+    if isinstance(value, str) and _CURRENCY_CODE.fullmatch(value):
+        return value.upper()
+    raise Mismatch(
+        f"{_describe(value)} cannot be sent as a currency (three letters of ISO 4217, e.g. EUR)"
+    )
+
+
+CONVERTERS: dict[str, t.Callable[[t.Any], str]] = {
+    "order_id": as_order_id,
+    "currency": as_currency,
+}
+"""Converters named by ``Field.convert``: the value's text, or ``Mismatch``."""
+
+
 _NATIVE: dict[type, FieldType] = {bool: B, int: N, float: N, Decimal: N, str: S}
 _CONVERT: dict[FieldType, t.Callable[[t.Any], t.Any]] = {S: as_string, N: as_number, B: as_boolean}
 
@@ -316,11 +418,27 @@ RULES: dict[str, t.Callable[[list[t.Any]], str | bool | None]] = {
 """A rule takes the values at ``segment`` and each ``fallback`` path (None when absent)."""
 
 
-# --- README table ---------------------------------------------------------------------------
+# --- The documented table -------------------------------------------------------------------
+
+
+def departures() -> list[tuple[Field, Departure]]:
+    """Every declared departure from the seed's table, in table order."""
+    return [(f, d) for f in FIELDS for d in f.departures]
+
+
+def departures_markdown() -> str:
+    """The departures from the seed, as a Markdown list (under the field table)."""
+    lines = ["Where this table departs from Everflow's Segment integration page (the seed):", ""]
+    for f, d in departures():
+        lines.append(
+            f"- `{f.param}` ({d.aspect}): the seed says {d.seed}. {d.reason}. Source: {d.source}."
+        )
+    return "\n".join(lines)
 
 
 def markdown_table() -> str:
-    """README's field table, generated from ``FIELDS`` (a test keeps README in step)."""
+    """The documented field table, generated from ``FIELDS`` (a test keeps the docs in step),
+    followed by the departures from the seed."""
     lines = [
         "| Segment property | Everflow parameter | Type | Required | Sources | Notes |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -328,8 +446,9 @@ def markdown_table() -> str:
     for f in FIELDS:
         segment = f"`{f.segment}`" + "".join(f" / `{p}`" for p in f.fallback)
         types = ", ".join(ft.value for ft in f.types)
+        departs = " (departs from the seed: see below)" if f.departures else ""
         lines.append(
             f"| {segment} | `{f.param}` | {types} | {'yes' if f.required else 'no'} "
-            f"| {f.sources} | {f.note} |"
+            f"| {f.sources} | {f.note}{departs} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + departures_markdown()

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from target_everflow.clock import CLOCK_ENV
 from target_everflow.fields import (
+    CONVERTERS,
     FIELDS,
     MOBILE,
     PLATFORMS,
@@ -38,6 +40,7 @@ from target_everflow.outcomes import (
     NO_TRANSACTION_ID,
     NOT_TRACK,
     SKIPPED,
+    TOO_OLD,
     TYPE_MISMATCH,
     UNMAPPED_EVENT,
     Outcome,
@@ -61,6 +64,10 @@ from target_everflow.records import (
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
+
+CURRENCY = "currency"
+DAY = 86_400
+"""Seconds in a day (``max_conversion_age_days``)."""
 
 IDENTITY_PARAMETERS = ("nid", "transaction_id", "aid", "adv_event_id", "timestamp")
 """The parameters that say which conversion a postback is (the field table adds the rest)."""
@@ -112,6 +119,9 @@ class Conversion:
     """Optional fields left out: (parameter, why)."""
     event_time: int | None = None
     """The event's time (Unix seconds), when it has one, whether sent as ``timestamp`` or not."""
+    currency: str | None = None
+    """The currency the postback carries: its ``currency`` parameter, or the one
+    ``postback_url`` fixes; None when it carries none."""
 
     def ledger_metadata(self) -> dict[str, t.Any]:
         """What the ledger keeps about this conversion (``ledger.METADATA_COLUMNS``)."""
@@ -131,6 +141,7 @@ class Conversion:
             "order_id": _storable(sent.get("order_id")),
             "amount": amount,
             "event_time": self.event_time,
+            "currency": self.currency,
         }
 
 
@@ -145,6 +156,8 @@ class _Plan:
     rule: t.Callable[[list[t.Any]], t.Any] | None
     items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
     """For a list parameter: (item key, path inside the item, types)."""
+    convert: t.Callable[[t.Any], str] | None = None
+    """The row's converter (``fields.CONVERTERS``), used instead of the type coercion."""
 
 
 def _compile(platform: str) -> list[_Plan]:
@@ -163,6 +176,7 @@ def _compile(platform: str) -> list[_Plan]:
                 types=row.types,
                 required=row.required,
                 rule=RULES[row.rule] if row.rule else None,
+                convert=CONVERTERS[row.convert] if row.convert else None,
             )
         else:  # the same parameter in both of the seed's tables: required if either says so
             plan.required = plan.required or row.required
@@ -235,6 +249,15 @@ class Mapper:
         self.settings = settings
         self.logger = logger or logging.getLogger("target-everflow")
         self._plans = {"web": _compile("web"), "mobile": _compile(MOBILE)}
+        self.fixed_currency = settings.fixed_currency
+        if self.fixed_currency or not settings.send_currency:
+            # A record's currency is never sent: postback_url fixes it, or it is turned off.
+            for platform, plans in self._plans.items():
+                self._plans[platform] = [p for p in plans if p.param != CURRENCY]
+        self.clock = settings.clock
+        self._max_age = settings.max_conversion_age_days * DAY
+        for line in self.start_lines():
+            self.logger.info("%s", line)
         self._by_shape: dict[tuple, list[tuple[_Plan, tuple]]] = {}
         self._hops: dict[Layout, tuple[str, ...]] = {}
         self._events = dict(settings.event_mapping)
@@ -247,6 +270,21 @@ class Mapper:
         self._head: list[tuple[str, str]] = []
         if settings.network_id is not None:
             self._head.append(("nid", str(settings.network_id)))
+
+    def start_lines(self) -> list[str]:
+        """What the mapping does that a person should know at start-up (logged once a run)."""
+        lines = []
+        if self.clock.is_pinned:
+            lines.append(
+                f"The clock is pinned by {CLOCK_ENV} at {self.clock.describe()}: conversion "
+                "ages are judged against that time, not the system clock"
+            )
+        if self.fixed_currency:
+            lines.append(
+                f"postback_url fixes currency={self.fixed_currency} for every postback: a "
+                "record's own currency is never sent"
+            )
+        return lines
 
     # -- identity ------------------------------------------------------------------------
 
@@ -383,6 +421,17 @@ class Mapper:
                     )
                 else:
                     dropped.append(("timestamp", str(exc)))
+        if when is not None and self._max_age:
+            age = self.clock.now() - when  # read per record: a streaming run lasts weeks
+            if age > self._max_age:
+                return outcome(
+                    SKIPPED,
+                    TOO_OLD,
+                    f"the event is {age / DAY:.1f} days old, older than max_conversion_age_days "
+                    f"({self.settings.max_conversion_age_days}): its click can no longer convert",
+                    "timestamp",
+                    event=name,
+                )
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
@@ -429,6 +478,7 @@ class Mapper:
             record=record,
             dropped=dropped,
             event_time=when,
+            currency=self.fixed_currency or _sent(params, CURRENCY),
         )
 
     def _plans_for(self, event: SegmentEvent, platform: str) -> list[tuple[_Plan, tuple]]:
@@ -484,6 +534,8 @@ class Mapper:
         found = event.get(paths[0]) if len(paths) == 1 else event.first(*paths)
         if found is MISSING:
             return None
+        if plan.convert is not None:
+            return plan.convert(found)
         return render(coerce(found, plan.types))
 
     @staticmethod
@@ -557,6 +609,14 @@ class Mapper:
         order_id = event.get("properties.orderId")
         basis = "\x1f".join((transaction_id, str(event_id), _key_part(order_id), str(when)))
         return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _sent(params: list[tuple[str, str]], name: str) -> str | None:
+    """The value of parameter ``name`` in ``params`` (the last one), or None."""
+    for param, value in reversed(params):
+        if param == name:
+            return value
+    return None
 
 
 MAX_KEY_ID = 200

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
+from target_everflow.clock import CLOCK_ENV, Clock, InvalidClock, from_environment
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
 from target_everflow.mapping import POSTBACK_PARAMETERS
 
@@ -37,7 +38,8 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
                 "Everflow S2S postback base URL (your tracking domain), e.g. "
                 "https://www.your-tracking-domain.com/. Required unless dry_run. Must be https "
                 "(loopback hosts excepted, for tests); no fragment, credentials, or query "
-                "parameter the target sends itself; a non-ASCII path is percent-encoded."
+                "parameter the target sends itself, but currency=XXX, which fixes the currency "
+                "of every postback; a non-ASCII path is percent-encoded."
             ),
         },
         "network_id": {
@@ -105,6 +107,30 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "title": "Send timestamp",
             "default": True,
             "description": "Send the event time as `timestamp` (Unix seconds).",
+        },
+        "send_currency": {
+            "type": ["boolean", "null"],
+            "title": "Send currency",
+            "default": True,
+            "description": (
+                "Send the event's properties.currency (three letters, upper-cased: eur -> EUR) "
+                "as `currency`, so Everflow converts the amount into the offer's currency. "
+                "Never invented: an event without one is sent without. A postback_url that "
+                "carries currency=XXX fixes the currency of every postback instead."
+            ),
+        },
+        "max_conversion_age_days": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": 3650,
+            "title": "Max conversion age (days)",
+            "default": 90,
+            "description": (
+                "Skip (reason too_old) a conversion whose event time is more than this many "
+                "days before it would be sent: Everflow credits a conversion only within 90 "
+                "days of its click. 0 turns the check off; an event without a time is never "
+                "too old."
+            ),
         },
         "api_key": {
             "type": ["string", "null"],
@@ -383,6 +409,14 @@ class ConfigError(TargetEverflowError):
         super().__init__(f"Setting '{setting}': {problem}")
 
 
+class ClockError(ConfigError):
+    """``TARGET_EVERFLOW_CLOCK`` is set to something that is not a time (exit 1, one line)."""
+
+    def __init__(self, problem: str) -> None:
+        self.setting = CLOCK_ENV
+        TargetEverflowError.__init__(self, f"Environment variable {problem}")
+
+
 def is_loopback(host: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1: the only hosts plain http is accepted for (tests)."""
     if host.lower() in {"localhost", "localhost."}:
@@ -461,8 +495,9 @@ def check_postback_url(url: str) -> str:
             "postback_url",
             "must name its host in ASCII (an internationalised domain in its xn-- form)",
         )
+    postback_currency(url)
     for name, _ in parse_qsl(parts.query, keep_blank_values=True):
-        if name.strip().lower() in POSTBACK_PARAMETERS:
+        if name.strip().lower() in POSTBACK_PARAMETERS - FIXABLE_PARAMETERS:
             raise ConfigError(
                 "postback_url",
                 f"its query string sets {name.strip().lower()!r}, a parameter the target sends "
@@ -472,6 +507,35 @@ def check_postback_url(url: str) -> str:
     if (path, query) == (parts.path, parts.query):
         return url
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+FIXABLE_PARAMETERS = frozenset({"currency"})
+"""Postback parameters ``postback_url`` may fix for every postback (a one-currency shop's
+``currency=EUR``): the target then never sends its own."""
+_CURRENCY = re.compile(r"[A-Za-z]{3}", re.ASCII)
+
+
+def postback_currency(url: str | None) -> str | None:
+    """The currency ``postback_url`` fixes (``currency=EUR`` in its query string), upper-cased,
+    or None; ``ConfigError`` when it is not one three-letter code."""
+    if not url:
+        return None
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None  # (check_postback_url says what is wrong with the URL)
+    found = [
+        v for k, v in parse_qsl(query, keep_blank_values=True) if k.strip().lower() == "currency"
+    ]
+    if not found:
+        return None
+    if len(found) > 1 or not _CURRENCY.fullmatch(found[0]):
+        raise ConfigError(
+            "postback_url",
+            "its query string's currency must be one three-letter ISO 4217 code (e.g. "
+            "currency=EUR), the currency of every postback",
+        )
+    return found[0].upper()
 
 
 def check_api_url(url: str) -> str:
@@ -525,6 +589,8 @@ class Settings:
     platform: str
     strict_types: bool
     send_timestamp: bool
+    send_currency: bool
+    max_conversion_age_days: int
     dry_run: bool
     dry_run_output: Path
     dead_letter_path: Path
@@ -546,6 +612,10 @@ class Settings:
     reconcile_report_path: Path
     max_dead_letter_ratio: float
     max_dead_letters: int | None
+    fixed_currency: str | None = None
+    """The currency ``postback_url`` fixes for every postback (``currency=EUR``), if any."""
+    clock: Clock = field(default_factory=Clock)
+    """What "now" is when a conversion's age is judged (``TARGET_EVERFLOW_CLOCK`` pins it)."""
 
     @property
     def state_dir(self) -> Path:
@@ -660,6 +730,15 @@ class Settings:
 
         summary_path = config.get("summary_path")
         ratio = config.get("max_dead_letter_ratio")
+        max_age = _setting(config, "max_conversion_age_days")
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
+            raise ConfigError(
+                "max_conversion_age_days", "must be an integer number of days >= 0 (0 = off)"
+            )
+        try:
+            clock = from_environment()
+        except InvalidClock as exc:
+            raise ClockError(str(exc)) from None
         return cls(
             postback_url=postback_url,
             network_id=network_id,
@@ -672,6 +751,8 @@ class Settings:
             platform=_setting(config, "platform"),
             strict_types=bool(_setting(config, "strict_types")),
             send_timestamp=bool(_setting(config, "send_timestamp")),
+            send_currency=bool(_setting(config, "send_currency")),
+            max_conversion_age_days=max_age,
             dry_run=dry_run,
             dry_run_output=Path(config.get("dry_run_output") or schema_default("dry_run_output")),
             dead_letter_path=dead_letter_path,
@@ -703,6 +784,8 @@ class Settings:
             max_dead_letters=(
                 None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
             ),
+            fixed_currency=postback_currency(postback_url),
+            clock=clock,
         )
 
 

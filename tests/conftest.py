@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from target_everflow.clock import CLOCK_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ENV = "TARGET_EVERFLOW_TEST_POSTGRES_URL"
 REQUIRE_ALL_ENV = "TARGET_EVERFLOW_REQUIRE_ALL_TESTS"
@@ -22,6 +24,19 @@ REQUIRE_ALL_ENV = "TARGET_EVERFLOW_REQUIRE_ALL_TESTS"
 # Recognisable secrets: a test scans every output for them.
 SECRET_TOKEN = "vt-SECRET-token-7f3a"
 SECRET_API_KEY = "sk-SECRET-apikey-91c2"
+
+
+TEST_CLOCK = "2026-12-01T00:00:00Z"
+""""Now" for every test (``TARGET_EVERFLOW_CLOCK``): the tests' data carry fixed dates of
+2025-2026, and no outcome may change as the calendar moves on (max_conversion_age_days)."""
+
+
+@pytest.fixture(autouse=True)
+def pinned_clock(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pins the clock for in-process runs and for every subprocess started with this process's
+    environment (the CLI, the benchmarks' target); a test about the clock sets its own."""
+    monkeypatch.setenv(CLOCK_ENV, TEST_CLOCK)
+    return TEST_CLOCK
 
 
 def postgres_url() -> str:

@@ -234,7 +234,7 @@ def test_json_logs_carry_stream_event_reason_and_message_id(base_config, tmp_pat
     log_config = tmp_path / "logging.yml"
     log_config.write_text(JSON_LOG_CONFIG)
     lines, receiver_args = mixed_input()
-    coupon = track(200, orderId="ORD-42")  # an order id that is not a Number: a dropped field
+    coupon = track(200, orderId={"id": "ORD-42"})  # an order id that is an object: dropped
     lines.insert(-1, json.dumps({"type": "RECORD", "stream": "orders", "record": coupon}))
     config = {**base_config, "max_concurrency": 4, "max_dead_letter_ratio": 1.0}
     with Receiver(**receiver_args) as rx:

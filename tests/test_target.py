@@ -95,7 +95,7 @@ IP_OBJECT = raw_event(
 )
 BAD_ORDER_ID = raw_event(
     context={"ip": "203.0.113.7"},
-    properties={"orderId": "ORD-2026-0042", "total": "41.00"},
+    properties={"orderId": ["ORD-2026-0042"], "total": "41.00"},  # a list: not an order id
     message_id="web-3",
 )
 RAW_RECORDS = [
@@ -399,13 +399,13 @@ def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
         },
         "additionalProperties": True,
     }
-    row = to_warehouse(raw_event(timestamp="2025-12-31T20:00:00-04:00", message_id="wh-dt"))
-    row["received_at"] = "2026-01-01T00:00:09+00:00"
+    row = to_warehouse(raw_event(timestamp="2026-10-31T20:00:00-04:00", message_id="wh-dt"))
+    row["received_at"] = "2026-11-01T00:00:09+00:00"
     mobile_row = to_warehouse(
         raw_event(
             context={"os": {"name": "iOS"}},
             message_id="wh-dt-2",
-            timestamp="2026-01-01T00:00:00+00:00",
+            timestamp="2026-11-01T00:00:00+00:00",
         )
     )
     code, _ = run_in_process(
@@ -413,9 +413,9 @@ def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
     )
     assert code == 0
     (line,) = read_jsonl(Path(base_config["dry_run_output"]))
-    assert line["params"]["timestamp"] == "1767225600"
+    assert line["params"]["timestamp"] == "1793491200"
     (dead,) = read_jsonl(Path(base_config["dead_letter_path"]))[1:]
-    assert dead["record"]["timestamp"] == "2026-01-01T00:00:00+00:00"  # written back as ISO-8601
+    assert dead["record"]["timestamp"] == "2026-11-01T00:00:00+00:00"  # written back as ISO-8601
 
 
 # --- a live run against a loopback server -----------------------------------------------------

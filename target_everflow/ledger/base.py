@@ -46,6 +46,7 @@ METADATA_COLUMNS = (
     "order_id",
     "amount",
     "event_time",
+    "currency",
 )
 """What ``claim(keys, metadata)`` writes for each key (the metadata mapping's keys)."""
 

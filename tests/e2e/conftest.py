@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import pytest
 
+from target_everflow.clock import CLOCK_ENV
 from tests.conftest import postgres_url
 from tests.e2e.fixtures import scenario
 
@@ -92,7 +93,11 @@ class Meltano:
     def __call__(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
     ) -> MeltanoResult:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(_SCRUB_PREFIXES) or k == CLOCK_ENV  # the tests' pinned clock
+        }
         full_env.update(self.env)
         full_env.update(env or {})
         argv = ["--log-level=info", *args]

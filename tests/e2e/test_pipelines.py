@@ -34,7 +34,6 @@ NUMERIC_PARAMS = {
     "amount",
     "latitude",
     "longitude",
-    "order_id",
     "affiliate_id",
     "nid",
     "aid",
@@ -210,6 +209,8 @@ def test_archive_pipeline_sends_each_conversion_once(meltano: Meltano, e2e_dir: 
         )
         run1.check()
         assert_no_secret(run1.stdout + run1.stderr)
+        # the tests' pinned clock reached the target through Meltano (dated data)
+        assert "The clock is pinned by TARGET_EVERFLOW_CLOCK" in run1.stdout + run1.stderr
         first = list(rx.requests)
         assert_postbacks(first, expected_1, label="run 1 (batch 1)")
         summary = read_summary(e2e_dir / "summary-1.json")
