@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
-from target_everflow.mapping import POSTBACK_PARAMETERS
+from target_everflow.fields import POSTBACK_PARAMETERS
 
 STATE_DIR = ".target-everflow"
 

@@ -324,8 +324,7 @@ class DeliveryEngine:
                     )
                     raise DeliveryAborted(self._stop_reason)
                 to_send, waiting = self._claim(waiting, lost_keys)
-        finally:
-            self.dead_letters.flush()
+        finally:  # (the batch's dead letters are flushed once, by the run, after this)
             self.ledger.flush()
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason)

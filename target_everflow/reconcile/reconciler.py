@@ -79,7 +79,7 @@ from target_everflow.reconcile.store import (
     Verdict,
 )
 from target_everflow.settings import ConfigError
-from target_everflow.text import excerpt
+from target_everflow.text import excerpt, utc_time
 from target_everflow.transport import HttpClient
 
 if t.TYPE_CHECKING:
@@ -197,8 +197,8 @@ class ReportingClient:
         sent in UTC), of these transaction ids (``None``: every row of the window).
         ``before_page`` runs before each page is asked (the claims' lease is renewed)."""
         body: dict[str, t.Any] = {
-            "from": _when(start),
-            "to": _when(end),
+            "from": utc_time(start),
+            "to": utc_time(end),
             "timezone_id": UTC_TIMEZONE_ID,
             "currency_id": "USD",
             "show_conversions": True,
@@ -237,15 +237,11 @@ class ReportingClient:
                 return rows
         raise ReconcileError(
             f"Everflow's conversion report had more than {MAX_PAGES} pages of {PAGE_SIZE} rows for "
-            f"{_when(start)} to {_when(end)}; nothing was marked for them."
+            f"{utc_time(start)} to {utc_time(end)}; nothing was marked for them."
         )
 
     def redact(self, text: str) -> str:
         return _redact(text, self._key)
-
-
-def _when(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _day(epoch: float) -> float:

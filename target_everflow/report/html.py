@@ -39,7 +39,7 @@ from target_everflow.accounting.run_history import COLUMNS
 from target_everflow.errors import TargetEverflowError
 from target_everflow.ledger import SQLLedger, open_ledger
 from target_everflow.outcomes import DEAD_LETTER
-from target_everflow.text import clip
+from target_everflow.text import clip, took, utc_time
 
 DAY = 86400.0
 RECON_STATES = ("confirmed", "pending", "rejected", "not_found", "unchecked")
@@ -162,7 +162,7 @@ class Report:
         return out
 
 
-def _day(epoch: float) -> str:
+def _date(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
 
 
@@ -212,7 +212,7 @@ def read_report(ledger: SQLLedger, *, days: int, runs: int, now: float | None = 
     report = Report(
         ledger=ledger.description,
         generated_at=now,
-        days=[_day((first + i) * DAY) for i in range(days)],
+        days=[_date((first + i) * DAY) for i in range(days)],
     )
     reader = _Reader(ledger)
     _read_conversions(reader, report, since=since, now=now)
@@ -253,7 +253,7 @@ def _read_conversions(reader: _Reader, report: Report, *, since: float, now: flo
         event = (_text(values.pop(0)) or NO_EVENT) if report.per_event else NO_EVENT
         recon = (values.pop(0) or "unchecked") if report.reconciliation else None
         count, amount = int(values[0]), float(values[1] or 0)
-        cell = report.cell(_day(int(day_number) * DAY), event)
+        cell = report.cell(_date(int(day_number) * DAY), event)
         if status == "delivered":
             cell.delivered += count
             cell.amount += amount
@@ -300,7 +300,7 @@ def _read_dead_letters(reader: _Reader, report: Report, *, since: float) -> None
         if not isinstance(streams, dict) or started_at is None:
             unread += 1
             continue
-        day = _day(float(started_at))
+        day = _date(float(started_at))
         for events in streams.values():
             if not isinstance(events, dict):
                 continue
@@ -558,26 +558,6 @@ def _reasons(dead: Counter[str]) -> str:
     )
 
 
-def _when(epoch: t.Any) -> str:
-    if epoch is None:
-        return ""
-    try:
-        return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (ValueError, OverflowError, OSError):
-        return ""
-
-
-def _duration(start: t.Any, end: t.Any) -> str:
-    if start is None or end is None:
-        return ""
-    seconds = max(0.0, float(end) - float(start))
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
-
-
 def render(report: Report, *, version: str = "") -> str:
     """The whole page."""
     total = report.total()
@@ -595,7 +575,7 @@ def render(report: Report, *, version: str = "") -> str:
         f"<style>{STYLE}</style></head><body>",
         "<header><h1>Everflow conversions</h1>",
         f'<p>{esc(first)} to {esc(last)} (UTC) &middot; ledger <code id="ledger">{esc(report.ledger)}'
-        f"</code> &middot; generated {esc(_when(report.generated_at))} UTC</p></header><main>",
+        f"</code> &middot; generated {esc(utc_time(report.generated_at))} UTC</p></header><main>",
         '<div class="cards">',
         _card("total-delivered", "Delivered", total.delivered, COLORS["delivered"]),
     ]
@@ -784,8 +764,8 @@ def _runs_table(report: Report) -> str:
         exit_text = "running" if exit_code is None else str(exit_code)
         css = "" if exit_code in (0, None) else ' style="color:#c62828;font-weight:600"'
         out.append(
-            f'<tr data-run="{esc(_text(run.get("run_id")))}"><td class="when">{esc(_when(run.get("started_at")))}</td>'
-            f"<td>{esc(_duration(run.get('started_at'), run.get('ended_at')))}</td>"
+            f'<tr data-run="{esc(_text(run.get("run_id")))}"><td class="when">{esc(utc_time(run.get("started_at")))}</td>'
+            f"<td>{esc(took(run.get('started_at'), run.get('ended_at')))}</td>"
             f'<td class="n" data-metric="exit_code"{css}>{esc(exit_text)}</td>'
         )
         for key, _ in numeric:
