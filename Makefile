@@ -40,11 +40,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make lint: ruff (lint, format check) and mypy; CI runs it before the tests
+## make lint: ruff (lint, format check), mypy and the import rules (lint-imports, pyproject.toml's
+## [tool.importlinter]); CI runs it before the tests
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## make test-fast: everything but the end-to-end pipelines, the soak and the slow lease tests
 test-fast: $(VENV)/.installed-test

@@ -131,7 +131,7 @@ def run_child(
             feeder = subprocess.Popen(generator, stdout=subprocess.PIPE, env=env, cwd=workdir)
             stdin: t.Any = feeder.stdout
         else:
-            stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL  # noqa: SIM115
+            stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL
         started = time.perf_counter()
         proc = subprocess.Popen(
             argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=workdir
@@ -839,12 +839,12 @@ def write_results(out: Path, main: str | None, trickle: str | None) -> None:
 def machine() -> str:
 
     try:
-        import msgspec  # noqa: PLC0415
+        import msgspec
 
         reader = f"msgspec {msgspec.__version__}"
     except ImportError:
         reader = "no msgspec"
-    from importlib.metadata import version  # noqa: PLC0415
+    from importlib.metadata import version
 
     return (
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
@@ -853,7 +853,7 @@ def machine() -> str:
     )
 
 
-def main() -> int:  # noqa: PLR0915
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -316,7 +316,9 @@ class Mapper:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def map(self, event: SegmentEvent | t.Any, stream: str = "") -> Conversion | Outcome:  # noqa: C901, PLR0912 - the seed's rules, in the seed's order
+    def map(
+        self, event: SegmentEvent | t.Any, stream: str = ""
+    ) -> Conversion | Outcome:  # the seed's rules, in the seed's order
         """Map one record's view (``view``; a record given as it is is viewed here). Never
         raises for bad input: that is an ``Outcome`` too."""
         if not isinstance(event, SegmentEvent):

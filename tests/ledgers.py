@@ -16,7 +16,7 @@ import typing as t
 import uuid
 from pathlib import Path
 
-from tests.test_ledger import Backend, backend  # noqa: F401 - the fixture
+from tests.test_ledger import Backend, backend  # the fixture
 
 __all__ = ["Backend", "backend", "cli", "put", "rows"]
 

@@ -338,7 +338,7 @@ def test_the_summary_keeps_mapped_rows_and_the_most_frequent_other_names() -> No
     assert len(rows) == 2 + MAX_OTHER_EVENTS + 1
     assert sum(sum(r[SKIPPED].values()) + r[DELIVERED] for r in rows.values()) == 30_000 + 900
     assert summary.totals() == {DELIVERED: 600, SKIPPED: 30_300, DEAD_LETTER: 0}
-    assert len(summary._others) <= 2000  # noqa: SLF001 - what memory holds stays bounded
+    assert len(summary._others) <= 2000  # what memory holds stays bounded
     assert list(rows)[-1] == OTHER_EVENTS
     assert len(summary.lines()) == 1 + len(rows)
 

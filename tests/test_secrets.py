@@ -169,7 +169,7 @@ def fake_api(status: int, *, tls: ssl.SSLContext | None = None) -> t.Iterator[st
     """The Everflow API; anything but 200 comes with the caller's key echoed in the body."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             key = self.headers.get("X-Eflow-API-Key", "")
             if status == 200:
                 body = NETWORKS if self.path.endswith("/networks") else EVENTS
@@ -427,7 +427,7 @@ def https_receiver(context: ssl.SSLContext) -> t.Iterator[tuple[str, list[str]]]
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", "2")

@@ -424,7 +424,7 @@ def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: t.ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         body = b'{"conversion_id": "c1"}'
         self.send_response(200)

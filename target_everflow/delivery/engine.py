@@ -135,7 +135,7 @@ class _Workers:
             fn, arg, done = item
             try:
                 result = fn(arg)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            except BaseException as exc:  # handed to whoever waits on it
                 result = _Raised(exc)
             done(result)
 
@@ -183,7 +183,7 @@ class DryRunWriter:
 
     def write(self, conversion: Conversion) -> None:
         params = dict(conversion.params)
-        if self._client._token:  # noqa: SLF001 - the dry run shows the client's own token as ***
+        if self._client._token:  # the dry run shows the client's own token as ***
             params["verification_token"] = REDACTED
         line = {
             "message_id": conversion.message_id,
