@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import typing as t
+import warnings
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,166 @@ def base_config(tmp_path: Path) -> dict:
     return {**config_under(tmp_path), "request_timeout": 5}
 
 
+SUBPROCESS_ENV = "TARGET_EVERFLOW_TEST_SUBPROCESS"
+"""Set (to anything) to run every CLI of the tests in a subprocess, as before in-process runs."""
+
+
+def run_cli(
+    args: t.Sequence[str],
+    *,
+    stdin: str = "",
+    cwd: Path,
+    env: dict | None = None,
+    timeout: float = 120,
+    subprocess_run: bool = False,
+) -> RunResult:
+    """``target-everflow <args>``: its exit code, stdout and stderr.
+
+    In this process by default (no interpreter start, no import of the SDK: most of a CLI
+    test's time), as :func:`run_in_process_cli` describes; in a subprocess when
+    ``subprocess_run`` (a test of what only a process shows: signals, pipes, hangs, memory,
+    start-up), when called from a thread other than the main one (runs side by side), or when
+    ``TARGET_EVERFLOW_TEST_SUBPROCESS`` is set.
+    """
+    # (a run from another thread is concurrent with this one: only processes keep them apart)
+    if subprocess_run or os.environ.get(SUBPROCESS_ENV) or not _main_thread():
+        proc = subprocess.run(
+            [sys.executable, "-m", "target_everflow", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            **({} if stdin else {"stdin": subprocess.DEVNULL}),
+        )
+        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_in_process_cli(args, stdin=stdin, cwd=cwd, env=env)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> t.Iterator[None]:
+    """Whatever a CLI run changes in the process, put back afterwards: signal handlers, the
+    logging setup (root handlers, logger levels, the record factory), the garbage collector's
+    policy, the working directory, the environment, sys.argv."""
+    import gc
+    import logging
+
+    signals = {
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGALRM)
+    }
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    logger_state = {
+        lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled, list(lg.filters))
+        for lg in loggers
+    }
+    factory = logging.getLogRecordFactory()
+    disable = logging.root.manager.disable
+    thresholds = gc.get_threshold()
+    cwd = os.getcwd()
+    environ = dict(os.environ)
+    argv = list(sys.argv)
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        logging.setLogRecordFactory(factory)
+        logging.disable(disable)
+        for lg in [logging.getLogger()] + [
+            lg
+            for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
+        ]:
+            if lg in logger_state:
+                handlers, level, propagate, disabled, filters = logger_state[lg]
+            else:  # a logger the run made: as a new one is
+                handlers, level, propagate, disabled, filters = [], logging.NOTSET, True, False, []
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    with contextlib.suppress(Exception):
+                        handler.flush()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+            lg.filters[:] = filters
+        for sig, handler in signals.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def run_in_process_cli(
+    args: t.Sequence[str], *, stdin: str = "", cwd: Path, env: dict | None = None
+) -> RunResult:
+    """``target-everflow <args>`` run by its click command in this process, as the console
+    script runs it: stdin (a regular file holding ``stdin``, as from ``< file``; /dev/null
+    when empty), stdout and stderr captured as bytes, the exit code from SystemExit, the
+    working directory ``cwd``, ``env`` added to the environment. What the run changes in the
+    process is put back (:func:`_process_state_kept`)."""
+    import tempfile
+    import traceback
+
+    from target_everflow.adapter.cli import cli
+    from target_everflow.adapter.reader import SegmentReader
+
+    handle, name = tempfile.mkstemp(prefix="target-everflow-stdin-")
+    stdin_path = Path(name)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(stdin)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n", write_through=True)
+    saved = (sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input)
+    code: t.Any = 0
+    with (
+        _process_state_kept(),
+        warnings.catch_warnings(),
+        open(stdin_path, encoding="utf-8") as source,
+    ):
+        # Python's own warning filters (pytest's are stricter), shown on the run's stderr
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.simplefilter("ignore", ResourceWarning)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+            err.write(warnings.formatwarning(message, category, filename, lineno, line))
+        )
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        sys.argv[:] = ["target-everflow", *args]
+        sys.stdin, sys.stdout, sys.stderr = source, out, err
+        SegmentReader.default_input = source
+        try:
+            cli.main(list(args), prog_name="target-everflow")
+        except SystemExit as exc:
+            code = exc.code
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc(file=err)
+            code = 1
+        finally:
+            sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input = saved
+    stdin_path.unlink()
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1
+        err.write(f"{code}\n")
+        code = 1
+    texts = [stream.buffer.getvalue().decode("utf-8", "replace") for stream in (out, err)]
+    return RunResult(code, *texts)
+
+
 def run_target(
     config: dict,
     lines: list[str],
@@ -152,20 +313,20 @@ def run_target(
     timeout: float = 120,
     env: dict | None = None,
     args: t.Sequence[str] = (),
+    subprocess_run: bool = False,
 ) -> RunResult:
-    """Run the installed CLI in a subprocess, as a pipeline would; return exit code and output."""
+    """Run the CLI as a pipeline would (in this process unless ``subprocess_run``, see
+    :func:`run_cli`); return exit code and output."""
     config_path = tmp_path / f"config-{os.getpid()}-{len(os.listdir(tmp_path))}.json"
     config_path.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--config", str(config_path), *args],
-        input="\n".join(lines) + ("\n" if lines else ""),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_cli(
+        ["--config", str(config_path), *args],
+        stdin="\n".join(lines) + ("\n" if lines else ""),
         cwd=tmp_path,
-        env={**os.environ, **(env or {})},
+        env=env,
+        timeout=timeout,
+        subprocess_run=subprocess_run,
     )
-    return RunResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_in_process(config: dict, lines: list[str], capsys: t.Any = None) -> tuple[int, t.Any]:
