@@ -36,9 +36,23 @@ demo: $(VENV)/.installed
 	@echo "Dead letters:      output/demo/dead_letter.jsonl"
 	@echo "Run summary:       output/demo/summary.json"
 
-## make test: the whole suite, the Meltano/warehouse pipelines included
+# pytest, then its exit status; 5 (it collected no tests: a marker or -k that matches nothing)
+# is said in words, and stays a failure.
+PYTEST = $(BIN)/python -m pytest
+define run_pytest
+	$(PYTEST) $(1) $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests ($(1) $(PYTEST_ARGS))" >&2; fi; \
+	exit $$status
+endef
+# make test's parallel workers (pytest-xdist): most tests wait (on servers, leases, retries)
+# more than they compute, so more workers than cores pays; TEST_WORKERS=0 runs them in order.
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
+
+## make test: the whole suite, the Meltano/warehouse pipelines and the soak included, in
+## parallel (TEST_WORKERS, default 4)
 test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(call run_pytest,$(XDIST))
 
 ## make lint: ruff (lint, format check), mypy and the import rules (lint-imports, pyproject.toml's
 ## [tool.importlinter]); CI runs it before the tests
@@ -50,10 +64,10 @@ lint: $(VENV)/.installed-test
 
 ## make test-fast: everything but the end-to-end pipelines, the soak and the slow lease tests
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not e2e and not soak and not slow" $(PYTEST_ARGS)
+	$(call run_pytest,$(XDIST) -m "not e2e and not soak and not slow")
 
 test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+	$(call run_pytest,$(XDIST) -m e2e)
 
 ## make bench: throughput, memory and streaming-latency benchmarks (writes bench/RESULTS.md);
 ## BENCH_ARGS=--only-trickle: only the latency behind a streaming tap

@@ -64,14 +64,34 @@ FIGURES: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: t.Any) -> None:
-    if FIGURES:
+    if FIGURES and not hasattr(terminalreporter.config, "workerinput"):
         terminalreporter.section("figures", sep="-")
         for line in FIGURES:
             terminalreporter.write_line(line)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: t.Any, error: t.Any) -> None:
+    """(pytest-xdist, in the controller) a worker's figures, shown at the end like ours."""
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (--dist loadgroup) the Meltano pipelines run on one worker, one after
+    another: they share the project's .meltano/ directory."""
+    for item in items:
+        if "e2e" in item.path.relative_to(REPO).parts[:2]:
+            item.add_marker(pytest.mark.xdist_group("meltano"))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In CI every test must run: a skip (missing server, missing tool) fails the run."""
+    """In CI every test must run: a skip (missing server, missing tool) fails the run.
+
+    (Under pytest-xdist this runs in each worker too: a worker hands its figures to the
+    controller, whose reporter sees every worker's skips.)"""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = list(FIGURES)
     if not os.environ.get(REQUIRE_ALL_ENV):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -152,7 +172,7 @@ SUBPROCESS_ENV = "TARGET_EVERFLOW_TEST_SUBPROCESS"
 def run_cli(
     args: t.Sequence[str],
     *,
-    stdin: str = "",
+    stdin: str | bytes = "",
     cwd: Path,
     env: dict | None = None,
     timeout: float = 120,
@@ -170,15 +190,14 @@ def run_cli(
     if subprocess_run or os.environ.get(SUBPROCESS_ENV) or not _main_thread():
         proc = subprocess.run(
             [sys.executable, "-m", "target_everflow", *args],
-            input=stdin,
+            input=stdin.encode() if isinstance(stdin, str) else stdin,
             capture_output=True,
-            text=True,
             timeout=timeout,
             cwd=cwd,
             env={**os.environ, **(env or {})},
             **({} if stdin else {"stdin": subprocess.DEVNULL}),
         )
-        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+        return RunResult(proc.returncode, *(_text(b) for b in (proc.stdout, proc.stderr)))
     return run_in_process_cli(args, stdin=stdin, cwd=cwd, env=env)
 
 
@@ -245,32 +264,56 @@ def _process_state_kept() -> t.Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+def _text(output: bytes) -> str:
+    """A process's output as text; bytes that are not UTF-8 kept (``bytes_of`` gives them back)."""
+    return output.decode("utf-8", "surrogateescape")
+
+
+def bytes_of(text: str) -> bytes:
+    """The bytes of an output :func:`run_cli` gave as text."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def run_in_process_cli(
-    args: t.Sequence[str], *, stdin: str = "", cwd: Path, env: dict | None = None
+    args: t.Sequence[str], *, stdin: str | bytes = "", cwd: Path, env: dict | None = None
 ) -> RunResult:
     """``target-everflow <args>`` run by its click command in this process, as the console
-    script runs it: stdin (a regular file holding ``stdin``, as from ``< file``; /dev/null
-    when empty), stdout and stderr captured as bytes, the exit code from SystemExit, the
+    script runs it: stdin (a regular file holding ``stdin``, as from ``< file``), stdout and stderr captured as bytes, the exit code from SystemExit, the
     working directory ``cwd``, ``env`` added to the environment. What the run changes in the
     process is put back (:func:`_process_state_kept`)."""
     import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="target-everflow-stdin-")
+    stdin_path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(stdin.encode() if isinstance(stdin, str) else stdin)
+        code, out, err = _run_click(args, stdin_path, cwd, env)
+    finally:
+        stdin_path.unlink(missing_ok=True)
+    return RunResult(code, out, err)
+
+
+def _run_click(
+    args: t.Sequence[str], stdin_path: Path, cwd: Path, env: dict | None
+) -> tuple[int, str, str]:
     import traceback
 
     from target_everflow.adapter.cli import cli
     from target_everflow.adapter.reader import SegmentReader
 
-    handle, name = tempfile.mkstemp(prefix="target-everflow-stdin-")
-    stdin_path = Path(name)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(stdin)
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n", write_through=True)
-    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n", write_through=True)
+    out, err = (
+        io.TextIOWrapper(
+            io.BytesIO(), encoding="utf-8", errors=errors, newline="\n", write_through=True
+        )
+        for errors in ("strict", "backslashreplace")  # (as Python's own stdout and stderr)
+    )
     saved = (sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input)
     code: t.Any = 0
     with (
         _process_state_kept(),
         warnings.catch_warnings(),
-        open(stdin_path, encoding="utf-8") as source,
+        open(stdin_path, encoding="utf-8", errors="surrogateescape") as source,
     ):
         # Python's own warning filters (pytest's are stricter), shown on the run's stderr
         warnings.resetwarnings()
@@ -295,14 +338,21 @@ def run_in_process_cli(
             code = 1
         finally:
             sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input = saved
-    stdin_path.unlink()
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1
         err.write(f"{code}\n")
         code = 1
-    texts = [stream.buffer.getvalue().decode("utf-8", "replace") for stream in (out, err)]
-    return RunResult(code, *texts)
+    return code, _text(out.buffer.getvalue()), _text(err.buffer.getvalue())
+
+
+def completed(result: RunResult, *, text: bool = True) -> subprocess.CompletedProcess:
+    """A :func:`run_cli` result as ``subprocess.run`` gives it (``text``: str, else bytes)."""
+    if text:
+        return subprocess.CompletedProcess([], result.code, result.stdout, result.stderr)
+    return subprocess.CompletedProcess(
+        [], result.code, bytes_of(result.stdout), bytes_of(result.stderr)
+    )
 
 
 def run_target(

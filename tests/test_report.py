@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 import typing as t
 from html.parser import HTMLParser
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import known_ledger
-from tests.conftest import postgres_url
+from tests.conftest import completed, postgres_url, run_cli
 from tests.known_ledger import EXPECTED_RUNS, EXPECTED_TOTALS, XSS_EVENT, XSS_HOST
 
 VOID = {"meta", "br", "hr", "img", "input", "link"}
@@ -93,13 +92,7 @@ def report_config(tmp_path: Path, ledger_url: str | None) -> Path:
 
 def run_report(tmp_path: Path, ledger_url: str | None, *args: str) -> subprocess.CompletedProcess:
     config = report_config(tmp_path, ledger_url)
-    return subprocess.run(
-        [sys.executable, "-m", "target_everflow", "report", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    return completed(run_cli(["report", "--config", str(config), *args], cwd=tmp_path))
 
 
 def render_known(tmp_path: Path, ledger: known_ledger.KnownLedger) -> tuple[str, Dom]:
