@@ -18,6 +18,7 @@ from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     REPO,
     dead_letter_records,
+    run_cli,
     run_target,
     singer_lines,
     track,
@@ -330,27 +331,13 @@ def test_meltano_commands_run_the_subcommands(backend: Backend, base_config, tmp
     }
     for name, extra in added.items():
         args = commands[name]["args"].split() + extra
-        proc = subprocess.run(
-            [sys.executable, "-m", "target_everflow", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
-        )
-        assert proc.returncode == 0, (name, proc.stderr)
+        proc = run_cli(args, cwd=tmp_path, env=env)
+        assert proc.code == 0, (name, proc.stderr)
     assert rows(backend) == {}
 
 
 def test_ledger_help_lists_its_commands(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "ledger", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0
+    proc = run_cli(["ledger", "--help"], cwd=tmp_path)
+    assert proc.code == 0
     for command in ("status", "in-doubt", "release", "forget"):
         assert f"  {command} " in proc.stdout, proc.stdout
