@@ -190,12 +190,15 @@ def run_cli(
     if subprocess_run or os.environ.get(SUBPROCESS_ENV) or not _main_thread():
         proc = subprocess.run(
             [sys.executable, "-m", "target_everflow", *args],
-            input=stdin.encode() if isinstance(stdin, str) else stdin,
             capture_output=True,
             timeout=timeout,
             cwd=cwd,
             env={**os.environ, **(env or {})},
-            **({} if stdin else {"stdin": subprocess.DEVNULL}),
+            **(
+                {"input": stdin.encode() if isinstance(stdin, str) else stdin}
+                if stdin
+                else {"stdin": subprocess.DEVNULL}
+            ),
         )
         return RunResult(proc.returncode, *(_text(b) for b in (proc.stdout, proc.stderr)))
     return run_in_process_cli(args, stdin=stdin, cwd=cwd, env=env)
