@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 MELTANO_VENV ?= .venv-meltano
 MELTANO_VERSION ?= 4.4.1
 
-.PHONY: lint demo test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
+.PHONY: lint demo test test-fast test-e2e test-soak bench check-readme clean wheel wheel-check plugin-files
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +49,10 @@ endef
 TEST_WORKERS ?= 4
 XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
-## make test: the whole suite, the Meltano/warehouse pipelines and the soak included, in
-## parallel (TEST_WORKERS, default 4)
-test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(call run_pytest,$(XDIST))
+## make test: the suite in parallel (TEST_WORKERS, default 4), but the Meltano/warehouse
+## pipelines (make test-e2e) and the fault soak (make test-soak), which CI runs after it
+test: $(VENV)/.installed-test
+	$(call run_pytest,$(XDIST) -m "not e2e and not soak")
 
 ## make lint: ruff (lint, format check), mypy and the import rules (lint-imports, pyproject.toml's
 ## [tool.importlinter]); CI runs it before the tests
@@ -66,8 +66,14 @@ lint: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(call run_pytest,$(XDIST) -m "not e2e and not soak and not slow")
 
+## make test-e2e: the Meltano/warehouse pipelines, one after another (they share .meltano/)
 test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(call run_pytest,$(XDIST) -m e2e)
+	$(call run_pytest,-m e2e)
+
+## make test-soak: the fault soak (about a minute of faults, kills and pauses), on its own:
+## its timings are part of what it checks
+test-soak: $(VENV)/.installed-test
+	$(call run_pytest,-m soak)
 
 ## make bench: throughput, memory and streaming-latency benchmarks (writes bench/RESULTS.md);
 ## BENCH_ARGS=--only-trickle: only the latency behind a streaming tap
@@ -91,4 +97,4 @@ plugin-files: $(VENV)/.installed-test
 	$(BIN)/python scripts/update_readme.py
 
 clean:
-	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache dist build
+	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache dist build .import_linter_cache .grimp_cache

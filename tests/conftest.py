@@ -300,6 +300,7 @@ def run_in_process_cli(
 def _run_click(
     args: t.Sequence[str], stdin_path: Path, cwd: Path, env: dict | None
 ) -> tuple[int, str, str]:
+    import logging
     import traceback
 
     from target_everflow.adapter.cli import cli
@@ -327,6 +328,10 @@ def _run_click(
         warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
             err.write(warnings.formatwarning(message, category, filename, lineno, line))
         )
+        # the logging of a fresh interpreter: no handler (pytest's are put back afterwards), so
+        # what the run does not configure goes to logging.lastResort, on the run's stderr
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
         os.chdir(cwd)
         os.environ.update(env or {})
         sys.argv[:] = ["target-everflow", *args]

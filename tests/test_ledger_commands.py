@@ -186,6 +186,13 @@ def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(
     assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
     assert len(cli(config, "history", "--json", tmp_path=tmp_path).json()) == 1
     assert cli(config, "ledger", "forget", tmp_path=tmp_path).code == 2  # --older-than is required
+    for days in ("nan", "inf"):
+        refused = cli(config, "ledger", "forget", "--older-than", days, tmp_path=tmp_path)
+        assert (refused.code, refused.stdout) == (1, "")
+        assert refused.stderr.splitlines() == [
+            f"target-everflow: ledger forget: --older-than must be a number of days, got {days}"
+        ]
+    assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
 
 
 def test_release_refuses_without_a_terminal_or_yes(backend: Backend, base_config, tmp_path):
