@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 MELTANO_VENV ?= .venv-meltano
 MELTANO_VERSION ?= 4.4.1
 
-.PHONY: lint demo demo-meltano test test-fast test-e2e bench check-readme clean wheel wheel-check plugin-files
+.PHONY: lint demo demo-meltano test test-fast test-e2e test-soak bench check-readme clean wheel wheel-check plugin-files
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,22 +52,44 @@ demo-meltano: $(MELTANO_VENV)/.installed
 	@echo "Dead letters:      output/meltano/state/dead_letter.jsonl"
 	@echo "Run summary:       output/meltano/summary.json"
 
-## make test: the whole suite, the Meltano/warehouse pipelines included
-test: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# pytest, then its exit status; 5 (it collected no tests: a marker or -k that matches nothing)
+# is said in words, and stays a failure.
+PYTEST = $(BIN)/python -m pytest
+define run_pytest
+	$(PYTEST) $(1) $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests ($(1) $(PYTEST_ARGS))" >&2; fi; \
+	exit $$status
+endef
+# make test's parallel workers (pytest-xdist): most tests wait (on servers, leases, retries)
+# more than they compute, so more workers than cores pays; TEST_WORKERS=0 runs them in order.
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
-## make lint: ruff (lint, format check) and mypy; CI runs it before the tests
+## make test: the suite in parallel (TEST_WORKERS, default 4), but the Meltano/warehouse
+## pipelines (make test-e2e) and the fault soak (make test-soak), which CI runs after it
+test: $(VENV)/.installed-test
+	$(call run_pytest,$(XDIST) -m "not e2e and not soak")
+
+## make lint: ruff (lint, format check), mypy and the import rules (lint-imports, pyproject.toml's
+## [tool.importlinter]); CI runs it before the tests
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## make test-fast: everything but the end-to-end pipelines, the soak and the slow lease tests
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not e2e and not soak and not slow" $(PYTEST_ARGS)
+	$(call run_pytest,$(XDIST) -m "not e2e and not soak and not slow")
 
+## make test-e2e: the Meltano/warehouse pipelines, one after another (they share .meltano/)
 test-e2e: $(VENV)/.installed-test $(MELTANO_VENV)/.installed
-	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+	$(call run_pytest,-m e2e)
+
+## make test-soak: the fault soak (about a minute of faults, kills and pauses), on its own:
+## its timings are part of what it checks
+test-soak: $(VENV)/.installed-test
+	$(call run_pytest,-m soak)
 
 ## make bench: throughput, memory and streaming-latency benchmarks (writes bench/RESULTS.md);
 ## BENCH_ARGS=--only-trickle: only the latency behind a streaming tap
@@ -96,4 +118,4 @@ plugin-files: $(VENV)/.installed-test
 	$(BIN)/python scripts/update_readme.py
 
 clean:
-	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache dist build
+	rm -rf output .target-everflow everflow_dry_run.jsonl .pytest_cache dist build .import_linter_cache .grimp_cache

@@ -388,7 +388,7 @@ def lines(records: int, seed: int = 7, *, conversions_only: bool = False) -> t.I
 
 
 def write(path: str | None, records: int, seed: int = 7, *, conversions_only: bool = False) -> None:
-    out = open(path, "w", encoding="utf-8") if path else sys.stdout  # noqa: SIM115
+    out = open(path, "w", encoding="utf-8") if path else sys.stdout
     try:
         buf: list[str] = []
         for line in lines(records, seed, conversions_only=conversions_only):

@@ -66,9 +66,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402
-from target_everflow.settings import schema_default  # noqa: E402
-from tests.receiver import ReceiverProcess, read_log  # noqa: E402
+from bench import generate  # noqa: E402 - after the sys.path line
+from target_everflow.settings import schema_default  # noqa: E402 - after the sys.path line
+from tests.receiver import ReceiverProcess, read_log  # noqa: E402 - after the sys.path line
 
 PY = sys.executable
 TOKEN = "bench-verification-token"
@@ -131,7 +131,7 @@ def run_child(
             feeder = subprocess.Popen(generator, stdout=subprocess.PIPE, env=env, cwd=workdir)
             stdin: t.Any = feeder.stdout
         else:
-            stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL  # noqa: SIM115
+            stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL
         started = time.perf_counter()
         proc = subprocess.Popen(
             argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=workdir
@@ -839,12 +839,12 @@ def write_results(out: Path, main: str | None, trickle: str | None) -> None:
 def machine() -> str:
 
     try:
-        import msgspec  # noqa: PLC0415
+        import msgspec
 
         reader = f"msgspec {msgspec.__version__}"
     except ImportError:
         reader = "no msgspec"
-    from importlib.metadata import version  # noqa: PLC0415
+    from importlib.metadata import version
 
     return (
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
@@ -853,7 +853,7 @@ def machine() -> str:
     )
 
 
-def main() -> int:  # noqa: PLR0915
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402
+from bench import generate  # noqa: E402 - after the sys.path line above
 
 CHANGED = ("order_id", "currency", "amount")
 

@@ -32,12 +32,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without the package installed, too
 
-from target_everflow.adapter.target import (  # noqa: E402
+from target_everflow.adapter.target import (  # noqa: E402 - after the sys.path line
     HIDDEN_SDK_SETTINGS,
     TargetEverflow,
     plugin_settings_schema,
 )
-from target_everflow.settings import SETTINGS_GROUP_VALIDATION  # noqa: E402
+from target_everflow.settings import SETTINGS_GROUP_VALIDATION  # noqa: E402 - after the sys.path line
 
 MELTANO_YML = REPO / "meltano.yml"
 VARIANT = "maintainers"

@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without the package installed, too
 
-from target_everflow import fields, settings  # noqa: E402
-from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema  # noqa: E402
+from target_everflow import fields, settings  # noqa: E402 - after the sys.path line above
+from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema  # noqa: E402 - after the sys.path line above
 
 README = REPO / "README.md"
 FIELDS_DOC = REPO / "docs" / "fields.md"

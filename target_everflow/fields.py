@@ -193,6 +193,13 @@ FIELDS: tuple[Field, ...] = (
     Field("context.location.longitude", "longitude", (N,), sources=MOBILE),
 )
 
+IDENTITY_PARAMETERS = ("nid", "transaction_id", "aid", "adv_event_id", "timestamp")
+"""The parameters that say which conversion a postback is (the field table adds the rest)."""
+POSTBACK_PARAMETERS = frozenset(
+    (*IDENTITY_PARAMETERS, "verification_token", *(f.param.split("[", 1)[0] for f in FIELDS))
+)
+"""Every parameter a postback may carry (``verification_token`` is added by the client)."""
+
 
 # --- Type coercion ----------------------------------------------------------------------
 

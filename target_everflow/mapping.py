@@ -69,13 +69,6 @@ CURRENCY = "currency"
 DAY = 86_400
 """Seconds in a day (``max_conversion_age_days``)."""
 
-IDENTITY_PARAMETERS = ("nid", "transaction_id", "aid", "adv_event_id", "timestamp")
-"""The parameters that say which conversion a postback is (the field table adds the rest)."""
-POSTBACK_PARAMETERS = frozenset(
-    (*IDENTITY_PARAMETERS, "verification_token", *(f.param.split("[", 1)[0] for f in FIELDS))
-)
-"""Every parameter a postback may carry (``verification_token`` is added by the client)."""
-
 MOBILE_LIBRARIES = frozenset(
     fold(name)
     for name in (
@@ -361,7 +354,9 @@ class Mapper:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def map(self, event: SegmentEvent | t.Any, stream: str = "") -> Conversion | Outcome:  # noqa: C901, PLR0912 - the seed's rules, in the seed's order
+    def map(
+        self, event: SegmentEvent | t.Any, stream: str = ""
+    ) -> Conversion | Outcome:  # the seed's rules, in the seed's order
         """Map one record's view (``view``; a record given as it is is viewed here). Never
         raises for bad input: that is an ``Outcome`` too."""
         if not isinstance(event, SegmentEvent):

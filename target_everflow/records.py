@@ -265,7 +265,9 @@ class SegmentObject:
         """The value at ``tail`` in ``obj``: each spelling the layout has, longest flattened
         name first, descending into nested objects (and, when ``parse``, into objects kept
         as JSON strings; otherwise it notes that it skipped one)."""
-        where = layout._where.get(tail)  # noqa: SLF001 - Layout.where inlined: a call per lookup level costs ~5% of mapping
+        where = layout._where.get(
+            tail
+        )  # Layout.where inlined: a call per lookup level costs ~5% of mapping
         if where is None:
             where = layout.where(tail)
         n = tail.n

@@ -149,7 +149,8 @@ class Run:
 
     def check_api(self) -> list[str]:
         """The Everflow API check; returns the lines saying what was verified."""
-        from target_everflow.everflow.preflight import PreflightError, run_preflight  # noqa: PLC0415 - only when the check runs
+        # only when the check runs
+        from target_everflow.everflow.preflight import PreflightError, run_preflight
 
         try:
             report = run_preflight(self.settings, logger=self.logger)
@@ -238,7 +239,8 @@ class Run:
 
     def reconcile_after(self) -> int:
         """``reconcile: true``: check what earlier runs delivered (exit code 0 or 6)."""
-        from target_everflow.reconcile.reconciler import reconcile_after_run  # noqa: PLC0415 - only when reconcile is on
+        # only when reconcile is on
+        from target_everflow.reconcile.reconciler import reconcile_after_run
 
         return reconcile_after_run(self.settings, self.ledger, self.logger)
 
@@ -328,7 +330,7 @@ class Run:
                 continue
             try:
                 closer()
-            except Exception as exc:  # noqa: BLE001 - report every failure, close the rest
+            except Exception as exc:  # report every failure, close the rest
                 errors.append(str(exc))
         data = self.summary.as_dict(dry_run=self.settings.dry_run)
         code, threshold = verdict(
@@ -343,7 +345,7 @@ class Run:
         if self.ledger is not None:
             try:
                 self.ledger.close()
-            except Exception as exc:  # noqa: BLE001 - reported like the others
+            except Exception as exc:  # reported like the others
                 errors.append(str(exc))
         self.engine = None
         self.ledger = None
@@ -377,6 +379,6 @@ class Run:
 
 
 def _host(url: str | None) -> str:
-    from urllib.parse import urlsplit  # noqa: PLC0415 - one use
+    from urllib.parse import urlsplit  # one use
 
     return urlsplit(url or "").netloc or "?"

@@ -24,7 +24,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 from target_everflow.clock import CLOCK_ENV, Clock, InvalidClock, from_environment
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
-from target_everflow.mapping import POSTBACK_PARAMETERS
+from target_everflow.fields import POSTBACK_PARAMETERS
 
 STATE_DIR = ".target-everflow"
 

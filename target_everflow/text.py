@@ -1,9 +1,12 @@
 """The small text helpers every module shares: cutting a text short, an excerpt of a
-response or message, the first line of an error, and what kind of JSON value a value is."""
+response or message, the first line of an error, what kind of JSON value a value is, a UTC
+time and how long something took."""
 
 from __future__ import annotations
 
+import math
 import typing as t
+from datetime import datetime, timezone
 from decimal import Decimal
 
 
@@ -38,3 +41,30 @@ def kind_of(value: t.Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def utc_time(epoch: t.Any) -> str:
+    """Epoch seconds as a UTC time to the second (``2026-11-20 18:14:08``); ``""`` for None
+    or a value that is not a time."""
+    if epoch is None:
+        return ""
+    try:
+        return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return ""
+
+
+def took(start: t.Any, end: t.Any) -> str:
+    """How long from ``start`` to ``end`` (epoch seconds): ``4.2 s``, ``3m 07s``, ``2h 05m``;
+    ``""`` when either is unknown or no time (not a finite number, negative, over ten years)."""
+    try:
+        seconds = float(end) - float(start)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 10 * 365 * 86400:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"

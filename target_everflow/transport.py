@@ -201,7 +201,7 @@ class HttpClient:
             self._open.discard(conn)
         try:
             conn.close()
-        except Exception:  # noqa: BLE001, S110 - it is gone either way
+        except Exception:  # it is gone either way
             pass
 
     # -- one request -----------------------------------------------------------------------
@@ -343,7 +343,7 @@ class HttpClient:
         for conn in idle:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001, S110 - best effort while closing
+            except Exception:  # best effort while closing
                 pass
 
 
@@ -357,7 +357,7 @@ def _set_timeout(sock: t.Any, seconds: float) -> None:
 def _close_quietly(response: t.Any) -> None:
     try:
         response.close()
-    except Exception:  # noqa: BLE001, S110 - best effort while closing
+    except Exception:  # best effort while closing
         pass
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import typing as t
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,14 +79,34 @@ FIGURES: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: t.Any) -> None:
-    if FIGURES:
+    if FIGURES and not hasattr(terminalreporter.config, "workerinput"):
         terminalreporter.section("figures", sep="-")
         for line in FIGURES:
             terminalreporter.write_line(line)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: t.Any, error: t.Any) -> None:
+    """(pytest-xdist, in the controller) a worker's figures, shown at the end like ours."""
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (--dist loadgroup) the Meltano pipelines run on one worker, one after
+    another: they share the project's .meltano/ directory."""
+    for item in items:
+        if "e2e" in item.path.relative_to(REPO).parts[:2]:
+            item.add_marker(pytest.mark.xdist_group("meltano"))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In CI every test must run: a skip (missing server, missing tool) fails the run."""
+    """In CI every test must run: a skip (missing server, missing tool) fails the run.
+
+    (Under pytest-xdist this runs in each worker too: a worker hands its figures to the
+    controller, whose reporter sees every worker's skips.)"""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = list(FIGURES)
     if not os.environ.get(REQUIRE_ALL_ENV):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -159,6 +180,204 @@ def base_config(tmp_path: Path) -> dict:
     return {**config_under(tmp_path), "request_timeout": 5}
 
 
+SUBPROCESS_ENV = "TARGET_EVERFLOW_TEST_SUBPROCESS"
+"""Set (to anything) to run every CLI of the tests in a subprocess, as before in-process runs."""
+
+
+def run_cli(
+    args: t.Sequence[str],
+    *,
+    stdin: str | bytes = "",
+    cwd: Path,
+    env: dict | None = None,
+    timeout: float = 120,
+    subprocess_run: bool = False,
+) -> RunResult:
+    """``target-everflow <args>``: its exit code, stdout and stderr.
+
+    In this process by default (no interpreter start, no import of the SDK: most of a CLI
+    test's time), as :func:`run_in_process_cli` describes; in a subprocess when
+    ``subprocess_run`` (a test of what only a process shows: signals, pipes, hangs, memory,
+    start-up), when called from a thread other than the main one (runs side by side), or when
+    ``TARGET_EVERFLOW_TEST_SUBPROCESS`` is set.
+    """
+    # (a run from another thread is concurrent with this one: only processes keep them apart)
+    if subprocess_run or os.environ.get(SUBPROCESS_ENV) or not _main_thread():
+        proc = subprocess.run(
+            [sys.executable, "-m", "target_everflow", *args],
+            capture_output=True,
+            timeout=timeout,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            **(
+                {"input": stdin.encode() if isinstance(stdin, str) else stdin}
+                if stdin
+                else {"stdin": subprocess.DEVNULL}
+            ),
+        )
+        return RunResult(proc.returncode, *(_text(b) for b in (proc.stdout, proc.stderr)))
+    return run_in_process_cli(args, stdin=stdin, cwd=cwd, env=env)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> t.Iterator[None]:
+    """Whatever a CLI run changes in the process, put back afterwards: signal handlers, the
+    logging setup (root handlers, logger levels, the record factory), the garbage collector's
+    policy, the working directory, the environment, sys.argv."""
+    import gc
+    import logging
+
+    signals = {
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGALRM)
+    }
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    logger_state = {
+        lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled, list(lg.filters))
+        for lg in loggers
+    }
+    factory = logging.getLogRecordFactory()
+    disable = logging.root.manager.disable
+    thresholds = gc.get_threshold()
+    cwd = os.getcwd()
+    environ = dict(os.environ)
+    argv = list(sys.argv)
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        logging.setLogRecordFactory(factory)
+        logging.disable(disable)
+        for lg in [logging.getLogger()] + [
+            lg
+            for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
+        ]:
+            if lg in logger_state:
+                handlers, level, propagate, disabled, filters = logger_state[lg]
+            else:  # a logger the run made: as a new one is
+                handlers, level, propagate, disabled, filters = [], logging.NOTSET, True, False, []
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    with contextlib.suppress(Exception):
+                        handler.flush()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+            lg.filters[:] = filters
+        for sig, handler in signals.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _text(output: bytes) -> str:
+    """A process's output as text; bytes that are not UTF-8 kept (``bytes_of`` gives them back)."""
+    return output.decode("utf-8", "surrogateescape")
+
+
+def bytes_of(text: str) -> bytes:
+    """The bytes of an output :func:`run_cli` gave as text."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def run_in_process_cli(
+    args: t.Sequence[str], *, stdin: str | bytes = "", cwd: Path, env: dict | None = None
+) -> RunResult:
+    """``target-everflow <args>`` run by its click command in this process, as the console
+    script runs it: stdin (a regular file holding ``stdin``, as from ``< file``), stdout and stderr captured as bytes, the exit code from SystemExit, the
+    working directory ``cwd``, ``env`` added to the environment. What the run changes in the
+    process is put back (:func:`_process_state_kept`)."""
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="target-everflow-stdin-")
+    stdin_path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(stdin.encode() if isinstance(stdin, str) else stdin)
+        code, out, err = _run_click(args, stdin_path, cwd, env)
+    finally:
+        stdin_path.unlink(missing_ok=True)
+    return RunResult(code, out, err)
+
+
+def _run_click(
+    args: t.Sequence[str], stdin_path: Path, cwd: Path, env: dict | None
+) -> tuple[int, str, str]:
+    import logging
+    import traceback
+
+    from target_everflow.adapter.cli import cli
+    from target_everflow.adapter.reader import SegmentReader
+
+    out, err = (
+        io.TextIOWrapper(
+            io.BytesIO(), encoding="utf-8", errors=errors, newline="\n", write_through=True
+        )
+        for errors in ("strict", "backslashreplace")  # (as Python's own stdout and stderr)
+    )
+    saved = (sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input)
+    code: t.Any = 0
+    with (
+        _process_state_kept(),
+        warnings.catch_warnings(),
+        open(stdin_path, encoding="utf-8", errors="surrogateescape") as source,
+    ):
+        # Python's own warning filters (pytest's are stricter), shown on the run's stderr
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.simplefilter("ignore", ResourceWarning)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+            err.write(warnings.formatwarning(message, category, filename, lineno, line))
+        )
+        # the logging of a fresh interpreter: no handler (pytest's are put back afterwards), so
+        # what the run does not configure goes to logging.lastResort, on the run's stderr
+        logging.getLogger().handlers[:] = []
+        logging.getLogger().setLevel(logging.WARNING)
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        sys.argv[:] = ["target-everflow", *args]
+        sys.stdin, sys.stdout, sys.stderr = source, out, err
+        SegmentReader.default_input = source
+        try:
+            cli.main(list(args), prog_name="target-everflow")
+        except SystemExit as exc:
+            code = exc.code
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc(file=err)
+            code = 1
+        finally:
+            sys.stdin, sys.stdout, sys.stderr, SegmentReader.default_input = saved
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1
+        err.write(f"{code}\n")
+        code = 1
+    return code, _text(out.buffer.getvalue()), _text(err.buffer.getvalue())
+
+
+def completed(result: RunResult, *, text: bool = True) -> subprocess.CompletedProcess:
+    """A :func:`run_cli` result as ``subprocess.run`` gives it (``text``: str, else bytes)."""
+    if text:
+        return subprocess.CompletedProcess([], result.code, result.stdout, result.stderr)
+    return subprocess.CompletedProcess(
+        [], result.code, bytes_of(result.stdout), bytes_of(result.stderr)
+    )
+
+
 def run_target(
     config: dict,
     lines: list[str],
@@ -167,20 +386,20 @@ def run_target(
     timeout: float = 120,
     env: dict | None = None,
     args: t.Sequence[str] = (),
+    subprocess_run: bool = False,
 ) -> RunResult:
-    """Run the installed CLI in a subprocess, as a pipeline would; return exit code and output."""
+    """Run the CLI as a pipeline would (in this process unless ``subprocess_run``, see
+    :func:`run_cli`); return exit code and output."""
     config_path = tmp_path / f"config-{os.getpid()}-{len(os.listdir(tmp_path))}.json"
     config_path.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--config", str(config_path), *args],
-        input="\n".join(lines) + ("\n" if lines else ""),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_cli(
+        ["--config", str(config_path), *args],
+        stdin="\n".join(lines) + ("\n" if lines else ""),
         cwd=tmp_path,
-        env={**os.environ, **(env or {})},
+        env=env,
+        timeout=timeout,
+        subprocess_run=subprocess_run,
     )
-    return RunResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_in_process(config: dict, lines: list[str], capsys: t.Any = None) -> tuple[int, t.Any]:

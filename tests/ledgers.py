@@ -8,15 +8,13 @@ and the command line.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import typing as t
 import uuid
 from pathlib import Path
 
-from tests.test_ledger import Backend, backend  # noqa: F401 - the fixture
+from tests.conftest import run_cli
+from tests.test_ledger import Backend, backend  # the fixture
 
 __all__ = ["Backend", "backend", "cli", "put", "rows"]
 
@@ -53,18 +51,14 @@ class CliResult(t.NamedTuple):
         return json.loads(self.stdout)
 
 
-def cli(config: dict, *args: str, tmp_path: Path, env: dict | None = None) -> CliResult:
-    """``target-everflow <args> --config <config>`` as a subprocess, without a terminal (stdin
-    is /dev/null)."""
+def cli(
+    config: dict, *args: str, tmp_path: Path, env: dict | None = None, subprocess_run: bool = False
+) -> CliResult:
+    """``target-everflow <args> --config <config>`` without a terminal (stdin is empty), in
+    this process unless ``subprocess_run`` (see ``tests/conftest.py``'s ``run_cli``)."""
     path = tmp_path / f"cli-config-{uuid.uuid4().hex[:8]}.json"
     path.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", *args, "--config", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, **(env or {})},
+    result = run_cli(
+        [*args, "--config", str(path)], cwd=tmp_path, env=env, subprocess_run=subprocess_run
     )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return CliResult(*result)

@@ -349,7 +349,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: t.Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: t.Any) -> None:  # stdlib signature
         pass  # the receiver's own records are the log
 
     def _handle(self) -> None:
@@ -493,7 +493,7 @@ class Receiver:
         if self._server is not None:
             return self
         if self.accepted_log_path is not None:
-            self._log = open(self.accepted_log_path, "a", encoding="utf-8")  # noqa: SIM115
+            self._log = open(self.accepted_log_path, "a", encoding="utf-8")
         self._server = _Server(self, self._port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,

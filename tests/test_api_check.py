@@ -691,7 +691,7 @@ def test_a_redirect_is_not_followed() -> None:
     seen: list[dict[str, str]] = []
 
     class Elsewhere(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(dict(self.headers))
             self.send_response(200)
             self.end_headers()
@@ -702,7 +702,7 @@ def test_a_redirect_is_not_followed() -> None:
     other, other_port = _serve(Elsewhere)
 
     class Redirecting(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(302)
             self.send_header("Location", f"http://127.0.0.1:{other_port}/steal")
             self.send_header("Content-Length", "0")

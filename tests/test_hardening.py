@@ -680,20 +680,14 @@ def test_lone_surrogates_from_json_escapes(tmp_path: Path) -> None:
 
 
 def cli_run(tmp_path: Path, payload: bytes) -> tuple[int, str, str, dict]:
-    import subprocess
-    import sys
+    from tests.conftest import bytes_of, run_cli
 
     config = dry(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--config", str(tmp_path / "config.json")],
-        input=payload,
-        capture_output=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    result = run_cli(["--config", str(tmp_path / "config.json")], stdin=payload, cwd=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode("utf-8", "replace"), summary
+    stderr = bytes_of(result.stderr).decode("utf-8", "replace")
+    return result.code, result.stdout, stderr, summary
 
 
 def test_non_utf8_bytes_stop_the_run_at_that_line(tmp_path: Path) -> None:

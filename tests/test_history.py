@@ -31,7 +31,7 @@ def three_runs(config: dict, rx: Receiver, tmp_path: Path) -> list:
         )
     )
     first = singer_lines("orders", [track(i) for i in range(1, 6)], state={"run": 1})
-    results = [run_target(config, first, tmp_path)]
+    results = [run_target(config, first, tmp_path, subprocess_run=True)]  # (its own pid)
     results.append(
         run_target(config, singer_lines("orders", [track(6), track(7)], state={"run": 2}), tmp_path)
     )
@@ -107,10 +107,11 @@ def test_history_after_three_runs_as_a_table_and_as_json(backend: Backend, base_
         "rejected": 1
     }
     for run in runs:
-        assert run["host"] == socket.gethostname() and run["pid"] not in (None, os.getpid())
+        assert run["host"] == socket.gethostname() and isinstance(run["pid"], int)
         assert run["version"] == target_version() and run["version"] != "unknown"
         assert run["run_id"].startswith(f"{run['host']}:{run['pid']}:")
         assert 0 <= run["ended_at"] - run["started_at"] < 120
+    assert runs[2]["pid"] != os.getpid()  # the first run's own process (a subprocess)
     assert (
         runs[0]["started_at"] >= runs[1]["ended_at"] >= runs[1]["started_at"] >= runs[2]["ended_at"]
     )

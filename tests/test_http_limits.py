@@ -318,7 +318,7 @@ def test_close_abandons_a_request_in_flight_at_once() -> None:
         def send() -> None:
             try:
                 client.request("GET", "/")
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 outcome.append(exc)
 
         worker = threading.Thread(target=send, daemon=True)

@@ -17,7 +17,7 @@ def test_keys_past_the_memory_limit_move_to_a_file_and_still_count() -> None:
     assert keys.spilled == 30  # three moves of 10
     assert keys.among([f"m:{i}" for i in range(40)] + ["m:3"]) == {f"m:{i}" for i in range(35)}
     assert "m:0" in keys and "m:34" in keys and "m:35" not in keys
-    path = keys._path  # noqa: SLF001 - the file must go with close()
+    path = keys._path  # the file must go with close()
     assert path is not None and os.path.exists(path)
     keys.close()
     assert not os.path.exists(path)

@@ -18,6 +18,7 @@ from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     REPO,
     dead_letter_records,
+    run_cli,
     run_target,
     singer_lines,
     track,
@@ -185,6 +186,13 @@ def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(
     assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
     assert len(cli(config, "history", "--json", tmp_path=tmp_path).json()) == 1
     assert cli(config, "ledger", "forget", tmp_path=tmp_path).code == 2  # --older-than is required
+    for days in ("nan", "inf"):
+        refused = cli(config, "ledger", "forget", "--older-than", days, tmp_path=tmp_path)
+        assert (refused.code, refused.stdout) == (1, "")
+        assert refused.stderr.splitlines() == [
+            f"target-everflow: ledger forget: --older-than must be a number of days, got {days}"
+        ]
+    assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
 
 
 def test_release_refuses_without_a_terminal_or_yes(backend: Backend, base_config, tmp_path):
@@ -330,27 +338,13 @@ def test_meltano_commands_run_the_subcommands(backend: Backend, base_config, tmp
     }
     for name, extra in added.items():
         args = commands[name]["args"].split() + extra
-        proc = subprocess.run(
-            [sys.executable, "-m", "target_everflow", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
-        )
-        assert proc.returncode == 0, (name, proc.stderr)
+        proc = run_cli(args, cwd=tmp_path, env=env)
+        assert proc.code == 0, (name, proc.stderr)
     assert rows(backend) == {}
 
 
 def test_ledger_help_lists_its_commands(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "ledger", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0
+    proc = run_cli(["ledger", "--help"], cwd=tmp_path)
+    assert proc.code == 0
     for command in ("status", "in-doubt", "release", "forget"):
         assert f"  {command} " in proc.stdout, proc.stdout

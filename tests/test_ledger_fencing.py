@@ -283,7 +283,7 @@ class PauseScenario:
     def drive(self, log: pathlib.Path) -> None:
         try:
             self._drive(log)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             self.error = exc
 
     def _drive(self, log: pathlib.Path) -> None:

@@ -356,9 +356,9 @@ def test_held_and_in_doubt_keys_have_their_metadata(tmp_path: Path) -> None:
     with contextlib.closing(_open(url, tmp_path)) as a:
         a.claim(["k1", "k2"], {"k1": {"transaction_id": "tx-1", "event": "E", "adv_event_id": 0}})
         a.mark_sending("k2")
-        a._owner_is_dead = lambda owner, scope: True  # noqa: SLF001
+        a._owner_is_dead = lambda owner, scope: True
     b = _open(url, tmp_path)
-    b._owner_is_dead = lambda owner, scope: owner != b.owner  # noqa: SLF001 - a's process is gone
+    b._owner_is_dead = lambda owner, scope: owner != b.owner  # a's process is gone
     try:
         meta = {"k2": {"stream": "s", "event": "Order Completed", "transaction_id": "tx-2",
                        "message_id": None, "adv_event_id": 24, "order_id": "7", "amount": 9.5,

@@ -24,7 +24,7 @@ from target_everflow.mapping import Conversion
 def _response(status: int, body: bytes = b"", headers: dict | None = None) -> requests.Response:
     response = requests.Response()
     response.status_code = status
-    response._content = body  # noqa: SLF001
+    response._content = body
     response.headers.update(headers or {})
     return response
 

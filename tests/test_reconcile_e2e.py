@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 import typing as t
 from pathlib import Path
 
-from tests.conftest import SECRET_API_KEY, RunResult, config_under, run_target, singer_lines, track
+from tests.conftest import (
+    SECRET_API_KEY,
+    RunResult,
+    config_under,
+    run_cli,
+    run_target,
+    singer_lines,
+    track,
+)
 from tests.receiver import FakeReporting, Receiver, Verdict
 
 REJECTED = {
@@ -47,11 +52,7 @@ def recent_track(i: int, now: float) -> dict:
 def reconcile_cli(config: dict, tmp_path: Path, *, env: dict | None = None) -> RunResult:
     path = tmp_path / f"config-reconcile-{len(list(tmp_path.glob('config-reconcile-*')))}.json"
     path.write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "reconcile", "--config", str(path)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    return RunResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(["reconcile", "--config", str(path)], cwd=tmp_path, env=env)
 
 
 def ledger_rows(path: Path) -> dict[str, tuple[t.Any, ...]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import known_ledger
-from tests.conftest import postgres_url
+from tests.conftest import completed, postgres_url, run_cli
 from tests.known_ledger import (
     EXPECTED_IN_DOUBT,
     EXPECTED_REJECTED,
@@ -103,13 +103,7 @@ def report_config(tmp_path: Path, ledger_url: str | None) -> Path:
 
 def run_report(tmp_path: Path, ledger_url: str | None, *args: str) -> subprocess.CompletedProcess:
     config = report_config(tmp_path, ledger_url)
-    return subprocess.run(
-        [sys.executable, "-m", "target_everflow", "report", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    return completed(run_cli(["report", "--config", str(config), *args], cwd=tmp_path))
 
 
 def render_known(tmp_path: Path, ledger: known_ledger.KnownLedger) -> tuple[str, Dom]:

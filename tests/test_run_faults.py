@@ -56,9 +56,11 @@ from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     LAUNCHER,
     SECRET_TOKEN,
+    completed,
     config_under,
     dead_letter_records,
     read_jsonl,
+    run_cli,
     run_in_process,
     run_target,
     singer_lines,
@@ -114,6 +116,7 @@ def cli(
     *,
     limit_file_size: int | None = None,
     timeout: float = 180,
+    subprocess_run: bool = False,
 ) -> subprocess.CompletedProcess:
     """The CLI as a pipeline runs it; ``limit_file_size``: no file it writes may grow past that
     many bytes (RLIMIT_FSIZE: a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
@@ -125,6 +128,9 @@ def cli(
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
 
     data = payload.encode() if isinstance(payload, str) else payload
+    if limit_file_size is None and not subprocess_run:  # in this process (conftest's run_cli)
+        result = run_cli(["--config", str(path)], stdin=data, cwd=tmp_path, timeout=timeout)
+        return completed(result, text=False)
     return subprocess.run(
         [sys.executable, "-m", "target_everflow", "--config", str(path)],
         input=data,
@@ -164,7 +170,10 @@ def test_a_record_nested_980_levels_is_dead_lettered_and_the_run_goes_on(
     ]) + "\n"  # fmt: skip
     with Receiver() as rx:
         proc = cli(
-            {**base_config, "postback_url": rx.url, **DEAD_LETTERS_ON_PURPOSE}, payload, tmp_path
+            {**base_config, "postback_url": rx.url, **DEAD_LETTERS_ON_PURPOSE},
+            payload,
+            tmp_path,
+            subprocess_run=True,  # the recursion limit of a process of its own
         )
         sent = sorted(r.transaction_id for r in rx.requests)
     stderr = text_of(proc)
@@ -190,12 +199,13 @@ def test_the_deep_dead_letter_replays(tmp_path: Path) -> None:
         "\n".join([*singer_lines(STREAM, [track(1)]), deep_record_line(), record_line(track(3))])
         + "\n"
     )
-    proc = cli(dry(first), payload, first)
+    proc = cli(dry(first), payload, first, subprocess_run=True)  # (as above)
     assert proc.returncode == 0, text_of(proc)[-3000:]
     assert {p["message_id"] for p in read_jsonl(first / "dry_run.jsonl")} == {"msg-1", "msg-3"}
     replay = tmp_path / "replay"
     replay.mkdir()
-    proc = cli(dry(replay), (first / "state" / "dead_letter.jsonl").read_bytes(), replay)
+    dead = (first / "state" / "dead_letter.jsonl").read_bytes()
+    proc = cli(dry(replay), dead, replay, subprocess_run=True)
     assert proc.returncode == 0, text_of(proc)[-3000:]
     (line,) = dead_letter_lines(replay / "state" / "dead_letter.jsonl")[1:]
     assert nested(DEPTH) in line and '"messageId":"mob-0"' in line
@@ -339,7 +349,7 @@ def test_the_summary_keeps_mapped_rows_and_the_most_frequent_other_names() -> No
     assert len(rows) == 2 + MAX_OTHER_EVENTS + 1
     assert sum(sum(r[SKIPPED].values()) + r[DELIVERED] for r in rows.values()) == 30_000 + 900
     assert summary.totals() == {DELIVERED: 600, SKIPPED: 30_300, DEAD_LETTER: 0}
-    assert len(summary._others) <= 2000  # noqa: SLF001 - what memory holds stays bounded
+    assert len(summary._others) <= 2000  # what memory holds stays bounded
     assert list(rows)[-1] == OTHER_EVENTS
     assert len(summary.lines()) == 1 + len(rows)
 

@@ -4,8 +4,6 @@ neither offered (``--about``, Meltano, README) nor acted on; every setting offer
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from target_everflow.adapter.target import HIDDEN_SDK_SETTINGS, plugin_settings_schema
@@ -14,6 +12,7 @@ from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     config_under,
     dead_letter_records,
+    run_cli,
     run_in_process,
     singer_lines,
     track,
@@ -21,14 +20,9 @@ from tests.conftest import (
 
 
 def about() -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return json.loads(out)
+    result = run_cli(["--about", "--format", "json"], cwd=Path.cwd())
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def test_every_setting_of_the_config_schema_has_a_title() -> None:

@@ -23,12 +23,10 @@ import contextlib
 import html
 import http.server
 import json
-import os
 import re
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 import typing as t
 import urllib.request
@@ -38,10 +36,12 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from target_everflow.settings import CONFIG_SCHEMA
+from tests import conftest
 from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     SECRET_API_KEY,
     SECRET_TOKEN,
+    completed,
     singer_lines,
     track,
 )
@@ -126,14 +126,10 @@ def run_cli(tmp: Path, config: dict, lines: list[str], *, args: t.Sequence[str] 
             env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     path = tmp / f"config-{len(list(tmp.glob('config*')))}.json"
     path.write_text(json.dumps(config))
-    return subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--config", str(path), *args],
-        input=("\n".join(lines) + "\n").encode(),
-        capture_output=True,
-        timeout=120,
-        cwd=tmp,
-        env={**os.environ, **(env or {})},
+    result = conftest.run_cli(
+        ["--config", str(path), *args], stdin="\n".join(lines) + "\n", cwd=tmp, env=env
     )
+    return completed(result, text=False)
 
 
 def files(tmp: Path, **changes: t.Any) -> dict:
@@ -169,7 +165,7 @@ def fake_api(status: int, *, tls: ssl.SSLContext | None = None) -> t.Iterator[st
     """The Everflow API; anything but 200 comes with the caller's key echoed in the body."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             key = self.headers.get("X-Eflow-API-Key", "")
             if status == 200:
                 body = NETWORKS if self.path.endswith("/networks") else EVENTS
@@ -427,7 +423,7 @@ def https_receiver(context: ssl.SSLContext) -> t.Iterator[tuple[str, list[str]]]
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", "2")
@@ -526,10 +522,7 @@ def test_a_remote_postback_url_must_be_https(tmp_path: Path) -> None:
 def run_reconcile(tmp: Path, config: dict) -> subprocess.CompletedProcess:
     path = tmp / f"config-{len(list(tmp.glob('config*')))}.json"
     path.write_text(json.dumps(config))
-    return subprocess.run(
-        [sys.executable, "-m", "target_everflow", "reconcile", "--config", str(path)],
-        capture_output=True, timeout=120, cwd=tmp,
-    )  # fmt: skip
+    return completed(conftest.run_cli(["reconcile", "--config", str(path)], cwd=tmp), text=False)
 
 
 @pytest.mark.parametrize("case", ["rows_echo_the_key", "401_echo", "500_echo", "after_a_run"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = set(CONFIG_SCHEMA["properties"])
@@ -79,13 +80,9 @@ def test_sample_config_has_every_setting_and_is_valid():
 
 
 def test_about_lists_every_setting_and_marks_secrets():
-    out = subprocess.run(
-        [sys.executable, "-m", "target_everflow", "--about", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    about = json.loads(out)
+    result = run_cli(["--about", "--format", "json"], cwd=Path.cwd())
+    assert result.code == 0, result.stderr
+    about = json.loads(result.stdout)
     properties = about["settings"]["properties"]
     assert SETTINGS <= set(properties)
     for name in SECRET_SETTINGS:

@@ -236,7 +236,7 @@ class Soak:
     def drive(self) -> None:
         try:
             self._drive()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             self.error = exc
 
     def _start(self, number: int, resume: int) -> Run:
@@ -370,7 +370,7 @@ class Soak:
                 self.sql("UPDATE {t} SET lease_until = 0 WHERE owner = ? AND status IN ('pending', 'sending')",
                          (opened.group(1),))  # fmt: skip
                 break
-            except Exception:  # noqa: BLE001 - a deadlock or a busy database: again
+            except Exception:  # a deadlock or a busy database: again
                 if attempt == 19:
                     raise
                 time.sleep(0.1)

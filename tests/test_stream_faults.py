@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
+    bytes_of,
+    completed,
     dead_letter_records,
     read_jsonl,
+    run_cli,
     run_target,
     singer_lines,
     track,
@@ -188,22 +189,15 @@ def _config(tmp_path: Path, changes: dict) -> dict:
 def runs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every case through the CLI once, a few at a time (each is its own process)."""
+    """Every case through the CLI once (in this process: tests/conftest.py's run_cli)."""
 
     def run(name: str) -> tuple[Path, subprocess.CompletedProcess]:
         tmp = tmp_path_factory.mktemp(name)
         (tmp / "config.json").write_text(json.dumps(_config(tmp, CASES[name].config)))
-        proc = subprocess.run(
-            [sys.executable, "-m", "target_everflow", "--config", str(tmp / "config.json")],
-            input=CASES[name].payload,
-            capture_output=True,
-            timeout=120,
-            cwd=tmp,
-        )
-        return tmp, proc
+        result = run_cli(["--config", str(tmp / "config.json")], stdin=CASES[name].payload, cwd=tmp)
+        return tmp, completed(result, text=False)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(CASES, pool.map(run, CASES)))
+    return {name: run(name) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -301,3 +295,22 @@ def test_live_run_delivers_what_came_before_the_broken_line_and_resumes(
     summary = json.loads(Path(config["summary_path"]).read_text())
     assert (summary["delivered"], summary["skipped"]) == (12, {"duplicate": 3})
     assert second.states[-1] == {"upto": 29}
+
+
+@pytest.mark.parametrize(
+    "name", ["truncated_line_in_the_middle", "truncated_last_line", "blank_lines_and_crlf"]
+)
+def test_a_pipe_is_read_as_the_file_was(name: str, runs: dict, tmp_path: Path) -> None:
+    """The cases above read their input from a file (in-process runs); from a pipe, as a tap
+    writes it, the reader waits with poll and takes whole lines: the same outcomes."""
+    _, from_file = runs[name]
+    (tmp_path / "config.json").write_text(json.dumps(_config(tmp_path, CASES[name].config)))
+    result = run_cli(
+        ["--config", str(tmp_path / "config.json")],
+        stdin=CASES[name].payload,
+        cwd=tmp_path,
+        subprocess_run=True,  # stdin is a pipe
+    )
+    assert (result.code, bytes_of(result.stdout)) == (from_file.returncode, from_file.stdout)
+    planned = {line["message_id"] for line in read_jsonl(tmp_path / "dry.jsonl")}
+    assert planned == CASES[name].planned

@@ -10,7 +10,6 @@ import http.server
 import json
 import threading
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -424,7 +423,7 @@ def test_date_time_columns_parsed_by_the_sdk(base_config: dict) -> None:
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: t.ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         body = b'{"conversion_id": "c1"}'
         self.send_response(200)
@@ -581,7 +580,7 @@ CLI_CASES = [
 def cli_config_error_runs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[dict, t.Any]]:
-    """The CLI cases, run side by side (each is a separate process)."""
+    """The CLI cases, each run once (in this process: tests/conftest.py's run_cli)."""
     jobs = {
         case: _config_in(tmp_path_factory.mktemp(case), {**SECRETS, **changes})
         for case, changes, _ in CLI_CASES
@@ -592,9 +591,7 @@ def cli_config_error_runs(
         config = jobs[case]
         return run_target(config, lines, Path(config["dry_run_output"]).parent)
 
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        results = dict(zip(jobs, pool.map(run, jobs)))
-    return {case: (jobs[case], results[case]) for case in jobs}
+    return {case: (jobs[case], run(case)) for case in jobs}
 
 
 @pytest.mark.parametrize(("case", "changes", "setting"), CLI_CASES, ids=[c[0] for c in CLI_CASES])

@@ -141,7 +141,7 @@ class _EscapedRecord(logging.LogRecord):
         super().__init__(*args, **kwargs)
         self.name = escape_control(self.name)  # (the SDK names a sink's logger after its stream)
 
-    def getMessage(self) -> str:  # noqa: N802 - logging's name
+    def getMessage(self) -> str:  # logging's name
         return escape_control(super().getMessage())
 
 
@@ -229,7 +229,7 @@ def _stand_in(why: str, message_id: str | None) -> dict[str, t.Any]:
         try:
             dumps(message_id)  # a message id that cannot be written either is left out
             stand_in["messageId"] = message_id
-        except Exception:  # noqa: BLE001, S110 - the stand-in itself must always be writable
+        except Exception:  # the stand-in itself must always be writable
             pass
     return stand_in
 
@@ -290,7 +290,7 @@ class DeadLetters:
         line["at"] = _now_iso()
         try:
             text = dumps(line)
-        except Exception as exc:  # noqa: BLE001 - whatever it is, the record is still kept
+        except Exception as exc:  # whatever it is, the record is still kept
             why = f"the record cannot be written as JSON ({type(exc).__name__}: {str(exc)[:200]})"
             line["record"] = _stand_in(why, message_id)
             text = dumps(line)
@@ -418,7 +418,7 @@ class RunSummary:
         """The row of a mapped event name, else None."""
         try:
             row = self._mapped(event)
-        except Exception:  # noqa: BLE001 - a name the mapper cannot judge is another name
+        except Exception:  # a name the mapper cannot judge is another name
             return None
         return None if row is None else label(row)
 

@@ -43,7 +43,7 @@ class TargetGroup(click.Group):
         return self.commands.get(cmd_name)
 
     def _target_command(self) -> click.Command:
-        from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415 - heavy, load on use
+        from target_everflow.adapter.target import TargetEverflow  # heavy, load on use
 
         return TargetEverflow.cli
 

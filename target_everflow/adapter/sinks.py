@@ -25,8 +25,19 @@ from target_everflow.settings import CONFIG_SCHEMA
 from target_everflow.text import kind_of
 
 if t.TYPE_CHECKING:
-    from target_everflow.adapter.target import TargetEverflow
+    from singer_sdk.target_base import Target
+
     from target_everflow.run import Run
+
+
+class SinkHost(t.Protocol):
+    """What a sink needs of its target (``adapter/target.py``, which imports this module)."""
+
+    run: Run
+    sinks: t.MutableSet[EverflowSink]
+
+    def batch_settled(self) -> None: ...
+
 
 DATELIKE_FORMATS = frozenset({"date-time", "date", "time"})
 
@@ -90,7 +101,7 @@ class EverflowSink(BatchSink):
 
     def __init__(
         self,
-        target: TargetEverflow,
+        target: Target,
         stream_name: str,
         schema: dict,
         key_properties: t.Sequence[str] | None,
@@ -99,8 +110,8 @@ class EverflowSink(BatchSink):
         # ``key_properties`` answers with the stream's own, and ``check_record`` checks them.
         self.stream_key_properties = list(key_properties or [])
         super().__init__(target, stream_name, schema, None)
-        self.target_everflow = target
-        self.run: Run = target.run
+        self.target_everflow = t.cast("SinkHost", target)
+        self.run: Run = self.target_everflow.run
         self.record_validator: t.Any = None
         self.datelike_columns: dict[str, str] = {}
         self.holding = 0

@@ -307,7 +307,9 @@ class TargetEverflow(Target):
         return command
 
     @classmethod
-    def _check_option(cls, ctx: click.Context, _param: click.Parameter, value: bool) -> None:  # noqa: FBT001 - click's callback signature
+    def _check_option(
+        cls, ctx: click.Context, _param: click.Parameter, value: bool
+    ) -> None:  # click's callback signature
         """``--check``: after ``--config`` (an eager option) was read, check and exit."""
         if value:
             cls.print_version(print_fn=cls.logger.info)
@@ -346,7 +348,7 @@ class TargetEverflow(Target):
             try:
                 lines = self.run.check_api()
             except TargetEverflowError as exc:
-                self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+                self.logger.error("%s", exc)  # the message is the whole story
                 return exc.exit_code
             for line in lines:
                 click.echo(line)
@@ -395,7 +397,7 @@ class TargetEverflow(Target):
         """
         if self._terminating is not None or not self.run.opened:
             return self._stopped(exc)
-        self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+        self.logger.error("%s", exc)  # the message is the whole story
         pending = sum(s.holding for s in self.sinks)
         if pending:
             self.logger.info(
@@ -421,7 +423,7 @@ class TargetEverflow(Target):
                 self._terminating,
             )
             return Terminated(self._terminating).exit_code
-        self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+        self.logger.error("%s", exc)  # the message is the whole story
         return exc.exit_code
 
 

@@ -90,7 +90,7 @@ class _Workers:
             fn, arg, done = item
             try:
                 result = fn(arg)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            except BaseException as exc:  # handed to whoever waits on it
                 result = _Raised(exc)
             done(result)
 
@@ -138,7 +138,7 @@ class DryRunWriter:
 
     def write(self, conversion: Conversion) -> None:
         params = dict(conversion.params)
-        if self._client._token:  # noqa: SLF001 - the dry run shows the client's own token as ***
+        if self._client._token:  # the dry run shows the client's own token as ***
             params["verification_token"] = REDACTED
         line = {
             "message_id": conversion.message_id,
@@ -281,8 +281,7 @@ class DeliveryEngine:
                     )
                     raise DeliveryAborted(self._stop_reason)
                 to_send, waiting = self._claim(waiting, lost_keys)
-        finally:
-            self.dead_letters.flush()
+        finally:  # (the batch's dead letters are flushed once, by the run, after this)
             self.ledger.flush()
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason)

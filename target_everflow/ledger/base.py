@@ -71,7 +71,7 @@ lease_clock = _pick_lease_clock()
 
 def default_timeout() -> float:
     """Setting ``ledger_timeout``'s default, from the config schema (the one place defaults live)."""
-    from target_everflow.settings import schema_default  # noqa: PLC0415 - settings pulls in the SDK
+    from target_everflow.settings import schema_default  # load on use
 
     return float(schema_default("ledger_timeout"))
 

@@ -87,7 +87,7 @@ class LedgerIO:
                 job.started = True
             try:
                 job.result = job.fn()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+            except BaseException as e:  # handed to the waiting caller
                 job.error = e
             job.done.set()
 

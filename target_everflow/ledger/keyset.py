@@ -62,7 +62,7 @@ class KeySet:
                     row[0]
                     for row in self._db.execute(
                         f"SELECT key FROM keys WHERE key IN ({marks})", chunk
-                    )  # noqa: S608 - only placeholders are formatted in
+                    )  # only placeholders are formatted in
                 )
         return found
 

@@ -55,7 +55,7 @@ def redact_url(url: str | None) -> str:
     """
     try:
         return _read_url(url or "").shown
-    except Exception:  # noqa: BLE001 - fail closed, whatever went wrong
+    except Exception:  # fail closed, whatever went wrong
         return HIDDEN_URL
 
 
@@ -64,7 +64,7 @@ def url_secrets(url: str) -> frozenset[str]:
     ambiguous URL), to scrub from driver error texts."""
     try:
         return _read_url(url).secrets
-    except Exception:  # noqa: BLE001 - fail closed: any error hides the URL
+    except Exception:  # fail closed: any error hides the URL
         return frozenset({url})
 
 
@@ -129,13 +129,13 @@ def _sqlalchemy_shown(text: str, secrets: set[str], ours: str) -> str:
     secret more often than our own rendering does (ours has every password-like value masked,
     so a secret shows there only where it is also something else, e.g. a user named alike)."""
     try:
-        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only needed here
+        from sqlalchemy.engine import make_url  # only needed here
 
         parsed = make_url(text)
         if parsed.password is not None and str(parsed.password) not in secrets:
             return ours
         shown = parsed.render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not SQLAlchemy's idea of a URL: ours stands
+    except Exception:  # not SQLAlchemy's idea of a URL: ours stands
         return ours
     visible, baseline = shown.replace("***", "\0"), ours.replace("***", "\0")
     if any(visible.count(s) > baseline.count(s) for s in secrets if s):

@@ -103,7 +103,7 @@ from target_everflow.ledger.verdicts import (
 )
 from target_everflow.retry import RateLimiter
 from target_everflow.settings import ConfigError
-from target_everflow.text import excerpt
+from target_everflow.text import excerpt, utc_time
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
@@ -302,8 +302,8 @@ class ReportingClient:
             tid.strip(): ROWS_PER_TRANSACTION for tid in transaction_ids or ()
         }  # fmt: skip
         body: dict[str, t.Any] = {
-            "from": _when(start),
-            "to": _when(end),
+            "from": utc_time(start),
+            "to": utc_time(end),
             "timezone_id": UTC_TIMEZONE_ID,
             "currency_id": "USD",
             "show_conversions": True,
@@ -320,7 +320,7 @@ class ReportingClient:
         kept: collections.Counter[str] = collections.Counter()
         read = 0
         last: bytes | None = None
-        what = f"{_when(start)} to {_when(end)}"
+        what = f"{utc_time(start)} to {utc_time(end)}"
         for number in range(1, MAX_PAGES + 1):
             if before_page is not None:
                 before_page()
@@ -409,10 +409,6 @@ def _failed(exc: ApiError) -> ReconcileError:
     error = ReconcileError(f"Everflow's conversion report could not be read: {exc}")
     error.exit_code = exc.exit_code
     return error
-
-
-def _when(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _day(epoch: float) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import typing as t
-from datetime import datetime, timezone
 
 import jinja2
 
@@ -42,7 +41,7 @@ from target_everflow.report.data import (
     finite,
     text,
 )
-from target_everflow.text import clip
+from target_everflow.text import clip, took, utc_time
 
 MAX_EVENTS_CHARTED = 12
 MAX_CURRENCIES_CHARTED = 8
@@ -76,28 +75,6 @@ _TEMPLATES = jinja2.Environment(
     keep_trailing_newline=True,
 )
 """The page's templates (``templates/`` in this package, shipped in the wheel)."""
-
-
-def when(epoch: t.Any) -> str:
-    if epoch is None:
-        return ""
-    try:
-        return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return ""
-
-
-def duration(start: t.Any, end: t.Any) -> str:
-    if start is None or end is None:
-        return ""
-    seconds = finite(finite(end) - finite(start))
-    if seconds < 0 or seconds > 10 * 365 * 86400:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
 def currency_label(currency: str) -> str:
@@ -223,7 +200,7 @@ def render(report: Report, *, version: str = "") -> str:
         first=report.days[0],
         last=report.days[-1],
         ledger=report.ledger,
-        generated=when(report.generated_at),
+        generated=utc_time(report.generated_at),
         version=version,
         dated_by="send day" if report.by == BY_SEND_DAY else "event day",
         cards=cards,
@@ -258,7 +235,7 @@ def _needs_action(report: Report) -> dict[str, t.Any]:
                 "held": k.status != SENDING_STATUS,
                 "event": text(k.event),
                 "transaction": text(k.transaction_id),
-                "since": when(k.updated_at),
+                "since": utc_time(k.updated_at),
             }
             for k in report.in_doubt_keys
         ],
@@ -271,7 +248,7 @@ def _needs_action(report: Report) -> dict[str, t.Any]:
                 "code_name": code_name(r.error_code),
                 "age": r.error_code in AGE_CODES,
                 "event": text(r.event),
-                "sent": when(r.sent_at),
+                "sent": utc_time(r.sent_at),
                 "message": clip(text(r.error_message), MAX_MESSAGE),
             }
             for r in report.rejected
@@ -368,8 +345,8 @@ def _run_row(run: dict[str, t.Any]) -> dict[str, t.Any]:
     exit_code = run.get("exit_code")
     return {
         "id": text(run.get("run_id")),
-        "started": when(run.get("started_at")),
-        "duration": duration(run.get("started_at"), run.get("ended_at")),
+        "started": utc_time(run.get("started_at")),
+        "duration": took(run.get("started_at"), run.get("ended_at")),
         "exit": "running" if exit_code is None else text(exit_code),
         "failed": exit_code not in (0, None),
         "counts": [{"name": k, "shown": count_text(run.get(k))} for k, _ in RUN_COUNTS],

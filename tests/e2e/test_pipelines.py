@@ -263,7 +263,7 @@ class FakeEverflowAPI:
             def log_message(self, *args: t.Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 key = self.headers.get("X-Eflow-API-Key")
                 api.calls.append((self.path, key))
                 if key != api.api_key:

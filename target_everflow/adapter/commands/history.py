@@ -1,7 +1,7 @@
 """``target-everflow history``: the last runs, from the run history in the ledger's database.
 
 ``target-everflow history --config config.json`` prints the last runs (``--last N``, default 20)
-as a table, or ``--json``. The history itself (what a run records, where): ``target_everflow/accounting/run_history.py``.
+as a table, or ``--json``. The history itself (what a run records, where): ``target_everflow/accounting/run_history.py``, its SQL ``target_everflow/ledger/runs.py``.
 """
 
 from __future__ import annotations
@@ -12,14 +12,9 @@ import typing as t
 import click
 
 from target_everflow.accounting.run_history import COUNTS, DEFAULT_LAST, recent_runs
-from target_everflow.adapter.commands.ledger import configured_ledger, format_table, utc
+from target_everflow.adapter.commands.ledger import configured_ledger, format_table
 from target_everflow.adapter.commands.options import PROG, config_option, json_option
-
-
-def _duration(run: dict[str, t.Any]) -> str:
-    if run["ended_at"] is None:
-        return ""
-    return f"{run['ended_at'] - run['started_at']:.1f} s"
+from target_everflow.text import took, utc_time
 
 
 def _count(value: t.Any) -> str:
@@ -46,8 +41,8 @@ def history_table(runs: list[dict[str, t.Any]]) -> str:
     ]
     rows = [
         [
-            utc(run["started_at"]),
-            _duration(run),
+            utc_time(run["started_at"]),
+            took(run["started_at"], run["ended_at"]),
             "running?" if run["exit_code"] is None else str(run["exit_code"]),
             *(_count(run[name]) for name in COUNTS),
             run["version"] or "",

@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import typing as t
-from datetime import datetime, timezone
 
 import click
 
-from target_everflow.accounting.run_history import forget_runs
 from target_everflow.adapter.commands.options import (
     PROG,
     config_option,
@@ -44,17 +43,20 @@ from target_everflow.ledger import (
     SQLLedger,
     open_ledger,
 )
-from target_everflow.text import clip
+from target_everflow.ledger.admin import (
+    MAX_LISTED,
+    forget,
+    in_doubt_rows,
+    key_counts,
+    releasable,
+    release_unchanged,
+)
+from target_everflow.text import clip, utc_time
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
 STATUSES = (DELIVERED_STATUS, PENDING_STATUS, SENDING_STATUS, HELD_STATUS)
-CLAIM_COLUMNS = ("stream", "event", "transaction_id")
-"""Written at claim time by target versions that record them (reconciliation, issue 13); the
-commands read them where the ledger table has them and show blanks where it does not."""
-MAX_LISTED = 10_000
-"""Most in-doubt keys listed or released at once (a crash leaves at most max_concurrency)."""
 MAX_CELL = 80
 SHOWN_KEYS = 20
 COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a lease all the same
@@ -66,7 +68,7 @@ COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a l
 @contextlib.contextmanager
 def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     """The ledger of ``--config``, opened without pruning; a failure exits with one line."""
-    from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - heavy, load on use
+    from target_everflow.run import LedgerUnavailable  # heavy, load on use
 
     settings = load_target(config).settings
     if (settings.ledger_url or "").strip().lower() == "none":
@@ -92,12 +94,6 @@ def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     finally:
         with contextlib.suppress(LedgerError):
             ledger.close()
-
-
-def utc(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def ago(seconds: float) -> str:
@@ -156,42 +152,18 @@ def ledger_command() -> None:
 def status_command(config: tuple[str, ...], as_json: bool) -> None:
     """Keys by status, and the oldest claim not yet delivered."""
     with configured_ledger(config) as ledger:
-
-        def tx(cur: t.Any) -> tuple[dict[str, int], tuple[t.Any, ...] | None, int, float]:
-            now = ledger.now(cur)
-            cur.execute(ledger.sql("SELECT status, COUNT(*) FROM {t} GROUP BY status"))
-            counts = {str(status): int(n) for status, n in cur.fetchall()}
-            cur.execute(
-                ledger.sql(
-                    "SELECT delivery_key, status, owner, created_at, lease_until FROM {t}"
-                    " WHERE status IN ('pending', 'sending') ORDER BY created_at, delivery_key"
-                    " LIMIT 1"
-                )
-            )
-            oldest = cur.fetchone()
-            cur.execute(
-                ledger.sql(
-                    "SELECT COUNT(*) FROM {t} WHERE status = 'sending'"
-                    " AND (lease_until IS NULL OR lease_until <= ?)"
-                ),
-                (now,),
-            )
-            orphaned = int(cur.fetchone()[0])
-            return counts, oldest, orphaned, now
-
-        counts, oldest, orphaned, now = ledger.transaction(tx, "count keys")
+        counts, oldest, orphaned, now = key_counts(ledger)
         where = ledger.description
     counts = {s: counts.get(s, 0) for s in STATUSES} | counts
-    pending = None
+    pending: dict[str, t.Any] | None = None
     if oldest is not None:
-        key, status, owner, created, lease = oldest
         pending = {
-            "delivery_key": key,
-            "status": status,
-            "run": owner,
-            "claimed_at": created,
-            "lease_until": lease,
-            "lease_expired": lease is None or lease <= now,
+            "delivery_key": oldest.delivery_key,
+            "status": oldest.status,
+            "run": oldest.owner,
+            "claimed_at": oldest.created_at,
+            "lease_until": oldest.lease_until,
+            "lease_expired": oldest.lease_until is None or oldest.lease_until <= now,
         }
     if as_json:
         click.echo(
@@ -232,48 +204,9 @@ def status_command(config: tuple[str, ...], as_json: bool) -> None:
         )
         click.echo(
             f"Oldest pending: {cell(pending['delivery_key'])} ({pending['status']}), claimed "
-            f"{utc(pending['claimed_at'])} UTC ({ago(now - pending['claimed_at'])} ago) by run "
+            f"{utc_time(pending['claimed_at'])} UTC ({ago(now - pending['claimed_at'])} ago) by run "
             f"{cell(pending['run'])}; {state}."
         )
-
-
-def _in_doubt_rows(
-    ledger: SQLLedger, keys: Sequence[str] | None = None
-) -> tuple[list[dict[str, t.Any]], float]:
-    """Rows in doubt: held (``in_doubt``) or *sending* under an expired lease; with ``keys``,
-    those keys' rows whatever their status. Each row has the claim-time columns when the
-    ledger has them (else None)."""
-
-    def tx(cur: t.Any) -> tuple[list[dict[str, t.Any]], float]:
-        now = ledger.now(cur)
-        present = ledger.column_names(cur)
-        extra = [c if c in present else "NULL" for c in CLAIM_COLUMNS]
-        columns = ["delivery_key", "status", "owner", "lease_until", "updated_at", *extra]
-        select = f"SELECT {', '.join(columns)} FROM {{t}}"
-        if keys is None:
-            cur.execute(
-                ledger.sql(
-                    select + " WHERE status = 'in_doubt' OR (status = 'sending'"
-                    " AND (lease_until IS NULL OR lease_until <= ?))"
-                    " ORDER BY updated_at, delivery_key LIMIT ?"
-                ),
-                (now, MAX_LISTED + 1),
-            )
-        else:
-            cur.execute(
-                ledger.sql(select + " WHERE delivery_key {in_keys}"),
-                (ledger.keys_param(list(keys)),),
-            )
-        names = ["delivery_key", "status", "owner", "lease_until", "updated_at", *CLAIM_COLUMNS]
-        return [dict(zip(names, r)) for r in cur.fetchall()], now
-
-    return ledger.transaction(tx, "read in-doubt keys")
-
-
-def _releasable(row: dict[str, t.Any], now: float) -> bool:
-    if row["status"] in (DELIVERED_STATUS, HELD_STATUS):
-        return True
-    return row["lease_until"] is None or row["lease_until"] <= now  # its run is gone
 
 
 def _label(row: dict[str, t.Any]) -> str:
@@ -290,7 +223,7 @@ def _label(row: dict[str, t.Any]) -> str:
 def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
     """In-doubt keys: held for a person, or claimed and sent by a run that died."""
     with configured_ledger(config) as ledger:
-        rows, _ = _in_doubt_rows(ledger)
+        rows, _ = in_doubt_rows(ledger)
         where = ledger.description
     more = len(rows) > MAX_LISTED
     rows = rows[:MAX_LISTED]
@@ -328,7 +261,7 @@ def in_doubt_command(config: tuple[str, ...], as_json: bool) -> None:
                     r["event"],
                     r["transaction_id"],
                     r["owner"],
-                    utc(r["updated_at"]),
+                    utc_time(r["updated_at"]),
                 ]
                 for r in rows
             ],
@@ -369,12 +302,12 @@ def release_command(
         )
     wanted = list(dict.fromkeys(keys))
     with configured_ledger(config) as ledger:
-        rows, now = _in_doubt_rows(ledger, None if all_in_doubt else wanted)
+        rows, now = in_doubt_rows(ledger, None if all_in_doubt else wanted)
         rows = rows[:MAX_LISTED]
         found = {r["delivery_key"] for r in rows}
         missing = [k for k in wanted if k not in found]
-        busy = [r["delivery_key"] for r in rows if not _releasable(r, now)]
-        plan = [r for r in rows if _releasable(r, now)]
+        busy = [r["delivery_key"] for r in rows if not releasable(r, now)]
+        plan = [r for r in rows if releasable(r, now)]
         for key in missing:
             click.echo(f"{cell(key)}: not in the ledger (nothing to release)", err=True)
         for key in busy:
@@ -397,7 +330,7 @@ def release_command(
         if not yes and not click.confirm("Release them?", default=False):
             click.echo("Nothing released.", err=True)
             sys.exit(1)
-        released = _delete_unchanged(ledger, plan)
+        released = release_unchanged(ledger, plan)
     changed = [r["delivery_key"] for r in plan if r["delivery_key"] not in released]
     for key in changed:
         click.echo(f"{cell(key)}: changed meanwhile (claimed by a run): not released", err=True)
@@ -407,29 +340,6 @@ def release_command(
     )
     if missing or busy or changed:
         sys.exit(1)
-
-
-def _delete_unchanged(ledger: SQLLedger, rows: Sequence[dict[str, t.Any]]) -> set[str]:
-    """Delete each row if it is still as it was read (same status and owner, and a pending or
-    sending one still without a live lease); return the keys deleted."""
-
-    def tx(cur: t.Any) -> set[str]:
-        now = ledger.now(cur)
-        deleted: set[str] = set()
-        for row in rows:
-            cur.execute(
-                ledger.sql(
-                    "DELETE FROM {t} WHERE delivery_key = ? AND status = ? AND owner = ?"
-                    " AND (status IN ('delivered', 'in_doubt')"
-                    " OR lease_until IS NULL OR lease_until <= ?)"
-                    " RETURNING delivery_key"
-                ),
-                (row["delivery_key"], row["status"], row["owner"], now),
-            )
-            deleted.update(r[0] for r in cur.fetchall())
-        return deleted
-
-    return ledger.transaction(tx, "release keys")
 
 
 @ledger_command.command("forget")
@@ -447,9 +357,12 @@ def forget_command(config: tuple[str, ...], days: float) -> None:
 
     A conversion replayed after its key is forgotten is no longer recognised as a duplicate.
     """
+    if not math.isfinite(days):  # (click's FloatRange lets nan and inf through)
+        fail(
+            TargetEverflowError(f"ledger forget: --older-than must be a number of days, got {days}")
+        )
     with configured_ledger(config) as ledger:
-        keys = ledger.prune(days)
-        runs = forget_runs(ledger, days)
+        keys, runs = forget(ledger, days)
         where = ledger.description
     click.echo(
         f"Forgot {keys} delivered or held key(s) and {runs} run(s) older than {days:g} "

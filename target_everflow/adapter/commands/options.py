@@ -13,7 +13,7 @@ from target_everflow.errors import TargetEverflowError
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from target_everflow.adapter.target import TargetEverflow
+    from target_everflow.adapter.target import TargetEverflow  # heavy, loaded when a command runs
 
 PROG = "target-everflow"
 
@@ -38,9 +38,9 @@ def json_option(what: str) -> Callable[[Callable[..., t.Any]], Callable[..., t.A
 def load_target(config: Sequence[str]) -> TargetEverflow:
     """The target built from ``--config`` exactly as a run would build it (schema defaults,
     validation, ENV parsing); a bad setting exits 1 with one line."""
-    from singer_sdk.exceptions import ConfigValidationError  # noqa: PLC0415 - heavy, loaded when a command runs
+    from singer_sdk.exceptions import ConfigValidationError  # heavy, loaded when a command runs
 
-    from target_everflow.adapter.target import TargetEverflow  # noqa: PLC0415 - heavy, loaded when a command runs
+    from target_everflow.adapter.target import TargetEverflow
 
     parse_env = "ENV" in config
     files = [c for c in config if c != "ENV"]

@@ -82,7 +82,7 @@ def report_command(config: tuple[str, ...], output: Path, days: int, runs: int, 
             timeout=settings.ledger_timeout,
         )
     except LedgerError as exc:
-        from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - the run's exit code 4
+        from target_everflow.run import LedgerUnavailable  # the run's exit code 4
 
         fail(LedgerUnavailable(str(exc)))
     except TargetEverflowError as exc:
