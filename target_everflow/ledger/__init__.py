@@ -85,13 +85,20 @@ The package
   row statuses, :class:`NullLedger`;
 * ``urls.py``: reading ``ledger_url`` (SQLite path, libpq keywords, ``table=``) and
   :func:`redact_url`;
-* ``sql.py``: :class:`SQLLedger`, what both SQL backends share, and the public helpers the run
-  history, reconciliation, operator commands and report use (``transaction``, ``sql``,
-  ``keys_param``, ``now``, ``query``, ``column_names``, ``lock_for_ddl``, ``table``,
-  ``dialect``);
+* ``backend.py``: :class:`Backend`, what a database must provide (the connection,
+  placeholders, array parameters, the statements written differently, what its errors mean),
+  and :class:`Identity` (this run's owner, scope and lease);
+* ``sql.py``: :class:`SQLLedger`, the ledger: one object owning one backend, and the public
+  helpers the run history, reconciliation, operator commands and report use (``transaction``,
+  ``sql``, ``keys_param``, ``now``, ``query``, ``column_names``, ``lock_for_ddl``, ``table``,
+  ``dialect``, ``real_type``);
 * ``io.py`` (the I/O thread and its deadlines), ``marks.py`` (the group commit),
-  ``claims.py`` (owners and the claim transaction), ``schema.py`` (create, upgrade in place);
-* ``sqlite.py``, ``postgres.py``: the backends; :func:`open_ledger` (here) picks one.
+  ``claims.py`` (owners and the claim statements), ``schema.py`` (create, upgrade in place),
+  ``leases.py`` (the heartbeat): functions of a backend and an identity, called by the ledger;
+* ``sqlite.py``, ``postgres.py``: the backends (:class:`SQLiteBackend`,
+  :class:`PostgresBackend`) and the ledgers on them; :func:`open_ledger` (here) picks one.
+
+No module of the package uses another's private names, and none imports another in a cycle.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ import pathlib
 import urllib.parse
 from typing import Any
 
+from target_everflow.ledger.backend import Backend, Identity
 from target_everflow.ledger.base import (
     DEFAULT_SQLITE_RELPATH,
     DEFAULT_TABLE,
@@ -118,10 +126,10 @@ from target_everflow.ledger.base import (
     lease_clock,
 )
 from target_everflow.ledger.io import ANSWER_MARGIN, STOP_FLOOR
-from target_everflow.ledger.postgres import PostgresLedger
+from target_everflow.ledger.postgres import PostgresBackend, PostgresLedger
 from target_everflow.ledger.schema import ADDED_COLUMNS
 from target_everflow.ledger.sql import PRUNE_BATCH, SQLLedger
-from target_everflow.ledger.sqlite import SQLiteLedger
+from target_everflow.ledger.sqlite import SQLiteBackend, SQLiteLedger
 from target_everflow.ledger.urls import (
     HIDDEN_URL,
     is_postgres,
@@ -136,11 +144,13 @@ _url_secrets = url_secrets  # the name before the package (tests use it)
 __all__ = [
     "ADDED_COLUMNS",
     "ANSWER_MARGIN",
+    "Backend",
     "DEFAULT_SQLITE_RELPATH",
     "DEFAULT_TABLE",
     "DELIVERED_STATUS",
     "HELD_STATUS",
     "HIDDEN_URL",
+    "Identity",
     "METADATA_COLUMNS",
     "PENDING_STATUS",
     "PRUNE_BATCH",
@@ -151,8 +161,10 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "NullLedger",
+    "PostgresBackend",
     "PostgresLedger",
     "SQLLedger",
+    "SQLiteBackend",
     "SQLiteLedger",
     "lease_clock",
     "open_ledger",
