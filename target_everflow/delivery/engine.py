@@ -2,9 +2,11 @@
 
 For one batch of conversions, ``DeliveryEngine.deliver``:
 
-1. claims every key in the ledger (one transaction): keys already delivered are duplicates,
-   keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys pending under a
-   live run are waited for;
+1. claims the keys in the ledger in chunks (one transaction each, :func:`claim_chunk` keys,
+   a chunk claimed while the one before is being sent): keys already delivered are
+   duplicates, keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys
+   pending under a live run are waited for. Small chunks let runs reading the same input share
+   it: each claims the chunks the others have not taken yet, and skips (waits for) theirs;
 2. sends the claimed ones over one pooled session, ``max_concurrency`` at a time, each attempt
    through the global ``RateLimiter``, transient failures retried per the ``RetryPolicy``;
 3. accounts for each: accepted -> marked delivered in the ledger (group-committed); rejected or
@@ -49,6 +51,14 @@ if t.TYPE_CHECKING:
 
 SETTLE_EVERY = 0.005
 """Seconds the engine lets results gather before it settles them (a postback takes longer)."""
+MIN_CLAIM_CHUNK = 32
+"""The fewest keys claimed in one transaction (each claim is a commit)."""
+
+
+def claim_chunk(concurrency: int) -> int:
+    """Keys claimed per transaction: about what the senders take in one round, so a run holds
+    few claims it is not sending yet (another run reading the same input takes the rest)."""
+    return max(MIN_CLAIM_CHUNK, concurrency)
 
 
 class RateLimiter:
@@ -263,6 +273,8 @@ class DeliveryEngine:
         self.busy_wait = busy_wait
         self.stop_grace = stop_grace
         self.metrics = metrics
+        self.concurrency = concurrency
+        self.claim_chunk = claim_chunk(concurrency)
         self._pool = _Workers(concurrency, "postback")
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -296,12 +308,12 @@ class DeliveryEngine:
             return
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason or "the run is stopping")
-        to_send, waiting = self._claim(conversions)
+        todo = conversions
         lost_keys: set[str] = set()
         deadline: float | None = None
         try:
             while True:
-                lost = self._send(to_send)
+                waiting, lost = self._claim_and_send(todo, lost_keys)
                 # Claims another run took over while this one was paused: it sends them. They
                 # are waited for like any claim a live run holds, until it has recorded them
                 # (skipped here: claimed_elsewhere) or let them go (ours again), so that no
@@ -323,23 +335,45 @@ class DeliveryEngine:
                         or f"{len(waiting)} conversions stayed claimed by another live run"
                     )
                     raise DeliveryAborted(self._stop_reason)
-                to_send, waiting = self._claim(waiting, lost_keys)
+                todo = waiting
         finally:
             self.dead_letters.flush()
             self.ledger.flush()
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason)
 
-    def _send(self, to_send: list[Conversion]) -> list[Conversion]:
-        """Send (or, in a dry run, plan) them; return those whose claim was lost."""
-        if self.dry_run is None:
-            return self._send_all(to_send)
+    def _claim_and_send(
+        self, todo: list[Conversion], lost_keys: set[str]
+    ) -> tuple[list[Conversion], list[Conversion]]:
+        """Claim and send (or, in a dry run, plan) ``todo``; return those another live run
+        holds (to claim again later) and those whose claim was lost while sending."""
+        waiting: list[Conversion] = []
+        if self.dry_run is not None:  # (no other run shares a dry run's ledger: one claim)
+            to_send, waiting = self._claim(todo, lost_keys)
+            self._plan(to_send)
+            return waiting, []
+        chunks = iter(range(0, len(todo), self.claim_chunk))
+
+        def feed() -> list[Conversion] | None:
+            """The next chunk's conversions to send (maybe none); None when all are claimed."""
+            start = next(chunks, None)
+            if start is None:
+                return None
+            to_send, busy = self._claim(todo[start : start + self.claim_chunk], lost_keys)
+            waiting.extend(busy)
+            return to_send
+
+        lost = self._send_all(feed)
+        return waiting, lost
+
+    def _plan(self, to_send: list[Conversion]) -> None:
+        """Dry run: write the planned postbacks."""
+        assert self.dry_run is not None
         for conversion in to_send:
             self.dry_run.write(conversion)
             self.ledger.mark_delivered(conversion.key, 0)
             self._count(conversion, DELIVERED)
         self.dry_run.flush()
-        return []
 
     def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
         self.summary.count(conversion.stream, conversion.event, kind, reason)
@@ -432,21 +466,37 @@ class DeliveryEngine:
             self.ledger.mark_held(held)
         return to_send, busy
 
-    def _send_all(self, conversions: list[Conversion]) -> list[Conversion]:
-        """Send them; return those whose claim another run took over (not sent, not counted)."""
-        if not conversions:
-            return []
+    def _send_all(self, feed: t.Callable[[], list[Conversion] | None]) -> list[Conversion]:
+        """Send what ``feed()`` claims, chunk by chunk (None: nothing left); return those whose
+        claim another run took over (not sent, not counted).
+
+        The next chunk is claimed once fewer than ``max_concurrency`` + one chunk are waiting
+        or in flight: the senders never run dry, and this run holds about one chunk of claims
+        it is not sending yet."""
         # Each call reports its result on a queue: settling one is O(1), and results that
         # arrived together are settled together (SETTLE_EVERY), so the main thread does not
         # wake for every postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
-        for conversion in conversions:
-            self._pool.submit(self._send_one, conversion, finished.put)
-        pending = len(conversions)
+        ahead = self.concurrency + self.claim_chunk
+        pending = 0
+        fed_all = False
+
+        def top_up() -> None:
+            nonlocal pending, fed_all
+            while not fed_all and pending < ahead and not self._stop.is_set():
+                chunk = feed()
+                if chunk is None:
+                    fed_all = True
+                    return
+                for conversion in chunk:
+                    self._pool.submit(self._send_one, conversion, finished.put)
+                pending += len(chunk)
+
         grace_deadline: float | None = None
         release: list[str] = []
         lost: list[Conversion] = []
         try:
+            top_up()
             while pending:
                 try:
                     result = finished.get(timeout=0.25)
@@ -462,6 +512,7 @@ class DeliveryEngine:
                             result = finished.get_nowait()
                         except queue.Empty:
                             break
+                    top_up()
                     if pending and not self._stop.is_set():
                         time.sleep(SETTLE_EVERY)
                 if self._stop.is_set() and pending:
