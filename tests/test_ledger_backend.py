@@ -7,10 +7,12 @@ from __future__ import annotations
 import ast
 import pathlib
 
-from target_everflow.ledger import PostgresLedger, SQLiteLedger
+from target_everflow.ledger import PostgresLedger, SQLiteLedger, SQLLedger
 from target_everflow.ledger.backend import Backend
 from target_everflow.ledger.postgres import PostgresBackend
 from target_everflow.ledger.sqlite import SQLiteBackend
+from tests.test_ledger import Backend as Location
+from tests.test_ledger import backend  # noqa: F401 - the fixture (SQLite, PostgreSQL)
 
 LEDGER = pathlib.Path(__file__).resolve().parents[1] / "target_everflow" / "ledger"
 PACKAGE = "target_everflow.ledger"
@@ -111,3 +113,22 @@ def test_the_backend_classifies_postgresql_errors() -> None:
     assert not pg.retryable(PgError("55P03"))
     assert "lock_timeout" in pg.describe_error(PgError("55P03"))
     assert "statement_timeout" in pg.describe_error(PgError("57014"))
+
+
+def test_fence_records_answers_and_fences_the_next_in_one_commit(backend: Location) -> None:  # noqa: F811 - the fixture
+    ledger = backend.open()
+    assert isinstance(ledger, SQLLedger)
+    ledger.claim(["a", "b", "c", "d"])
+    assert ledger.fence(["a"]) == {"a"}
+    backend.sql("UPDATE {t} SET owner = 'elsewhere:1:x' WHERE delivery_key = ?", ("d",))
+    commits = ledger.writer_commits
+    # a's answer and the fences of the next three: one transaction; d is another run's now
+    assert ledger.fence(["b", "c", "d"], [("a", 200)]) == {"b", "c"}
+    assert ledger.writer_commits == commits + 1
+    rows = dict(backend.sql("SELECT delivery_key, status FROM {t}"))
+    assert rows == {"a": "delivered", "b": "sending", "c": "sending", "d": "pending"}
+    # answers alone are only queued: the writer (or flush) commits them
+    assert ledger.fence([], [("b", 200), ("c", 200)]) == set()
+    ledger.flush()
+    assert dict(backend.sql("SELECT delivery_key, status FROM {t}"))["c"] == "delivered"
+    ledger.close()

@@ -19,6 +19,7 @@ file are durable, which is what lets the SDK emit STATE after it.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -470,33 +471,61 @@ class DeliveryEngine:
         """Send what ``feed()`` claims, chunk by chunk (None: nothing left); return those whose
         claim another run took over (not sent, not counted).
 
-        The next chunk is claimed once fewer than ``max_concurrency`` + one chunk are waiting
-        or in flight: the senders never run dry, and this run holds about one chunk of claims
-        it is not sending yet."""
+        The main thread dispatches: ``max_concurrency`` slots, and each tick (results that
+        arrived together, :data:`SETTLE_EVERY`) one ledger commit, :meth:`Ledger.fence`, records
+        the answers of the slots that freed up (delivered marks) and fences the conversions
+        that take them (sending marks, before they leave). A slot's next postback is fenced in
+        the commit that records its last one, so a killed run leaves at most
+        ``max_concurrency`` conversions in doubt. The next chunk is claimed once fewer than
+        ``max_concurrency`` claimed conversions wait for a slot: the slots never run dry, and
+        this run holds few claims it is not sending (another run reading the same input takes
+        the rest)."""
         # Each call reports its result on a queue: settling one is O(1), and results that
-        # arrived together are settled together (SETTLE_EVERY), so the main thread does not
-        # wake for every postback.
+        # arrived together are settled together, so the main thread does not wake for every
+        # postback, and the ledger commits once per tick, not once per postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
-        ahead = self.concurrency + self.claim_chunk
+        ready: collections.deque[Conversion] = collections.deque()
+        free = self.concurrency
         pending = 0
         fed_all = False
-
-        def top_up() -> None:
-            nonlocal pending, fed_all
-            while not fed_all and pending < ahead and not self._stop.is_set():
-                chunk = feed()
-                if chunk is None:
-                    fed_all = True
-                    return
-                for conversion in chunk:
-                    self._pool.submit(self._send_one, conversion, finished.put)
-                pending += len(chunk)
-
         grace_deadline: float | None = None
         release: list[str] = []
         lost: list[Conversion] = []
+        delivered: list[tuple[str, int]] = []
+
+        def dispatch() -> None:
+            """Claim ahead, then fence and start what the free slots take (one commit, with
+            the delivered marks gathered since the last one); again while claims found lost
+            leave slots free."""
+            nonlocal pending, free, fed_all, delivered
+            while True:
+                while not fed_all and len(ready) < self.concurrency and not self._stop.is_set():
+                    chunk = feed()
+                    if chunk is None:
+                        fed_all = True
+                    else:
+                        ready.extend(chunk)
+                take = (
+                    []
+                    if self._stop.is_set()
+                    else [ready.popleft() for _ in range(min(free, len(ready)))]
+                )
+                if not take and not delivered:
+                    return
+                marks, delivered = delivered, []
+                fenced = self.ledger.fence([c.key for c in take], marks)
+                for conversion in take:
+                    if conversion.key in fenced:
+                        self._pool.submit(self._send_one, conversion, finished.put)
+                        free -= 1
+                        pending += 1
+                    else:  # another run took the claim over (this run was paused): it sends it
+                        lost.append(conversion)
+                if len(fenced) == len(take):
+                    return
+
         try:
-            top_up()
+            dispatch()
             while pending:
                 try:
                     result = finished.get(timeout=0.25)
@@ -505,14 +534,15 @@ class DeliveryEngine:
                 else:
                     while True:
                         pending -= 1
+                        free += 1
                         if isinstance(result, _Raised):
                             raise result.error
-                        self._settle(result, release, lost)
+                        self._settle(result, release, lost, delivered)
                         try:
                             result = finished.get_nowait()
                         except queue.Empty:
                             break
-                    top_up()
+                    dispatch()
                     if pending and not self._stop.is_set():
                         time.sleep(SETTLE_EVERY)
                 if self._stop.is_set() and pending:
@@ -533,6 +563,9 @@ class DeliveryEngine:
                         )
                         pending = 0
         finally:
+            if delivered:  # (queued: the writer commits them; flush() waits for that)
+                self.ledger.fence((), delivered)
+            release.extend(c.key for c in ready)  # claimed, never sent: the run is stopping
             if lost:
                 self.logger.warning(
                     "%d conversion(s) of this batch were not sent: another run took their claims "
@@ -548,7 +581,13 @@ class DeliveryEngine:
                 self.ledger.release(release)
         return lost
 
-    def _settle(self, result: _Result, release: list[str], lost: list[Conversion]) -> None:
+    def _settle(
+        self,
+        result: _Result,
+        release: list[str],
+        lost: list[Conversion],
+        delivered: list[tuple[str, int]],
+    ) -> None:
         conversion, answer = result.conversion, result.answer
         if result.claim_lost:  # another run owns it now and sends it: counted once it has
             lost.append(conversion)
@@ -556,7 +595,8 @@ class DeliveryEngine:
         if answer is None:  # not sent: the run is stopping; a later run sends it
             release.append(conversion.key)
             return
-        if answer.verdict is Verdict.ACCEPTED:  # marked delivered by its worker already
+        if answer.verdict is Verdict.ACCEPTED:  # marked delivered with the next fence
+            delivered.append((conversion.key, answer.status or 0))
             self._count(conversion, DELIVERED)
         elif result.settled:  # dead-lettered as in doubt by its worker
             pass
@@ -622,8 +662,8 @@ class DeliveryEngine:
             # holds the claim (a run paused past its lease may have lost it to another run,
             # which sends it). Durable before it leaves: only claims that may have been sent
             # can be in doubt after a crash, so a killed run leaves at most its in-flight
-            # requests in doubt.
-            if not self.ledger.mark_sending(conversion.key):
+            # requests in doubt. The dispatcher fenced the first attempt (Ledger.fence).
+            if attempts and not self.ledger.mark_sending(conversion.key):
                 return _Result(conversion, answer, attempts, claim_lost=True)
             with self._lock:
                 self.in_flight += 1
@@ -641,11 +681,9 @@ class DeliveryEngine:
             self.summary.bump("requests")
             if answer.status == 429:
                 self.summary.bump("http_429")
-            if answer.verdict is Verdict.ACCEPTED:
-                # Queued before this worker's next mark_sending, which waits for the commit of
-                # both: a worker never has more than one unrecorded postback.
-                self.ledger.mark_delivered(conversion.key, answer.status or 0)
-            elif answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):
+            # Accepted: the dispatcher marks it delivered in the commit that fences the next
+            # postback of this slot, so a slot never has more than one unrecorded postback.
+            if answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):
                 # Everflow answered and did not record it: not in doubt if this run dies now,
                 # so the claim goes before the worker takes its next conversion (a killed run
                 # leaves at most max_concurrency claims in doubt). A later run may send it again.

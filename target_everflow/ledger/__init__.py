@@ -6,14 +6,16 @@ How the exactly-once guarantee is built
 Each conversion has a *delivery key* (computed by ``mapping.py``). The delivery engine uses the
 ledger like this, for one batch::
 
-    statuses = ledger.claim(keys)          # ONE transaction for the whole batch
-    # CLAIMED   -> send it, each attempt after ledger.mark_sending(key) returned True (the fence)
+    statuses = ledger.claim(keys)          # ONE transaction per chunk (max_concurrency keys)
+    # CLAIMED   -> send it, each attempt after its fence returned True (ledger.fence for a
+    #              dispatcher tick's freed slots, ledger.mark_sending(key) for one retry)
     # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
     # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
     # TAKEN_OVER -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
     #              resend -> send it; dead_letter -> dead-letter it and call mark_held(keys)
     # BUSY      -> another live process (or an earlier claim of ours) holds it: claim again later
-    ledger.mark_delivered(key, http_status)  # Everflow accepted it (queued, group commit)
+    ledger.fence(next_keys, [(key, http_status), ...])  # Everflow accepted those: delivered,
+                                             # and the next ones fenced, in ONE commit
     ledger.release(keys)                     # the send failed / was dead-lettered: retry later
     ledger.flush()                           # before Singer STATE is emitted
 

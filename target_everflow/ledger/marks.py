@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from target_everflow.ledger.backend import Backend, Identity
@@ -104,6 +104,24 @@ class MarkQueue:
         self._commit_up_to(target)
         with self._cond:
             return self._fenced.pop(key, False)
+
+    def fence(self, keys: Sequence[str], delivered: Sequence[tuple[str, int]]) -> set[str]:
+        """Queue ``delivered`` marks and sending marks of ``keys`` together and, when there are
+        keys, commit them (one transaction, with whatever else is queued); the keys whose claim
+        was still ours. Without keys the delivered marks are left to the writer."""
+        with self._cond:
+            self._check()
+            self._queue.extend((key, int(status)) for key, status in delivered)
+            self._queue.extend((key, None) for key in keys)
+            self._enqueued += len(delivered) + len(keys)
+            target = self._enqueued
+            if not keys:
+                if delivered:
+                    self._cond.notify_all()  # the writer commits them within a few ms
+                return set()
+        self._commit_up_to(target)
+        with self._cond:
+            return {key for key in keys if self._fenced.pop(key, False)}
 
     def delivered(self, key: str, http_status: int) -> None:
         with self._cond:

@@ -152,6 +152,12 @@ class SQLLedger(Ledger):
         return self._marks.failed
 
     @property
+    def waited(self) -> float:
+        """Seconds this run's threads waited for the ledger, summed (the benchmark's "ledger
+        wait"; the ledger logs it when closed)."""
+        return self._io.waited
+
+    @property
     def writer_commits(self) -> int:
         """The number of group-commit transactions (diagnostics, tests)."""
         return self._marks.commits
@@ -212,6 +218,10 @@ class SQLLedger(Ledger):
         with contextlib.suppress(LedgerError):
             self._io.call(self._close_quietly, "close the connection")
         self._io.stop()
+        self.log.info(
+            "ledger %s closed: %d call(s), %.3f s waited for them, %d mark commit(s)",
+            self.description, self._io.calls, self._io.waited, self._marks.commits,
+        )  # fmt: skip
         failed = self._marks.failed
         if failed is not None:
             suffix = f" ({lost} delivered mark(s) not committed)" if lost else ""
@@ -359,6 +369,11 @@ class SQLLedger(Ledger):
 
     def mark_delivered(self, key: str, http_status: int) -> None:
         self._marks.delivered(key, http_status)
+
+    def fence(self, keys: Sequence[str], delivered: Sequence[tuple[str, int]] = ()) -> set[str]:
+        if keys:
+            self._leases.renew_if_overdue()
+        return self._marks.fence(keys, delivered)
 
     def flush(self) -> None:
         if not self._marks.flush() and self._closed:
