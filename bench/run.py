@@ -1454,6 +1454,7 @@ def main() -> int:  # noqa: PLR0915
             print(f"\nwritten to {args.out}")
         if scaling_text is not None:
             scaling_out = Path(args.out).with_name("SCALING.md")
+            scaling_out.parent.mkdir(parents=True, exist_ok=True)
             scaling_out.write_text(
                 f"# Scaling: parallel runs and the ledger's cost\n\nMachine: {machine()}.  \n"
                 f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).  \nEach figure is the "
