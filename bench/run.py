@@ -1186,11 +1186,18 @@ def scaling_section(
                 f"{on / off:.2f}x", on / off <= LEDGER_COST_GOAL,
                 "not measured" if not (b_on and b_off) else f"{b_on / b_off:.2f}x",
             ))  # fmt: skip
-    head = (
-        f"Parallel runs: receiver answering in {latency * 1000:g} ms, concurrency {concurrency} "
-        f"each, {conversions:,} conversions per run, one PostgreSQL ledger; before: "
-        f"{baseline or 'not measured'} beside it."
-    )
+    head = f"Before: {baseline or 'not measured'}, measured beside it."
+    if parallel:
+        head = (
+            f"Parallel runs: receiver answering in {latency * 1000:g} ms, concurrency "
+            f"{concurrency} each, {conversions:,} conversions per run, one PostgreSQL ledger. "
+            + head
+        )
+    if cost:
+        head += (
+            f" Ledger cost: CPU of the target process (start-up included) per delivered "
+            f"conversion, concurrency {LEDGER_COST_CONCURRENCY}."
+        )
     return head + "\n\n" + "\n".join(lines), goals
 
 
