@@ -36,6 +36,14 @@ tap-flattened streams.
    stdout; p50 / p99 / max. The pipe is closed only once every postback arrived, so no record is
    delivered by the end of input. ``RESULTS.md``'s latency section is replaced on its own: a
    ``--only-trickle`` run keeps the rest of the file.
+5. Scaling (``bench/SCALING.md``): ``--only-parallel`` runs N = ``--parallel-runs`` targets at
+   once on one PostgreSQL ledger (``--postgres-url``), each its own ``--parallel-conversions``
+   and, for N > 1, all on the same input, against a receiver answering in
+   ``--parallel-latency``; the aggregate rate from the first postback to the last, the ledger's
+   wait per conversion (what the ledger logs when closed), conversions accepted twice.
+   ``--only-ledger-cost``: CPU per delivered conversion at concurrency 32 with the SQLite ledger
+   and without one. Both beside ``--baseline``. The targets run with ``TARGET_EVERFLOW_CLOCK``
+   pinned, so the generated events never age out.
 
 The "before" figures: ``--baseline REF`` (default ``BASELINE_REF``) is unpacked from git and
 its dry runs and its delivery at concurrency 32 and 128 run interleaved with the current code's,
@@ -1303,6 +1311,7 @@ def main() -> int:  # noqa: PLR0915
         args.records, args.conversions, args.repeats, args.seconds = 3000, 1000, 1, 1.0
         args.memory_records = "2000,5000"
         args.trickle_seconds = 3.0
+        args.parallel_conversions = 500
     if args.only_trickle:
         args.only = "trickle"
     if args.only_parallel or args.only_ledger_cost:
