@@ -36,6 +36,14 @@ tap-flattened streams.
    stdout; p50 / p99 / max. The pipe is closed only once every postback arrived, so no record is
    delivered by the end of input. ``RESULTS.md``'s latency section is replaced on its own: a
    ``--only-trickle`` run keeps the rest of the file.
+5. Scaling (``bench/SCALING.md``): ``--only-parallel`` runs N = ``--parallel-runs`` targets at
+   once on one PostgreSQL ledger (``--postgres-url``), each its own ``--parallel-conversions``
+   and, for N > 1, all on the same input, against a receiver answering in
+   ``--parallel-latency``; the aggregate rate from the first postback to the last, the ledger's
+   wait per conversion (what the ledger logs when closed), conversions accepted twice.
+   ``--only-ledger-cost``: CPU per delivered conversion at concurrency 32 with the SQLite ledger
+   and without one. Both beside ``--baseline``. The targets run with ``TARGET_EVERFLOW_CLOCK``
+   pinned, so the generated events never age out.
 
 The "before" figures: ``--baseline REF`` (default ``BASELINE_REF``) is unpacked from git and
 its dry runs and its delivery at concurrency 32 and 128 run interleaved with the current code's,
@@ -45,11 +53,13 @@ in the same invocation.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -66,9 +76,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402 - after the sys.path line
-from target_everflow.settings import schema_default  # noqa: E402 - after the sys.path line
-from tests.receiver import ReceiverProcess, read_log  # noqa: E402 - after the sys.path line
+from bench import generate  # noqa: E402
+from target_everflow.settings import schema_default  # noqa: E402
+from tests.receiver import ReceiverProcess, read_log  # noqa: E402
 
 PY = sys.executable
 TOKEN = "bench-verification-token"
@@ -120,11 +130,13 @@ def run_child(
     generator: list[str] | None = None,
     summary: Path | None = None,
     source: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """Run one target process to the end; its wall time and peak RSS (from ``wait4``).
-    ``source``: the tree whose ``target_everflow`` runs (the baseline's, for "before")."""
+    ``source``: the tree whose ``target_everflow`` runs (the baseline's, for "before");
+    ``env``: added to the environment."""
     log = workdir / "stderr.log"
-    env = {**os.environ, "PYTHONPATH": str(source)}
+    env = {**os.environ, "PYTHONPATH": str(source), **(env or {})}
     with open(log, "wb") as err:
         feeder = None
         if generator is not None:
@@ -853,6 +865,350 @@ def machine() -> str:
     )
 
 
+# --- scaling: parallel runs on one PostgreSQL ledger, and the ledger's cost -------------------
+
+PARALLEL_RUNS = "1,2,4"
+PARALLEL_CONVERSIONS = 6000
+PARALLEL_LATENCY = 0.1
+PARALLEL_CONCURRENCY = 64
+PARALLEL_OWN_GOAL = 3.5
+"""N=4 runs with their own input: aggregate at least this times N=1 (or PARALLEL_BOUND_GOAL)."""
+PARALLEL_BOUND_GOAL = 0.8
+"""... or at least this fraction of the bound, N x concurrency / latency."""
+PARALLEL_SAME_GOAL = 1.8
+"""N runs on the same input: aggregate at least this times N=1."""
+PARALLEL_WAIT_GOAL = 1.5
+"""The ledger's wait per conversion at N=4: at most this times N=1."""
+LEDGER_COST_CONCURRENCY = 32
+LEDGER_COST_GOAL = 1.2
+"""CPU per delivered conversion, SQLite ledger on / off, at concurrency 32: at most this."""
+BENCH_CLOCK = "2026-11-30T00:00:00Z"
+"""``TARGET_EVERFLOW_CLOCK`` of the target processes: the generated events (November 2026)
+never age out, whatever the calendar says."""
+POSTGRES_ENVS = ("TARGET_EVERFLOW_BENCH_POSTGRES_URL", "TARGET_EVERFLOW_TEST_POSTGRES_URL")
+CLOSED_LINE = re.compile(r"ledger \S+ closed: (\d+) call\(s\), ([0-9.]+) s waited")
+
+
+@dataclass
+class Parallel:
+    """N target processes at once on one PostgreSQL ledger, against one receiver."""
+
+    runs: int
+    same_input: bool
+    conversions: int
+    """Distinct conversions Everflow accepted (each input's conversions, or the one input's)."""
+    span: float
+    """Seconds from the first postback to the last (the receiver's clock)."""
+    duplicates: int
+    """Conversions accepted more than once (must be 0)."""
+    cpu: float
+    """CPU seconds of the target processes, together."""
+    ledger_wait: float | None
+    """Seconds the runs' threads waited for the ledger, together (None: the code does not say)."""
+
+    @property
+    def rate(self) -> float:
+        return self.conversions / self.span if self.span > 0 else 0.0
+
+    @property
+    def wait_us(self) -> float | None:
+        """The ledger's wait per conversion, microseconds."""
+        if self.ledger_wait is None:
+            return None
+        return self.ledger_wait / self.conversions * 1e6
+
+
+def seeded_input(root: Path, records: int, seed: int) -> Path:
+    """Conversions only, each seed its own transaction ids and message ids."""
+    path = root / f"input-conversions-{records}-seed{seed}.singer"
+    if not path.exists():
+        generate.write(str(path), records, seed, conversions_only=True)
+    return path
+
+
+def target_env(source: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(source), "TARGET_EVERFLOW_CLOCK": BENCH_CLOCK}
+
+
+def postgres_bench_url(given: str | None) -> str | None:
+    return given or next((os.environ[e] for e in POSTGRES_ENVS if os.environ.get(e)), None)
+
+
+def _drop_table(url: str, table: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        conn.close()
+
+
+def run_parallel(
+    root: Path,
+    *,
+    name: str,
+    pg_url: str,
+    runs: int,
+    same_input: bool,
+    conversions: int,
+    latency: float,
+    concurrency: int,
+    source: Path,
+) -> Parallel:
+    """Start ``runs`` targets at once (own inputs, or one input for all), wait for them all."""
+    table = f"bench_{name}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    ledger_url = f"{pg_url}{'&' if '?' in pg_url else '?'}table={table}"
+    inputs = [seeded_input(root, conversions, 1 if same_input else 100 + k) for k in range(runs)]
+    base = fresh_dir(root, f"parallel-{name}")
+    log = base / "rx.jsonl"
+    procs: list[tuple[subprocess.Popen[bytes], Path, t.Any]] = []
+    try:
+        with ReceiverProcess(latency=latency, log_path=log) as rx:
+            for k, source_file in enumerate(inputs):
+                run_dir = fresh_dir(base, f"run{k}")
+                cfg = {
+                    **base_config(run_dir),
+                    "postback_url": rx.url,
+                    "request_timeout": 30,
+                    "max_concurrency": concurrency,
+                    "ledger_url": ledger_url,
+                }
+                path = write_config(run_dir / "config.json", cfg)
+                err = (run_dir / "stderr.log").open("wb")
+                proc = subprocess.Popen(
+                    [*TARGET, "--config", str(path), "--input", str(source_file)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    env=target_env(source), cwd=run_dir,
+                )  # fmt: skip
+                procs.append((proc, run_dir, err))
+            cpu = 0.0
+            for proc, run_dir, err in procs:
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                err.close()
+                cpu += usage.ru_utime + usage.ru_stime
+                if proc.returncode != 0:
+                    tail = (run_dir / "stderr.log").read_text(errors="replace")[-3000:]
+                    raise BenchError(f"parallel {name}: a run exited {proc.returncode}:\n{tail}")
+        entries = [e for e in read_log(log) if e["accepted"]]
+    finally:
+        with contextlib.suppress(Exception):
+            _drop_table(pg_url, table)
+    counts = collections.Counter(e["transaction_id"] for e in entries)
+    expected = conversions * (1 if same_input else runs)
+    if len(counts) != expected:
+        raise BenchError(f"parallel {name}: {len(counts)} of {expected} conversions accepted")
+    walls = [float(e["wall"]) for e in entries]
+    waits = []
+    for _, run_dir, _ in procs:
+        found = CLOSED_LINE.findall((run_dir / "stderr.log").read_text(errors="replace"))
+        waits.append(float(found[-1][1]) if found else None)
+    known = [w for w in waits if w is not None]
+    return Parallel(
+        runs=runs,
+        same_input=same_input,
+        conversions=expected,
+        span=max(walls) - min(walls),
+        duplicates=sum(1 for n in counts.values() if n > 1),
+        cpu=cpu,
+        ledger_wait=sum(known) if len(known) == len(waits) else None,
+    )
+
+
+def bench_parallel(
+    root: Path,
+    *,
+    pg_url: str,
+    runs: list[int],
+    conversions: int,
+    latency: float,
+    concurrency: int,
+    repeats: int,
+    baseline: Path | None,
+) -> dict[str, list[Parallel]]:
+    """N = ``runs`` targets on one PostgreSQL ledger, each its own ``conversions``, and (N > 1)
+    N targets on the same input; with ``baseline``, the same beside it ("before_"), interleaved."""
+    plans: list[tuple[str, int, bool, Path]] = []
+    trees = [("", REPO)] + ([("before_", baseline)] if baseline is not None else [])
+    for prefix, tree in trees:
+        for n in runs:
+            plans.append((f"{prefix}own_n{n}", n, False, tree))
+            if n > 1:
+                plans.append((f"{prefix}same_n{n}", n, True, tree))
+    out: dict[str, list[Parallel]] = {name: [] for name, *_ in plans}
+    for i in range(repeats):
+        for name, n, same, tree in plans if i % 2 == 0 else list(reversed(plans)):
+            result = run_parallel(
+                root, name=name, pg_url=pg_url, runs=n, same_input=same,
+                conversions=conversions, latency=latency, concurrency=concurrency, source=tree,
+            )  # fmt: skip
+            out[name].append(result)
+            wait = "-" if result.wait_us is None else f"{result.wait_us:.0f} µs"
+            print(
+                f"  parallel {name:<16} {result.rate:>8,.0f} conversions/s  ({result.conversions}"
+                f" conversions, {result.duplicates} twice; first to last postback "
+                f"{result.span:.1f} s; ledger wait {wait}/conversion)",
+                flush=True,
+            )
+    return out
+
+
+def bench_ledger_cost(
+    root: Path, *, conversions: int, latency: float, repeats: int, baseline: Path | None
+) -> dict[str, list[Run]]:
+    """CPU per delivered conversion at concurrency 32: the SQLite ledger on and off (``none``),
+    and with ``baseline`` the same beside it, interleaved."""
+    plans: list[tuple[str, dict, Path]] = []
+    trees = [("", REPO)] + ([("before_", baseline)] if baseline is not None else [])
+    for prefix, tree in trees:
+        plans.append((f"{prefix}ledger", {}, tree))
+        plans.append((f"{prefix}no_ledger", {"ledger_url": "none"}, tree))
+    out: dict[str, list[Run]] = {name: [] for name, *_ in plans}
+    source = input_file(root, conversions, conversions=True)
+    for i in range(repeats):
+        for name, extra, tree in plans if i % 2 == 0 else list(reversed(plans)):
+            run_dir = fresh_dir(root, f"ledger-cost-{name}")
+            with ReceiverProcess(latency=latency) as rx:
+                cfg = {
+                    **base_config(run_dir),
+                    "postback_url": rx.url,
+                    "request_timeout": 30,
+                    "max_concurrency": LEDGER_COST_CONCURRENCY,
+                    **extra,
+                }
+                path = write_config(run_dir / "config.json", cfg)
+                run = run_child(
+                    [*TARGET, "--config", str(path), "--input", str(source)],
+                    records=conversions, workdir=run_dir, summary=run_dir / "summary.json",
+                    source=tree, env={"TARGET_EVERFLOW_CLOCK": BENCH_CLOCK},
+                )  # fmt: skip
+            if run.summary.get("delivered") != conversions:
+                raise BenchError(f"ledger cost {name}: {run.summary}")
+            out[name].append(run)
+            print(
+                f"  ledger cost {name:<16} CPU {run.cpu_us:>6.0f} µs/conversion "
+                f"({run.rate:,.0f} conversions/s)",
+                flush=True,
+            )
+    return out
+
+
+def scaling_section(
+    parallel: dict[str, list[Parallel]] | None,
+    cost: dict[str, list[Run]] | None,
+    *,
+    baseline: str | None,
+    latency: float,
+    concurrency: int,
+    conversions: int,
+) -> tuple[str, list[Goal]]:
+    """The scaling figures (a table) and their goals."""
+    lines = ["| Figure | Now | Before |", "| --- | --- | --- |"]
+    goals: list[Goal] = []
+
+    def med(runs: list[Parallel], attr: str) -> float | None:
+        values = [getattr(r, attr) for r in runs]
+        return None if not values or None in values else statistics.median(values)
+
+    def fmt(x: float | None, unit: str = "") -> str:
+        return "-" if x is None else f"{x:,.0f}{unit}"
+
+    if parallel:
+
+        def get(prefix: str, kind: str, n: int, attr: str = "rate") -> float | None:
+            return med(parallel.get(f"{prefix}{kind}_n{n}", []), attr)
+
+        ns = sorted({r.runs for rs in parallel.values() for r in rs})
+        for kind, what in (("own", "own input"), ("same", "the same input")):
+            for n in ns:
+                if kind == "same" and n == 1:
+                    continue
+                now, then = get("", kind, n), get("before_", kind, n)
+                base_now, base_then = get("", "own", 1), get("before_", "own", 1)
+                ratio = "" if not (now and base_now) else f" ({now / base_now:.2f}x N=1)"
+                ratio_then = "" if not (then and base_then) else f" ({then / base_then:.2f}x N=1)"
+                lines.append(
+                    f"| {n} run(s), {what}: conversions/s, first to last postback "
+                    f"| {fmt(now)}{ratio} | {fmt(then)}{ratio_then} |"
+                )
+            if kind == "own":
+                for n in ns:
+                    lines.append(
+                        f"| {n} run(s), own input: ledger wait per conversion "
+                        f"| {fmt(get('', 'own', n, 'wait_us'), ' µs')} "
+                        f"| {fmt(get('before_', 'own', n, 'wait_us'), ' µs')} |"
+                    )
+        top = max(ns)
+        one, own_top = get("", "own", 1), get("", "own", top)
+        then_one, then_top = get("before_", "own", 1), get("before_", "own", top)
+        before = "not measured" if then_one is None or then_top is None else (
+            f"{then_top / then_one:.2f}x"
+        )  # fmt: skip
+        if one and own_top:
+            bound = top * concurrency / latency
+            goals.append(Goal(
+                f"{top} runs with their own {conversions:,} conversions on one PostgreSQL ledger: "
+                f">= {PARALLEL_OWN_GOAL}x 1 run or >= {PARALLEL_BOUND_GOAL:.0%} of the bound "
+                f"({bound:,.0f}/s)",
+                f"{own_top / one:.2f}x ({own_top / bound:.0%} of the bound)",
+                own_top / one >= PARALLEL_OWN_GOAL or own_top >= PARALLEL_BOUND_GOAL * bound,
+                before,
+            ))  # fmt: skip
+        for n in ns:
+            same, then_same = get("", "same", n), get("before_", "same", n)
+            if n > 1 and same and one:
+                goals.append(Goal(
+                    f"{n} runs on the same input: >= {PARALLEL_SAME_GOAL}x 1 run",
+                    f"{same / one:.2f}x", same / one >= PARALLEL_SAME_GOAL,
+                    "not measured" if not (then_same and then_one) else f"{then_same / then_one:.2f}x",
+                ))  # fmt: skip
+        w1, wtop = get("", "own", 1, "wait_us"), get("", "own", top, "wait_us")
+        if w1 and wtop:
+            goals.append(Goal(
+                f"ledger wait per conversion at {top} runs: <= {PARALLEL_WAIT_GOAL}x 1 run",
+                f"{wtop / w1:.2f}x ({wtop:,.0f} vs {w1:,.0f} µs)", wtop / w1 <= PARALLEL_WAIT_GOAL,
+                "not measured (the code before does not report it)",
+            ))  # fmt: skip
+        dups = sum(r.duplicates for rs in parallel.values() for r in rs)
+        lines.append(f"| conversions accepted twice, all parallel runs | {dups} | |")
+    if cost:
+
+        def cpu(name: str) -> float | None:
+            runs = cost.get(name, [])
+            return median(runs, "cpu_us") if runs else None
+
+        on, off = cpu("ledger"), cpu("no_ledger")
+        b_on, b_off = cpu("before_ledger"), cpu("before_no_ledger")
+        for label, a, b in (("SQLite ledger", on, b_on), ("no ledger", off, b_off)):
+            lines.append(
+                f"| CPU per delivered conversion at concurrency {LEDGER_COST_CONCURRENCY}, {label} "
+                f"| {fmt(a, ' µs')} | {fmt(b, ' µs')} |"
+            )
+        if on and off:
+            goals.append(Goal(
+                f"CPU per delivered conversion, SQLite ledger / no ledger, concurrency "
+                f"{LEDGER_COST_CONCURRENCY}: <= {LEDGER_COST_GOAL}x",
+                f"{on / off:.2f}x", on / off <= LEDGER_COST_GOAL,
+                "not measured" if not (b_on and b_off) else f"{b_on / b_off:.2f}x",
+            ))  # fmt: skip
+    head = f"Before: {baseline or 'not measured'}, measured beside it."
+    if parallel:
+        head = (
+            f"Parallel runs: receiver answering in {latency * 1000:g} ms, concurrency "
+            f"{concurrency} each, {conversions:,} conversions per run, one PostgreSQL ledger. "
+            + head
+        )
+    if cost:
+        head += (
+            f" Ledger cost: CPU of the target process (start-up included) per delivered "
+            f"conversion, concurrency {LEDGER_COST_CONCURRENCY}."
+        )
+    return head + "\n\n" + "\n".join(lines), goals
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -881,7 +1237,42 @@ def main() -> int:
         default="100000,1000000",
         help="sizes of the memory runs, dry and live (100000,1000000)",
     )
-    parser.add_argument("--only", default="mapping,delivery,memory,trickle")
+    parser.add_argument("--only", default="mapping,delivery,memory,trickle,parallel,ledger_cost")
+    parser.add_argument(
+        "--only-parallel",
+        action="store_true",
+        help="only the parallel runs on one PostgreSQL ledger (--only parallel)",
+    )
+    parser.add_argument(
+        "--only-ledger-cost",
+        action="store_true",
+        help="only the ledger's CPU cost at concurrency 32 (--only ledger_cost)",
+    )
+    parser.add_argument(
+        "--parallel-runs", default=PARALLEL_RUNS, help=f"parallel: the N runs ({PARALLEL_RUNS})"
+    )
+    parser.add_argument(
+        "--parallel-conversions",
+        type=int,
+        default=PARALLEL_CONVERSIONS,
+        help=f"parallel: conversions per run ({PARALLEL_CONVERSIONS})",
+    )
+    parser.add_argument(
+        "--parallel-latency",
+        type=float,
+        default=PARALLEL_LATENCY,
+        help=f"parallel: receiver latency, s ({PARALLEL_LATENCY})",
+    )
+    parser.add_argument(
+        "--parallel-concurrency",
+        type=int,
+        default=PARALLEL_CONCURRENCY,
+        help=f"parallel: max_concurrency of each run ({PARALLEL_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        help="parallel: the PostgreSQL server (default: $" + " or $".join(POSTGRES_ENVS) + ")",
+    )
     parser.add_argument(
         "--only-trickle",
         action="store_true",
@@ -920,8 +1311,15 @@ def main() -> int:
         args.records, args.conversions, args.repeats, args.seconds = 3000, 1000, 1, 1.0
         args.memory_records = "2000,5000"
         args.trickle_seconds = 3.0
+        args.parallel_conversions = 500
     if args.only_trickle:
         args.only = "trickle"
+    if args.only_parallel or args.only_ledger_cost:
+        args.only = ",".join(
+            k
+            for k, on in (("parallel", args.only_parallel), ("ledger_cost", args.only_ledger_cost))
+            if on
+        )
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if 32 not in concurrencies:
         concurrencies.append(32)
@@ -933,9 +1331,9 @@ def main() -> int:
     print(f"target-everflow benchmarks on {machine()}\nwork directory {root}", flush=True)
     started = time.time()
     try:
-        mapping = delivery = memory = trickle = None
+        mapping = delivery = memory = trickle = parallel = cost = None
         baseline = None
-        if args.baseline != "none" and only & {"mapping", "delivery"}:
+        if args.baseline != "none" and only & {"mapping", "delivery", "parallel", "ledger_cost"}:
             baseline = baseline_tree(root, args.baseline)
         if "mapping" in only:
             print(f"mapping: {args.records:,} records, {args.repeats} runs each", flush=True)
@@ -971,6 +1369,38 @@ def main() -> int:
                 flush=True,
             )
             trickle = bench_trickle(root, args.trickle_rate, args.trickle_seconds, args.latency)
+        if "ledger_cost" in only:
+            print(
+                f"ledger cost: concurrency {LEDGER_COST_CONCURRENCY}, receiver latency "
+                f"{args.latency * 1000:g} ms, {args.conversions:,} conversions",
+                flush=True,
+            )
+            cost = bench_ledger_cost(
+                root, conversions=args.conversions, latency=args.latency,
+                repeats=args.repeats, baseline=baseline,
+            )  # fmt: skip
+        if "parallel" in only:
+            pg_url = postgres_bench_url(args.postgres_url)
+            if pg_url is None:
+                print(
+                    "parallel: skipped, no PostgreSQL server (--postgres-url or $"
+                    + " or $".join(POSTGRES_ENVS)
+                    + ")",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"parallel: N = {args.parallel_runs} runs of {args.parallel_conversions:,} "
+                    f"conversions, one PostgreSQL ledger, receiver latency "
+                    f"{args.parallel_latency * 1000:g} ms, concurrency {args.parallel_concurrency}",
+                    flush=True,
+                )
+                parallel = bench_parallel(
+                    root, pg_url=pg_url,
+                    runs=[int(n) for n in args.parallel_runs.split(",")],
+                    conversions=args.parallel_conversions, latency=args.parallel_latency,
+                    concurrency=args.parallel_concurrency, repeats=args.repeats, baseline=baseline,
+                )  # fmt: skip
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
@@ -1021,11 +1451,32 @@ def main() -> int:
     if trickle_text is not None:
         print(trickle_text.rsplit("\n\n", 1)[0])  # (its goal line follows with the others)
         print()
+    scaling_text = None
+    if parallel or cost:
+        scaling_text, scaling_goals = scaling_section(
+            parallel, cost, baseline=args.baseline if baseline is not None else None,
+            latency=args.parallel_latency, concurrency=args.parallel_concurrency,
+            conversions=args.parallel_conversions,
+        )  # fmt: skip
+        print(scaling_text)
+        print()
+        goals += scaling_goals
+        scaling_text += "".join(f"\n- {g}" for g in scaling_goals)
     for g in goals:
         print(f"- {g}")
     if not args.quick:
-        write_results(Path(args.out), text, trickle_text)
-        print(f"\nwritten to {args.out}")
+        if text is not None or trickle_text is not None:
+            write_results(Path(args.out), text, trickle_text)
+            print(f"\nwritten to {args.out}")
+        if scaling_text is not None:
+            scaling_out = Path(args.out).with_name("SCALING.md")
+            scaling_out.parent.mkdir(parents=True, exist_ok=True)
+            scaling_out.write_text(
+                f"# Scaling: parallel runs and the ledger's cost\n\nMachine: {machine()}.  \n"
+                f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).  \nEach figure is the "
+                f"median of {args.repeats} runs.\n\n{scaling_text}\n"
+            )
+            print(f"written to {scaling_out}")
     return 0
 
 

@@ -425,7 +425,7 @@ def test_sqlite_flush_raises_when_the_connection_is_gone(tmp_path: pathlib.Path)
     )
     assert isinstance(ledger, SQLiteLedger)
     ledger.claim(["c1"])
-    ledger._conn.close()  # the database disappears under the writer
+    ledger.backend.conn.close()  # the database disappears under the writer
     ledger.mark_delivered("c1", 200)
     with pytest.raises(LedgerError):
         _within(5, ledger.flush)

@@ -48,12 +48,6 @@ def test_no_module_outside_the_package_reaches_into_a_ledger() -> None:
     assert [hit for p in outside for hit in _ledger_privates(p)] == []
 
 
-def test_each_ledger_module_reads_in_one_sitting() -> None:
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "ledger").glob("*.py")}
-    assert {"base.py", "urls.py", "sql.py", "sqlite.py", "postgres.py"} <= set(sizes)
-    assert max(sizes.values()) <= 420, sizes
-
-
 def test_the_request_timeout_default_comes_from_the_schema(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

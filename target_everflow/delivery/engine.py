@@ -2,9 +2,11 @@
 
 For one batch of conversions, ``DeliveryEngine.deliver``:
 
-1. claims every key in the ledger (one transaction): keys already delivered are duplicates,
-   keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys pending under a
-   live run are waited for;
+1. claims the keys in the ledger in chunks (one transaction each, :func:`claim_chunk` keys,
+   a chunk claimed while the one before is being sent): keys already delivered are
+   duplicates, keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys
+   pending under a live run are waited for. Small chunks let runs reading the same input share
+   it: each claims the chunks the others have not taken yet, and skips (waits for) theirs;
 2. sends the claimed ones over one pooled session, ``max_concurrency`` at a time, each attempt
    through the global ``RateLimiter``, transient failures retried per the ``RetryPolicy``;
 3. accounts for each: accepted -> marked delivered in the ledger (group-committed); rejected or
@@ -17,6 +19,7 @@ file are durable, which is what lets the SDK emit STATE after it.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -49,6 +52,14 @@ if t.TYPE_CHECKING:
 
 SETTLE_EVERY = 0.005
 """Seconds the engine lets results gather before it settles them (a postback takes longer)."""
+MIN_CLAIM_CHUNK = 32
+"""The fewest keys claimed in one transaction (each claim is a commit)."""
+
+
+def claim_chunk(concurrency: int) -> int:
+    """Keys claimed per transaction: about what the senders take in one round, so a run holds
+    few claims it is not sending yet (another run reading the same input takes the rest)."""
+    return max(MIN_CLAIM_CHUNK, concurrency)
 
 
 class _Raised:
@@ -220,6 +231,8 @@ class DeliveryEngine:
         self.busy_wait = busy_wait
         self.stop_grace = stop_grace
         self.metrics = metrics
+        self.concurrency = concurrency
+        self.claim_chunk = claim_chunk(concurrency)
         self._pool = _Workers(concurrency, "postback")
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -253,12 +266,12 @@ class DeliveryEngine:
             return
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason or "the run is stopping")
-        to_send, waiting = self._claim(conversions)
+        todo = conversions
         lost_keys: set[str] = set()
         deadline: float | None = None
         try:
             while True:
-                lost = self._send(to_send)
+                waiting, lost = self._claim_and_send(todo, lost_keys)
                 # Claims another run took over while this one was paused: it sends them. They
                 # are waited for like any claim a live run holds, until it has recorded them
                 # (skipped here: claimed_elsewhere) or let them go (ours again), so that no
@@ -280,22 +293,44 @@ class DeliveryEngine:
                         or f"{len(waiting)} conversions stayed claimed by another live run"
                     )
                     raise DeliveryAborted(self._stop_reason)
-                to_send, waiting = self._claim(waiting, lost_keys)
+                todo = waiting
         finally:  # (the batch's dead letters are flushed once, by the run, after this)
             self.ledger.flush()
         if self._stop.is_set():
             raise DeliveryAborted(self._stop_reason)
 
-    def _send(self, to_send: list[Conversion]) -> list[Conversion]:
-        """Send (or, in a dry run, plan) them; return those whose claim was lost."""
-        if self.dry_run is None:
-            return self._send_all(to_send)
+    def _claim_and_send(
+        self, todo: list[Conversion], lost_keys: set[str]
+    ) -> tuple[list[Conversion], list[Conversion]]:
+        """Claim and send (or, in a dry run, plan) ``todo``; return those another live run
+        holds (to claim again later) and those whose claim was lost while sending."""
+        waiting: list[Conversion] = []
+        if self.dry_run is not None:  # (no other run shares a dry run's ledger: one claim)
+            to_send, waiting = self._claim(todo, lost_keys)
+            self._plan(to_send)
+            return waiting, []
+        chunks = iter(range(0, len(todo), self.claim_chunk))
+
+        def feed() -> list[Conversion] | None:
+            """The next chunk's conversions to send (maybe none); None when all are claimed."""
+            start = next(chunks, None)
+            if start is None:
+                return None
+            to_send, busy = self._claim(todo[start : start + self.claim_chunk], lost_keys)
+            waiting.extend(busy)
+            return to_send
+
+        lost = self._send_all(feed)
+        return waiting, lost
+
+    def _plan(self, to_send: list[Conversion]) -> None:
+        """Dry run: write the planned postbacks."""
+        assert self.dry_run is not None
         for conversion in to_send:
             self.dry_run.write(conversion)
             self.ledger.mark_delivered(conversion.key, 0)
             self._count(conversion, DELIVERED)
         self.dry_run.flush()
-        return []
 
     def _count(self, conversion: Conversion, kind: str, reason: str = "") -> None:
         self.summary.count(conversion.stream, conversion.event, kind, reason)
@@ -392,21 +427,65 @@ class DeliveryEngine:
             self.ledger.mark_held(held)
         return to_send, busy
 
-    def _send_all(self, conversions: list[Conversion]) -> list[Conversion]:
-        """Send them; return those whose claim another run took over (not sent, not counted)."""
-        if not conversions:
-            return []
+    def _send_all(self, feed: t.Callable[[], list[Conversion] | None]) -> list[Conversion]:
+        """Send what ``feed()`` claims, chunk by chunk (None: nothing left); return those whose
+        claim another run took over (not sent, not counted).
+
+        The main thread dispatches: ``max_concurrency`` slots, and each tick (results that
+        arrived together, :data:`SETTLE_EVERY`) one ledger commit, :meth:`Ledger.fence`, records
+        the answers of the slots that freed up (delivered marks) and fences the conversions
+        that take them (sending marks, before they leave). A slot's next postback is fenced in
+        the commit that records its last one, so a killed run leaves at most
+        ``max_concurrency`` conversions in doubt. The next chunk is claimed once fewer than
+        ``max_concurrency`` claimed conversions wait for a slot: the slots never run dry, and
+        this run holds few claims it is not sending (another run reading the same input takes
+        the rest)."""
         # Each call reports its result on a queue: settling one is O(1), and results that
-        # arrived together are settled together (SETTLE_EVERY), so the main thread does not
-        # wake for every postback.
+        # arrived together are settled together, so the main thread does not wake for every
+        # postback, and the ledger commits once per tick, not once per postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
-        for conversion in conversions:
-            self._pool.submit(self._send_one, conversion, finished.put)
-        pending = len(conversions)
+        ready: collections.deque[Conversion] = collections.deque()
+        free = self.concurrency
+        pending = 0
+        fed_all = False
         grace_deadline: float | None = None
         release: list[str] = []
         lost: list[Conversion] = []
+        delivered: list[tuple[str, int]] = []
+
+        def dispatch() -> None:
+            """Claim ahead, then fence and start what the free slots take (one commit, with
+            the delivered marks gathered since the last one); again while claims found lost
+            leave slots free."""
+            nonlocal pending, free, fed_all, delivered
+            while True:
+                while not fed_all and len(ready) < self.concurrency and not self._stop.is_set():
+                    chunk = feed()
+                    if chunk is None:
+                        fed_all = True
+                    else:
+                        ready.extend(chunk)
+                take = (
+                    []
+                    if self._stop.is_set()
+                    else [ready.popleft() for _ in range(min(free, len(ready)))]
+                )
+                if not take and not delivered:
+                    return
+                marks, delivered = delivered, []
+                fenced = self.ledger.fence([c.key for c in take], marks)
+                for conversion in take:
+                    if conversion.key in fenced:
+                        self._pool.submit(self._send_one, conversion, finished.put)
+                        free -= 1
+                        pending += 1
+                    else:  # another run took the claim over (this run was paused): it sends it
+                        lost.append(conversion)
+                if len(fenced) == len(take):
+                    return
+
         try:
+            dispatch()
             while pending:
                 try:
                     result = finished.get(timeout=0.25)
@@ -415,13 +494,15 @@ class DeliveryEngine:
                 else:
                     while True:
                         pending -= 1
+                        free += 1
                         if isinstance(result, _Raised):
                             raise result.error
-                        self._settle(result, release, lost)
+                        self._settle(result, release, lost, delivered)
                         try:
                             result = finished.get_nowait()
                         except queue.Empty:
                             break
+                    dispatch()
                     if pending and not self._stop.is_set():
                         time.sleep(SETTLE_EVERY)
                 if self._stop.is_set() and pending:
@@ -442,6 +523,9 @@ class DeliveryEngine:
                         )
                         pending = 0
         finally:
+            if delivered:  # (queued: the writer commits them; flush() waits for that)
+                self.ledger.fence((), delivered)
+            release.extend(c.key for c in ready)  # claimed, never sent: the run is stopping
             if lost:
                 self.logger.warning(
                     "%d conversion(s) of this batch were not sent: another run took their claims "
@@ -457,7 +541,13 @@ class DeliveryEngine:
                 self.ledger.release(release)
         return lost
 
-    def _settle(self, result: _Result, release: list[str], lost: list[Conversion]) -> None:
+    def _settle(
+        self,
+        result: _Result,
+        release: list[str],
+        lost: list[Conversion],
+        delivered: list[tuple[str, int]],
+    ) -> None:
         conversion, answer = result.conversion, result.answer
         if result.claim_lost:  # another run owns it now and sends it: counted once it has
             lost.append(conversion)
@@ -465,7 +555,8 @@ class DeliveryEngine:
         if answer is None:  # not sent: the run is stopping; a later run sends it
             release.append(conversion.key)
             return
-        if answer.verdict is Verdict.ACCEPTED:  # marked delivered by its worker already
+        if answer.verdict is Verdict.ACCEPTED:  # marked delivered with the next fence
+            delivered.append((conversion.key, answer.status or 0))
             self._count(conversion, DELIVERED)
         elif result.settled:  # dead-lettered as in doubt by its worker
             pass
@@ -531,8 +622,8 @@ class DeliveryEngine:
             # holds the claim (a run paused past its lease may have lost it to another run,
             # which sends it). Durable before it leaves: only claims that may have been sent
             # can be in doubt after a crash, so a killed run leaves at most its in-flight
-            # requests in doubt.
-            if not self.ledger.mark_sending(conversion.key):
+            # requests in doubt. The dispatcher fenced the first attempt (Ledger.fence).
+            if attempts and not self.ledger.mark_sending(conversion.key):
                 return _Result(conversion, answer, attempts, claim_lost=True)
             with self._lock:
                 self.in_flight += 1
@@ -550,11 +641,9 @@ class DeliveryEngine:
             self.summary.bump("requests")
             if answer.status == 429:
                 self.summary.bump("http_429")
-            if answer.verdict is Verdict.ACCEPTED:
-                # Queued before this worker's next mark_sending, which waits for the commit of
-                # both: a worker never has more than one unrecorded postback.
-                self.ledger.mark_delivered(conversion.key, answer.status or 0)
-            elif answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):
+            # Accepted: the dispatcher marks it delivered in the commit that fences the next
+            # postback of this slot, so a slot never has more than one unrecorded postback.
+            if answer.verdict in (Verdict.REJECTED, Verdict.PERMANENT):
                 # Everflow answered and did not record it: not in doubt if this run dies now,
                 # so the claim goes before the worker takes its next conversion (a killed run
                 # leaves at most max_concurrency claims in doubt). A later run may send it again.

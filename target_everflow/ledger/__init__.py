@@ -6,14 +6,16 @@ How the exactly-once guarantee is built
 Each conversion has a *delivery key* (computed by ``mapping.py``). The delivery engine uses the
 ledger like this, for one batch::
 
-    statuses = ledger.claim(keys)          # ONE transaction for the whole batch
-    # CLAIMED   -> send it, each attempt after ledger.mark_sending(key) returned True (the fence)
+    statuses = ledger.claim(keys)          # ONE transaction per chunk (max_concurrency keys)
+    # CLAIMED   -> send it, each attempt after its fence returned True (ledger.fence for a
+    #              dispatcher tick's freed slots, ledger.mark_sending(key) for one retry)
     # DELIVERED -> skip, reason duplicate  (an earlier run or another process delivered it)
     # HELD      -> skip, reason duplicate  (an earlier in-doubt key kept for a person)
     # TAKEN_OVER -> a dead owner's claim was taken over: setting ``in_doubt`` decides:
     #              resend -> send it; dead_letter -> dead-letter it and call mark_held(keys)
     # BUSY      -> another live process (or an earlier claim of ours) holds it: claim again later
-    ledger.mark_delivered(key, http_status)  # Everflow accepted it (queued, group commit)
+    ledger.fence(next_keys, [(key, http_status), ...])  # Everflow accepted those: delivered,
+                                             # and the next ones fenced, in ONE commit
     ledger.release(keys)                     # the send failed / was dead-lettered: retry later
     ledger.flush()                           # before Singer STATE is emitted
 
@@ -85,13 +87,20 @@ The package
   row statuses, :class:`NullLedger`;
 * ``urls.py``: reading ``ledger_url`` (SQLite path, libpq keywords, ``table=``) and
   :func:`redact_url`;
-* ``sql.py``: :class:`SQLLedger`, what both SQL backends share, and the public helpers the run
-  history, reconciliation, operator commands and report use (``transaction``, ``sql``,
-  ``keys_param``, ``now``, ``query``, ``column_names``, ``lock_for_ddl``, ``table``,
-  ``dialect``);
+* ``backend.py``: :class:`Backend`, what a database must provide (the connection,
+  placeholders, array parameters, the statements written differently, what its errors mean),
+  and :class:`Identity` (this run's owner, scope and lease);
+* ``sql.py``: :class:`SQLLedger`, the ledger: one object owning one backend, and the public
+  helpers the run history, reconciliation, operator commands and report use (``transaction``,
+  ``sql``, ``keys_param``, ``now``, ``query``, ``column_names``, ``lock_for_ddl``, ``table``,
+  ``dialect``, ``real_type``);
 * ``io.py`` (the I/O thread and its deadlines), ``marks.py`` (the group commit),
-  ``claims.py`` (owners and the claim transaction), ``schema.py`` (create, upgrade in place);
-* ``sqlite.py``, ``postgres.py``: the backends; :func:`open_ledger` (here) picks one.
+  ``claims.py`` (owners and the claim statements), ``schema.py`` (create, upgrade in place),
+  ``leases.py`` (the heartbeat): functions of a backend and an identity, called by the ledger;
+* ``sqlite.py``, ``postgres.py``: the backends (:class:`SQLiteBackend`,
+  :class:`PostgresBackend`) and the ledgers on them; :func:`open_ledger` (here) picks one.
+
+No module of the package uses another's private names, and none imports another in a cycle.
 """
 
 from __future__ import annotations
@@ -101,6 +110,7 @@ import pathlib
 import urllib.parse
 from typing import Any
 
+from target_everflow.ledger.backend import Backend, Identity
 from target_everflow.ledger.base import (
     DEFAULT_SQLITE_RELPATH,
     DEFAULT_TABLE,
@@ -118,10 +128,10 @@ from target_everflow.ledger.base import (
     lease_clock,
 )
 from target_everflow.ledger.io import ANSWER_MARGIN, STOP_FLOOR
-from target_everflow.ledger.postgres import PostgresLedger
+from target_everflow.ledger.postgres import PostgresBackend, PostgresLedger
 from target_everflow.ledger.schema import ADDED_COLUMNS
 from target_everflow.ledger.sql import PRUNE_BATCH, SQLLedger
-from target_everflow.ledger.sqlite import SQLiteLedger
+from target_everflow.ledger.sqlite import SQLiteBackend, SQLiteLedger
 from target_everflow.ledger.urls import (
     HIDDEN_URL,
     is_postgres,
@@ -136,11 +146,13 @@ _url_secrets = url_secrets  # the name before the package (tests use it)
 __all__ = [
     "ADDED_COLUMNS",
     "ANSWER_MARGIN",
+    "Backend",
     "DEFAULT_SQLITE_RELPATH",
     "DEFAULT_TABLE",
     "DELIVERED_STATUS",
     "HELD_STATUS",
     "HIDDEN_URL",
+    "Identity",
     "METADATA_COLUMNS",
     "PENDING_STATUS",
     "PRUNE_BATCH",
@@ -151,8 +163,10 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "NullLedger",
+    "PostgresBackend",
     "PostgresLedger",
     "SQLLedger",
+    "SQLiteBackend",
     "SQLiteLedger",
     "lease_clock",
     "open_ledger",

@@ -130,6 +130,15 @@ class Ledger(abc.ABC):
         """
         return True
 
+    def fence(self, keys: Sequence[str], delivered: Sequence[tuple[str, int]] = ()) -> set[str]:
+        """:meth:`mark_delivered` for each of ``delivered`` and :meth:`mark_sending` for each
+        of ``keys``, in one commit (a dispatcher's tick: the answers of the slots that freed
+        up, the fences of the conversions that take them); the keys whose claim is still ours
+        (send those only). With no ``keys`` the delivered marks are only queued."""
+        for key, http_status in delivered:
+            self.mark_delivered(key, http_status)
+        return {key for key in keys if self.mark_sending(key)}
+
     def stop_waiting_after(self, seconds: float) -> None:  # noqa: B027 - optional: NullLedger never waits
         """The run is stopping (a signal): every wait for the ledger, current or later, ends
         within ``seconds`` (a :class:`LedgerError` if the ledger has not answered by then)."""

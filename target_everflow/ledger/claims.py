@@ -9,16 +9,18 @@ two processes sharing one PostgreSQL ledger never both own a key.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pathlib
 import socket
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from target_everflow.ledger.backend import Backend, Identity
 from target_everflow.ledger.base import DELIVERED_STATUS, HELD_STATUS, SENDING_STATUS, ClaimStatus
 
-if TYPE_CHECKING:
-    from target_everflow.ledger.sql import SQLLedger
+OwnerIsDead = Callable[[str, str], bool]
+"""``(owner, scope) -> bool``: whether that owner's process is known to be gone."""
 
 
 def machine_scope() -> str:
@@ -76,15 +78,19 @@ def owner_is_dead(owner: str, scope: str, my_scope: str) -> bool:
 
 
 def claim_rows(
-    ledger: SQLLedger,
+    backend: Backend,
+    who: Identity,
     cur: Any,
     keys: list[str],
-    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    metadata: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    owner_is_dead: OwnerIsDead,
+    log: logging.Logger,
 ) -> dict[str, ClaimStatus]:
-    """Claim ``keys`` (sorted, distinct) inside the caller's transaction: new keys are inserted,
-    claims of owners that are gone or whose lease expired are taken over. ``metadata`` is
-    written to the rows made ours (claimed or in doubt)."""
-    answers = _claim(ledger, cur, keys)
+    """Claim ``keys`` (sorted, distinct) for ``who`` inside the caller's transaction: new keys
+    are inserted, claims of owners that are gone (``owner_is_dead``) or whose lease expired are
+    taken over. ``metadata`` is written to the rows made ours (claimed or in doubt)."""
+    answers = _claim(backend, who, cur, keys, owner_is_dead, log)
     if metadata:
         ours = sorted(
             k
@@ -92,29 +98,36 @@ def claim_rows(
             if s in (ClaimStatus.CLAIMED, ClaimStatus.TAKEN_OVER) and k in metadata
         )
         if ours:
-            ledger._write_metadata(cur, [(k, metadata[k]) for k in ours])
+            backend.write_metadata(cur, who, [(k, metadata[k]) for k in ours])
     return answers
 
 
-def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatus]:
-    now = ledger.now(cur)
-    lease_until = now + ledger.lease_seconds
+def _claim(
+    backend: Backend,
+    who: Identity,
+    cur: Any,
+    keys: list[str],
+    owner_is_dead: OwnerIsDead,
+    log: logging.Logger,
+) -> dict[str, ClaimStatus]:
+    now = backend.now(cur)
+    lease_until = now + who.lease_seconds
     out: dict[str, ClaimStatus] = {}
     dead_cache: dict[tuple[str, str], bool] = {}
     todo = keys
     for _ in range(3):
-        inserted = ledger._insert_claims(cur, todo, now, lease_until)
+        inserted = backend.insert_claims(cur, who, todo, now, lease_until)
         for k in inserted:
             out[k] = ClaimStatus.CLAIMED
         rest = [k for k in todo if k not in inserted]
         if not rest:
             return out
         cur.execute(
-            ledger.sql(
+            backend.sql(
                 "SELECT delivery_key, status, owner, owner_scope, lease_until"
                 " FROM {t} WHERE delivery_key {in_keys}"
             ),
-            (ledger.keys_param(rest),),
+            (backend.keys_param(rest),),
         )
         rows = {r[0]: r[1:] for r in cur.fetchall()}
         takeovers: dict[tuple[str, bool], list[str]] = collections.defaultdict(list)
@@ -130,12 +143,12 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                 out[k] = ClaimStatus.DELIVERED
             elif status == HELD_STATUS:
                 out[k] = ClaimStatus.HELD
-            elif owner == ledger.owner:  # our own claim from an earlier call, still in flight
+            elif owner == who.owner:  # our own claim from an earlier call, still in flight
                 out[k] = ClaimStatus.BUSY
             else:
                 cache_key = (owner, scope or "")
                 if cache_key not in dead_cache:
-                    dead_cache[cache_key] = ledger._owner_is_dead(owner, scope or "")
+                    dead_cache[cache_key] = owner_is_dead(owner, scope or "")
                 dead = dead_cache[cache_key]
                 if dead or row_lease is None or row_lease <= now:
                     takeovers[(owner, dead)].append(k)
@@ -146,7 +159,7 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
             # Compare-and-swap on the owner; the lease is re-checked by the database, so a
             # concurrent heartbeat or takeover makes this a no-op (-> BUSY, claim later).
             cur.execute(
-                ledger.sql(
+                backend.sql(
                     "UPDATE {t} SET status = 'pending', owner = ?, owner_scope = ?,"
                     " lease_until = ?, updated_at = ?"
                     " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
@@ -155,11 +168,11 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                     " RETURNING delivery_key"
                 ),
                 (
-                    ledger.owner,
-                    ledger.scope,
+                    who.owner,
+                    who.scope,
                     lease_until,
                     now,
-                    ledger.keys_param(ks),
+                    backend.keys_param(ks),
                     old_owner,
                     dead,
                     now,
@@ -175,7 +188,7 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
                     out[k] = ClaimStatus.CLAIMED
             if taken:
                 doubtful = sum(1 for k in taken if was_sending[k])
-                ledger.log.info(
+                log.info(
                     "ledger: took over %d claim(s) of %s (%s), %d of them in doubt",
                     len(taken),
                     old_owner,
@@ -191,25 +204,17 @@ def _claim(ledger: SQLLedger, cur: Any, keys: list[str]) -> dict[str, ClaimStatu
 
 
 def change_own_claims(
-    ledger: SQLLedger, set_sql: str, keys: Sequence[str], what: str, now: bool = False
+    backend: Backend, who: Identity, cur: Any, set_sql: str, keys: list[str], *, now: bool
 ) -> set[str]:
-    """``UPDATE {t} SET <set_sql>`` (or DELETE when ``set_sql`` is empty) of our pending or
-    sending claims of ``keys``; the keys changed. ``now``: the ledger time is the first
-    parameter of ``set_sql``."""
-    ledger._check()
-    ks = sorted(set(keys))
-    if not ks:
-        return set()
+    """``UPDATE {t} SET <set_sql>`` (or DELETE when ``set_sql`` is empty) of ``who``'s pending
+    or sending claims of ``keys`` (sorted, distinct), in the caller's transaction; the keys
+    changed. ``now``: the ledger time is the first parameter of ``set_sql``."""
     head = f"UPDATE {{t}} SET {set_sql}" if set_sql else "DELETE FROM {t}"
-
-    def tx(cur: Any) -> set[str]:
-        cur.execute(
-            ledger.sql(
-                f"{head} WHERE delivery_key {{in_keys}} AND status IN ('pending', 'sending')"
-                " AND owner = ? RETURNING delivery_key"
-            ),
-            ((ledger.now(cur),) if now else ()) + (ledger.keys_param(ks), ledger.owner),
-        )
-        return {r[0] for r in cur.fetchall()}
-
-    return ledger.transaction(tx, what)
+    cur.execute(
+        backend.sql(
+            f"{head} WHERE delivery_key {{in_keys}} AND status IN ('pending', 'sending')"
+            " AND owner = ? RETURNING delivery_key"
+        ),
+        ((backend.now(cur),) if now else ()) + (backend.keys_param(keys), who.owner),
+    )
+    return {r[0] for r in cur.fetchall()}

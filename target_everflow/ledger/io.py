@@ -54,6 +54,11 @@ class LedgerIO:
         self._jobs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.hung: LedgerError | None = None  # set once a wait ran out: fail fast from then on
+        self.waited = 0.0
+        """Seconds callers spent waiting for their calls, summed over every thread."""
+        self.calls = 0
+        """The calls waited for."""
+        self._waited_lock = threading.Lock()
         self._give_up_at: float | None = None  # time.monotonic() deadline once the run stops
 
     def start(self) -> None:
@@ -123,6 +128,9 @@ class LedgerIO:
         except BaseException:  # a signal handler's exception: the job is not ours any more
             self._cancel(job)
             raise
+        with self._waited_lock:
+            self.waited += time.monotonic() - started
+            self.calls += 1
         if not job.done.is_set():
             self._cancel(job)
             raise self._hang(what, limit, stopping=time.monotonic() < deadline)

@@ -16,13 +16,11 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from target_everflow.ledger.backend import Backend, Identity
 from target_everflow.ledger.base import LedgerError
-
-if TYPE_CHECKING:
-    from target_everflow.ledger.sql import SQLLedger
 
 Mark = tuple[str, "int | None"]
 """(key, HTTP status) for a delivered mark; (key, None) for a sending mark."""
@@ -106,6 +104,24 @@ class MarkQueue:
         self._commit_up_to(target)
         with self._cond:
             return self._fenced.pop(key, False)
+
+    def fence(self, keys: Sequence[str], delivered: Sequence[tuple[str, int]]) -> set[str]:
+        """Queue ``delivered`` marks and sending marks of ``keys`` together and, when there are
+        keys, commit them (one transaction, with whatever else is queued); the keys whose claim
+        was still ours. Without keys the delivered marks are left to the writer."""
+        with self._cond:
+            self._check()
+            self._queue.extend((key, int(status)) for key, status in delivered)
+            self._queue.extend((key, None) for key in keys)
+            self._enqueued += len(delivered) + len(keys)
+            target = self._enqueued
+            if not keys:
+                if delivered:
+                    self._cond.notify_all()  # the writer commits them within a few ms
+                return set()
+        self._commit_up_to(target)
+        with self._cond:
+            return {key for key in keys if self._fenced.pop(key, False)}
 
     def delivered(self, key: str, http_status: int) -> None:
         with self._cond:
@@ -216,10 +232,10 @@ class MarkQueue:
                 return
 
 
-def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
-    """Commit ``items`` (one transaction, the caller's); return the keys whose sending mark
-    found the claim still ours."""
-    now = ledger.now(cur)
+def write_marks(backend: Backend, who: Identity, cur: Any, items: list[Mark]) -> set[str]:
+    """Write ``items`` of ``who`` (in the caller's transaction); return the keys whose sending
+    mark found the claim still ours."""
+    now = backend.now(cur)
     sending = sorted({k for k, status in items if status is None})
     marks = [(k, status) for k, status in items if status is not None]
     fenced: set[str] = set()
@@ -227,25 +243,25 @@ def write_marks(ledger: SQLLedger, cur: Any, items: list[Mark]) -> set[str]:
         # The fence: the owner check and the write are one statement, so a claim another
         # process took over (our lease had expired) changes no row and is not sent. It also
         # renews the claim's lease.
-        keys = ledger.keys_param(sending)
+        keys = backend.keys_param(sending)
         cur.execute(
-            ledger.sql(
+            backend.sql(
                 "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
                 " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending') AND owner = ?"
             ),
-            (now + ledger.lease_seconds, now, keys, ledger.owner),
+            (now + who.lease_seconds, now, keys, who.owner),
         )
         if cur.rowcount == len(sending):  # every claim still ours (no RETURNING: a row each,
             fenced = set(sending)  # and SQLite lets the GIL go for each row it steps through)
         else:  # some were taken over: those still ours are the ones just marked
             cur.execute(
-                ledger.sql(
+                backend.sql(
                     "SELECT delivery_key FROM {t} WHERE delivery_key {in_keys}"
                     " AND status = 'sending' AND owner = ?"
                 ),
-                (keys, ledger.owner),
+                (keys, who.owner),
             )
             fenced = {r[0] for r in cur.fetchall()}
     if marks:  # (with sent_at: the first accepted answer's time)
-        ledger._upsert_delivered(cur, marks, now)
+        backend.upsert_delivered(cur, who, marks, now)
     return fenced

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
+from target_everflow.ledger.backend import Backend
 from target_everflow.ledger.base import LedgerError
-
-if TYPE_CHECKING:
-    from target_everflow.ledger.sql import SQLLedger
 
 # Columns added after release 0.1.0, all nullable, added in place when a ledger is opened (an
 # older release keeps working on an upgraded table: it never names them). "{real}" is the
@@ -70,14 +69,14 @@ def recon_index(t: str) -> str:
     )
 
 
-def create(ledger: SQLLedger, cur: Any) -> None:
+def create(backend: Backend, cur: Any) -> None:
     """Create the table and its indexes where missing."""
-    ledger.lock_for_ddl(cur, f"target_everflow_ledger:{ledger.table}")
-    for stmt in create_statements(ledger.table, ledger.real_type):
+    backend.lock_for_ddl(cur, f"target_everflow_ledger:{backend.table}")
+    for stmt in create_statements(backend.table, backend.real_type):
         cur.execute(stmt)
 
 
-def upgrade(ledger: SQLLedger, cur: Any) -> None:
+def upgrade(backend: Backend, cur: Any, log: logging.Logger) -> None:
     """Add the columns the table lacks: in place, idempotent, no data touched.
 
     Only a table that lacks a column is altered (an ALTER TABLE locks the whole table, so
@@ -85,24 +84,24 @@ def upgrade(ledger: SQLLedger, cur: Any) -> None:
     most ``ledger_timeout`` seconds (the lock timeout of every ledger statement); then opening
     fails with one clear line.
     """
-    t = ledger.table
-    missing = missing_columns(ledger.column_names(cur), ledger.real_type)
+    t = backend.table
+    missing = missing_columns(backend.column_names(cur), backend.real_type)
     if missing:
         # Two runs may upgrade at once: PostgreSQL's IF NOT EXISTS makes the second a no-op
         # (SQLite's BEGIN IMMEDIATE already serialises the check and the ALTER).
-        add = "ADD COLUMN" if ledger.dialect == "sqlite" else "ADD COLUMN IF NOT EXISTS"
+        add = "ADD COLUMN" if backend.dialect == "sqlite" else "ADD COLUMN IF NOT EXISTS"
         try:
             for name, kind in missing:
                 cur.execute(f"ALTER TABLE {t} {add} {name} {kind}")
         except Exception as e:
-            if ledger._lock_timed_out(e):
+            if backend.lock_timed_out(e):
                 raise LedgerError(
                     f"could not upgrade the ledger table {t} in place (adding "
                     f"{len(missing)} column(s)): another process kept it locked for more "
-                    f"than {ledger.timeout:g} s (ledger_timeout); run again once it has finished"
+                    f"than {backend.timeout:g} s (ledger_timeout); run again once it has finished"
                 ) from None
             raise
-        ledger.log.info(
+        log.info(
             "ledger: table %s upgraded in place (added %s)", t, ", ".join(n for n, _ in missing)
         )
     cur.execute(recon_index(t))

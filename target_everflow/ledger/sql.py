@@ -1,8 +1,11 @@
-"""The SQL ledger: what SQLite and PostgreSQL share.
+"""The SQL ledger: one object with a backend.
 
-A backend (``sqlite.py``, ``postgres.py``) supplies the connection, the placeholders and the
-array parameters. Every database call runs on the ledger's I/O thread (``io.py``); claims are
-made in ``claims.py``, marks group-committed in ``marks.py``, leases renewed in ``leases.py``.
+:class:`SQLLedger` owns a :class:`~target_everflow.ledger.backend.Backend` (``sqlite.py``,
+``postgres.py``: the connection, the placeholders, the array parameters, what the database's
+errors mean). Every database call runs on the ledger's I/O thread (``io.py``); the claim
+statements are in ``claims.py``, the group commit of marks in ``marks.py``, the heartbeat in
+``leases.py``, the schema in ``schema.py``: each gets the backend and the ledger's
+:class:`~target_everflow.ledger.backend.Identity` as arguments and uses their public names only.
 
 Other modules (reconciliation, run history, operator commands, the report) use the public
 helpers only: ``transaction``, ``sql``, ``keys_param``, ``now``, ``query``, ``column_names``,
@@ -11,21 +14,19 @@ helpers only: ``transaction``, ``sql``, ``keys_param``, ``now``, ``query``, ``co
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from target_everflow.ledger.backend import Backend, Identity
 from target_everflow.ledger.base import (
     LOG,
     PSYCOPG2_MISSING,
     ClaimStatus,
     Ledger,
     LedgerError,
-    default_timeout,
     new_owner,
 )
 from target_everflow.ledger.claims import (
@@ -38,59 +39,45 @@ from target_everflow.ledger.io import LedgerIO
 from target_everflow.ledger.leases import Leases
 from target_everflow.ledger.marks import COMMIT_WHAT, Mark, MarkQueue, write_marks
 from target_everflow.ledger.schema import create, upgrade
-from target_everflow.ledger.urls import error_text
 from target_everflow.retry import LEDGER_RETRY
 
 _T = TypeVar("_T")
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 PRUNE_BATCH = 10_000
 """Rows deleted per prune transaction."""
 
 
 class SQLLedger(Ledger):
-    """A ledger in a SQL table; see the module docstring. Use ``open_ledger`` to get one."""
-
-    dialect: str
-    """``sqlite`` or ``postgresql``."""
-    real_type: str
-    """The backend's floating point column type."""
+    """A ledger in a SQL table, on ``backend``; see the module docstring. Use ``open_ledger``
+    to get one."""
 
     def __init__(
         self,
+        backend: Backend,
         *,
-        description: str,
-        table: str,
         lease_seconds: float,
-        timeout: float | None = None,
         logger: logging.Logger | None = None,
         commit_delay: float = 0.002,
         max_batch: int = 10_000,
     ) -> None:
         if not lease_seconds > 0:
             raise LedgerError(f"the ledger lease must be > 0 seconds, got {lease_seconds!r}")
-        timeout = default_timeout() if timeout is None else float(timeout)
-        if not timeout > 0:
-            raise LedgerError(f"ledger_timeout must be > 0 seconds, got {timeout!r}")
-        if not _TABLE_RE.match(table):
-            raise LedgerError(
-                f"ledger_url {description}: table {table!r} is not a plain SQL identifier"
-            )
-        self.description = description
+        self.backend = backend
+        """The database: connection and dialect (used on the I/O thread only)."""
+        self.description = description = backend.description
         self.owner = new_owner()
         self.scope = machine_scope()
-        self.table = table
-        """The ledger table (``?table=`` of ledger_url, else ``everflow_ledger``)."""
         self.lease_seconds = float(lease_seconds)
-        self.timeout = timeout
+        self.identity = Identity(self.owner, self.scope, self.lease_seconds)
+        """What the claim and mark statements write as this run's."""
+        self.timeout = backend.timeout
         self.log = logger or LOG
-        self._conn: Any = None
         self._closed = False
-        self._io = LedgerIO(description, timeout, on_hang=self._fail)
+        self._io = LedgerIO(description, self.timeout, on_hang=self._fail)
         self._marks = MarkQueue(
             commit=self._commit_marks, run=self._io.call, check=self._check, logger=self.log,
             describe=lambda e: f"ledger {description}: could not commit delivered marks: "
-            f"{self._describe_error(e)}",
+            f"{backend.describe_error(e)}",
             commit_delay=commit_delay, max_batch=max_batch,
         )  # fmt: skip
         self._leases = Leases(
@@ -99,71 +86,45 @@ class SQLLedger(Ledger):
             fail=self._fail,
         )  # fmt: skip
 
-    # ---- backend hooks ----------------------------------------------------------------
+    @property
+    def table(self) -> str:
+        """The ledger table (``?table=`` of ledger_url, else ``everflow_ledger``)."""
+        return self.backend.table
 
-    @abc.abstractmethod
-    def _connect(self) -> None:
-        """Open ``self._conn`` (on the I/O thread), with every timeout set."""
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.backend.dialect
 
-    @abc.abstractmethod
-    def _begin(self) -> Any:
-        """Start a write transaction; return a cursor."""
-
-    @abc.abstractmethod
-    def _commit(self) -> None: ...
-
-    @abc.abstractmethod
-    def _rollback(self) -> None: ...
-
-    @abc.abstractmethod
-    def _close_connection(self) -> None: ...
-
-    @abc.abstractmethod
-    def _insert_claims(self, cur: Any, keys: list[str], now: float, lease_until: float) -> set[str]:
-        """INSERT pending rows ON CONFLICT DO NOTHING; return the keys actually inserted."""
-
-    @abc.abstractmethod
-    def _upsert_delivered(self, cur: Any, marks: list[tuple[str, int]], now: float) -> None:
-        """Write ``delivered`` rows (insert or update; ``sent_at`` is ``now`` unless a row has
-        one already), one statement for the batch."""
-
-    @abc.abstractmethod
-    def _write_metadata(self, cur: Any, rows: list[tuple[str, Mapping[str, Any]]]) -> None:
-        """Write :data:`METADATA_COLUMNS` of our own rows (one statement per batch)."""
-
-    def _lock_timed_out(self, exc: BaseException) -> bool:
-        return False
-
-    def _retryable(self, exc: BaseException) -> bool:
-        """A transaction error worth retrying (deadlock, serialisation failure)."""
-        return False
-
-    def _describe_error(self, exc: BaseException) -> str:
-        return error_text(exc)
+    @property
+    def real_type(self) -> str:
+        """The backend's floating point column type."""
+        return self.backend.real_type
 
     # ---- public helpers (run history, reconciliation, operator commands, report) ------
 
-    @abc.abstractmethod
     def now(self, cur: Any) -> float:
         """The ledger's clock (epoch seconds; PostgreSQL's server clock)."""
+        return self.backend.now(cur)
 
-    @abc.abstractmethod
     def sql(self, text: str) -> str:
         """``text`` for this database: ``?`` placeholders, ``{t}`` the ledger table,
         ``{in_keys}`` matched against :meth:`keys_param`."""
+        return self.backend.sql(text)
 
-    @abc.abstractmethod
     def keys_param(self, keys: Sequence[str]) -> Any:
         """The parameter that ``{in_keys}`` expects."""
+        return self.backend.keys_param(keys)
 
-    @abc.abstractmethod
     def column_names(self, cur: Any, table: str | None = None) -> set[str]:
         """The column names of ``table`` (default: the ledger table), lower case."""
+        return self.backend.column_names(cur, table)
 
     def lock_for_ddl(self, cur: Any, name: str) -> None:
         """Serialise a CREATE ... IF NOT EXISTS named ``name`` with other processes until the
         transaction ends (PostgreSQL's catalog can collide; SQLite's BEGIN IMMEDIATE already
         serialises)."""
+        self.backend.lock_for_ddl(cur, name)
 
     def transaction(self, fn: Callable[[Any], _T], what: str) -> _T:
         """Run ``fn(cursor)`` in one transaction on the I/O thread (retried on deadlock);
@@ -191,6 +152,12 @@ class SQLLedger(Ledger):
         return self._marks.failed
 
     @property
+    def waited(self) -> float:
+        """Seconds this run's threads waited for the ledger, summed (the benchmark's "ledger
+        wait"; the ledger logs it when closed)."""
+        return self._io.waited
+
+    @property
     def writer_commits(self) -> int:
         """The number of group-commit transactions (diagnostics, tests)."""
         return self._marks.commits
@@ -202,8 +169,10 @@ class SQLLedger(Ledger):
         self._io.start()
         try:
             self._io.call(self._connect_or_raise, "connect")
-            self.transaction(lambda cur: create(self, cur), "create the ledger table")
-            self.transaction(lambda cur: upgrade(self, cur), "upgrade the ledger table")
+            self.transaction(lambda cur: create(self.backend, cur), "create the ledger table")
+            self.transaction(
+                lambda cur: upgrade(self.backend, cur, self.log), "upgrade the ledger table"
+            )
             if retention_days > 0:
                 self.prune(retention_days)
         except LedgerError as e:
@@ -223,11 +192,11 @@ class SQLLedger(Ledger):
 
     def _connect_or_raise(self) -> None:
         try:
-            self._connect()
+            self.backend.connect(self.log)
         except LedgerError:
             raise
         except Exception as e:  # any driver/OS error is reported the same way
-            raise LedgerError(self._describe_error(e)) from None
+            raise LedgerError(self.backend.describe_error(e)) from None
 
     def _abandon(self) -> None:
         """Give the connection up without waiting: it is closed when the I/O thread is free
@@ -237,8 +206,7 @@ class SQLLedger(Ledger):
 
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
-            self._close_connection()
-        self._conn = None
+            self.backend.close()
 
     def close(self) -> None:
         if self._closed:
@@ -250,6 +218,10 @@ class SQLLedger(Ledger):
         with contextlib.suppress(LedgerError):
             self._io.call(self._close_quietly, "close the connection")
         self._io.stop()
+        self.log.info(
+            "ledger %s closed: %d call(s), %.3f s waited for them, %d mark commit(s)",
+            self.description, self._io.calls, self._io.waited, self._marks.commits,
+        )  # fmt: skip
         failed = self._marks.failed
         if failed is not None:
             suffix = f" ({lost} delivered mark(s) not committed)" if lost else ""
@@ -272,29 +244,29 @@ class SQLLedger(Ledger):
     def _transaction(self, fn: Callable[[Any], _T], what: str) -> _T:
         retry = 0
         while True:
-            if self._conn is None:
+            if not self.backend.connected:
                 raise LedgerError(f"ledger {self.description} is closed")
             try:
-                cur = self._begin()
+                cur = self.backend.begin()
                 result = fn(cur)
-                self._commit()
+                self.backend.commit()
                 return result
             except LedgerError:
                 self._rollback_quietly()
                 raise
             except Exception as e:
                 self._rollback_quietly()
-                if self._retryable(e) and retry < LEDGER_RETRY.max_retries:
+                if self.backend.retryable(e) and retry < LEDGER_RETRY.max_retries:
                     retry += 1
                     time.sleep(LEDGER_RETRY.delay(retry))
                     continue
                 raise LedgerError(
-                    f"ledger {self.description}: could not {what}: {self._describe_error(e)}"
+                    f"ledger {self.description}: could not {what}: {self.backend.describe_error(e)}"
                 ) from None
 
     def _rollback_quietly(self) -> None:
         with contextlib.suppress(Exception):  # the connection may be gone; that is reported
-            self._rollback()
+            self.backend.rollback()
 
     # ---- claims -----------------------------------------------------------------------
 
@@ -310,26 +282,41 @@ class SQLLedger(Ledger):
 
         # Sorted, so concurrent transactions lock overlapping keys in the same order.
         answers = self.transaction(
-            lambda cur: claim_rows(self, cur, sorted(ordered), metadata), "claim keys"
-        )
+            lambda cur: claim_rows(
+                self.backend, self.identity, cur, sorted(ordered), metadata,
+                owner_is_dead=self._owner_is_dead, log=self.log,
+            ),
+            "claim keys",
+        )  # fmt: skip
         return {k: answers[k] for k in ordered}
 
     def _owner_is_dead(self, owner: str, scope: str) -> bool:
         """True when ``owner`` ran on this machine and its process no longer exists."""
         return owner_is_dead(owner, scope, self.scope)
 
+    def _change_own_claims(
+        self, set_sql: str, keys: Sequence[str], what: str, *, now: bool = False
+    ) -> set[str]:
+        """Change (or, ``set_sql`` empty, delete) our pending or sending claims of ``keys``;
+        the keys changed (see ``claims.change_own_claims``)."""
+        self._check()
+        ks = sorted(set(keys))
+        if not ks:
+            return set()
+        return self.transaction(
+            lambda cur: change_own_claims(self.backend, self.identity, cur, set_sql, ks, now=now),
+            what,
+        )
+
     def release(self, keys: Sequence[str]) -> None:
-        change_own_claims(self, "", keys, "release claims")
+        self._change_own_claims("", keys, "release claims")
 
     def mark_held(self, keys: Sequence[str]) -> None:
         ks = sorted(set(keys))
-        held = change_own_claims(
-            self,
-            "status = 'in_doubt', lease_until = NULL, updated_at = ?",
-            ks,
-            "mark keys held",
+        held = self._change_own_claims(
+            "status = 'in_doubt', lease_until = NULL, updated_at = ?", ks, "mark keys held",
             now=True,
-        )
+        )  # fmt: skip
         if len(held) != len(ks):
             self.log.warning(
                 "ledger: %d of %d key(s) to hold were no longer pending under this run",
@@ -383,12 +370,19 @@ class SQLLedger(Ledger):
     def mark_delivered(self, key: str, http_status: int) -> None:
         self._marks.delivered(key, http_status)
 
+    def fence(self, keys: Sequence[str], delivered: Sequence[tuple[str, int]] = ()) -> set[str]:
+        if keys:
+            self._leases.renew_if_overdue()
+        return self._marks.fence(keys, delivered)
+
     def flush(self) -> None:
         if not self._marks.flush() and self._closed:
             raise LedgerError(f"ledger {self.description} is closed")
 
     def _commit_marks(self, items: list[Mark]) -> set[str]:
-        return self.transaction(lambda cur: write_marks(self, cur, items), COMMIT_WHAT)
+        return self.transaction(
+            lambda cur: write_marks(self.backend, self.identity, cur, items), COMMIT_WHAT
+        )
 
     # ---- leases (leases.py) -----------------------------------------------------------
 
