@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
-from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
+from target_everflow.errors import ConfigError
 from target_everflow.mapping import POSTBACK_PARAMETERS
 
 STATE_DIR = ".target-everflow"
@@ -371,16 +371,6 @@ SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 # Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
 LIVE_REQUIRED = ("postback_url", "network_id")
 SETTINGS_GROUP_VALIDATION = [list(LIVE_REQUIRED), ["dry_run"]]
-
-
-class ConfigError(TargetEverflowError):
-    """A setting is wrong. ``str()`` names the setting; it never contains a secret value."""
-
-    exit_code = EXIT_CONFIG
-
-    def __init__(self, setting: str, problem: str) -> None:
-        self.setting = setting
-        super().__init__(f"Setting '{setting}': {problem}")
 
 
 def is_loopback(host: str) -> bool:

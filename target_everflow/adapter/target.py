@@ -24,13 +24,17 @@ from target_everflow.adapter.sinks import EverflowSink
 from target_everflow.errors import (
     EXIT_INPUT,
     EXIT_OK,
+    EXIT_RECONCILE,
+    EXIT_THRESHOLD,
     InputError,
+    LedgerUnavailable,
     OutputError,
     TargetEverflowError,
     Terminated,
+    precedence,
 )
 from target_everflow.ledger import LedgerError
-from target_everflow.run import LedgerUnavailable, Run
+from target_everflow.run import Run
 from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
 from target_everflow.text import first_line
 
@@ -378,13 +382,13 @@ class TargetEverflow(Target):
             self._finishing = True  # a signal from here on is reported, never raised
             # Everything is settled and STATE emitted: the failure thresholds may make it 5.
             code = self.run.finish(code)
-        if self._terminating is not None and code == EXIT_OK:
+        if self._terminating is not None and code in (EXIT_OK, EXIT_THRESHOLD, EXIT_RECONCILE):
             self.logger.warning(
                 "Received signal %d while finishing, after every record read had its outcome and "
                 "the last STATE was emitted.",
                 self._terminating,
             )
-            code = Terminated(self._terminating).exit_code
+            code = precedence(code, Terminated(self._terminating).exit_code)
         return code
 
     def _input_broken(self, exc: InputError) -> int:

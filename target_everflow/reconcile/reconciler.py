@@ -56,7 +56,7 @@ from target_everflow.errors import (
     EXIT_LEDGER,
     EXIT_OK,
     EXIT_RECONCILE,
-    TargetEverflowError,
+    ReconcileError,
 )
 from target_everflow.everflow.api import (
     MAX_ATTEMPTS,
@@ -113,13 +113,6 @@ ERROR_NAMES = {
 DAY = 86400.0
 
 _LOG = logging.getLogger("target-everflow")
-
-
-class ReconcileError(TargetEverflowError):
-    """The reporting API failed (or a setting stops reconcile); one line, never the key."""
-
-    exit_code = EXIT_DELIVERY
-    reason = ""
 
 
 # --- the report API ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from target_everflow.adapter.commands.options import (
     json_option,
     load_target,
 )
-from target_everflow.errors import TargetEverflowError
+from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import (
     DELIVERED_STATUS,
     HELD_STATUS,
@@ -66,7 +66,6 @@ COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a l
 @contextlib.contextmanager
 def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     """The ledger of ``--config``, opened without pruning; a failure exits with one line."""
-    from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - heavy, load on use
 
     settings = load_target(config).settings
     if (settings.ledger_url or "").strip().lower() == "none":

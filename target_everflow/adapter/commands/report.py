@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from target_everflow.adapter.commands.options import config_option, fail, load_target
-from target_everflow.errors import TargetEverflowError
+from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import LedgerError
 from target_everflow.report.html import build_report, render
 
@@ -66,8 +66,6 @@ def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) 
             timeout=settings.ledger_timeout,
         )
     except LedgerError as exc:
-        from target_everflow.run import LedgerUnavailable  # noqa: PLC0415 - the run's exit code 4
-
         fail(LedgerUnavailable(str(exc)))
     except TargetEverflowError as exc:
         fail(exc)
