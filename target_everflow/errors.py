@@ -53,6 +53,7 @@ class ConfigError(TargetEverflowError):
 
     def __init__(self, setting: str, problem: str) -> None:
         self.setting = setting
+        self.problem = problem
         super().__init__(f"Setting '{setting}': {problem}")
 
 

@@ -33,6 +33,7 @@ from target_everflow.adapter.commands.options import (
     fail,
     json_option,
     load_target,
+    number_option,
 )
 from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import (
@@ -433,10 +434,12 @@ def _delete_unchanged(ledger: SQLLedger, rows: Sequence[dict[str, t.Any]]) -> se
 
 @ledger_command.command("forget")
 @config_option
-@click.option(
+@number_option(
     "--older-than",
     "days",
-    type=click.FloatRange(min=0),
+    integer=False,
+    minimum=0,
+    maximum=36500,
     required=True,
     metavar="DAYS",
     help="Forget delivered and held keys, and runs, older than this many days.",

@@ -8,7 +8,7 @@ import typing as t
 
 import click
 
-from target_everflow.errors import TargetEverflowError
+from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -35,6 +35,29 @@ def json_option(what: str) -> Callable[[Callable[..., t.Any]], Callable[..., t.A
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} instead.")
 
 
+def number_option(
+    *decls: str, integer: bool, minimum: float, maximum: float, **kwargs: t.Any
+) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+    """A numeric option: finite and from ``minimum`` to ``maximum`` (said in its help), read
+    like a number setting; anything else exits 1 with one line naming the option."""
+    spec = {"type": "integer" if integer else "number", "minimum": minimum, "maximum": maximum}
+    name = max((d for d in decls if d.startswith("--")), key=len)
+
+    def check(ctx: click.Context, _param: click.Parameter, value: t.Any) -> int | float | None:
+        from target_everflow.settings import ConfigError, check_number  # noqa: PLC0415 - loaded when a command runs
+
+        if value is None:
+            return None
+        try:
+            return check_number(name, value, spec)
+        except ConfigError as exc:
+            click.echo(f"{PROG}: Option {name}: {exc.problem}", err=True)
+            ctx.exit(EXIT_CONFIG)
+
+    kwargs["help"] = f"{kwargs.get('help', '')} ({minimum} to {maximum})".strip()
+    return click.option(*decls, type=click.STRING, callback=check, **kwargs)
+
+
 def load_target(config: Sequence[str]) -> TargetEverflow:
     """The target built from ``--config`` exactly as a run would build it (schema defaults,
     validation, ENV parsing); a bad setting exits 1 with one line."""
@@ -45,16 +68,11 @@ def load_target(config: Sequence[str]) -> TargetEverflow:
     parse_env = "ENV" in config
     files = [c for c in config if c != "ENV"]
     try:
-        return TargetEverflow(
-            config=files or None, parse_env_config=parse_env, validate_config=True
-        )
+        return TargetEverflow(config=files, parse_env_config=parse_env, validate_config=True)
     except ConfigValidationError as exc:
         for error in exc.errors or [str(exc)]:
             click.echo(f"{PROG}: {error}", err=True)
-        sys.exit(1)
-    except FileNotFoundError as exc:
-        click.echo(f"{PROG}: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG)
 
 
 def fail(exc: TargetEverflowError) -> t.NoReturn:

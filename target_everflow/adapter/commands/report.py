@@ -10,7 +10,12 @@ from pathlib import Path
 
 import click
 
-from target_everflow.adapter.commands.options import config_option, fail, load_target
+from target_everflow.adapter.commands.options import (
+    config_option,
+    fail,
+    load_target,
+    number_option,
+)
 from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import LedgerError
 from target_everflow.report.html import build_report, render
@@ -40,18 +45,22 @@ def write_atomically(path: Path, text: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The HTML file to write.",
 )
-@click.option(
+@number_option(
     "--days",
+    integer=True,
+    minimum=1,
+    maximum=3660,
     default=30,
     show_default=True,
-    type=click.IntRange(1, 3660),
     help="UTC days shown, ending today.",
 )
-@click.option(
+@number_option(
     "--runs",
+    integer=True,
+    minimum=1,
+    maximum=1000,
     default=20,
     show_default=True,
-    type=click.IntRange(1, 1000),
     help="Runs listed in the run table, latest first.",
 )
 def report_command(config: tuple[str, ...], output: Path, days: int, runs: int) -> None:
