@@ -39,6 +39,14 @@ from target_everflow.errors import (
     precedence,
 )
 from target_everflow.ledger import LedgerError
+from target_everflow.ledger.urls import url_secrets
+from target_everflow.masking import (
+    MIN_FREE_TEXT_LENGTH,
+    install_log_masking,
+    mask,
+    protect,
+    too_short,
+)
 from target_everflow.run import Run
 from target_everflow.settings import (
     CONFIG_SCHEMA,
@@ -284,6 +292,7 @@ class TargetEverflow(Target):
             self.settings = Settings.from_config(self.config)
         except ConfigError as exc:
             raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
+        self._protect_secrets()
         self.run = Run(self.settings, self.logger, self._schema_of, point_writer())
         self.sinks: weakref.WeakSet[EverflowSink] = weakref.WeakSet()
         """Every sink that may still hold records (a sink registers itself in ``setup``)."""
@@ -297,6 +306,28 @@ class TargetEverflow(Target):
         """> 0 while a STATE is written: a signal then must not raise into the main thread."""
         self._finishing = False
         self._state_written: str | None = None
+
+    def _protect_secrets(self) -> None:
+        """Every secret setting is masked from here on, in every output of the process (the one
+        rule: ``masking.mask``); a secret too short to be masked in free text says so."""
+        s = self.settings
+        ledger_secrets = sorted(url_secrets(s.ledger_url)) if s.ledger_url else []
+        protect([s.api_key, s.verification_token, *ledger_secrets])
+        install_log_masking()
+        named = [("api_key", s.api_key), ("verification_token", s.verification_token)]
+        named += [("ledger_url", secret) for secret in ledger_secrets]
+        for name, secret in named:
+            if secret and secret.strip() and too_short(secret):
+                what = "its password" if name == "ledger_url" else "it"
+                self.logger.warning(
+                    "Setting '%s': %s is shorter than %d characters, too short to be masked in "
+                    "free text without mangling ordinary words: it is masked where it is "
+                    "structured (a URL's password, a query or connection parameter) and nowhere "
+                    "else, e.g. not in a server's error message.",
+                    name,
+                    what,
+                    MIN_FREE_TEXT_LENGTH,
+                )
 
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
@@ -542,7 +573,7 @@ class TargetEverflow(Target):
                 self.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
                 return exc.exit_code
             for line in lines:
-                click.echo(line)
+                click.echo(mask(line))
             return EXIT_OK
         code = EXIT_OK
         try:

@@ -9,6 +9,7 @@ import typing as t
 import click
 
 from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
+from target_everflow.masking import mask
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -68,14 +69,36 @@ def load_target(config: Sequence[str]) -> TargetEverflow:
     parse_env = "ENV" in config
     files = [c for c in config if c != "ENV"]
     try:
-        return TargetEverflow(config=files, parse_env_config=parse_env, validate_config=True)
+        target = TargetEverflow(config=files, parse_env_config=parse_env, validate_config=True)
     except ConfigValidationError as exc:
         for error in exc.errors or [str(exc)]:
-            click.echo(f"{PROG}: {error}", err=True)
+            click.echo(mask(f"{PROG}: {error}"), err=True)
         sys.exit(EXIT_CONFIG)
+    # The command's own output (tables, JSON, messages) goes through the masking rule too.
+    sys.stdout, sys.stderr = MaskedStream.wrap(sys.stdout), MaskedStream.wrap(sys.stderr)
+    return target
+
+
+class MaskedStream:
+    """A text stream whose every write is masked (``masking.mask``): an operator command's
+    output after its settings (and so its secrets) are known."""
+
+    def __init__(self, stream: t.TextIO) -> None:
+        self._stream = stream
+
+    @classmethod
+    def wrap(cls, stream: t.TextIO) -> t.TextIO:
+        return stream if isinstance(stream, cls) else t.cast(t.TextIO, cls(stream))
+
+    def write(self, text: str) -> int:
+        self._stream.write(mask(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._stream, name)
 
 
 def fail(exc: TargetEverflowError) -> t.NoReturn:
-    """One line on stderr, the error's exit code."""
-    click.echo(f"{PROG}: {exc}", err=True)
+    """One line on stderr (secrets masked), the error's exit code."""
+    click.echo(mask(f"{PROG}: {exc}"), err=True)
     sys.exit(exc.exit_code)
