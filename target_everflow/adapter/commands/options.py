@@ -91,10 +91,14 @@ class MaskedStream:
         return stream if isinstance(stream, cls) else t.cast(t.TextIO, cls(stream))
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # a text stream (click tells one from a binary one so)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self._stream.write(mask(text))
         return len(text)
 
     def __getattr__(self, name: str) -> t.Any:
+        if name == "buffer":  # no way around the masking
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
