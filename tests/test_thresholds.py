@@ -161,10 +161,22 @@ def test_a_systemic_delivery_failure_keeps_exit_3(base_config, tmp_path):
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
-        ({"max_dead_letter_ratio": 1.5}, "Setting 'max_dead_letter_ratio': must be <= 1"),
-        ({"max_dead_letter_ratio": -0.1}, "Setting 'max_dead_letter_ratio': must be >= 0"),
-        ({"max_dead_letters": -1}, "Setting 'max_dead_letters': must be >= 0"),
-        ({"max_dead_letters": 2.5}, "Setting 'max_dead_letters': must be an integer"),
+        (
+            {"max_dead_letter_ratio": 1.5},
+            "Setting 'max_dead_letter_ratio': must be a number >= 0 and <= 1, not 1.5",
+        ),
+        (
+            {"max_dead_letter_ratio": -0.1},
+            "Setting 'max_dead_letter_ratio': must be a number >= 0 and <= 1, not -0.1",
+        ),
+        (
+            {"max_dead_letters": -1},
+            "Setting 'max_dead_letters': must be an integer >= 0 and <= 1000000000, not -1",
+        ),
+        (
+            {"max_dead_letters": 2.5},
+            "Setting 'max_dead_letters': must be an integer >= 0 and <= 1000000000, not 2.5",
+        ),
     ],
 )
 def test_bad_threshold_settings_exit_1_naming_the_setting(base_config, tmp_path, changes, says):
