@@ -434,3 +434,33 @@ def test_hostile_values_for_numeric_options(value: str, option: tuple[str, ...])
         assert exc.exit_code == 1
         return
     assert isinstance(number, (int, float)) and math.isfinite(number)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.one_of(
+        st.text(max_size=60),
+        st.sampled_from(
+            [
+                '{"dry_run": true,}',
+                '{"dry_run": tru}',
+                "{" * 5000,
+                "[" * 100_000,
+                '{"a": 1} {"b": 2}',
+                '{"dry_run": true, "x": NaN}',
+                "\ufeff{}",
+                "null",
+            ]
+        ),  # fmt: skip
+    )
+)
+def test_hostile_config_file_text(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        TargetEverflow(config=[str(path)])
+    except ConfigValidationError as exc:
+        (error,) = exc.errors
+        assert "\n" not in error and len(error) < 1000, error

@@ -28,8 +28,6 @@ from target_everflow.errors import (
     EXIT_CONFIG,
     EXIT_INPUT,
     EXIT_OK,
-    EXIT_RECONCILE,
-    EXIT_THRESHOLD,
     ConfigFileError,
     InputError,
     LedgerUnavailable,
@@ -602,13 +600,15 @@ class TargetEverflow(Target):
             self._finishing = True  # a signal from here on is reported, never raised
             # Everything is settled and STATE emitted: the failure thresholds may make it 5.
             code = self.run.finish(code)
-        if self._terminating is not None and code in (EXIT_OK, EXIT_THRESHOLD, EXIT_RECONCILE):
-            self.logger.warning(
-                "Received signal %d while finishing, after every record read had its outcome and "
-                "the last STATE was emitted.",
-                self._terminating,
-            )
-            code = precedence(code, Terminated(self._terminating).exit_code)
+        if self._terminating is not None:
+            final = precedence(code, Terminated(self._terminating).exit_code)
+            if final != code:
+                self.logger.warning(
+                    "Received signal %d while finishing, after every record read had its outcome "
+                    "and the last STATE was emitted.",
+                    self._terminating,
+                )
+            code = final
         return code
 
     def _input_broken(self, exc: InputError) -> int:
