@@ -262,6 +262,19 @@ def test_environment_variables_that_are_no_setting_are_left_alone(
     assert not [r for r in caplog.records if "is not a setting" in r.getMessage()]
 
 
+@pytest.mark.parametrize(
+    "name", ["stream_maps", "stream_map_config", "event_mapping"]
+)
+def test_null_is_not_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Before: `stream_maps: null` (or TARGET_EVERFLOW_STREAM_MAPS=null) was a TypeError traceback
+    from the SDK's mapper."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**dry(tmp_path), name: None}))
+    assert TargetEverflow(config=[str(path)]).settings.dry_run
+    monkeypatch.setenv("TARGET_EVERFLOW_" + name.upper(), "null")
+    assert TargetEverflow(config=dry(tmp_path), parse_env_config=True).settings.dry_run
+
+
 # --- numeric command-line options -----------------------------------------------------------------
 
 NUMERIC_OPTIONS = [("ledger", "forget", "--older-than"), ("history", "--last"), ("report", "--days"),

@@ -273,6 +273,8 @@ class TargetEverflow(Target):
                 self.logger.warning("%s", warning)
             if parse_env_config:  # read here, strictly: the SDK's reading raises on bad text
                 config.update(env_config(self.settings_schema()))
+            # null is "not given" (every setting's default; the SDK's stream maps fail on it)
+            config = {key: value for key, value in config.items() if value is not None}
         except ConfigFileError as exc:
             raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
         super().__init__(
