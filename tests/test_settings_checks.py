@@ -262,9 +262,7 @@ def test_environment_variables_that_are_no_setting_are_left_alone(
     assert not [r for r in caplog.records if "is not a setting" in r.getMessage()]
 
 
-@pytest.mark.parametrize(
-    "name", ["stream_maps", "stream_map_config", "event_mapping"]
-)
+@pytest.mark.parametrize("name", ["stream_maps", "stream_map_config", "event_mapping"])
 def test_null_is_not_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Before: `stream_maps: null` (or TARGET_EVERFLOW_STREAM_MAPS=null) was a TypeError traceback
     from the SDK's mapper."""
