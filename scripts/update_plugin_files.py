@@ -45,11 +45,14 @@ HUB_FILE = REPO / "plugin" / "loaders" / "target-everflow" / f"{VARIANT}.yml"
 LOADER = "target-everflow"
 
 # The Meltano setting kind of each JSON type (an enum is `options`). A secret is `sensitive: true`
-# with its type's kind: Meltano 4 rewrites the older `kind: password` that way.
+# with its type's kind: Meltano 4 rewrites the older `kind: password` that way. A number is
+# `string`: Meltano 4.4.1 reads a `decimal` from an environment variable as a Decimal it then
+# cannot write into the config ("Object of type Decimal is not JSON serializable"); the target
+# reads a number given as text (and checks it finite and within its bounds).
 KINDS = {
     "string": "string",
     "integer": "integer",
-    "number": "decimal",
+    "number": "string",
     "boolean": "boolean",
     "object": "object",
     "array": "array",

@@ -27,7 +27,7 @@ from target_everflow.accounting.summary import (
 from target_everflow.accounting.thresholds import verdict
 from target_everflow.delivery.engine import DeliveryEngine, DryRunWriter, RateLimiter, RetryPolicy
 from target_everflow.delivery.postback import PostbackClient
-from target_everflow.errors import EXIT_LEDGER, EXIT_OK, EXIT_THRESHOLD, TargetEverflowError
+from target_everflow.errors import EXIT_OK, EXIT_THRESHOLD, LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import Ledger, LedgerError, NullLedger, SQLLedger, open_ledger
 from target_everflow.mapping import Mapper
 from target_everflow.outcomes import DEAD_LETTER, DELIVERED, SKIPPED, UNKNOWN_EVENT, Outcome
@@ -42,10 +42,6 @@ if t.TYPE_CHECKING:
 
 DROPPED_WARNINGS_PER_FIELD = 20
 DRY_RUN_POSTBACK_URL = "https://dry-run.invalid/"
-
-
-class LedgerUnavailable(TargetEverflowError):
-    exit_code = EXIT_LEDGER
 
 
 class Run:

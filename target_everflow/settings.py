@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import typing as t
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 from target_everflow.clock import CLOCK_ENV, Clock, InvalidClock, from_environment
-from target_everflow.errors import EXIT_CONFIG, TargetEverflowError
+from target_everflow.errors import ConfigError, TargetEverflowError
 from target_everflow.fields import POSTBACK_PARAMETERS
 
 STATE_DIR = ".target-everflow"
@@ -45,12 +46,14 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "network_id": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": 2147483647,
             "title": "Network ID",
             "description": ("Everflow network id, sent as `nid`. Required unless dry_run."),
         },
         "advertiser_id": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": 2147483647,
             "title": "Advertiser ID",
             "description": (
                 "Everflow advertiser (brand) id, sent as `aid`; needed by the API check when "
@@ -72,6 +75,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
             "additionalProperties": {
                 "type": ["integer"],
                 "minimum": 0,
+                "maximum": 2147483647,
             },
             "title": "Event mapping",
             "default": {
@@ -172,6 +176,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "reconcile_after_minutes": {
             "type": ["number", "null"],
             "minimum": 0,
+            "maximum": 129600,
             "title": "Reconcile after (minutes)",
             "default": 30,
             "description": (
@@ -183,6 +188,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "reconcile_not_found_after_hours": {
             "type": ["number", "null"],
             "minimum": 0,
+            "maximum": 2160,
             "title": "Not found after (hours)",
             "default": 24,
             "description": (
@@ -193,6 +199,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "api_requests_per_second": {
             "type": ["number", "null"],
             "exclusiveMinimum": 0,
+            "maximum": 1000,
             "title": "API requests per second",
             "default": 5,
             "description": (
@@ -238,6 +245,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "progress_interval": {
             "type": ["number", "null"],
             "minimum": 0,
+            "maximum": 86400,
             "title": "Progress interval",
             "default": 10,
             "description": ("Seconds between progress log lines on long runs (0 turns them off)."),
@@ -253,6 +261,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "max_requests_per_second": {
             "type": ["number", "null"],
             "minimum": 0,
+            "maximum": 100000,
             "title": "Max requests per second",
             "default": 0,
             "description": (
@@ -272,6 +281,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "request_timeout": {
             "type": ["number", "null"],
             "exclusiveMinimum": 0,
+            "maximum": 3600,
             "title": "Request timeout",
             "default": 30,
             "description": "Seconds per request attempt.",
@@ -279,6 +289,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "batch_size_rows": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": 1000000,
             "title": "Batch size (rows)",
             "default": 5000,
             "description": (
@@ -289,6 +300,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "max_batch_age_seconds": {
             "type": ["number", "null"],
             "exclusiveMinimum": 0,
+            "maximum": 86400,
             "title": "Max batch age (seconds)",
             "default": 5,
             "description": (
@@ -312,6 +324,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "ledger_timeout": {
             "type": ["number", "null"],
             "exclusiveMinimum": 0,
+            "maximum": 3600,
             "title": "Ledger timeout (seconds)",
             "default": 30,
             "description": (
@@ -345,6 +358,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "ledger_retention_days": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": 36500,
             "title": "Ledger retention (days)",
             "default": 400,
             "description": "Delivered keys older than this are pruned at start-up.",
@@ -364,6 +378,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = {
         "max_dead_letters": {
             "type": ["integer", "null"],
             "minimum": 0,
+            "maximum": 1000000000,
             "title": "Max dead letters",
             "description": (
                 "The run exits with code 5 when it dead-letters more records than this. Unset: "
@@ -386,6 +401,117 @@ def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:
     return schema_default(name) if value is None else value
 
 
+# --- numbers: every number a person gives is finite and within the schema's bounds ----------------
+
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
+"""A number written as text (``--config ENV``, Meltano's ``kind: string``): digits, a point, an
+exponent; never ``nan``, ``inf``, ``1_000`` or hex."""
+_BOUNDS = (
+    ("minimum", ">=", lambda v, b: v >= b),
+    ("exclusiveMinimum", ">", lambda v, b: v > b),
+    ("maximum", "<=", lambda v, b: v <= b),
+    ("exclusiveMaximum", "<", lambda v, b: v < b),
+)
+
+
+def json_types(spec: t.Mapping[str, t.Any]) -> list[str]:
+    """The JSON types a schema entry allows, ``null`` left out."""
+    types = spec.get("type", [])
+    return [x for x in (types if isinstance(types, list) else [types]) if x != "null"]
+
+
+def is_number_spec(spec: t.Mapping[str, t.Any]) -> bool:
+    """Whether a schema entry is a number or an integer (and nothing else but null)."""
+    types = json_types(spec)
+    return bool(types) and set(types) <= {"number", "integer"}
+
+
+def number_rule(spec: t.Mapping[str, t.Any]) -> str:
+    """What a number setting must be, in words: ``an integer >= 1 and <= 512``."""
+    kind = "a number" if "number" in json_types(spec) else "an integer"
+    bounds = [f"{sign} {_num(spec[key])}" for key, sign, _ in _BOUNDS if key in spec]
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def check_number(
+    setting: str, value: t.Any, spec: t.Mapping[str, t.Any] | None = None
+) -> int | float:
+    """The number ``value`` gives for ``setting`` (an ``int`` for an integer setting), or a
+    ``ConfigError`` in one line: it must be finite and within the schema's ``minimum``/``maximum``
+    (``spec``: the setting's schema entry, by default ``CONFIG_SCHEMA``'s). Text that is a plain
+    decimal number is read as one (environment variables and Meltano pass text)."""
+    if spec is None:
+        spec = CONFIG_SCHEMA["properties"][setting]
+    integer = "number" not in json_types(spec)
+    rule = f"must be {number_rule(spec)}"
+    number: int | float
+    if isinstance(value, str):
+        if len(value) > 100 or not _NUMBER_TEXT.fullmatch(value):
+            raise ConfigError(setting, f"{rule}, not the text {value[:40]!r}")
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            number = float(text)
+    elif isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ConfigError(setting, f"{rule}, not {_kind_of(value)}")
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ConfigError(setting, f"{rule}, not {value}")
+        number = int(value) if value == value.to_integral_value() else float(value)
+    else:
+        number = value
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(setting, f"{rule}, not {value!r}"[:200])
+    if integer and isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(setting, f"{rule}, not {number:g}")
+        number = int(number)
+    for key, _sign, holds in _BOUNDS:
+        if key in spec and not holds(number, spec[key]):
+            shown = (
+                f"{number:g}"
+                if isinstance(number, float) or abs(number) < 10**15
+                else "a number that large"
+            )
+            raise ConfigError(setting, f"{rule}, not {shown}")
+    return number
+
+
+def _num(value: float) -> str:
+    """A bound as people write it: ``2147483647``, ``0.5``."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _kind_of(value: t.Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "true or false", list: "a list", dict: "an object"}.get(
+        type(value), "a " + type(value).__name__
+    )
+
+
+def numbers_checked(
+    config: t.Mapping[str, t.Any], properties: t.Mapping[str, t.Any]
+) -> tuple[dict[str, t.Any], list[ConfigError]]:
+    """``config`` with every number setting of ``properties`` given (not null) checked and read
+    as a number, and the errors of those that are not valid numbers (left as they were)."""
+    out = dict(config)
+    errors: list[ConfigError] = []
+    for name, spec in properties.items():
+        if isinstance(spec, t.Mapping) and is_number_spec(spec) and out.get(name) is not None:
+            try:
+                out[name] = check_number(name, out[name], spec)
+            except ConfigError as exc:
+                errors.append(exc)
+    return out, errors
+
+
+def _number(config: t.Mapping[str, t.Any], name: str) -> t.Any:
+    """A number setting's value (checked), or its schema default."""
+    return check_number(name, _setting(config, name))
+
+
 DEFAULT_EVENT_MAPPING: dict[str, int] = schema_default("event_mapping")
 DEFAULT_API_URL: str = schema_default("api_url")
 EU_API_URL = "https://api-eu.eflow.team/v1"
@@ -397,16 +523,6 @@ SECRET_SETTINGS = ("api_key", "verification_token", "ledger_url")
 # Sending needs these; a dry run needs none (Meltano's settings_group_validation says the same).
 LIVE_REQUIRED = ("postback_url", "network_id")
 SETTINGS_GROUP_VALIDATION = [list(LIVE_REQUIRED), ["dry_run"]]
-
-
-class ConfigError(TargetEverflowError):
-    """A setting is wrong. ``str()`` names the setting; it never contains a secret value."""
-
-    exit_code = EXIT_CONFIG
-
-    def __init__(self, setting: str, problem: str) -> None:
-        self.setting = setting
-        super().__init__(f"Setting '{setting}': {problem}")
 
 
 class ClockError(ConfigError):
@@ -661,7 +777,7 @@ class Settings:
         dry_run = bool(_setting(config, "dry_run"))
 
         postback_url = config.get("postback_url") or None
-        network_id = config.get("network_id")
+        network_id = None if config.get("network_id") is None else _number(config, "network_id")
         if postback_url is not None:
             postback_url = check_postback_url(postback_url)
         if not dry_run:
@@ -678,28 +794,27 @@ class Settings:
                 'must be a non-empty object of Segment event name -> event id, e.g. {"Order Completed": 0}',
             )
         event_mapping: dict[str, int] = {}
+        id_spec = CONFIG_SCHEMA["properties"]["event_mapping"]["additionalProperties"]
         for name, event_id in mapping.items():
-            if isinstance(event_id, bool) or not isinstance(event_id, int) or event_id < 0:
+            if isinstance(event_id, bool) or not isinstance(event_id, int):
                 raise ConfigError(
                     "event_mapping",
-                    f"the id for event {name!r} must be an integer >= 0 (0 = base conversion)",
+                    f"the id for event {str(name)[:100]!r} must be {number_rule(id_spec)} "
+                    "(0 = base conversion)",
                 )
-            event_mapping[str(name)] = int(event_id)
+            try:
+                event_mapping[str(name)] = int(check_number("event_mapping", event_id, id_spec))
+            except ConfigError:
+                raise ConfigError(
+                    "event_mapping",
+                    f"the id for event {str(name)[:100]!r} must be {number_rule(id_spec)} "
+                    "(0 = base conversion)",
+                ) from None
 
         advertiser_id = config.get("advertiser_id")
-        if advertiser_id is not None and (
-            isinstance(advertiser_id, bool)
-            or not isinstance(advertiser_id, int)
-            or advertiser_id < 1
-        ):
-            raise ConfigError("advertiser_id", "must be an integer >= 1")
-        request_timeout = _setting(config, "request_timeout")
-        if (
-            isinstance(request_timeout, bool)
-            or not isinstance(request_timeout, (int, float, Decimal))  # (the SDK reads Decimal)
-            or request_timeout <= 0
-        ):
-            raise ConfigError("request_timeout", "must be a number of seconds > 0")
+        if advertiser_id is not None:
+            advertiser_id = _number(config, "advertiser_id")
+        request_timeout = _number(config, "request_timeout")
 
         api_key = config.get("api_key") or None
         preflight = config.get("preflight")
@@ -729,12 +844,7 @@ class Settings:
         report_path = config.get("reconcile_report_path")
 
         summary_path = config.get("summary_path")
-        ratio = config.get("max_dead_letter_ratio")
-        max_age = _setting(config, "max_conversion_age_days")
-        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
-            raise ConfigError(
-                "max_conversion_age_days", "must be an integer number of days >= 0 (0 = off)"
-            )
+        max_age = int(_number(config, "max_conversion_age_days"))
         try:
             clock = from_environment()
         except InvalidClock as exc:
@@ -757,32 +867,32 @@ class Settings:
             dry_run_output=Path(config.get("dry_run_output") or schema_default("dry_run_output")),
             dead_letter_path=dead_letter_path,
             summary_path=Path(summary_path) if summary_path else None,
-            progress_interval=float(_setting(config, "progress_interval")),
-            max_concurrency=int(_setting(config, "max_concurrency")),
-            max_requests_per_second=float(_setting(config, "max_requests_per_second")),
-            max_retries=int(_setting(config, "max_retries")),
+            progress_interval=float(_number(config, "progress_interval")),
+            max_concurrency=int(_number(config, "max_concurrency")),
+            max_requests_per_second=float(_number(config, "max_requests_per_second")),
+            max_retries=int(_number(config, "max_retries")),
             request_timeout=float(request_timeout),
-            max_batch_age_seconds=float(_setting(config, "max_batch_age_seconds")),
+            max_batch_age_seconds=float(_number(config, "max_batch_age_seconds")),
             ledger_url=config.get("ledger_url") or None,
-            ledger_timeout=float(_setting(config, "ledger_timeout")),
+            ledger_timeout=float(_number(config, "ledger_timeout")),
             in_doubt=in_doubt,
-            ledger_retention_days=int(_setting(config, "ledger_retention_days")),
+            ledger_retention_days=int(_number(config, "ledger_retention_days")),
             reconcile=reconcile,
-            reconcile_after_minutes=float(_setting(config, "reconcile_after_minutes")),
+            reconcile_after_minutes=float(_number(config, "reconcile_after_minutes")),
             reconcile_not_found_after_hours=float(
-                _setting(config, "reconcile_not_found_after_hours")
+                _number(config, "reconcile_not_found_after_hours")
             ),
-            api_requests_per_second=float(_setting(config, "api_requests_per_second")),
+            api_requests_per_second=float(_number(config, "api_requests_per_second")),
             reconcile_report_path=(
                 Path(report_path)
                 if report_path
                 else dead_letter_path.parent / "reconcile_report.json"
             ),
-            max_dead_letter_ratio=float(
-                schema_default("max_dead_letter_ratio") if ratio is None else ratio
-            ),
+            max_dead_letter_ratio=float(_number(config, "max_dead_letter_ratio")),
             max_dead_letters=(
-                None if config.get("max_dead_letters") is None else int(config["max_dead_letters"])
+                None
+                if config.get("max_dead_letters") is None
+                else int(_number(config, "max_dead_letters"))
             ),
             fixed_currency=postback_currency(postback_url),
             clock=clock,
@@ -798,6 +908,9 @@ def markdown_table(properties: t.Mapping[str, dict] | None = None) -> str:
         kind = " or ".join(types)
         if "enum" in spec:
             kind = " \\| ".join(f"`{v}`" for v in spec["enum"] if v is not None)
+        bounds = [f"{sign} {_num(spec[key])}" for key, sign, _ in _BOUNDS if key in spec]
+        if bounds:
+            kind += f" ({', '.join(bounds)})"
         if spec.get("secret") or spec.get("writeOnly"):
             kind += " (secret)"
         default = spec.get("default")

@@ -473,7 +473,10 @@ def test_api_url_with_credentials_is_refused() -> None:
 def test_settings_refuse_what_the_schema_refuses_too() -> None:
     # The SDK validates the config against the schema first; Settings states the same rules
     # for callers that build Settings themselves (the check relies on them).
-    with pytest.raises(ConfigError, match=r"^Setting 'advertiser_id': must be an integer >= 1$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^Setting 'advertiser_id': must be an integer >= 1 and <= 2147483647, not 0$",
+    ):
         settings_of(offline_config(advertiser_id=0))
     with pytest.raises(ConfigError, match=r"^Setting 'request_timeout': must be a number"):
         settings_of(offline_config(request_timeout=0))

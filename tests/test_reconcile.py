@@ -520,7 +520,7 @@ def test_when_everflow_refuses_the_transaction_filter_whole_days_are_read(
     ("changes", "says", "code"),
     [({"reconcile": True, "api_key": None}, "Setting 'reconcile': is true but api_key is not set", 1),
      ({"reconcile": True, "ledger_url": "none"}, "Setting 'reconcile': is true but ledger_url is none", 1),
-     ({"api_requests_per_second": 0}, "Setting 'api_requests_per_second': must be > 0", 1)],
+     ({"api_requests_per_second": 0}, "Setting 'api_requests_per_second': must be a number > 0 and <= 1000, not 0", 1)],
 )  # fmt: skip
 def test_settings_are_checked_before_anything_runs(
     tmp_path: Path, changes: dict, says: str, code: int

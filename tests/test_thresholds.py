@@ -161,10 +161,22 @@ def test_a_systemic_delivery_failure_keeps_exit_3(base_config, tmp_path):
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
-        ({"max_dead_letter_ratio": 1.5}, "Setting 'max_dead_letter_ratio': must be <= 1"),
-        ({"max_dead_letter_ratio": -0.1}, "Setting 'max_dead_letter_ratio': must be >= 0"),
-        ({"max_dead_letters": -1}, "Setting 'max_dead_letters': must be >= 0"),
-        ({"max_dead_letters": 2.5}, "Setting 'max_dead_letters': must be an integer"),
+        (
+            {"max_dead_letter_ratio": 1.5},
+            "Setting 'max_dead_letter_ratio': must be a number >= 0 and <= 1, not 1.5",
+        ),
+        (
+            {"max_dead_letter_ratio": -0.1},
+            "Setting 'max_dead_letter_ratio': must be a number >= 0 and <= 1, not -0.1",
+        ),
+        (
+            {"max_dead_letters": -1},
+            "Setting 'max_dead_letters': must be an integer >= 0 and <= 1000000000, not -1",
+        ),
+        (
+            {"max_dead_letters": 2.5},
+            "Setting 'max_dead_letters': must be an integer >= 0 and <= 1000000000, not 2.5",
+        ),
     ],
 )
 def test_bad_threshold_settings_exit_1_naming_the_setting(base_config, tmp_path, changes, says):
@@ -192,3 +204,71 @@ def test_the_demo_sets_no_threshold_and_stays_under_the_default(tmp_path):
     dead = sum(summary["dead_lettered"].values())
     assert dead >= 2
     assert dead / (dead + summary["delivered"]) <= 0.05
+
+
+# --- exit-code precedence (issue 20.9): 2/3/4/7/128+n, then 5, then 6 -----------------------------
+
+RUN_FAILURES = (1, 2, 3, 4, 7, 130, 143)
+
+
+@pytest.mark.parametrize("failure", RUN_FAILURES)
+@pytest.mark.parametrize("other", [0, 5, 6])
+def test_a_failure_of_the_run_outranks_5_and_6(failure: int, other: int) -> None:
+    from target_everflow.errors import precedence
+
+    assert precedence(failure, other) == failure
+    assert precedence(other, failure) == failure
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [(5, 6, 5), (6, 5, 5), (0, 5, 5), (0, 6, 6),
+                                                  (6, 0, 6), (5, 0, 5), (0, 0, 0), (5, 5, 5)])  # fmt: skip
+def test_5_outranks_6_which_outranks_0(a: int, b: int, expected: int) -> None:
+    from target_everflow.errors import precedence
+
+    assert precedence(a, b) == expected
+
+
+def test_between_two_failures_of_the_run_the_first_stands() -> None:
+    from target_everflow.errors import precedence
+
+    assert precedence(3, 4) == 3
+    assert precedence(4, 3) == 4
+    assert precedence(2, 143, 5, 6) == 2
+
+
+def test_the_threshold_verdict_follows_the_precedence(base_config: dict) -> None:
+    from target_everflow.accounting.thresholds import verdict
+    from target_everflow.errors import EXIT_RECONCILE, EXIT_THRESHOLD
+    from target_everflow.settings import Settings
+
+    settings = Settings.from_config(dry(base_config))
+    assert verdict(settings, 1, 1, EXIT_RECONCILE)[0] == EXIT_THRESHOLD
+    code, line = verdict(settings, 1, 1, 4)
+    assert code == 4 and line is not None and "exit code 4 takes precedence" in line
+    assert verdict(settings, 10, 0, EXIT_RECONCILE) == (EXIT_RECONCILE, None)
+
+
+def test_over_the_threshold_and_reconcile_finds_rejections_exits_5(tmp_path: Path) -> None:
+    """A run that dead-letters above the ratio and whose reconcile then finds a rejection:
+    5 (the threshold), not 6."""
+    from tests.conftest import SECRET_API_KEY
+    from tests.receiver import FakeReporting, Verdict
+
+    reporting = FakeReporting(api_key=SECRET_API_KEY, verdicts={"tx-1": Verdict.rejected(21)})
+    with Receiver(reporting=reporting) as rx:
+        config = {**config_under(tmp_path), "postback_url": rx.url, "api_url": rx.api_url,
+                  "api_key": SECRET_API_KEY, "preflight": False, "request_timeout": 5,
+                  "reconcile_after_minutes": 0, "reconcile_not_found_after_hours": 0}  # fmt: skip
+        first = [track(1), track(2)]
+        for record in first:
+            record["timestamp"] = "2026-11-30T10:00:00Z"
+        delivered = run_target(config, singer_lines("orders", first), tmp_path)
+        assert delivered.code == 0, delivered.stderr[-2000:]
+        only_reconcile = run_target({**config, "reconcile": True}, [], tmp_path)
+        assert only_reconcile.code == 6, only_reconcile.stderr[-2000:]
+        rx.set_script(Receiver.per_transaction({"tx-3": [Answer.no_content()]}))
+        result = run_target(
+            {**config, "reconcile": True}, singer_lines("orders", [track(3)]), tmp_path
+        )
+    assert result.code == 5, result.stderr[-2000:]
+    assert "Failure threshold passed" in last_line(result.stderr)

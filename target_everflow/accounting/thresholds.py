@@ -2,15 +2,15 @@
 
 The ratio is dead letters / (delivered + dead letters); a dry run counts its planned postbacks
 as delivered. Skipped records (duplicates, unmapped events, ...) are not failures. The check
-runs when everything is settled and STATE is emitted; another failure's exit code (2 input,
-3 delivery, 4 ledger, 128+n signal) takes precedence over 5.
+runs when everything is settled and STATE is emitted; which exit code then wins is
+``errors.precedence``'s to say (a failure of the run itself over 5, 5 over reconcile's 6).
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from target_everflow.errors import EXIT_OK, EXIT_THRESHOLD
+from target_everflow.errors import EXIT_THRESHOLD, precedence
 
 if t.TYPE_CHECKING:
     from target_everflow.settings import Settings
@@ -45,6 +45,7 @@ def verdict(
     if not breaches:
         return code, None
     what = "; ".join(breaches)
-    if code != EXIT_OK:
-        return code, f"Failure threshold also passed: {what} (exit code {code} takes precedence)."
+    final = precedence(code, EXIT_THRESHOLD)
+    if final != EXIT_THRESHOLD:
+        return final, f"Failure threshold also passed: {what} (exit code {final} takes precedence)."
     return EXIT_THRESHOLD, f"Failure threshold passed: {what}. Exit code {EXIT_THRESHOLD}."

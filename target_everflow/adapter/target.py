@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import gc
 import json
 import logging
+import os
 import sys
 import time
 import typing as t
 import weakref
+from dataclasses import dataclass
 
 import click
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
@@ -17,21 +20,40 @@ from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
-from target_everflow.accounting.summary import escape_log_records
+from target_everflow.accounting.summary import escape_control, escape_log_records
 from target_everflow.adapter.metrics import point_writer
 from target_everflow.adapter.reader import SegmentReader, broken
 from target_everflow.adapter.sinks import EverflowSink
 from target_everflow.errors import (
+    EXIT_CONFIG,
     EXIT_INPUT,
     EXIT_OK,
+    ConfigFileError,
     InputError,
+    LedgerUnavailable,
     OutputError,
     TargetEverflowError,
     Terminated,
+    precedence,
 )
 from target_everflow.ledger import LedgerError
-from target_everflow.run import LedgerUnavailable, Run
-from target_everflow.settings import CONFIG_SCHEMA, SECRET_SETTINGS, ConfigError, Settings
+from target_everflow.ledger.urls import url_secrets
+from target_everflow.masking import (
+    MIN_FREE_TEXT_LENGTH,
+    install_log_masking,
+    mask,
+    protect,
+    too_short,
+)
+from target_everflow.run import Run
+from target_everflow.settings import (
+    CONFIG_SCHEMA,
+    SECRET_SETTINGS,
+    ConfigError,
+    Settings,
+    json_types,
+    numbers_checked,
+)
 from target_everflow.text import first_line
 
 if t.TYPE_CHECKING:
@@ -66,26 +88,148 @@ def _describe_schema_error(error: t.Any) -> str:
         problem = error.message
     else:
         problem = "is not valid" if setting in SECRET_SETTINGS else error.message
-    return f"Setting '{path}': {problem}"
+    return f"Setting '{path}': {escape_control(problem)[:300]}"
 
 
-def _numbers_from_text(config: dict, schema: dict) -> None:
-    """Number settings given as text become numbers.
+def read_config_files(paths: t.Sequence[str]) -> dict[str, t.Any]:
+    """The settings of ``--config`` files, later files winning, or ``ConfigFileError`` in one
+    line naming the file (and the line and column where its JSON breaks)."""
+    config: dict[str, t.Any] = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(CONFIG_FILE_LIMIT + 1)
+        except FileNotFoundError:
+            raise ConfigFileError(f"Config file '{path}' was not found.") from None
+        except OSError as exc:
+            raise ConfigFileError(
+                f"Config file '{path}' cannot be read: {exc.strerror or type(exc).__name__}."
+            ) from None
+        if len(data) > CONFIG_FILE_LIMIT:
+            raise ConfigFileError(
+                f"Config file '{path}' is larger than {CONFIG_FILE_LIMIT // 1024 // 1024} MiB."
+            )
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigFileError(
+                f"Config file '{path}' is not UTF-8 text (byte {exc.start})."
+            ) from None
+        try:
+            loaded = json.loads(text, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as exc:
+            raise ConfigFileError(
+                f"Config file '{path}' is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                f"column {exc.colno}."
+            ) from None
+        except _NonFinite as exc:
+            raise ConfigFileError(
+                f"Config file '{path}' is not valid JSON: {exc} is not a JSON number (a "
+                "setting's number must be finite)."
+            ) from None
+        except RecursionError:
+            raise ConfigFileError(f"Config file '{path}' is nested too deeply.") from None
+        if not isinstance(loaded, dict):
+            raise ConfigFileError(
+                f"Config file '{path}' must hold a JSON object of settings, not "
+                f"{_json_kind(loaded)}."
+            )
+        config.update(loaded)
+    return config
 
-    ``--config ENV`` (and so a Meltano plugin command, which passes settings only as
-    ``TARGET_EVERFLOW_*`` variables) hands the SDK's parser text; it converts integers,
-    booleans and objects, but leaves numbers such as ``request_timeout=30`` as strings.
-    """
+
+CONFIG_FILE_LIMIT = 16 * 1024 * 1024
+"""At most this much of a config file is read."""
+
+
+class _NonFinite(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a config file (Python's json reads them)."""
+
+
+def _refuse_constant(name: str) -> t.NoReturn:
+    raise _NonFinite(name)
+
+
+def _json_kind(value: t.Any) -> str:
+    return {list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def env_config(schema: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The settings in ``TARGET_EVERFLOW_<SETTING>`` variables, each read by its schema type, or
+    ``ConfigFileError`` in one line naming the variable. Numbers stay text here: the schema
+    check reads them (finite, within bounds) like any other number given as text."""
+    config: dict[str, t.Any] = {}
     for name, spec in schema.get("properties", {}).items():
-        types = spec.get("type")
-        types = types if isinstance(types, list) else [types]
-        value = config.get(name)
-        if "number" in types and isinstance(value, str):
+        variable = ENV_PREFIX + name.upper().replace("-", "_")
+        if variable not in os.environ:
+            continue
+        text = os.environ[variable]
+        types = json_types(spec) if isinstance(spec, dict) else []
+        if "boolean" in types and len(types) == 1:
+            lowered = text.strip().lower()
+            if lowered not in TRUE_WORDS | FALSE_WORDS:
+                raise ConfigFileError(
+                    f"Environment variable {variable} must be true or false, not "
+                    f"{_shown_text(name, text)}."
+                )
+            config[name] = lowered in TRUE_WORDS
+        elif "object" in types or "array" in types:
             try:
-                number = float(value)
-            except ValueError:
-                continue  # validation names the setting
-            config[name] = int(number) if number.is_integer() else number
+                value = json.loads(text, parse_constant=_refuse_constant)
+            except (ValueError, RecursionError):
+                raise ConfigFileError(
+                    f"Environment variable {variable} must be JSON "
+                    f"({'an object' if 'object' in types else 'a list'})."
+                ) from None
+            config[name] = value
+        else:
+            config[name] = text  # strings, and numbers as text (checked with the schema)
+    return config
+
+
+ENV_PREFIX = "TARGET_EVERFLOW_"
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on", "t"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "off", "f", ""})
+
+
+def _shown_text(name: str, text: str) -> str:
+    return "its value" if name in SECRET_SETTINGS else repr(text[:40])
+
+
+def unknown_settings(config: t.Mapping[str, t.Any], known: t.Iterable[str]) -> list[str]:
+    """A warning for each key of a config file that is no setting, naming the closest one."""
+    names = list(known)
+    lowered = {n.lower().replace("-", "_"): n for n in names}
+    out = []
+    for key in config:
+        if key in names:
+            continue
+        text = str(key)
+        guess = lowered.get(text.lower().replace("-", "_").replace(" ", "_"))
+        if guess is None:
+            close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.6)
+            guess = close[0] if close else None
+        hint = f"; did you mean '{guess}'?" if guess else " (it is ignored)."
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        out.append(f"Config key {shown!r} is not a setting of target-everflow{hint}")
+    return out
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    """``--config`` as read: the files' settings, and whether ENV was given."""
+
+    config: dict[str, t.Any]
+    parse_env: bool
+
+
+SDK_NUMBER_BOUNDS: dict[str, dict[str, int]] = {
+    "flattening_max_depth": {"minimum": 0, "maximum": 100},
+    "flattening_max_key_length": {"minimum": 1, "maximum": 10000},
+}
+"""The bounds of the SDK's own number settings (the SDK states none)."""
 
 
 # Settings the SDK adds to every target that mean nothing for this one, so they are not offered
@@ -121,9 +265,21 @@ class TargetEverflow(Target):
         message_reader: t.Any = None,
     ) -> None:
         escape_log_records()  # no log line can be forged by a value in the input
+        try:
+            if isinstance(config, (str, list)):
+                config = read_config_files([config] if isinstance(config, str) else config)
+            config = dict(config or {})
+            for warning in unknown_settings(config, self.known_settings()):
+                self.logger.warning("%s", warning)
+            if parse_env_config:  # read here, strictly: the SDK's reading raises on bad text
+                config.update(env_config(self.settings_schema()))
+            # null is "not given" (every setting's default; the SDK's stream maps fail on it)
+            config = {key: value for key, value in config.items() if value is not None}
+        except ConfigFileError as exc:
+            raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
         super().__init__(
             config=config,
-            parse_env_config=parse_env_config,
+            parse_env_config=False,
             validate_config=validate_config,
             setup_mapper=setup_mapper,
             message_reader=message_reader,
@@ -136,6 +292,7 @@ class TargetEverflow(Target):
             self.settings = Settings.from_config(self.config)
         except ConfigError as exc:
             raise ConfigValidationError("Config validation failed", errors=[str(exc)]) from None
+        self._protect_secrets()
         self.run = Run(self.settings, self.logger, self._schema_of, point_writer())
         self.sinks: weakref.WeakSet[EverflowSink] = weakref.WeakSet()
         """Every sink that may still hold records (a sink registers itself in ``setup``)."""
@@ -150,22 +307,83 @@ class TargetEverflow(Target):
         self._finishing = False
         self._state_written: str | None = None
 
+    def _protect_secrets(self) -> None:
+        """Every secret setting is masked from here on, in every output of the process (the one
+        rule: ``masking.mask``); a secret too short to be masked in free text says so."""
+        s = self.settings
+        ledger_secrets = sorted(url_secrets(s.ledger_url)) if s.ledger_url else []
+        protect([s.api_key, s.verification_token, *ledger_secrets])
+        install_log_masking()
+        named = [("api_key", s.api_key), ("verification_token", s.verification_token)]
+        named += [("ledger_url", secret) for secret in ledger_secrets]
+        for name, secret in named:
+            if secret and secret.strip() and too_short(secret):
+                what = "its password" if name == "ledger_url" else "it"
+                self.logger.warning(
+                    "Setting '%s': %s is shorter than %d characters, too short to be masked in "
+                    "free text without mangling ordinary words: it is masked where it is "
+                    "structured (a URL's password, a query or connection parameter) and nowhere "
+                    "else, e.g. not in a server's error message.",
+                    name,
+                    what,
+                    MIN_FREE_TEXT_LENGTH,
+                )
+
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
-        """The SDK's built-in settings, less those that mean nothing here (HIDDEN_SDK_SETTINGS)."""
+        """The SDK's built-in settings, less those that mean nothing here (HIDDEN_SDK_SETTINGS),
+        with the bounds of the numbers they take (SDK_NUMBER_BOUNDS)."""
         super().append_builtin_config(config_jsonschema)
         for name in HIDDEN_SDK_SETTINGS:
             if name not in CONFIG_SCHEMA["properties"]:
                 config_jsonschema["properties"].pop(name, None)
+        for name, bounds in SDK_NUMBER_BOUNDS.items():
+            spec = config_jsonschema["properties"].get(name)
+            if isinstance(spec, dict):
+                spec.update(bounds)
+
+    @classmethod
+    def settings_schema(cls) -> dict:
+        """Every setting the target takes (``CONFIG_SCHEMA`` and the SDK settings it keeps)."""
+        schema = copy.deepcopy(cls.config_jsonschema)
+        cls.append_builtin_config(schema)
+        return schema
+
+    @classmethod
+    def known_settings(cls) -> set[str]:
+        """Every key a config file may hold: the settings, and the SDK's own (even those that
+        mean nothing here)."""
+        return {*cls.settings_schema()["properties"], *HIDDEN_SDK_SETTINGS}
+
+    @classmethod
+    def cb_config(  # type: ignore[override]  # the SDK's callback, reading files in one line
+        cls, ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+    ) -> CliConfig:
+        """``--config``: the files read (one line naming a broken one, exit 1), and ENV."""
+        try:
+            return CliConfig(read_config_files([v for v in value if v != "ENV"]), "ENV" in value)
+        except ConfigFileError as exc:
+            cls.logger.error("%s", exc)
+            ctx.exit(EXIT_CONFIG)
 
     # -- config validation that never prints a secret ---------------------------------------
 
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
-        _numbers_from_text(self._config, schema)
+        checked, wrong = numbers_checked(self._config, schema["properties"])
+        self._config.update(checked)
+        bad = {e.setting for e in wrong}
         validator = JSONSchemaValidator(schema)  # also fills in defaults
-        errors = [_describe_schema_error(e) for e in validator.iter_errors(self._config)]
+        # One line per setting: the number check's, else the schema's (an enum's list first).
+        first: dict[str, t.Any] = {}
+        for error in validator.iter_errors(self._config):
+            setting = str(error.absolute_path[0]) if error.absolute_path else ""
+            if setting in bad:
+                continue
+            if setting not in first or error.validator == "enum":
+                first[setting] = error
+        errors = [str(e) for e in wrong] + [_describe_schema_error(e) for e in first.values()]
         if errors and raise_errors:
             raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
         for error in errors:
@@ -317,12 +535,18 @@ class TargetEverflow(Target):
 
     @classmethod
     def _from_cli_config(cls, config: t.Any) -> TargetEverflow:
-        """The target for the SDK's parsed ``--config`` (its config dict and ENV flag)."""
-        return cls(
-            config=getattr(config, "config", None) or {},
-            validate_config=True,
-            parse_env_config=bool(getattr(config, "parse_env", False)),
-        )
+        """The target for the parsed ``--config`` (its config dict and ENV flag); a setting
+        that is wrong exits 1 with one line each."""
+        try:
+            return cls(
+                config=getattr(config, "config", None) or {},
+                validate_config=True,
+                parse_env_config=bool(getattr(config, "parse_env", False)),
+            )
+        except ConfigValidationError as exc:
+            for error in exc.errors or [str(exc)]:
+                cls.logger.error("%s", error)
+            sys.exit(EXIT_CONFIG)
 
     @classmethod
     def invoke(  # type: ignore[override]  # the SDK's options, plus --check
@@ -351,7 +575,7 @@ class TargetEverflow(Target):
                 self.logger.error("%s", exc)  # the message is the whole story
                 return exc.exit_code
             for line in lines:
-                click.echo(line)
+                click.echo(mask(line))
             return EXIT_OK
         code = EXIT_OK
         try:
@@ -380,13 +604,15 @@ class TargetEverflow(Target):
             self._finishing = True  # a signal from here on is reported, never raised
             # Everything is settled and STATE emitted: the failure thresholds may make it 5.
             code = self.run.finish(code)
-        if self._terminating is not None and code == EXIT_OK:
-            self.logger.warning(
-                "Received signal %d while finishing, after every record read had its outcome and "
-                "the last STATE was emitted.",
-                self._terminating,
-            )
-            code = Terminated(self._terminating).exit_code
+        if self._terminating is not None:
+            final = precedence(code, Terminated(self._terminating).exit_code)
+            if final != code:
+                self.logger.warning(
+                    "Received signal %d while finishing, after every record read had its outcome "
+                    "and the last STATE was emitted.",
+                    self._terminating,
+                )
+            code = final
         return code
 
     def _input_broken(self, exc: InputError) -> int:
@@ -447,9 +673,7 @@ def tune_garbage_collection() -> None:
 def plugin_settings_schema() -> dict:
     """Every setting the target offers, as ``--about`` shows it: ``CONFIG_SCHEMA`` plus the SDK
     settings it keeps. The Meltano files (scripts/update_plugin_files.py) come from this."""
-    schema = copy.deepcopy(TargetEverflow.config_jsonschema)
-    TargetEverflow.append_builtin_config(schema)
-    return schema
+    return TargetEverflow.settings_schema()
 
 
 def _in_logging(frame: FrameType | None) -> bool:

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from target_everflow.ledger.keyset import MEMORY_KEYS, KeySet
+from target_everflow.settings import schema_default
 
 LOG = logging.getLogger("target_everflow.ledger")
 
@@ -71,8 +72,6 @@ lease_clock = _pick_lease_clock()
 
 def default_timeout() -> float:
     """Setting ``ledger_timeout``'s default, from the config schema (the one place defaults live)."""
-    from target_everflow.settings import schema_default  # load on use
-
     return float(schema_default("ledger_timeout"))
 
 

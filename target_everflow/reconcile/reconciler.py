@@ -69,11 +69,10 @@ from types import MappingProxyType
 from target_everflow.accounting.summary import check_output
 from target_everflow.errors import (
     EXIT_CONFIG,
-    EXIT_DELIVERY,
     EXIT_LEDGER,
     EXIT_OK,
     EXIT_RECONCILE,
-    TargetEverflowError,
+    ReconcileError,
 )
 from target_everflow.everflow.client import (
     MAX_ATTEMPTS,
@@ -139,12 +138,6 @@ NO_CURRENCY = "(no currency)"
 DAY = 86400.0
 
 _LOG = logging.getLogger("target-everflow")
-
-
-class ReconcileError(TargetEverflowError):
-    """The reporting API failed (or a setting stops reconcile); one line, never the key."""
-
-    exit_code = EXIT_DELIVERY
 
 
 # --- the report API ------------------------------------------------------------------------------

@@ -13,7 +13,12 @@ import click
 
 from target_everflow.accounting.run_history import COUNTS, DEFAULT_LAST, recent_runs
 from target_everflow.adapter.commands.ledger import configured_ledger, format_table
-from target_everflow.adapter.commands.options import PROG, config_option, json_option
+from target_everflow.adapter.commands.options import (
+    PROG,
+    config_option,
+    json_option,
+    number_option,
+)
 from target_everflow.text import took, utc_time
 
 
@@ -57,10 +62,12 @@ def history_table(runs: list[dict[str, t.Any]]) -> str:
 
 @click.command("history")
 @config_option
-@click.option(
+@number_option(
     "--last",
     "last",
-    type=click.IntRange(min=1),
+    integer=True,
+    minimum=1,
+    maximum=100_000,
     default=DEFAULT_LAST,
     show_default=True,
     metavar="N",

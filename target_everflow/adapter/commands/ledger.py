@@ -32,8 +32,9 @@ from target_everflow.adapter.commands.options import (
     fail,
     json_option,
     load_target,
+    number_option,
 )
-from target_everflow.errors import TargetEverflowError
+from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import (
     DELIVERED_STATUS,
     HELD_STATUS,
@@ -68,7 +69,6 @@ COMMAND_LEASE_SECONDS = 60.0  # the commands claim nothing; the ledger wants a l
 @contextlib.contextmanager
 def configured_ledger(config: Sequence[str]) -> Iterator[SQLLedger]:
     """The ledger of ``--config``, opened without pruning; a failure exits with one line."""
-    from target_everflow.run import LedgerUnavailable  # heavy, load on use
 
     settings = load_target(config).settings
     if (settings.ledger_url or "").strip().lower() == "none":
@@ -344,10 +344,12 @@ def release_command(
 
 @ledger_command.command("forget")
 @config_option
-@click.option(
+@number_option(
     "--older-than",
     "days",
-    type=click.FloatRange(min=0),
+    integer=False,
+    minimum=0,
+    maximum=36500,
     required=True,
     metavar="DAYS",
     help="Forget delivered and held keys, and runs, older than this many days.",

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import click
 
-from target_everflow.adapter.commands.options import config_option, fail, load_target
-from target_everflow.errors import TargetEverflowError
+from target_everflow.adapter.commands.options import (
+    config_option,
+    fail,
+    load_target,
+    number_option,
+)
+from target_everflow.errors import LedgerUnavailable, TargetEverflowError
 from target_everflow.ledger import LedgerError
 from target_everflow.report.data import BY_EVENT_DAY, DATE_BASES, build_report
 from target_everflow.report.html import render
@@ -42,18 +47,22 @@ def write_atomically(path: Path, text: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The HTML file to write.",
 )
-@click.option(
+@number_option(
     "--days",
+    integer=True,
+    minimum=1,
+    maximum=3660,
     default=30,
     show_default=True,
-    type=click.IntRange(1, 3660),
     help="UTC days shown, ending today.",
 )
-@click.option(
+@number_option(
     "--runs",
+    integer=True,
+    minimum=1,
+    maximum=1000,
     default=20,
     show_default=True,
-    type=click.IntRange(1, 1000),
     help="Runs listed in the run table, latest first.",
 )
 @click.option(
@@ -82,8 +91,6 @@ def report_command(config: tuple[str, ...], output: Path, days: int, runs: int, 
             timeout=settings.ledger_timeout,
         )
     except LedgerError as exc:
-        from target_everflow.run import LedgerUnavailable  # the run's exit code 4
-
         fail(LedgerUnavailable(str(exc)))
     except TargetEverflowError as exc:
         fail(exc)
