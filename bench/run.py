@@ -76,9 +76,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402
-from target_everflow.settings import schema_default  # noqa: E402
-from tests.receiver import ReceiverProcess, read_log  # noqa: E402
+from bench import generate  # noqa: E402 - after the sys.path line above
+from target_everflow.settings import schema_default  # noqa: E402 - after the sys.path line above
+from tests.receiver import ReceiverProcess, read_log  # noqa: E402 - after the sys.path line above
 
 PY = sys.executable
 TOKEN = "bench-verification-token"

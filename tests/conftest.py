@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from target_everflow import masking
 from target_everflow.clock import CLOCK_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,9 +251,11 @@ def _process_state_kept() -> t.Iterator[None]:
     cwd = os.getcwd()
     environ = dict(os.environ)
     argv = list(sys.argv)
+    protected = masking._protected  # the secrets a run registers (masking.protect) are its own
     try:
         yield
     finally:
+        masking._protected = protected
         sys.argv[:] = argv
         os.environ.clear()
         os.environ.update(environ)

@@ -44,6 +44,7 @@ from target_everflow.outcomes import (
     NO_TRANSACTION_ID,
     NOT_TRACK,
     SKIPPED,
+    TOO_OLD,
     TYPE_MISMATCH,
     UNMAPPED_EVENT,
     Outcome,
@@ -213,7 +214,7 @@ FIELD_TYPES: dict[str, tuple[FieldType, ...]] = {
 }
 ITEM_TYPES = {f.param.split("[i].")[1]: f.types for f in FIELDS if f.is_list_item}
 OUTCOMES = {
-    SKIPPED: {NOT_TRACK, UNMAPPED_EVENT, NO_TRANSACTION_ID, DUPLICATE},
+    SKIPPED: {NOT_TRACK, UNMAPPED_EVENT, NO_TRANSACTION_ID, DUPLICATE, TOO_OLD},
     DEAD_LETTER: {MISSING_REQUIRED_FIELD, TYPE_MISMATCH, INVALID_RECORD},
 }
 

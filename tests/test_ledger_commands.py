@@ -190,7 +190,8 @@ def test_forget_prunes_delivered_and_held_keys_and_runs_older_than_days(
         refused = cli(config, "ledger", "forget", "--older-than", days, tmp_path=tmp_path)
         assert (refused.code, refused.stdout) == (1, "")
         assert refused.stderr.splitlines() == [
-            f"target-everflow: ledger forget: --older-than must be a number of days, got {days}"
+            "target-everflow: Option --older-than: must be a number >= 0 and <= 36500, "
+            f"not the text '{days}'"
         ]
     assert rows(backend) == {"m:old-claim": "pending", "m:recent": "delivered"}
 

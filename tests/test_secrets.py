@@ -766,7 +766,7 @@ def test_check_never_prints_the_key_in_the_networks_name(tmp_path: Path, case: i
         config = files(tmp_path, postback_url="https://track.example.com/", api_url=api_url)
         proc = run_cli(tmp_path, config, [], args=["--check"])
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    assert b"Everflow API check passed: network 'Acme *** network' (id 1234)" in proc.stdout
+    assert b"Everflow API check passed: network 'Acme [redacted] network' (id 1234)" in proc.stdout
     scan_run(tmp_path, proc)
 
 

@@ -85,6 +85,10 @@ def upgrade(backend: Backend, cur: Any, log: logging.Logger) -> None:
     fails with one clear line.
     """
     t = backend.table
+    # Serialised with every other opener of this table, as create() is: PostgreSQL's CREATE
+    # INDEX IF NOT EXISTS is not safe against a concurrent one (two runs starting at once on a
+    # new ledger collide in pg_class with a unique violation).
+    backend.lock_for_ddl(cur, f"target_everflow_ledger:{t}")
     missing = missing_columns(backend.column_names(cur), backend.real_type)
     if missing:
         # Two runs may upgrade at once: PostgreSQL's IF NOT EXISTS makes the second a no-op
