@@ -1,4 +1,4 @@
-"""The Everflow REST API pre-flight check (target_everflow/everflow/api.py).
+"""The Everflow REST API pre-flight check (target_everflow/everflow/preflight.py).
 
 Replays hand-built vcrpy cassettes from tests/cassettes/api_check/ (record_mode "none": a request
 the cassette does not hold fails the test). See docs/api_check.md.
