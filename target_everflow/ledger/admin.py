@@ -6,7 +6,6 @@ through its public helpers only.
 
 from __future__ import annotations
 
-import math
 import typing as t
 
 from target_everflow.ledger.base import (
@@ -16,7 +15,7 @@ from target_everflow.ledger.base import (
     SENDING_STATUS,
     LedgerError,
 )
-from target_everflow.ledger.runs import forget_runs
+from target_everflow.ledger.runs import check_days, forget_runs
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -164,9 +163,6 @@ def release_unchanged(ledger: SQLLedger, rows: Sequence[t.Mapping[str, t.Any]]) 
 def forget(ledger: SQLLedger, days: float) -> tuple[int, int]:
     """Prune delivered and held keys not updated for ``days`` days (finite, >= 0), and the
     runs of the history that started before then; (keys, runs) forgotten."""
-    if isinstance(days, bool) or not isinstance(days, (int, float)):
-        raise LedgerError(f"the age to forget must be a number of days, got {days!r}")
-    if not math.isfinite(days) or days < 0:
-        raise LedgerError(f"the age to forget must be a finite number of days >= 0, got {days!r}")
+    days = check_days(days, "the age to forget")
     keys = ledger.prune(days)
     return keys, forget_runs(ledger, days)

@@ -51,7 +51,7 @@ def runs_table(ledger: SQLLedger) -> str:
     return f"{ledger.table}_runs"
 
 
-def _days(value: float, what: str) -> float:
+def check_days(value: float, what: str) -> float:
     """``value`` as a number of days: finite and >= 0, else a :class:`LedgerError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LedgerError(f"{what} must be a number of days, got {value!r}")
@@ -92,7 +92,7 @@ def begin_run(
     """Record the start of run ``run_id`` (the ledger's clock), in one transaction with the
     pruning of runs that started more than ``retention_days`` days ago."""
     _text(run_id, "a run's id")
-    keep = _days(retention_days, "the run history's retention")
+    keep = check_days(retention_days, "the run history's retention")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
         raise LedgerError(f"a run's pid must be an integer >= 0, got {pid!r}")
     runs = runs_table(ledger)
@@ -163,7 +163,7 @@ def recent_runs(ledger: SQLLedger, last: int) -> list[dict[str, t.Any]]:
 
 def forget_runs(ledger: SQLLedger, days: float) -> int:
     """Delete the runs that started more than ``days`` days ago (finite, >= 0); how many."""
-    keep = _days(days, "the age of the runs to forget")
+    keep = check_days(days, "the age of the runs to forget")
 
     def tx(cur: t.Any) -> int:
         _create(ledger, cur)
