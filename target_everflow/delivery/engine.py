@@ -293,29 +293,15 @@ class DeliveryEngine:
     ) -> tuple[list[Conversion], list[Conversion]]:
         """Claim and send (or, in a dry run, plan) ``todo``; return those another live run
         holds (to claim again later) and those whose claim was lost while sending."""
-        waiting: list[Conversion] = []
-        if self.dry_run is not None:  # (no other run shares a dry run's ledger: one claim)
-            to_send, waiting = self._claim(todo, lost_keys)
-            self._plan(to_send)
-            return waiting, []
         # The batch is claimed in one transaction. Claiming it in chunks of about
         # max_concurrency keys lets runs reading the same input share it, but two runs then
         # send at once against one receiver, and the fault soak's timeouts without a fault
         # passed its bound: left for the scaling work (docs/scaling.md).
-        claimed = False
-
-        def feed() -> list[Conversion] | None:
-            """The batch's conversions to send (maybe none); None once they are claimed."""
-            nonlocal claimed
-            if claimed:
-                return None
-            claimed = True
-            to_send, busy = self._claim(todo, lost_keys)
-            waiting.extend(busy)
-            return to_send
-
-        lost = self._send_all(feed)
-        return waiting, lost
+        to_send, waiting = self._claim(todo, lost_keys)
+        if self.dry_run is not None:
+            self._plan(to_send)
+            return waiting, []
+        return waiting, self._send_all(to_send)
 
     def _plan(self, to_send: list[Conversion]) -> None:
         """Dry run: write the planned postbacks."""
@@ -421,43 +407,33 @@ class DeliveryEngine:
             self.ledger.mark_held(held)
         return to_send, busy
 
-    def _send_all(self, feed: t.Callable[[], list[Conversion] | None]) -> list[Conversion]:
-        """Send what ``feed()`` claims (None: nothing left); return those whose
-        claim another run took over (not sent, not counted).
+    def _send_all(self, claimed: list[Conversion]) -> list[Conversion]:
+        """Send the ``claimed`` conversions; return those whose claim another run took over
+        (not sent, not counted).
 
         The main thread dispatches: ``max_concurrency`` slots, and each tick (results that
         arrived together, :data:`SETTLE_EVERY`) one ledger commit, :meth:`Ledger.fence`, records
         the answers of the slots that freed up (delivered marks) and fences the conversions
         that take them (sending marks, before they leave). A slot's next postback is fenced in
         the commit that records its last one, so a killed run leaves at most
-        ``max_concurrency`` conversions in doubt. ``feed()`` is asked again once fewer than
-        ``max_concurrency`` claimed conversions wait for a slot (it claims the whole batch at
-        its first call, and says None after)."""
+        ``max_concurrency`` conversions in doubt."""
         # Each call reports its result on a queue: settling one is O(1), and results that
         # arrived together are settled together, so the main thread does not wake for every
         # postback, and the ledger commits once per tick, not once per postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
-        ready: collections.deque[Conversion] = collections.deque()
+        ready: collections.deque[Conversion] = collections.deque(claimed)
         free = self.concurrency
         pending = 0
-        fed_all = False
         grace_deadline: float | None = None
         release: list[str] = []
         lost: list[Conversion] = []
         delivered: list[tuple[str, int]] = []
 
         def dispatch() -> None:
-            """Claim ahead, then fence and start what the free slots take (one commit, with
-            the delivered marks gathered since the last one); again while claims found lost
-            leave slots free."""
-            nonlocal pending, free, fed_all, delivered
+            """Fence and start what the free slots take (one commit, with the delivered marks
+            gathered since the last one); again while claims found lost leave slots free."""
+            nonlocal pending, free, delivered
             while True:
-                while not fed_all and len(ready) < self.concurrency and not self._stop.is_set():
-                    chunk = feed()
-                    if chunk is None:
-                        fed_all = True
-                    else:
-                        ready.extend(chunk)
                 take = (
                     []
                     if self._stop.is_set()
