@@ -163,19 +163,28 @@ EVENTS = {"global_events": [
 ]}  # fmt: skip
 
 
+def _echo_key(status: int, path: str, key: str) -> dict:
+    """fake_api's answers: anything but 200 comes with the caller's key echoed in the body."""
+    if status == 200:
+        return NETWORKS if path.endswith("/networks") else EVENTS
+    if status == 403:
+        return {"error": f"Out of realm for key {key}"}
+    return {"error": f"Invalid API key {key} for {path}", "message": key}
+
+
 @contextlib.contextmanager
-def fake_api(status: int, *, tls: ssl.SSLContext | None = None) -> t.Iterator[str]:
-    """The Everflow API; anything but 200 comes with the caller's key echoed in the body."""
+def fake_api(
+    status: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    answer: t.Callable[[int, str, str], dict] = _echo_key,
+) -> t.Iterator[str]:
+    """The Everflow API answering ``status`` with ``answer(status, path, key)`` as its body."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             key = self.headers.get("X-Eflow-API-Key", "")
-            if status == 200:
-                body = NETWORKS if self.path.endswith("/networks") else EVENTS
-            elif status == 403:
-                body = {"error": f"Out of realm for key {key}"}
-            else:
-                body = {"error": f"Invalid API key {key} for {self.path}", "message": key}
+            body = answer(status, self.path, key)
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -712,40 +721,16 @@ def test_a_systemic_answer_echoing_every_credential_in_any_case(
     scan_run(tmp_path, proc)
 
 
-@contextlib.contextmanager
-def api_echoing(status: int, name: str) -> t.Iterator[str]:
+def api_echoing(status: int, name: str) -> t.ContextManager[str]:
     """The Everflow API: 200 with ``name`` as the network's name, else ``status`` with the key
     echoed in every case."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            key = self.headers.get("X-Eflow-API-Key", "")
-            if status == 200:
-                body: dict = (
-                    {"network_id": 1234, "name": name}
-                    if self.path.endswith("/networks")
-                    else EVENTS
-                )
-            else:
-                body = {"error": f"Invalid API key {key.lower()}", "message": echoed(key)}
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def answer(status: int, path: str, key: str) -> dict:
+        if status == 200:
+            return {"network_id": 1234, "name": name} if path.endswith("/networks") else EVENTS
+        return {"error": f"Invalid API key {key.lower()}", "message": echoed(key)}
 
-        def log_message(self, *args: t.Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return fake_api(status, answer=answer)
 
 
 def test_a_401_echoing_the_api_key_lower_cased(tmp_path: Path) -> None:
