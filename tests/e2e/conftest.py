@@ -66,8 +66,10 @@ def find_meltano() -> str | None:
     return None
 
 
-class MeltanoResult(t.NamedTuple):
-    args: list[str]
+class Ran(t.NamedTuple):
+    """A command the tests ran (``meltano ...``, ``make ...``) and what it said."""
+
+    argv: list[str]
     code: int
     stdout: str
     stderr: str
@@ -76,11 +78,41 @@ class MeltanoResult(t.NamedTuple):
         lines = (self.stdout + "\n" + self.stderr).splitlines()
         return "\n".join(lines[-n:])
 
-    def check(self) -> MeltanoResult:
+    def check(self) -> Ran:
         assert self.code == 0, (
-            f"`meltano {' '.join(self.args)}` exited {self.code}; last lines:\n{self.tail()}"
+            f"`{' '.join(self.argv)}` exited {self.code}; last lines:\n{self.tail()}"
         )
         return self
+
+
+def run_command(
+    argv: list[str],
+    env: dict[str, str],
+    timeout: float,
+    *,
+    cwd: Path = REPO,
+    input: str | None = None,
+) -> Ran:
+    """``argv`` in ``cwd`` (the repo) with ``env`` over the shell's environment, from which the
+    target's and Meltano's own variables are scrubbed (but the tests' pinned clock); stdin is
+    ``input``, or nothing."""
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_SCRUB_PREFIXES) or k == CLOCK_ENV  # the tests' pinned clock
+    }
+    full_env.update(env)
+    proc = subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+    )
+    return Ran(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
 class Meltano:
@@ -92,27 +124,11 @@ class Meltano:
 
     def __call__(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
-    ) -> MeltanoResult:
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(_SCRUB_PREFIXES) or k == CLOCK_ENV  # the tests' pinned clock
-        }
-        full_env.update(self.env)
-        full_env.update(env or {})
-        argv = ["--log-level=info", *args]
-        proc = subprocess.run(
-            [self.binary, *argv],
-            cwd=REPO,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        return MeltanoResult(argv, proc.returncode, proc.stdout, proc.stderr)
+    ) -> Ran:
+        argv = [self.binary, "--log-level=info", *args]
+        return run_command(argv, {**self.env, **(env or {})}, timeout)
 
-    def run(self, *blocks: str, **kwargs: t.Any) -> MeltanoResult:
+    def run(self, *blocks: str, **kwargs: t.Any) -> Ran:
         return self("--environment=e2e", "run", *blocks, **kwargs)
 
     def state(self, state_id: str) -> dict:
@@ -140,21 +156,10 @@ def meltano_plugins(meltano_bin: str, tmp_path_factory: pytest.TempPathFactory) 
     meltano.yml's pins. With Meltano's uv backend this takes ~5 s warm, ~11 s cold.
     """
     db = tmp_path_factory.mktemp("meltano-install") / "meltano.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env["MELTANO_DATABASE_URI"] = f"sqlite:///{db}"
-    proc = subprocess.run(
-        [meltano_bin, "install"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-    assert proc.returncode == 0, f"meltano install failed:\n{tail}"
+    env = {"MELTANO_DATABASE_URI": f"sqlite:///{db}"}
+    installed = run_command([meltano_bin, "install"], env, INSTALL_TIMEOUT).check()
     missing = [name for name, exe in PLUGIN_EXECUTABLES.items() if not exe.exists()]
-    assert not missing, f"meltano install left {missing} without an executable:\n{tail}"
+    assert not missing, f"meltano install left {missing} without an executable:\n{installed.tail()}"
     return meltano_bin
 
 

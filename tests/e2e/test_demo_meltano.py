@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import _SCRUB_PREFIXES, INSTALL_TIMEOUT, Meltano, Warehouse
+from tests.e2e.conftest import INSTALL_TIMEOUT, Meltano, Ran, Warehouse, run_command
 
 pytestmark = pytest.mark.e2e
 
@@ -30,19 +28,8 @@ PLANNED = {
 }
 
 
-def make_demo_meltano(env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["make", "demo-meltano"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-    assert proc.returncode == 0, f"make demo-meltano exited {proc.returncode}:\n{tail}"
-    return proc
+def make_demo_meltano(env: dict[str, str]) -> Ran:
+    return run_command(["make", "demo-meltano"], env, INSTALL_TIMEOUT).check()
 
 
 def planned() -> dict[str, str]:
@@ -58,14 +45,11 @@ def test_make_demo_meltano_plans_the_sample_once(meltano_bin: str, tmp_path: Pat
     assert all("messageId" in e and "type" in e for e in events)
     assert PLANNED.keys() <= {e["messageId"] for e in events}
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(
-        {
-            "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",  # state starts empty
-            "SEGMENT_WAREHOUSE_URL": "postgresql://nobody:nothing@127.0.0.1:9/closed",
-            "NO_COLOR": "1",
-        }
-    )
+    env = {
+        "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",  # state starts empty
+        "SEGMENT_WAREHOUSE_URL": "postgresql://nobody:nothing@127.0.0.1:9/closed",
+        "NO_COLOR": "1",
+    }
     first = make_demo_meltano(env)
     assert "Planned postbacks: output/meltano/everflow_dry_run.jsonl" in first.stdout
     assert planned() == PLANNED

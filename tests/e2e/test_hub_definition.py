@@ -5,8 +5,6 @@ a new Meltano project adds the loader from the definition file, installs it from
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import yaml
 
 from target_everflow.adapter.target import plugin_settings_schema
 from tests.conftest import singer_lines, track
-from tests.e2e.conftest import _SCRUB_PREFIXES, INSTALL_TIMEOUT, RUN_TIMEOUT
+from tests.e2e.conftest import INSTALL_TIMEOUT, RUN_TIMEOUT, Ran, run_command
 
 pytestmark = pytest.mark.e2e
 
@@ -26,32 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_new_meltano_project_adds_the_hub_definition_and_runs_the_wheel(
     meltano_bin: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(
-        {
-            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "NO_COLOR": "1",
-            "MELTANO_CLI_LOG_FORMAT": "uncolored",
-        }
-    )
+    env = {
+        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "NO_COLOR": "1",
+        "MELTANO_CLI_LOG_FORMAT": "uncolored",
+    }
 
-    def run(
-        args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT, **extra: str
-    ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            args,
-            cwd=cwd,
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        assert proc.returncode == 0, (
-            f"{' '.join(map(str, args[:4]))} exited {proc.returncode}:\n{tail}"
-        )
-        return proc
+    def run(args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT, **extra: str) -> Ran:
+        return run_command(args, {**env, **extra}, timeout, cwd=cwd).check()
 
     run(
         [

@@ -5,7 +5,6 @@ still says what the Hub file says."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import _SCRUB_PREFIXES, RUN_TIMEOUT
+from tests.e2e.conftest import RUN_TIMEOUT, run_command
 
 pytestmark = pytest.mark.e2e
 
@@ -29,24 +28,17 @@ def test_meltano_config_set_leaves_a_meltano_yml_the_checks_accept(
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO / "meltano.yml", project / "meltano.yml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(
-        {
-            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",
-            "NO_COLOR": "1",
-        }
-    )
-    proc = subprocess.run(
+    env = {
+        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",
+        "NO_COLOR": "1",
+    }
+    run_command(
         [meltano_bin, "config", "set", "target-everflow", "max_dead_letter_ratio", "0.5"],
+        env,
+        RUN_TIMEOUT,
         cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ).check()
     text = (project / "meltano.yml").read_text(encoding="utf-8")
     assert "generated from settings.py" not in text  # Meltano's rewrite: the markers are gone
     (loader,) = [
@@ -84,34 +76,20 @@ def test_the_exported_warehouse_url_is_the_one_tap_postgres_gets(
     """In every environment, `meltano run tap-postgres ...` reads the database you exported:
     meltano.yml sets no SEGMENT_* variable that would override it."""
     url = "postgresql://me:secret@db.internal.test:5433/my_warehouse"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(
-        {
-            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "SEGMENT_WAREHOUSE_URL": url,
-            "SEGMENT_SCHEMA": "my_source",
-            "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",
-        }
-    )
+    env = {
+        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "SEGMENT_WAREHOUSE_URL": url,
+        "SEGMENT_SCHEMA": "my_source",
+        "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}",
+    }
     import json
 
     for environment in ("dev", "prod", "e2e"):
-        proc = subprocess.run(
-            [
-                meltano_plugins,
-                f"--environment={environment}",
-                "invoke",
-                "--dump=config",
-                "tap-postgres",
-            ],  # fmt: skip
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        proc = run_command(
+            [meltano_plugins, f"--environment={environment}", "invoke", "--dump=config",
+             "tap-postgres"],
+            env, RUN_TIMEOUT,
+        ).check()  # fmt: skip
         config = json.loads(proc.stdout)
         assert config["sqlalchemy_url"] == url, (environment, config)
         assert config["filter_schemas"] == ["my_source"], (environment, config)

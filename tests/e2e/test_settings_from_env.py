@@ -7,14 +7,12 @@ value. One Meltano system database for the module; each case is one ``meltano in
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import typing as t
 
 import pytest
 
 from tests.conftest import read_jsonl, singer_lines, track
-from tests.e2e.conftest import _SCRUB_PREFIXES, REPO, RUN_TIMEOUT
+from tests.e2e.conftest import RUN_TIMEOUT, run_command
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +32,10 @@ def invoke(
     """``meltano invoke target-everflow[:command]`` in the dev environment (a dry run), with the
     given ``TARGET_EVERFLOW_*`` variables and Singer input; its outputs go to a fresh folder."""
     home = tmp_path_factory.mktemp("settings-env")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    base.update({
+    base = {
         "MELTANO_DATABASE_URI": f"sqlite:///{home / 'meltano.db'}",
         "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", "NO_COLOR": "1",
-    })  # fmt: skip
+    }  # fmt: skip
     runs = iter(range(1000))
 
     def run(env: dict[str, str], lines: list[str] | None = None, command: str = "") -> Invoked:
@@ -48,14 +45,13 @@ def invoke(
                 "TARGET_EVERFLOW_DEAD_LETTER_PATH": str(out / "state" / "dead_letter.jsonl"),
                 "TARGET_EVERFLOW_SUMMARY_PATH": str(out / "summary.json"),
                 "TARGET_EVERFLOW_PROGRESS_INTERVAL": "0", **env}  # fmt: skip
-        proc = subprocess.run(
+        proc = run_command(
             [meltano_plugins, "--environment=dev", "invoke", f"target-everflow{command}"],
-            cwd=REPO, env=full, input="\n".join(lines or []) + "\n", capture_output=True,
-            text=True, timeout=RUN_TIMEOUT,
+            full, RUN_TIMEOUT, input="\n".join(lines or []) + "\n",
         )  # fmt: skip
         summary = out / "summary.json"
         return Invoked(
-            proc.returncode,
+            proc.code,
             proc.stdout,
             proc.stderr,
             read_jsonl(out / "dry_run.jsonl"),
