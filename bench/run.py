@@ -23,8 +23,10 @@ tap-flattened streams.
    process) answering after a fixed ``--latency``, at each ``--concurrency``, ledger on (the
    default SQLite ledger); as a fraction of the bound concurrency / latency. Also the naive
    reference (``naive_target.py``: one blocking ``requests.get`` per record) and the ledger off
-   (``ledger_url: none``) at concurrency 32. The receiver shares the machine's cores: its CPU
-   per record is shown beside the target's.
+   (``ledger_url: none``) at concurrency 32, and the floor: ``bare_client.py`` sending the
+   same requests (a dry run's planned postbacks) to the same receiver at concurrency 32 and
+   128 with urllib3 at its plainest, its CPU per request beside the target's per delivered
+   conversion. The receiver shares the machine's cores: its CPU per record is shown beside.
 3. Memory: peak RSS over ``--memory-records`` records (100,000 and 1,000,000; fed through a
    pipe from the generator), once each: a dry run, and a live run (SQLite ledger on) against
    the receiver.
@@ -76,7 +78,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402 - after the sys.path line above
+from bench import bare_client, generate  # noqa: E402 - after the sys.path line above
 from target_everflow.settings import schema_default  # noqa: E402 - after the sys.path line above
 from tests.receiver import ReceiverProcess, read_log  # noqa: E402 - after the sys.path line above
 
@@ -85,6 +87,7 @@ TOKEN = "bench-verification-token"
 TARGET = [PY, "-m", "target_everflow"]
 NOOP = [PY, str(BENCH / "noop_target.py")]
 NAIVE = [PY, str(BENCH / "naive_target.py")]
+BARE = [PY, str(BENCH / "bare_client.py")]
 
 
 # --- running one child ------------------------------------------------------------------------
@@ -359,6 +362,10 @@ DELIVERY_C32_GOAL = 0.8
 """Delivery at concurrency 32: at least this fraction of the bound (concurrency / latency)."""
 DELIVERY_C128_GOAL = 2500
 """Delivery at concurrency 128: at least this many records/s."""
+BARE_GOAL_CONCURRENCY = 128
+BARE_GOAL = 2.0
+"""At BARE_GOAL_CONCURRENCY, the target's CPU per delivered conversion (SQLite ledger on) is at
+most this times the bare client's (``bare_client.py``) on the same requests."""
 
 
 def bench_delivery(
@@ -386,6 +393,11 @@ def bench_delivery(
         ("c32_no_ledger", None, size(32), {"max_concurrency": 32, "ledger_url": "none"}, REPO)
     )
     plans.append(("naive", NAIVE, size(1), {}, REPO))
+    targets: dict[int, Path] = {}  # the bare client's requests, by input size
+    for c in concurrencies:
+        if c in BASELINE_CONCURRENCIES:
+            plans.append((f"bare_c{c}", BARE, size(c), {"concurrency": c}, REPO))
+            targets.setdefault(size(c), bare_targets(root, size(c)))
     runs: dict[str, list[Run]] = {name: [] for name, *_ in plans}
     for i in range(repeats):
         ordered = plans if i % 2 == 0 else list(reversed(plans))
@@ -402,6 +414,9 @@ def bench_delivery(
                 }
                 path = write_config(run_dir / "config.json", cfg)
                 command = [*(argv or TARGET), "--config", str(path), "--input", str(source)]
+                if argv is BARE:
+                    command = [*BARE, "--url", rx.url, "--targets", str(targets[n])]
+                    command += ["--concurrency", str(extra["concurrency"])]
                 run = run_child(
                     command,
                     records=n,
@@ -423,6 +438,22 @@ def bench_delivery(
                 flush=True,
             )
     return runs
+
+
+def bare_targets(root: Path, n: int) -> Path:
+    """The request targets the live runs on the ``n`` conversions' input send, for the bare
+    client: a dry run's planned postbacks, with the real token."""
+    run_dir = fresh_dir(root, f"delivery-plan-{n}")
+    cfg = write_config(run_dir / "config.json", {**base_config(run_dir), "dry_run": True})
+    source = input_file(root, n, conversions=True)
+    run_child([*TARGET, "--config", str(cfg), "--input", str(source)], records=n, workdir=run_dir)
+    with open(run_dir / "dry_run.jsonl", encoding="utf-8") as planned:
+        lines = bare_client.request_targets(planned, TOKEN)
+    if len(lines) != n:
+        raise BenchError(f"the dry run planned {len(lines)} of {n} postbacks")
+    path = root / f"bare-targets-{n}.txt"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
 
 
 def _children_cpu() -> float:
@@ -747,6 +778,40 @@ def table(
                     f"{_n(c128)} records/s",
                     c128 >= DELIVERY_C128_GOAL,
                     measured_before(128, BEFORE["c128"]),
+                )
+            )
+        for c in BASELINE_CONCURRENCIES:
+            bare = delivery.get(f"bare_c{c}")
+            if not bare:
+                continue
+            rate = median(bare)
+            rows.append(
+                f"| delivery | bare client: the same requests, one urllib3 connection per thread, "
+                f"nothing else (`bench/bare_client.py`), concurrency {c} | {_n(bare[0].records)} | "
+                f"{_n(rate)} | {rate / (c / latency):.0%} of the bound | {cpu(bare)} |"
+            )
+        if delivery.get(f"bare_c{BARE_GOAL_CONCURRENCY}") and delivery.get(
+            f"c{BARE_GOAL_CONCURRENCY}"
+        ):
+            c, floor = BARE_GOAL_CONCURRENCY, delivery[f"bare_c{BARE_GOAL_CONCURRENCY}"]
+
+            def over_bare(runs: list[Run]) -> str:
+                ours, bare_us = median(runs, "cpu_us"), median(floor, "cpu_us")
+                return (
+                    f"{ours / bare_us:.2f}x ({ours:.0f} µs against {bare_us:.0f} µs; the "
+                    f"receiver's {median(runs, 'receiver_us'):.0f} µs beside them)"
+                )
+
+            then = delivery.get(f"before_c{c}")
+            goals.append(
+                Goal(
+                    f"target CPU per delivered conversion at concurrency {c} (SQLite ledger on) "
+                    f"<= {BARE_GOAL:g}x the bare client's",
+                    over_bare(delivery[f"c{c}"]),
+                    median(delivery[f"c{c}"], "cpu_us") <= BARE_GOAL * median(floor, "cpu_us"),
+                    f"{over_bare(then)} measured beside it ({baseline})"
+                    if then
+                    else "not measured (no bare client before)",
                 )
             )
         if c32:

@@ -226,7 +226,7 @@ class HttpClient:
                 method,
                 target,
                 body=body,
-                headers={**self.headers, **(headers or {})},
+                headers={**self.headers, **headers} if headers else self.headers,
                 preload_content=False,
                 decode_content=True,
             )

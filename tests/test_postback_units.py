@@ -64,6 +64,7 @@ def _conversion(params: list[tuple[str, str]]) -> Conversion:
             "rejected",
         ),
         (200, b'{"Error":"duplicate"}', {}, Verdict.REJECTED, "rejected"),
+        (200, b'{"\\u0065rror":"escaped"}', {}, Verdict.REJECTED, "rejected"),
         (400, b"bad request", {}, Verdict.PERMANENT, "http_400"),
         (404, b"", {}, Verdict.PERMANENT, "http_404"),
         (401, b"", {}, Verdict.SYSTEMIC, "http_401"),
@@ -117,6 +118,11 @@ def test_url_appends_token_last_and_redacts():
         == "https://t.example/path?x=1&nid=1&transaction_id=abc&verification_token=tok%20en"
     )
     assert client.url(conversion, redact=True).endswith("verification_token=%2A%2A%2A")
+    # what is sent: the URL's path and query
+    assert (
+        client.target(conversion)
+        == "/path?x=1&nid=1&transaction_id=abc&verification_token=tok%20en"
+    )
     assert client.connection().cert_reqs == "CERT_REQUIRED"  # TLS verification is never off
 
 

@@ -48,8 +48,10 @@ if t.TYPE_CHECKING:
     from target_everflow.mapping import Conversion
 
 
-SETTLE_EVERY = 0.005
-"""Seconds the engine lets results gather before it settles them (a postback takes longer)."""
+SETTLE_EVERY = 0.002
+"""The dispatcher's fence commits start at least this many seconds apart: a result that comes
+later than that after the last one is settled (and its slot fenced) at once; results that come
+sooner, or while a commit is in progress, gather and ride the next commit together."""
 
 
 class _Raised:
@@ -411,15 +413,16 @@ class DeliveryEngine:
         """Send the ``claimed`` conversions; return those whose claim another run took over
         (not sent, not counted).
 
-        The main thread dispatches: ``max_concurrency`` slots, and each tick (results that
-        arrived together, :data:`SETTLE_EVERY`) one ledger commit, :meth:`Ledger.fence`, records
-        the answers of the slots that freed up (delivered marks) and fences the conversions
-        that take them (sending marks, before they leave). A slot's next postback is fenced in
-        the commit that records its last one, so a killed run leaves at most
-        ``max_concurrency`` conversions in doubt."""
+        The main thread dispatches: ``max_concurrency`` slots, and each tick (the results that
+        arrived while the last commit was in progress, or within :data:`SETTLE_EVERY` of its
+        start; a result that comes later is settled at once) one ledger commit,
+        :meth:`Ledger.fence`, records the answers of the slots that freed up (delivered marks)
+        and fences the conversions that take them (sending marks, before they leave). A slot's
+        next postback is fenced in the commit that records its last one, so a killed run
+        leaves at most ``max_concurrency`` conversions in doubt."""
         # Each call reports its result on a queue: settling one is O(1), and results that
-        # arrived together are settled together, so the main thread does not wake for every
-        # postback, and the ledger commits once per tick, not once per postback.
+        # arrived together are settled together (group commit): a freed slot waits for no
+        # fixed tick, and the ledger commits once per tick, not once per postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
         ready: collections.deque[Conversion] = collections.deque(claimed)
         free = self.concurrency
@@ -428,11 +431,12 @@ class DeliveryEngine:
         release: list[str] = []
         lost: list[Conversion] = []
         delivered: list[tuple[str, int]] = []
+        fenced_at = 0.0  # time.monotonic() when the last fence commit began
 
         def dispatch() -> None:
             """Fence and start what the free slots take (one commit, with the delivered marks
             gathered since the last one); again while claims found lost leave slots free."""
-            nonlocal pending, free, delivered
+            nonlocal pending, free, delivered, fenced_at
             while True:
                 take = (
                     []
@@ -442,6 +446,8 @@ class DeliveryEngine:
                 if not take and not delivered:
                     return
                 marks, delivered = delivered, []
+                if take:  # (delivered marks alone are only queued: the writer commits them)
+                    fenced_at = time.monotonic()
                 fenced = self.ledger.fence([c.key for c in take], marks)
                 for conversion in take:
                     if conversion.key in fenced:
@@ -461,6 +467,9 @@ class DeliveryEngine:
                 except queue.Empty:
                     pass
                 else:
+                    early = fenced_at + SETTLE_EVERY - time.monotonic()
+                    if early > 0 and not self._stop.is_set():
+                        time.sleep(early)  # (what else comes meanwhile rides the same commit)
                     while True:
                         pending -= 1
                         free += 1
@@ -472,8 +481,6 @@ class DeliveryEngine:
                         except queue.Empty:
                             break
                     dispatch()
-                    if pending and not self._stop.is_set():
-                        time.sleep(SETTLE_EVERY)
                 if self._stop.is_set() and pending:
                     now = time.monotonic()
                     if grace_deadline is None:

@@ -136,6 +136,15 @@ class PostbackClient:
     ) -> None:
         self.base = postback_url
         self._joiner = "&" if "?" in postback_url else "?"
+        # The request target (path and query) is this prefix and the encoded query, which
+        # holds no character urlsplit treats specially: what urlsplit(url()) would give. A URL
+        # it would split otherwise (a fragment: settings refuse those) is split each time.
+        probe = urlsplit(f"{postback_url}{self._joiner}x")
+        self._target_prefix = (
+            f"{probe.path or '/'}?{probe.query[:-1]}"
+            if probe.query.endswith("x") and not probe.fragment
+            else None
+        )
         self._token = verification_token
         self._secrets = (verification_token,) if verification_token else ()
         self.timeout = timeout
@@ -154,17 +163,26 @@ class PostbackClient:
         """This thread's connection to the postback host (opened on first use)."""
         return self._http.connection()
 
+    def _query(self, conversion: Conversion, redact: bool) -> str:
+        params = conversion.params
+        if self._token:
+            params = [*params, ("verification_token", REDACTED if redact else self._token)]
+        return encode_query(params)
+
     def url(self, conversion: Conversion, *, redact: bool = False) -> str:
         """The full postback URL; with ``redact`` the verification token shows as ``***``."""
-        params = list(conversion.params)
-        if self._token:
-            params.append(("verification_token", REDACTED if redact else self._token))
-        return f"{self.base}{self._joiner}{encode_query(params)}"
+        return f"{self.base}{self._joiner}{self._query(conversion, redact)}"
+
+    def target(self, conversion: Conversion) -> str:
+        """The request target (path and query) of the postback: that of :meth:`url`."""
+        if self._target_prefix is not None:
+            return self._target_prefix + self._query(conversion, False)
+        parts = urlsplit(self.url(conversion))
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def send(self, conversion: Conversion) -> Answer:
         """One attempt. Never raises for a network problem: that is an ``Answer`` too."""
-        parts = urlsplit(self.url(conversion))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = self.target(conversion)
         try:
             reply = self._http.request("GET", target)
         except Abandoned as exc:
@@ -254,6 +272,8 @@ def classify(response: Reply | t.Any, secrets: t.Sequence[str] = ()) -> Answer:
 
 def _error_member(body: str, content_type: str) -> str | None:
     if not body or ("json" not in content_type and body.lstrip()[:1] not in "{["):
+        return None
+    if "rror" not in body and "\\" not in body:  # no "error" member, even escaped: not parsed
         return None
     try:
         parsed = json.loads(body)

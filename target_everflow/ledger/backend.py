@@ -72,7 +72,8 @@ class Backend(Protocol):
 
     def sql(self, text: str) -> str:
         """``text`` for this database: ``?`` placeholders, ``{t}`` the ledger table,
-        ``{in_keys}`` matched against :meth:`keys_param`."""
+        ``{in_keys}`` matched against :meth:`keys_param`, ``{owner}`` the owner column where
+        ``delivery_key {in_keys}`` picks the rows (no index on the owner used for them)."""
 
     def keys_param(self, keys: Sequence[str]) -> Any:
         """The parameter that ``{in_keys}`` expects."""

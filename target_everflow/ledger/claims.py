@@ -163,7 +163,7 @@ def _claim(
                     "UPDATE {t} SET status = 'pending', owner = ?, owner_scope = ?,"
                     " lease_until = ?, updated_at = ?"
                     " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending')"
-                    " AND owner = ?"
+                    " AND {owner} = ?"
                     " AND (? OR lease_until IS NULL OR lease_until <= ?)"
                     " RETURNING delivery_key"
                 ),
@@ -213,7 +213,7 @@ def change_own_claims(
     cur.execute(
         backend.sql(
             f"{head} WHERE delivery_key {{in_keys}} AND status IN ('pending', 'sending')"
-            " AND owner = ? RETURNING delivery_key"
+            " AND {owner} = ? RETURNING delivery_key"
         ),
         ((backend.now(cur),) if now else ()) + (backend.keys_param(keys), who.owner),
     )

@@ -247,7 +247,7 @@ def write_marks(backend: Backend, who: Identity, cur: Any, items: list[Mark]) ->
         cur.execute(
             backend.sql(
                 "UPDATE {t} SET status = 'sending', lease_until = ?, updated_at = ?"
-                " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending') AND owner = ?"
+                " WHERE delivery_key {in_keys} AND status IN ('pending', 'sending') AND {owner} = ?"
             ),
             (now + who.lease_seconds, now, keys, who.owner),
         )
@@ -257,7 +257,7 @@ def write_marks(backend: Backend, who: Identity, cur: Any, items: list[Mark]) ->
             cur.execute(
                 backend.sql(
                     "SELECT delivery_key FROM {t} WHERE delivery_key {in_keys}"
-                    " AND status = 'sending' AND owner = ?"
+                    " AND status = 'sending' AND {owner} = ?"
                 ),
                 (keys, who.owner),
             )

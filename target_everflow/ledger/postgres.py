@@ -158,7 +158,7 @@ class PostgresBackend:
         return float(cur.fetchone()[0])
 
     def sql(self, text: str) -> str:
-        return text.replace("?", "%s").format(t=self.table, in_keys=self._IN_KEYS)
+        return text.replace("?", "%s").format(t=self.table, in_keys=self._IN_KEYS, owner="owner")
 
     def keys_param(self, keys: Sequence[str]) -> Any:
         return list(keys)
