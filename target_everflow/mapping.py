@@ -32,6 +32,7 @@ from target_everflow.fields import (
     coerce,
     render,
     render_json,
+    text_of,
 )
 from target_everflow.outcomes import (
     DEAD_LETTER,
@@ -48,16 +49,14 @@ from target_everflow.outcomes import (
 from target_everflow.records import (
     MISSING,
     NEEDS_LOOKUP,
-    Layout,
+    READER,
     SegmentEvent,
     SegmentObject,
-    child_layouts,
     compile_path,
     fold,
     id_text,
     json_loads,
     layout_of,
-    may_hold_in,
     slug,
     stream_event,
 )
@@ -92,6 +91,30 @@ EVENT_TIME = (_P("timestamp"), _P("originalTimestamp"), _P("receivedAt"), _P("se
 OS_NAME = _P("context.os.name")
 DEVICE_TYPE = _P("context.device.type")
 LIBRARY_NAME = _P("context.library.name")
+ORDER_ID = _P("properties.orderId")
+
+_PATHS = tuple(
+    {
+        path.path: path
+        for path in (
+            REFERRER_TYPE,
+            REFERRER_ID,
+            PROPERTY_TRANSACTION_ID,
+            OS_NAME,
+            DEVICE_TYPE,
+            LIBRARY_NAME,
+            *EVENT_TIME,
+            *(_P(p.split("[i].", 1)[0]) for row in FIELDS for p in (row.segment, *row.fallback)),
+        )
+    }.values()
+)
+"""Every path the mapping reads in a record, read together (``SegmentEvent.values``)."""
+_AT = {path.path: i for i, path in enumerate(_PATHS)}
+_GROUP = READER.group(_PATHS)
+_REFERRER_TYPE, _REFERRER_ID, _PROPERTY_TRANSACTION_ID, _OS_NAME, _DEVICE_TYPE, _LIBRARY_NAME = (
+    range(6)
+)
+_EVENT_TIME = tuple(_AT[p.path] for p in EVENT_TIME)
 
 
 @dataclass(slots=True)
@@ -151,6 +174,16 @@ class _Plan:
     """For a list parameter: (item key, path inside the item, types)."""
     convert: t.Callable[[t.Any], str] | None = None
     """The row's converter (``fields.CONVERTERS``), used instead of the type coercion."""
+    at: tuple[int, ...] = ()
+    """Where each of ``paths`` is in ``SegmentEvent.values(_GROUP)``."""
+    text: t.Callable[[t.Any], str] | None = None
+    """A plain parameter's text of the value found (its converter, else its types' coercion
+    rendered); None for a rule or a list."""
+
+    def __post_init__(self) -> None:
+        self.at = tuple(_AT[p.path] for p in self.paths)
+        if self.rule is None and not self.items:
+            self.text = self.convert or text_of(self.types)
 
 
 def _compile(platform: str) -> list[_Plan]:
@@ -183,6 +216,7 @@ def _add_item(plans: dict[str, _Plan], row: Field) -> None:
     if plan is None:
         plan = plans[list_param] = _Plan(list_param, (_P(list_path),), (), row.required, None)
     plan.items = (*plan.items, (item_key, _P(item_path), row.types))
+    plan.text = None  # a list: read by _line_items
 
 
 def event_time(value: t.Any) -> int:
@@ -251,8 +285,6 @@ class Mapper:
         self._max_age = settings.max_conversion_age_days * DAY
         for line in self.start_lines():
             self.logger.info("%s", line)
-        self._by_shape: dict[tuple, list[tuple[_Plan, tuple]]] = {}
-        self._hops: dict[Layout, tuple[str, ...]] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -322,32 +354,32 @@ class Mapper:
         """A database tap's stream ``schema-table`` stands for the event ``table``."""
         return stream_event(stream)
 
-    def _platform(self, event: SegmentEvent) -> str:
+    def _platform(self, values: tuple) -> str:
         if self.settings.platform != "auto":
             return self.settings.platform
-        os_name = event.get(OS_NAME)
+        os_name = values[_OS_NAME]
         if isinstance(os_name, str) and fold(os_name) in MOBILE_OS:
             return "mobile"
-        device_type = event.get(DEVICE_TYPE)
+        device_type = values[_DEVICE_TYPE]
         if isinstance(device_type, str) and fold(device_type) in MOBILE_OS:
             return "mobile"
-        library = event.get(LIBRARY_NAME)
+        library = values[_LIBRARY_NAME]
         if isinstance(library, str) and fold(library) in MOBILE_LIBRARIES:
             return "mobile"
         return "web"
 
     @staticmethod
-    def _transaction_id(event: SegmentEvent) -> t.Any:
+    def _transaction_id(values: tuple) -> t.Any:
         """The referrer id (when the referrer is Everflow), else properties.transaction_id.
 
         A blank id (only whitespace) counts as absent.
         """
-        referrer_type = event.get(REFERRER_TYPE)
+        referrer_type = values[_REFERRER_TYPE]
         if isinstance(referrer_type, str) and referrer_type.strip().lower() == "everflow":
-            found = event.get(REFERRER_ID)
+            found = values[_REFERRER_ID]
             if found is not MISSING and not (isinstance(found, str) and not found.strip()):
                 return found
-        found = event.get(PROPERTY_TRANSACTION_ID)
+        found = values[_PROPERTY_TRANSACTION_ID]
         if isinstance(found, str) and not found.strip():
             return MISSING
         return found
@@ -376,7 +408,8 @@ class Mapper:
                 SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
             )
 
-        raw_tid = self._transaction_id(event)
+        values = event.values(_GROUP)
+        raw_tid = self._transaction_id(values)
         if raw_tid is MISSING:
             return outcome(
                 SKIPPED,
@@ -393,7 +426,7 @@ class Mapper:
                 DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
             )
 
-        platform = self._platform(event)
+        platform = self._platform(values)
         strict = self.settings.strict_types
         params = [*self._head, ("transaction_id", transaction_id)]
         if self.settings.advertiser_id is not None:
@@ -403,7 +436,11 @@ class Mapper:
         dropped: list[tuple[str, str]] = []
 
         when: int | None = None
-        raw_time = event.first(*EVENT_TIME)
+        raw_time = MISSING
+        for i in _EVENT_TIME:
+            raw_time = values[i]
+            if raw_time is not MISSING:
+                break
         if raw_time is not MISSING:
             try:
                 when = event_time(raw_time)
@@ -430,9 +467,19 @@ class Mapper:
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan, paths in self._plans_for(event, platform):
+        for plan in self._plans[platform]:
             try:
-                value = self._value(event, plan, paths, dropped)
+                text = plan.text
+                if text is None:
+                    value = self._value(event, values, plan, dropped)
+                else:
+                    for i in plan.at:
+                        found = values[i]
+                        if found is not MISSING:
+                            value = text(found)
+                            break
+                    else:
+                        value = None
             except Mismatch as exc:
                 if plan.required or strict:
                     return outcome(
@@ -476,71 +523,31 @@ class Mapper:
             currency=self.fixed_currency or _sent(params, CURRENCY),
         )
 
-    def _plans_for(self, event: SegmentEvent, platform: str) -> list[tuple[_Plan, tuple]]:
-        """The platform's plans for records of one shape, each with the paths such a record
-        can hold (``None`` for a rule's path it cannot). A shape is the record's key layout and
-        the layouts of the objects it holds at the top (a raw event's ``context`` and
-        ``properties``); the plans are compiled once per shape, so no record looks up a field
-        its keys cannot hold (a warehouse row's missing columns, a raw event's absent
-        properties)."""
-        layout = event.layout
-        hops = self._hops.get(layout)
-        if hops is None:
-            hops = self._hops[layout] = self._hop_keys(layout)
-        inside = child_layouts(event.record, hops) if hops else ()
-        shape = (layout, platform, inside)
-        compiled = self._by_shape.get(shape)
-        if compiled is None:
-            children = dict(zip(hops, inside))
-            compiled = []
-            for plan in self._plans[platform]:
-                held = [p if may_hold_in(layout, children, p) else None for p in plan.paths]
-                paths = tuple(held) if plan.rule is not None else tuple(p for p in held if p)
-                compiled.append((plan, paths))
-            if len(self._by_shape) >= 4096:  # bounded, as the layouts are
-                self._by_shape.clear()
-                self._hops.clear()
-            self._by_shape[shape] = compiled
-        return compiled
-
-    def _hop_keys(self, layout: Layout) -> tuple[str, ...]:
-        """The keys of a layout that some plan's path goes through to a nested object."""
-        keys: dict[str, None] = {}
-        for plans in self._plans.values():
-            for plan in plans:
-                for path in plan.paths:
-                    n = len(path.segments)
-                    for key, end in layout.where(path.tails[0]):
-                        if end < n:
-                            keys[key] = None
-        return tuple(keys)
-
     def _value(
-        self, event: SegmentObject, plan: _Plan, paths: tuple, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, values: tuple, plan: _Plan, dropped: list[tuple[str, str]]
     ) -> str | None:
         if plan.rule is not None:
-            values = [None if p is None else event.get(p) for p in paths]
-            result = plan.rule([None if v is MISSING else v for v in values])
+            result = plan.rule([None if (v := values[i]) is MISSING else v for i in plan.at])
             return None if result is None else render(result)
-        if not paths:
-            return None
-        if plan.items:
-            return self._line_items(event, plan, dropped)
-        found = event.get(paths[0]) if len(paths) == 1 else event.first(*paths)
+        found = MISSING
+        for i in plan.at:
+            found = values[i]
+            if found is not MISSING:
+                break
         if found is MISSING:
             return None
+        if plan.items:
+            return self._line_items(event, plan, found, dropped)
         if plan.convert is not None:
             return plan.convert(found)
         return render(coerce(found, plan.types))
 
     @staticmethod
     def _line_items(
-        event: SegmentObject, plan: _Plan, dropped: list[tuple[str, str]]
+        event: SegmentObject, plan: _Plan, found: t.Any, dropped: list[tuple[str, str]]
     ) -> str | None:
-        """``order_line_items``: a JSON array of the item keys the table names."""
-        found = event.get(plan.paths[0])
-        if found is MISSING:
-            return None
+        """``order_line_items``: a JSON array of the item keys the table names, from the list
+        ``found`` at the plan's path."""
         if isinstance(found, str):
             try:
                 found = json_loads(found)
@@ -601,7 +608,7 @@ class Mapper:
                 return f"m:{message_id}"
             digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
             return "m#" + digest[:32]
-        order_id = event.get("properties.orderId")
+        order_id = event.get(ORDER_ID)
         basis = "\x1f".join((transaction_id, str(event_id), _key_part(order_id), str(when)))
         return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 

@@ -163,38 +163,7 @@ _MAX_LAYOUTS = 4096
 
 
 JSON_TEXT: t.Any = _Missing()
-"""In ``child_layouts``: the value is an object kept as JSON text (a lookup may parse it)."""
-
-
-def child_layouts(record: dict, keys: t.Iterable[str]) -> tuple:
-    """What the record holds at each of ``keys`` (keys of its layout), as ``may_hold_in``
-    reads it: the layout of an object, ``JSON_TEXT``, or None (nothing to look into)."""
-    found: list[t.Any] = []
-    for key in keys:
-        value = record[key]
-        if isinstance(value, dict):
-            found.append(layout_of(value))
-        elif _is_json_object_text(value):
-            found.append(JSON_TEXT)
-        else:
-            found.append(None)
-    return tuple(found)
-
-
-def may_hold_in(top: Layout, children: t.Mapping[str, t.Any], path: SegmentPath) -> bool:
-    """Whether a record of layout ``top`` whose objects at the top have the layouts
-    ``children`` (key -> ``child_layouts``' answer; a key not there: not looked into) can hold
-    a value at ``path``. False is certain: every lookup of ``path`` in it finds nothing."""
-    if path.unprefixed and (top.unprefixed_key(path) is not None or top.where(path.tails[1])):
-        return True
-    n = len(path.segments)
-    for key, end in top.where(path.tails[0]):
-        if end == n or key not in children:
-            return True
-        child = children[key]
-        if child is JSON_TEXT or (child is not None and child.where(path.tails[end])):
-            return True
-    return False
+"""In a record's shape (``Reader.shape``): an object kept as JSON text (a lookup may parse it)."""
 
 
 NEEDS_LOOKUP: t.Any = _Missing()
@@ -333,11 +302,156 @@ class SegmentObject:
         return MISSING
 
 
+class Reader:
+    """Reads groups of paths from records by straight-line code, generated once per record
+    shape: what ``SegmentObject.get`` finds, without its walk.
+
+    A record's *shape* (``shape``) is its key layout and, for each key some registered path
+    goes through (a "hop"), the shape of the object there, ``JSON_TEXT`` for an object kept as
+    JSON text, or None (nothing to look into). In records of one shape every path's spellings
+    lie at the same keys, so a group of paths (``group``) compiles, for that shape, into one
+    function of the record: for each path, its spellings in ``get``'s order, each a chain of
+    subscripts, the first that is neither null nor empty winning. A shape with JSON text on
+    the way is read by ``get`` itself (``values`` falls back to it). Groups are registered
+    when their modules are imported, before any record is read.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[SegmentPath, ...]] = []
+        self._tails: tuple[_Tail, ...] = ()
+        self._hops: dict[Layout, tuple[str, ...]] = {}
+        self._compiled: dict[tuple[t.Any, int], t.Callable[[dict], tuple] | None] = {}
+
+    def group(self, paths: t.Iterable[SegmentPath | str]) -> int:
+        """Register a group of paths; its number, for ``values``."""
+        compiled = tuple(compile_path(p) if isinstance(p, str) else p for p in paths)
+        self.groups.append(compiled)
+        tails = {id(tail): tail for group in self.groups for p in group for tail in p.tails}
+        self._tails = tuple(tails.values())
+        self._hops.clear()
+        self._compiled.clear()
+        return len(self.groups) - 1
+
+    def hops(self, layout: Layout) -> tuple[str, ...]:
+        """The keys of a layout that a registered path goes through to a nested object."""
+        found = self._hops.get(layout)
+        if found is None:
+            keys: dict[str, None] = {}
+            for tail in self._tails:
+                for key, end in layout.where(tail):
+                    if end < tail.n:
+                        keys[key] = None
+            if len(self._hops) >= _MAX_LAYOUTS:
+                self._hops.clear()
+            found = self._hops[layout] = tuple(keys)
+        return found
+
+    def shape(self, obj: dict) -> t.Any:
+        """The shape of a record (see the class docstring): hashable, built per record."""
+        layout = layout_of(obj)
+        hops = self._hops.get(layout)
+        if hops is None:
+            hops = self.hops(layout)
+        if not hops:
+            return layout
+        parts: list[t.Any] = [layout]
+        for key in hops:
+            value = obj[key]
+            if isinstance(value, dict):
+                parts.append(self.shape(value))
+            elif _is_json_object_text(value):
+                parts.append(JSON_TEXT)
+            else:
+                parts.append(None)
+        return tuple(parts)
+
+    def values(self, event: SegmentObject, shape: t.Any, group: int) -> tuple:
+        """The value at each path of ``group`` in the event's record (``MISSING`` where none)."""
+        key = (shape, group)
+        try:
+            read = self._compiled[key]
+        except KeyError:
+            if len(self._compiled) >= _MAX_LAYOUTS:
+                self._compiled.clear()
+            read = self._compiled[key] = self._compile(shape, self.groups[group])
+        if read is None:
+            return tuple([event.get(path) for path in self.groups[group]])
+        return read(event.record)
+
+    def _compile(
+        self, shape: t.Any, paths: tuple[SegmentPath, ...]
+    ) -> t.Callable[[dict], tuple] | None:
+        """The reader of ``paths`` in records of ``shape``; None when only ``get`` can read it
+        (JSON text on the way)."""
+        lines: list[str] = []
+        objects: dict[tuple[str, str], t.Any] = {}
+
+        def tree(part: t.Any) -> tuple[Layout, dict[str, t.Any]]:
+            layout, inner = (part, ()) if isinstance(part, Layout) else (part[0], part[1:])
+            return layout, dict(zip(self.hops(layout), inner))
+
+        def spellings(node: tuple[Layout, dict], var: str, tail: _Tail) -> list[tuple[str, str]]:
+            """``_resolve``'s walk, on the shape: the (object, key) of each spelling in order."""
+            layout, children = node
+            found: list[tuple[str, str]] = []
+            for key, end in layout.where(tail):
+                if end == tail.n:
+                    found.append((var, key))
+                    continue
+                part = children[key]
+                if part is JSON_TEXT:  # get() would parse it on a second pass
+                    raise _NotStatic
+                if part is None:  # null, or nothing to look into
+                    continue
+                inner = objects.get((var, key))
+                if inner is None:
+                    name = f"o{len(objects)}"
+                    lines.append(f"    {name} = {var}[{key!r}]")
+                    inner = objects[var, key] = (tree(part), name)
+                found += spellings(inner[0], inner[1], tail.path.tails[end])
+            return found
+
+        try:
+            top = tree(shape)
+            body: list[str] = []
+            for i, path in enumerate(paths):
+                found = spellings(top, "r", path.tails[0])
+                if path.unprefixed:
+                    key = top[0].unprefixed_key(path)
+                    if key is not None:
+                        found.append(("r", key))
+                if not found:
+                    body.append(f"    v{i} = MISSING")
+                    continue
+                indent = "    "
+                for var, key in found:
+                    body.append(f"{indent}v{i} = {var}[{key!r}]")
+                    body.append(f'{indent}if v{i} is None or v{i} == "":')
+                    indent += "    "
+                body.append(f"{indent}v{i} = MISSING")
+        except _NotStatic:
+            return None
+        returned = ", ".join(f"v{i}" for i in range(len(paths)))
+        source = "\n".join(["def read(r):", *lines, *body, f"    return ({returned},)"])
+        namespace: dict[str, t.Any] = {"MISSING": MISSING}
+        # Generated from the shape's keys, each written as its repr() (a literal, never code).
+        exec(compile(source, "<target_everflow.records.Reader>", "exec"), namespace)
+        return t.cast("t.Callable[[dict], tuple]", namespace["read"])
+
+
+class _NotStatic(Exception):
+    """A shape with JSON text on the way: only ``SegmentObject.get`` reads it."""
+
+
+READER = Reader()
+"""The one reader of registered path groups (identity here, the field table's in mapping)."""
+
 _TYPE = compile_path("type")
 _EVENT_TEXT = compile_path("event_text")
 _EVENT = compile_path("event")
 
 MESSAGE_ID = (compile_path("messageId"), compile_path("id"))
+_IDENTITY = READER.group((_TYPE, _EVENT_TEXT, _EVENT, *MESSAGE_ID))
 
 
 def stream_event(stream: str) -> str:
@@ -366,18 +480,23 @@ class SegmentEvent(SegmentObject):
     - ``message_id``: ``messageId`` (or a warehouse row's ``id``) as text, or None.
     """
 
-    __slots__ = ("call", "name", "label", "message_id")
+    __slots__ = ("call", "name", "label", "message_id", "shape")
 
     def __init__(self, record: dict, stream: str) -> None:
         super().__init__(record, stream)
-        call = self.get(_TYPE)
-        event_text = self.get(_EVENT_TEXT)
+        self.shape = READER.shape(record)
+        call, event_text, event, message_id, row_id = READER.values(self, self.shape, _IDENTITY)
         if isinstance(call, str) and call.strip() and event_text is MISSING:
             self.call = call.strip().lower()
         else:
             self.call = "track"
-        name = event_text if event_text is not MISSING else self.get(_EVENT)
+        name = event_text if event_text is not MISSING else event
         self.name: str = name if isinstance(name, str) and name.strip() else stream_event(stream)
         self.label = self.name if self.call == "track" else f"({self.call[:40]})"
-        found = self.first(*MESSAGE_ID)
+        found = message_id if message_id is not MISSING else row_id
         self.message_id: str | None = None if found is MISSING else id_text(found)
+
+    def values(self, group: int) -> tuple:
+        """The value at each path of a registered group (``READER.group``), ``MISSING`` where
+        there is none: what ``get`` would find for each."""
+        return READER.values(self, self.shape, group)

@@ -406,6 +406,32 @@ class TargetEverflow(Target):
         finally:
             self._shielded -= 1
 
+    def _process_record_message(self, message_dict: dict) -> None:
+        """A RECORD: the SDK's own steps, less those that do nothing for this target's sinks
+        (see ``EverflowSink.take``). The reader has checked the message's ``stream`` and
+        ``record``; every stream map still transforms (copy, filter, alias, flattening)."""
+        stream_name = message_dict["stream"]
+        stream_maps = self.mapper.stream_maps.get(stream_name)
+        if stream_maps is None:
+            raise RecordsWithoutSchemaException(_before_schema(stream_name))
+        for stream_map in stream_maps:
+            record = stream_map.transform(copy.copy(message_dict["record"]))
+            if record is None:  # filtered out by the stream map
+                continue
+            alias = stream_map.stream_alias
+            if not self.sink_exists(alias):
+                raise RecordsWithoutSchemaException(_before_schema(alias))
+            sink = t.cast("EverflowSink", self.get_sink(alias, record=record))
+            sink.take(record)
+            if sink.is_full:
+                self.logger.info(
+                    "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                    sink.stream_name,
+                    sink.current_size,
+                )
+                self.drain_one(sink)
+        self._handle_max_record_age()
+
     def _before_message(self, kind: str, message: dict) -> bool:
         """The reader's hook before the SDK handles a message; False when handled here."""
         if kind == "RECORD" and not isinstance(message["record"], dict):
@@ -465,10 +491,7 @@ class TargetEverflow(Target):
         """A RECORD whose ``record`` is not a JSON object: one bad record, dead-lettered."""
         stream = message_dict["stream"]
         if stream not in self.mapper.stream_maps:  # RECORD before SCHEMA: the input is broken
-            raise RecordsWithoutSchemaException(
-                f"A record for stream '{stream}' was encountered before a corresponding schema. "
-                "Check that the Tap correctly implements the Singer spec."
-            )
+            raise RecordsWithoutSchemaException(_before_schema(stream))
         stream_maps = self.mapper.stream_maps[stream]
         if not stream_maps:  # the stream is filtered out by stream_maps
             return
@@ -651,6 +674,14 @@ class TargetEverflow(Target):
             return Terminated(self._terminating).exit_code
         self.logger.error("%s", exc)  # the message is the whole story
         return exc.exit_code
+
+
+def _before_schema(stream: str) -> str:
+    """The SDK's words for a RECORD of a stream whose SCHEMA has not come."""
+    return (
+        f"A record for stream '{stream}' was encountered before a corresponding schema. "
+        "Check that the Tap correctly implements the Singer spec."
+    )
 
 
 GC_THRESHOLDS = (10_000, 20, 20)

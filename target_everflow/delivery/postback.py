@@ -107,10 +107,23 @@ def _quote(text: str) -> str:
     return _quote_short(text) if len(text) <= _QUOTED_MAX_LENGTH else quote(text, safe="")
 
 
+_NAMES: dict[str, str] = {}
+"""``name=`` of the parameter names seen (a postback's are a few dozen; bounded)."""
+
+
+def _name(name: str) -> str:
+    found = _NAMES.get(name)
+    if found is None:
+        found = _quote(name) + "="
+        if len(_NAMES) < 1024:
+            _NAMES[name] = found
+    return found
+
+
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:
     """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8: the one place
     a postback is percent-encoded (the sender, and dry run's URL)."""
-    return "&".join([_quote(k) + "=" + _quote(v) for k, v in params])
+    return "&".join([_name(k) + _quote(v) for k, v in params])
 
 
 class PostbackClient:
