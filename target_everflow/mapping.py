@@ -52,6 +52,7 @@ from target_everflow.records import (
     READER,
     SegmentEvent,
     SegmentObject,
+    Shape,
     compile_path,
     fold,
     id_text,
@@ -285,6 +286,7 @@ class Mapper:
         self._max_age = settings.max_conversion_age_days * DAY
         for line in self.start_lines():
             self.logger.info("%s", line)
+        self._by_shape: dict[tuple[Shape, str], list[_Plan]] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -467,7 +469,7 @@ class Mapper:
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan in self._plans[platform]:
+        for plan in self._plans_for(event, platform):
             try:
                 text = plan.text
                 if text is None:
@@ -522,6 +524,22 @@ class Mapper:
             event_time=when,
             currency=self.fixed_currency or _sent(params, CURRENCY),
         )
+
+    def _plans_for(self, event: SegmentEvent, platform: str) -> list[_Plan]:
+        """The platform's plans that a record of the event's shape can give a value (or must:
+        a required one, and a rule, which judges absence itself), compiled once per shape."""
+        key = (event.shape, platform)
+        plans = self._by_shape.get(key)
+        if plans is None:
+            held = event.held(_GROUP)
+            if len(self._by_shape) >= 4096:  # bounded, as the shapes are
+                self._by_shape.clear()
+            plans = self._by_shape[key] = [
+                plan
+                for plan in self._plans[platform]
+                if plan.required or plan.rule is not None or not held.isdisjoint(plan.at)
+            ]
+        return plans
 
     def _value(
         self, event: SegmentObject, values: tuple, plan: _Plan, dropped: list[tuple[str, str]]

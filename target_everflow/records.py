@@ -302,6 +302,19 @@ class SegmentObject:
         return MISSING
 
 
+class Shape:
+    """A record's shape (``Reader.shape``), one object per distinct shape (hashed by
+    identity): the group readers compiled for it hang on it."""
+
+    __slots__ = ("parts", "compiled")
+
+    def __init__(self, parts: tuple) -> None:
+        self.parts = parts
+        """The layout, then for each hop of it: the object's shape part, ``JSON_TEXT`` or None."""
+        self.compiled: dict[int, _Compiled] = {}
+        """Group number -> its reader for this shape."""
+
+
 class Reader:
     """Reads groups of paths from records by straight-line code, generated once per record
     shape: what ``SegmentObject.get`` finds, without its walk.
@@ -318,18 +331,22 @@ class Reader:
 
     def __init__(self) -> None:
         self.groups: list[tuple[SegmentPath, ...]] = []
+        self._flat: list[bool] = []
         self._tails: tuple[_Tail, ...] = ()
         self._hops: dict[Layout, tuple[str, ...]] = {}
-        self._compiled: dict[tuple[t.Any, int], t.Callable[[dict], tuple] | None] = {}
+        self._shapes: dict[tuple, Shape] = {}
+        self._parts: dict[tuple, Layout | t.Callable[[dict], Shape]] = {}
 
     def group(self, paths: t.Iterable[SegmentPath | str]) -> int:
         """Register a group of paths; its number, for ``values``."""
         compiled = tuple(compile_path(p) if isinstance(p, str) else p for p in paths)
         self.groups.append(compiled)
+        self._flat.append(all(len(p.segments) == 1 and not p.unprefixed for p in compiled))
         tails = {id(tail): tail for group in self.groups for p in group for tail in p.tails}
         self._tails = tuple(tails.values())
         self._hops.clear()
-        self._compiled.clear()
+        self._shapes.clear()
+        self._parts.clear()
         return len(self.groups) - 1
 
     def hops(self, layout: Layout) -> tuple[str, ...]:
@@ -346,49 +363,99 @@ class Reader:
             found = self._hops[layout] = tuple(keys)
         return found
 
-    def shape(self, obj: dict) -> t.Any:
-        """The shape of a record (see the class docstring): hashable, built per record."""
-        layout = layout_of(obj)
-        hops = self._hops.get(layout)
-        if hops is None:
-            hops = self.hops(layout)
-        if not hops:
-            return layout
-        parts: list[t.Any] = [layout]
-        for key in hops:
-            value = obj[key]
-            if isinstance(value, dict):
-                parts.append(self.shape(value))
-            elif _is_json_object_text(value):
-                parts.append(JSON_TEXT)
-            else:
-                parts.append(None)
-        return tuple(parts)
+    def shape(self, record: dict) -> Shape:
+        """The shape of a record (see the class docstring)."""
+        part = self._part(record)
+        if isinstance(part, Shape):
+            return part
+        return self._interned((part,))
 
-    def values(self, event: SegmentObject, shape: t.Any, group: int) -> tuple:
+    def top(self, layout: Layout) -> Shape:
+        """The shape that stands for every record of ``layout`` in reading a group of paths of
+        one segment each (``flat``): those are read at the top only."""
+        return self._interned((layout,))
+
+    def flat(self, group: int) -> bool:
+        """Whether every path of the group has one segment (and is read at the top only)."""
+        return self._flat[group]
+
+    def _part(self, obj: dict) -> Layout | Shape:
+        """An object's shape: its layout alone when it has no hop."""
+        keys = tuple(obj)
+        part = self._parts.get(keys)
+        if part is None:
+            part = self._part_of(keys)
+        return part if isinstance(part, Layout) else part(obj)
+
+    def _part_of(self, keys: tuple) -> Layout | t.Callable[[dict], Shape]:
+        """What ``_part`` does for objects with these keys: their layout (no hop), or code
+        generated for them that reads each hop."""
+        layout = layout_of(dict.fromkeys(keys))
+        hops = self.hops(layout)
+        found: Layout | t.Callable[[dict], Shape] = layout
+        if hops:
+            lines = ["def part(obj):"]
+            for i, key in enumerate(hops):
+                lines += [
+                    f"    v{i} = obj[{key!r}]",
+                    f"    if isinstance(v{i}, dict):",
+                    f"        v{i} = PART(v{i})",
+                    f'    elif isinstance(v{i}, str) and v{i}[:1] == "{{":',
+                    f"        v{i} = JSON_TEXT",
+                    "    else:",
+                    f"        v{i} = None",
+                ]
+            parts = "".join(f", v{i}" for i in range(len(hops)))
+            lines.append(f"    return INTERNED((LAYOUT{parts}))")
+            found = _generated(
+                lines,
+                "part",
+                PART=self._part,
+                INTERNED=self._interned,
+                JSON_TEXT=JSON_TEXT,
+                LAYOUT=layout,
+            )
+        if len(self._parts) >= _MAX_LAYOUTS:
+            self._parts.clear()
+        self._parts[keys] = found
+        return found
+
+    def _interned(self, parts: tuple) -> Shape:
+        shape = self._shapes.get(parts)
+        if shape is None:
+            if len(self._shapes) >= _MAX_LAYOUTS:
+                self._shapes.clear()
+            shape = self._shapes[parts] = Shape(parts)
+        return shape
+
+    def values(self, event: SegmentObject, shape: Shape, group: int) -> tuple:
         """The value at each path of ``group`` in the event's record (``MISSING`` where none)."""
-        key = (shape, group)
-        try:
-            read = self._compiled[key]
-        except KeyError:
-            if len(self._compiled) >= _MAX_LAYOUTS:
-                self._compiled.clear()
-            read = self._compiled[key] = self._compile(shape, self.groups[group])
-        if read is None:
+        found = shape.compiled.get(group)
+        if found is None:
+            found = self.compiled(shape, group)
+        if found.read is None:
             return tuple([event.get(path) for path in self.groups[group]])
-        return read(event.record)
+        return found.read(event.record)
 
-    def _compile(
-        self, shape: t.Any, paths: tuple[SegmentPath, ...]
-    ) -> t.Callable[[dict], tuple] | None:
-        """The reader of ``paths`` in records of ``shape``; None when only ``get`` can read it
-        (JSON text on the way)."""
+    def compiled(self, shape: Shape, group: int) -> _Compiled:
+        """The group's reader for records of ``shape``, and the positions they can hold a
+        value at (every other one is ``MISSING`` in every such record)."""
+        found = shape.compiled.get(group)
+        if found is None:
+            found = shape.compiled[group] = self._compile(shape, self.groups[group])
+        return found
+
+    def _compile(self, shape: Shape, paths: tuple[SegmentPath, ...]) -> _Compiled:
+        """The reader of ``paths`` in records of ``shape``; its ``read`` is None when only
+        ``get`` can read it (JSON text on the way)."""
         lines: list[str] = []
         objects: dict[tuple[str, str], t.Any] = {}
 
-        def tree(part: t.Any) -> tuple[Layout, dict[str, t.Any]]:
-            layout, inner = (part, ()) if isinstance(part, Layout) else (part[0], part[1:])
-            return layout, dict(zip(self.hops(layout), inner))
+        def tree(part: Layout | Shape) -> tuple[Layout, dict[str, t.Any]]:
+            if isinstance(part, Layout):
+                return part, {}
+            layout = part.parts[0]
+            return layout, dict(zip(self.hops(layout), part.parts[1:]))
 
         def spellings(node: tuple[Layout, dict], var: str, tail: _Tail) -> list[tuple[str, str]]:
             """``_resolve``'s walk, on the shape: the (object, key) of each spelling in order."""
@@ -411,6 +478,7 @@ class Reader:
                 found += spellings(inner[0], inner[1], tail.path.tails[end])
             return found
 
+        held: set[int] = set()
         try:
             top = tree(shape)
             body: list[str] = []
@@ -423,6 +491,7 @@ class Reader:
                 if not found:
                     body.append(f"    v{i} = MISSING")
                     continue
+                held.add(i)
                 indent = "    "
                 for var, key in found:
                     body.append(f"{indent}v{i} = {var}[{key!r}]")
@@ -430,13 +499,27 @@ class Reader:
                     indent += "    "
                 body.append(f"{indent}v{i} = MISSING")
         except _NotStatic:
-            return None
+            return _Compiled(None, frozenset(range(len(paths))))
         returned = ", ".join(f"v{i}" for i in range(len(paths)))
-        source = "\n".join(["def read(r):", *lines, *body, f"    return ({returned},)"])
-        namespace: dict[str, t.Any] = {"MISSING": MISSING}
-        # Generated from the shape's keys, each written as its repr() (a literal, never code).
-        exec(compile(source, "<target_everflow.records.Reader>", "exec"), namespace)
-        return t.cast("t.Callable[[dict], tuple]", namespace["read"])
+        read = _generated(
+            ["def read(r):", *lines, *body, f"    return ({returned},)"], "read", MISSING=MISSING
+        )
+        return _Compiled(read, frozenset(held))
+
+
+def _generated(lines: list[str], name: str, **names: t.Any) -> t.Any:
+    """The function ``name`` defined by ``lines``, with ``names`` as its globals. The code is
+    generated from a shape's keys, each written as its ``repr()``: a literal, never code."""
+    namespace = dict(names)
+    exec(compile("\n".join(lines), f"<target_everflow.records.Reader.{name}>", "exec"), namespace)
+    return namespace[name]
+
+
+class _Compiled(t.NamedTuple):
+    """A group's reader for one shape (None: ``get`` reads it) and the positions it can hold."""
+
+    read: t.Callable[[dict], tuple] | None
+    held: frozenset[int]
 
 
 class _NotStatic(Exception):
@@ -452,6 +535,7 @@ _EVENT = compile_path("event")
 
 MESSAGE_ID = (compile_path("messageId"), compile_path("id"))
 _IDENTITY = READER.group((_TYPE, _EVENT_TEXT, _EVENT, *MESSAGE_ID))
+assert READER.flat(_IDENTITY)  # read at the top: a record's shape is found only when needed
 
 
 def stream_event(stream: str) -> str:
@@ -480,12 +564,14 @@ class SegmentEvent(SegmentObject):
     - ``message_id``: ``messageId`` (or a warehouse row's ``id``) as text, or None.
     """
 
-    __slots__ = ("call", "name", "label", "message_id", "shape")
+    __slots__ = ("call", "name", "label", "message_id", "_shape")
 
     def __init__(self, record: dict, stream: str) -> None:
         super().__init__(record, stream)
-        self.shape = READER.shape(record)
-        call, event_text, event, message_id, row_id = READER.values(self, self.shape, _IDENTITY)
+        self._shape: Shape | None = None
+        call, event_text, event, message_id, row_id = READER.values(
+            self, READER.top(self._top), _IDENTITY
+        )
         if isinstance(call, str) and call.strip() and event_text is MISSING:
             self.call = call.strip().lower()
         else:
@@ -496,7 +582,20 @@ class SegmentEvent(SegmentObject):
         found = message_id if message_id is not MISSING else row_id
         self.message_id: str | None = None if found is MISSING else id_text(found)
 
+    @property
+    def shape(self) -> Shape:
+        """The record's shape (``Reader.shape``), found when first asked for."""
+        shape = self._shape
+        if shape is None:
+            shape = self._shape = READER.shape(self.record)
+        return shape
+
     def values(self, group: int) -> tuple:
         """The value at each path of a registered group (``READER.group``), ``MISSING`` where
         there is none: what ``get`` would find for each."""
-        return READER.values(self, self.shape, group)
+        shape = READER.top(self._top) if READER.flat(group) else self.shape
+        return READER.values(self, shape, group)
+
+    def held(self, group: int) -> frozenset[int]:
+        """The positions in a registered group of the paths a record of this shape can hold."""
+        return READER.compiled(self.shape, group).held
