@@ -30,8 +30,8 @@ from target_everflow.fields import (
     Mismatch,
     as_string,
     coerce,
+    json_text_of,
     render,
-    render_json,
     text_of,
 )
 from target_everflow.outcomes import (
@@ -171,8 +171,8 @@ class _Plan:
     types: tuple[FieldType, ...]
     required: bool
     rule: t.Callable[[list[t.Any]], t.Any] | None
-    items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
-    """For a list parameter: (item key, path inside the item, types)."""
+    items: tuple[tuple[str, t.Any, tuple[FieldType, ...], t.Callable[[t.Any], str]], ...] = ()
+    """For a list parameter: (item key, path inside the item, types, the value's JSON text)."""
     convert: t.Callable[[t.Any], str] | None = None
     """The row's converter (``fields.CONVERTERS``), used instead of the type coercion."""
     at: tuple[int, ...] = ()
@@ -216,7 +216,7 @@ def _add_item(plans: dict[str, _Plan], row: Field) -> None:
     plan = plans.get(list_param)
     if plan is None:
         plan = plans[list_param] = _Plan(list_param, (_P(list_path),), (), row.required, None)
-    plan.items = (*plan.items, (item_key, _P(item_path), row.types))
+    plan.items = (*plan.items, (item_key, _P(item_path), row.types, json_text_of(row.types)))
     plan.text = None  # a list: read by _line_items
 
 
@@ -581,7 +581,7 @@ class Mapper:
             layout = layout_of(product)
             item: SegmentObject | None = None
             parts: list[str] = []
-            for key, path, types in plan.items:
+            for key, path, _types, json_text in plan.items:
                 where = layout.leaf_key(path)
                 if where is None:
                     continue
@@ -596,11 +596,9 @@ class Mapper:
                     if value is None or value == "":
                         continue
                 try:
-                    coerced = coerce(value, types)
+                    parts.append(f'"{key}":{json_text(value)}')
                 except Mismatch as exc:
                     dropped.append((f"{plan.param}[{i}].{key}", str(exc)))
-                    continue
-                parts.append(f'"{key}":{render_json(coerced)}')
             if parts:
                 items.append("{" + ",".join(parts) + "}")
         if not items:
