@@ -9,7 +9,6 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -398,34 +397,49 @@ class Mapper:
                 return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
             event = self.view(event, stream)
         stream, record, name, message_id = event.stream, event.record, event.name, event.message_id
-        outcome = functools.partial(Outcome, message_id=message_id)
 
         if event.call != "track":
             shown = event.call[:40]
-            return outcome(SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=event.label)
+            return Outcome(
+                SKIPPED,
+                NOT_TRACK,
+                f"a {shown} call, not a track",
+                event=event.label,
+                message_id=message_id,
+            )
 
         event_id = self.event_id_for(name)
         if event_id is None:
-            return outcome(
-                SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
+            return Outcome(
+                SKIPPED,
+                UNMAPPED_EVENT,
+                f"event {name!r} is not in event_mapping",
+                event=name,
+                message_id=message_id,
             )
 
         values = event.values(_GROUP)
         raw_tid = self._transaction_id(values)
         if raw_tid is MISSING:
-            return outcome(
+            return Outcome(
                 SKIPPED,
                 NO_TRANSACTION_ID,
                 "no Everflow transaction id (context.referrer.id with referrer type everflow, "
                 "or properties.transaction_id)",
                 "transaction_id",
                 event=name,
+                message_id=message_id,
             )
         try:
             transaction_id = as_string(raw_tid).strip()
         except Mismatch as exc:
-            return outcome(
-                DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"transaction_id: {exc}",
+                "transaction_id",
+                event=name,
+                message_id=message_id,
             )
 
         platform = self._platform(values)
@@ -450,21 +464,27 @@ class Mapper:
                 if not self.settings.send_timestamp:
                     pass  # not sent: its type does not matter
                 elif strict:
-                    return outcome(
-                        DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
+                    return Outcome(
+                        DEAD_LETTER,
+                        TYPE_MISMATCH,
+                        f"timestamp: {exc}",
+                        "timestamp",
+                        event=name,
+                        message_id=message_id,
                     )
                 else:
                     dropped.append(("timestamp", str(exc)))
         if when is not None and self._max_age:
             age = self.clock.now() - when  # read per record: a streaming run lasts weeks
             if age > self._max_age:
-                return outcome(
+                return Outcome(
                     SKIPPED,
                     TOO_OLD,
                     f"the event is {age / DAY:.1f} days old, older than max_conversion_age_days "
                     f"({self.settings.max_conversion_age_days}): its click can no longer convert",
                     "timestamp",
                     event=name,
+                    message_id=message_id,
                 )
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
@@ -484,31 +504,40 @@ class Mapper:
                         value = None
             except Mismatch as exc:
                 if plan.required or strict:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         TYPE_MISMATCH,
                         f"{plan.param} ({plan.paths[0].path}): {exc}",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 dropped.append((plan.param, str(exc)))
                 continue
             if value is None:
                 if plan.required:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
                         f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
                         "conversions",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 continue
             params.append((plan.param, value))
 
         if strict and dropped:
             param, why = dropped[0]
-            return outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"{param}: {why}",
+                param,
+                event=name,
+                message_id=message_id,
+            )
 
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),

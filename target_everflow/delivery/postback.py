@@ -111,19 +111,24 @@ _NAMES: dict[str, str] = {}
 """``name=`` of the parameter names seen (a postback's are a few dozen; bounded)."""
 
 
-def _name(name: str) -> str:
-    found = _NAMES.get(name)
-    if found is None:
-        found = _quote(name) + "="
-        if len(_NAMES) < 1024:
-            _NAMES[name] = found
-    return found
-
-
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:
     """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8: the one place
-    a postback is percent-encoded (the sender, and dry run's URL)."""
-    return "&".join([_name(k) + _quote(v) for k, v in params])
+    a postback is percent-encoded (the sender, and dry run's URL). ``_quote`` inlined: a
+    postback has a dozen parameters or more."""
+    names, unreserved = _NAMES, _UNRESERVED.fullmatch
+    parts: list[str] = []
+    for name, value in params:
+        quoted_name = names.get(name)
+        if quoted_name is None:
+            quoted_name = _quote(name) + "="
+            if len(names) < 1024:
+                names[name] = quoted_name
+        if not ((value.isascii() and value.isalnum()) or unreserved(value)):
+            value = (
+                _quote_short(value) if len(value) <= _QUOTED_MAX_LENGTH else quote(value, safe="")
+            )
+        parts.append(quoted_name + value)
+    return "&".join(parts)
 
 
 class PostbackClient:
