@@ -184,7 +184,7 @@ class EverflowSink(BatchSink):
                     f"{problem}",
                     key,
                 )
-        missing = [k for k in self.key_properties if k not in record]
+        missing = [k for k in self.stream_key_properties if k not in record]
         if missing:
             return (
                 f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
