@@ -335,6 +335,7 @@ class Reader:
         self._tails: tuple[_Tail, ...] = ()
         self._hops: dict[Layout, tuple[str, ...]] = {}
         self._shapes: dict[tuple, Shape] = {}
+        self._tops: dict[Layout, Shape] = {}
         self._parts: dict[tuple, Layout | t.Callable[[dict], Shape]] = {}
 
     def group(self, paths: t.Iterable[SegmentPath | str]) -> int:
@@ -346,6 +347,7 @@ class Reader:
         self._tails = tuple(tails.values())
         self._hops.clear()
         self._shapes.clear()
+        self._tops.clear()
         self._parts.clear()
         return len(self.groups) - 1
 
@@ -373,7 +375,12 @@ class Reader:
     def top(self, layout: Layout) -> Shape:
         """The shape that stands for every record of ``layout`` in reading a group of paths of
         one segment each (``flat``): those are read at the top only."""
-        return self._interned((layout,))
+        shape = self._tops.get(layout)
+        if shape is None:
+            if len(self._tops) >= _MAX_LAYOUTS:
+                self._tops.clear()
+            shape = self._tops[layout] = self._interned((layout,))
+        return shape
 
     def flat(self, group: int) -> bool:
         """Whether every path of the group has one segment (and is read at the top only)."""

@@ -409,13 +409,17 @@ class TargetEverflow(Target):
     def _process_record_message(self, message_dict: dict) -> None:
         """A RECORD: the SDK's own steps, less those that do nothing for this target's sinks
         (see ``EverflowSink.take``). The reader has checked the message's ``stream`` and
-        ``record``; every stream map still transforms (copy, filter, alias, flattening)."""
+        ``record``; every stream map still transforms (filter, alias, flattening)."""
         stream_name = message_dict["stream"]
         stream_maps = self.mapper.stream_maps.get(stream_name)
         if stream_maps is None:
             raise RecordsWithoutSchemaException(_before_schema(stream_name))
+        single = len(stream_maps) == 1
         for stream_map in stream_maps:
-            record = stream_map.transform(copy.copy(message_dict["record"]))
+            # The SDK copies the record for each stream map; one map has no other to share it
+            # with (the message is not read again).
+            record = message_dict["record"]
+            record = stream_map.transform(record if single else copy.copy(record))
             if record is None:  # filtered out by the stream map
                 continue
             alias = stream_map.stream_alias
