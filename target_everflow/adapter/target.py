@@ -688,8 +688,11 @@ def _before_schema(stream: str) -> str:
     )
 
 
-GC_THRESHOLDS = (10_000, 20, 20)
-"""The collector's thresholds in a target process (Python's: 700, 10, 10)."""
+GC_THRESHOLDS = (100_000, 20, 20)
+"""The collector's thresholds in a target process (Python's: 700, 10, 10). A collection of the
+youngest objects every 100,000 of them: at 10,000, collections took about 5% of a dry run's
+CPU (100,000 mixed records: 0.21 s against 0.08 s), the objects being a batch's records and
+conversions, which no collection frees."""
 
 
 def tune_garbage_collection() -> None:
