@@ -49,6 +49,7 @@ from target_everflow.records import (
     MISSING,
     NEEDS_LOOKUP,
     READER,
+    Layout,
     SegmentEvent,
     SegmentObject,
     Shape,
@@ -286,6 +287,9 @@ class Mapper:
         for line in self.start_lines():
             self.logger.info("%s", line)
         self._by_shape: dict[tuple[Shape, str], list[_Plan]] = {}
+        self._items: dict[
+            Layout, tuple[tuple[str, t.Any, t.Any, t.Callable[[t.Any], str]], ...]
+        ] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -589,9 +593,8 @@ class Mapper:
             return plan.convert(found)
         return render(coerce(found, plan.types))
 
-    @staticmethod
     def _line_items(
-        event: SegmentObject, plan: _Plan, found: t.Any, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, plan: _Plan, found: t.Any, dropped: list[tuple[str, str]]
     ) -> str | None:
         """``order_line_items``: a JSON array of the item keys the table names, from the list
         ``found`` at the plan's path."""
@@ -608,10 +611,17 @@ class Mapper:
                 dropped.append((f"{plan.param}[{i}]", "the product is not an object"))
                 continue
             layout = layout_of(product)
+            wheres = self._items.get(layout)
+            if wheres is None:  # where a product of this layout keeps each item key, once
+                if len(self._items) >= 4096:  # bounded, as the layouts are
+                    self._items.clear()
+                wheres = self._items[layout] = tuple(
+                    (key, layout.leaf_key(path), path, json_text)
+                    for key, path, _types, json_text in plan.items
+                )
             item: SegmentObject | None = None
             parts: list[str] = []
-            for key, path, _types, json_text in plan.items:
-                where = layout.leaf_key(path)
+            for key, where, path, json_text in wheres:
                 if where is None:
                     continue
                 if where is NEEDS_LOOKUP:

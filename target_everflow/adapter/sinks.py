@@ -184,7 +184,11 @@ class EverflowSink(BatchSink):
                     f"{problem}",
                     key,
                 )
-        missing = [k for k in self.stream_key_properties if k not in record]
+        missing = (
+            [k for k in self.stream_key_properties if k not in record]
+            if self.stream_key_properties
+            else None
+        )
         if missing:
             return (
                 f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
