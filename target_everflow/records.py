@@ -306,11 +306,13 @@ class Shape:
     """A record's shape (``Reader.shape``), one object per distinct shape (hashed by
     identity): the group readers compiled for it hang on it."""
 
-    __slots__ = ("parts", "compiled")
+    __slots__ = ("parts", "hops", "compiled")
 
-    def __init__(self, parts: tuple) -> None:
+    def __init__(self, parts: tuple, hops: tuple[str, ...]) -> None:
         self.parts = parts
         """The layout, then for each hop of it: the object's shape part, ``JSON_TEXT`` or None."""
+        self.hops = hops
+        """The hops ``parts`` follows the layout with (the reader's when the shape was found)."""
         self.compiled: dict[int, _Compiled] = {}
         """Group number -> its reader for this shape."""
 
@@ -370,7 +372,7 @@ class Reader:
         part = self._part(record)
         if isinstance(part, Shape):
             return part
-        return self._interned((part,))
+        return self._interned((part,), ())
 
     def top(self, layout: Layout) -> Shape:
         """The shape that stands for every record of ``layout`` in reading a group of paths of
@@ -379,7 +381,7 @@ class Reader:
         if shape is None:
             if len(self._tops) >= _MAX_LAYOUTS:
                 self._tops.clear()
-            shape = self._tops[layout] = self._interned((layout,))
+            shape = self._tops[layout] = self._interned((layout,), ())
         return shape
 
     def flat(self, group: int) -> bool:
@@ -413,7 +415,7 @@ class Reader:
                     f"        v{i} = None",
                 ]
             parts = "".join(f", v{i}" for i in range(len(hops)))
-            lines.append(f"    return INTERNED((LAYOUT{parts}))")
+            lines.append(f"    return INTERNED((LAYOUT{parts}), HOPS)")
             found = _generated(
                 lines,
                 "part",
@@ -421,18 +423,19 @@ class Reader:
                 INTERNED=self._interned,
                 JSON_TEXT=JSON_TEXT,
                 LAYOUT=layout,
+                HOPS=hops,
             )
         if len(self._parts) >= _MAX_LAYOUTS:
             self._parts.clear()
         self._parts[keys] = found
         return found
 
-    def _interned(self, parts: tuple) -> Shape:
+    def _interned(self, parts: tuple, hops: tuple[str, ...]) -> Shape:
         shape = self._shapes.get(parts)
         if shape is None:
             if len(self._shapes) >= _MAX_LAYOUTS:
                 self._shapes.clear()
-            shape = self._shapes[parts] = Shape(parts)
+            shape = self._shapes[parts] = Shape(parts, hops)
         return shape
 
     def values(self, event: SegmentObject, shape: Shape, group: int) -> tuple:
@@ -461,8 +464,7 @@ class Reader:
         def tree(part: Layout | Shape) -> tuple[Layout, dict[str, t.Any]]:
             if isinstance(part, Layout):
                 return part, {}
-            layout = part.parts[0]
-            return layout, dict(zip(self.hops(layout), part.parts[1:]))
+            return part.parts[0], dict(zip(part.hops, part.parts[1:]))
 
         def spellings(node: tuple[Layout, dict], var: str, tail: _Tail) -> list[tuple[str, str]]:
             """``_resolve``'s walk, on the shape: the (object, key) of each spelling in order."""
@@ -472,8 +474,10 @@ class Reader:
                 if end == tail.n:
                     found.append((var, key))
                     continue
-                part = children[key]
-                if part is JSON_TEXT:  # get() would parse it on a second pass
+                part = children.get(key, _UNKNOWN)
+                if part is JSON_TEXT or part is _UNKNOWN:
+                    # get() would parse it on a second pass; or the shape was found before a
+                    # group that goes through this key was registered
                     raise _NotStatic
                 if part is None:  # null, or nothing to look into
                     continue
@@ -527,6 +531,10 @@ class _Compiled(t.NamedTuple):
 
     read: t.Callable[[dict], tuple] | None
     held: frozenset[int]
+
+
+_UNKNOWN: t.Any = _Missing()
+"""What a shape says of a key it did not look at."""
 
 
 class _NotStatic(Exception):
