@@ -214,6 +214,8 @@ _JSON_NUMBER = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?$", re.ASCII)
 """A plain decimal that is also a valid JSON number (no ``007``, ``1.``, ``.5``, ``+5``)."""
 MAX_NUMBER_DIGITS = 100
 """Longest plain-decimal text of a number; beyond it a value is not a plausible amount or id."""
+_PLAIN_INT = 10**MAX_NUMBER_DIGITS
+"""Integers strictly between minus and plus this have at most ``MAX_NUMBER_DIGITS`` digits."""
 
 
 def _describe(value: t.Any) -> str:
@@ -326,6 +328,8 @@ def as_order_id(value: t.Any) -> str:
     and ``1001.0`` -> ``1001``, ``1e21`` -> 21 digits, never an exponent)."""
     if isinstance(value, str):
         return as_string(value)
+    if type(value) is int and -_PLAIN_INT < value < _PLAIN_INT:
+        return str(value)  # as_number's text: an integer's digits
     if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
         text = str(as_number(value))
         whole, dot, fraction = text.partition(".")
@@ -384,6 +388,49 @@ def render(value: str | bool) -> str:
     if value is False:
         return "false"
     return str(value)
+
+
+def text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
+    """``render(coerce(value, types))`` for a field of ``types``, built once per field: a plain
+    ASCII string that a String field takes as it is, or an integer a Number field takes, comes
+    back at once."""
+    strings, numbers = S in types, N in types
+
+    def text(value: t.Any) -> str:
+        kind = type(value)
+        if kind is str:
+            if strings and value.isascii() and len(value) <= MAX_VALUE_LENGTH:
+                return value
+        elif kind is int and numbers and -_PLAIN_INT < value < _PLAIN_INT:
+            return str(value)
+        elif kind is float and numbers:
+            text = repr(value)  # as_number's text of a float that is plain already
+            if _JSON_NUMBER.match(text):
+                return text
+        return render(coerce(value, types))
+
+    return text
+
+
+def json_text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
+    """``render_json(coerce(value, types))`` for a field of ``types``, built once per field,
+    with the same shortcuts as ``text_of``."""
+    strings, numbers = S in types, N in types
+
+    def json_text(value: t.Any) -> str:
+        kind = type(value)
+        if kind is str:
+            if strings and value.isascii() and len(value) <= MAX_VALUE_LENGTH:
+                return _json_string(value)
+        elif kind is int and numbers and -_PLAIN_INT < value < _PLAIN_INT:
+            return str(value)
+        elif kind is float and numbers:
+            text = repr(value)
+            if _JSON_NUMBER.match(text):
+                return text
+        return render_json(coerce(value, types))
+
+    return json_text
 
 
 _json_string: t.Callable[[str], str] = json.encoder.encode_basestring

@@ -9,7 +9,6 @@ conversion's identity: which event it is (``event_mapping``), whose click it is
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -30,8 +29,9 @@ from target_everflow.fields import (
     Mismatch,
     as_string,
     coerce,
+    json_text_of,
     render,
-    render_json,
+    text_of,
 )
 from target_everflow.outcomes import (
     DEAD_LETTER,
@@ -48,16 +48,16 @@ from target_everflow.outcomes import (
 from target_everflow.records import (
     MISSING,
     NEEDS_LOOKUP,
+    READER,
     Layout,
     SegmentEvent,
     SegmentObject,
-    child_layouts,
+    Shape,
     compile_path,
     fold,
     id_text,
     json_loads,
     layout_of,
-    may_hold_in,
     slug,
     stream_event,
 )
@@ -92,6 +92,30 @@ EVENT_TIME = (_P("timestamp"), _P("originalTimestamp"), _P("receivedAt"), _P("se
 OS_NAME = _P("context.os.name")
 DEVICE_TYPE = _P("context.device.type")
 LIBRARY_NAME = _P("context.library.name")
+ORDER_ID = _P("properties.orderId")
+
+_PATHS = tuple(
+    {
+        path.path: path
+        for path in (
+            REFERRER_TYPE,
+            REFERRER_ID,
+            PROPERTY_TRANSACTION_ID,
+            OS_NAME,
+            DEVICE_TYPE,
+            LIBRARY_NAME,
+            *EVENT_TIME,
+            *(_P(p.split("[i].", 1)[0]) for row in FIELDS for p in (row.segment, *row.fallback)),
+        )
+    }.values()
+)
+"""Every path the mapping reads in a record, read together (``SegmentEvent.values``)."""
+_AT = {path.path: i for i, path in enumerate(_PATHS)}
+_GROUP = READER.group(_PATHS)
+_REFERRER_TYPE, _REFERRER_ID, _PROPERTY_TRANSACTION_ID, _OS_NAME, _DEVICE_TYPE, _LIBRARY_NAME = (
+    range(6)
+)
+_EVENT_TIME = tuple(_AT[p.path] for p in EVENT_TIME)
 
 
 @dataclass(slots=True)
@@ -147,10 +171,20 @@ class _Plan:
     types: tuple[FieldType, ...]
     required: bool
     rule: t.Callable[[list[t.Any]], t.Any] | None
-    items: tuple[tuple[str, t.Any, tuple[FieldType, ...]], ...] = ()
-    """For a list parameter: (item key, path inside the item, types)."""
+    items: tuple[tuple[str, t.Any, tuple[FieldType, ...], t.Callable[[t.Any], str]], ...] = ()
+    """For a list parameter: (item key, path inside the item, types, the value's JSON text)."""
     convert: t.Callable[[t.Any], str] | None = None
     """The row's converter (``fields.CONVERTERS``), used instead of the type coercion."""
+    at: tuple[int, ...] = ()
+    """Where each of ``paths`` is in ``SegmentEvent.values(_GROUP)``."""
+    text: t.Callable[[t.Any], str] | None = None
+    """A plain parameter's text of the value found (its converter, else its types' coercion
+    rendered); None for a rule or a list."""
+
+    def __post_init__(self) -> None:
+        self.at = tuple(_AT[p.path] for p in self.paths)
+        if self.rule is None and not self.items:
+            self.text = self.convert or text_of(self.types)
 
 
 def _compile(platform: str) -> list[_Plan]:
@@ -182,7 +216,8 @@ def _add_item(plans: dict[str, _Plan], row: Field) -> None:
     plan = plans.get(list_param)
     if plan is None:
         plan = plans[list_param] = _Plan(list_param, (_P(list_path),), (), row.required, None)
-    plan.items = (*plan.items, (item_key, _P(item_path), row.types))
+    plan.items = (*plan.items, (item_key, _P(item_path), row.types, json_text_of(row.types)))
+    plan.text = None  # a list: read by _line_items
 
 
 def event_time(value: t.Any) -> int:
@@ -251,8 +286,10 @@ class Mapper:
         self._max_age = settings.max_conversion_age_days * DAY
         for line in self.start_lines():
             self.logger.info("%s", line)
-        self._by_shape: dict[tuple, list[tuple[_Plan, tuple]]] = {}
-        self._hops: dict[Layout, tuple[str, ...]] = {}
+        self._by_shape: dict[tuple[Shape, str], list[_Plan]] = {}
+        self._items: dict[
+            Layout, tuple[tuple[str, t.Any, t.Any, t.Callable[[t.Any], str]], ...]
+        ] = {}
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -322,32 +359,32 @@ class Mapper:
         """A database tap's stream ``schema-table`` stands for the event ``table``."""
         return stream_event(stream)
 
-    def _platform(self, event: SegmentEvent) -> str:
+    def _platform(self, values: tuple) -> str:
         if self.settings.platform != "auto":
             return self.settings.platform
-        os_name = event.get(OS_NAME)
+        os_name = values[_OS_NAME]
         if isinstance(os_name, str) and fold(os_name) in MOBILE_OS:
             return "mobile"
-        device_type = event.get(DEVICE_TYPE)
+        device_type = values[_DEVICE_TYPE]
         if isinstance(device_type, str) and fold(device_type) in MOBILE_OS:
             return "mobile"
-        library = event.get(LIBRARY_NAME)
+        library = values[_LIBRARY_NAME]
         if isinstance(library, str) and fold(library) in MOBILE_LIBRARIES:
             return "mobile"
         return "web"
 
     @staticmethod
-    def _transaction_id(event: SegmentEvent) -> t.Any:
+    def _transaction_id(values: tuple) -> t.Any:
         """The referrer id (when the referrer is Everflow), else properties.transaction_id.
 
         A blank id (only whitespace) counts as absent.
         """
-        referrer_type = event.get(REFERRER_TYPE)
+        referrer_type = values[_REFERRER_TYPE]
         if isinstance(referrer_type, str) and referrer_type.strip().lower() == "everflow":
-            found = event.get(REFERRER_ID)
+            found = values[_REFERRER_ID]
             if found is not MISSING and not (isinstance(found, str) and not found.strip()):
                 return found
-        found = event.get(PROPERTY_TRANSACTION_ID)
+        found = values[_PROPERTY_TRANSACTION_ID]
         if isinstance(found, str) and not found.strip():
             return MISSING
         return found
@@ -364,36 +401,52 @@ class Mapper:
                 return Outcome(DEAD_LETTER, INVALID_RECORD, "the record is not a JSON object")
             event = self.view(event, stream)
         stream, record, name, message_id = event.stream, event.record, event.name, event.message_id
-        outcome = functools.partial(Outcome, message_id=message_id)
 
         if event.call != "track":
             shown = event.call[:40]
-            return outcome(SKIPPED, NOT_TRACK, f"a {shown} call, not a track", event=event.label)
+            return Outcome(
+                SKIPPED,
+                NOT_TRACK,
+                f"a {shown} call, not a track",
+                event=event.label,
+                message_id=message_id,
+            )
 
         event_id = self.event_id_for(name)
         if event_id is None:
-            return outcome(
-                SKIPPED, UNMAPPED_EVENT, f"event {name!r} is not in event_mapping", event=name
+            return Outcome(
+                SKIPPED,
+                UNMAPPED_EVENT,
+                f"event {name!r} is not in event_mapping",
+                event=name,
+                message_id=message_id,
             )
 
-        raw_tid = self._transaction_id(event)
+        values = event.values(_GROUP)
+        raw_tid = self._transaction_id(values)
         if raw_tid is MISSING:
-            return outcome(
+            return Outcome(
                 SKIPPED,
                 NO_TRANSACTION_ID,
                 "no Everflow transaction id (context.referrer.id with referrer type everflow, "
                 "or properties.transaction_id)",
                 "transaction_id",
                 event=name,
+                message_id=message_id,
             )
         try:
             transaction_id = as_string(raw_tid).strip()
         except Mismatch as exc:
-            return outcome(
-                DEAD_LETTER, TYPE_MISMATCH, f"transaction_id: {exc}", "transaction_id", event=name
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"transaction_id: {exc}",
+                "transaction_id",
+                event=name,
+                message_id=message_id,
             )
 
-        platform = self._platform(event)
+        platform = self._platform(values)
         strict = self.settings.strict_types
         params = [*self._head, ("transaction_id", transaction_id)]
         if self.settings.advertiser_id is not None:
@@ -403,7 +456,11 @@ class Mapper:
         dropped: list[tuple[str, str]] = []
 
         when: int | None = None
-        raw_time = event.first(*EVENT_TIME)
+        raw_time = MISSING
+        for i in _EVENT_TIME:
+            raw_time = values[i]
+            if raw_time is not MISSING:
+                break
         if raw_time is not MISSING:
             try:
                 when = event_time(raw_time)
@@ -411,55 +468,80 @@ class Mapper:
                 if not self.settings.send_timestamp:
                     pass  # not sent: its type does not matter
                 elif strict:
-                    return outcome(
-                        DEAD_LETTER, TYPE_MISMATCH, f"timestamp: {exc}", "timestamp", event=name
+                    return Outcome(
+                        DEAD_LETTER,
+                        TYPE_MISMATCH,
+                        f"timestamp: {exc}",
+                        "timestamp",
+                        event=name,
+                        message_id=message_id,
                     )
                 else:
                     dropped.append(("timestamp", str(exc)))
         if when is not None and self._max_age:
             age = self.clock.now() - when  # read per record: a streaming run lasts weeks
             if age > self._max_age:
-                return outcome(
+                return Outcome(
                     SKIPPED,
                     TOO_OLD,
                     f"the event is {age / DAY:.1f} days old, older than max_conversion_age_days "
                     f"({self.settings.max_conversion_age_days}): its click can no longer convert",
                     "timestamp",
                     event=name,
+                    message_id=message_id,
                 )
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan, paths in self._plans_for(event, platform):
+        for plan in self._plans_for(event, platform):
             try:
-                value = self._value(event, plan, paths, dropped)
+                text = plan.text
+                if text is None:
+                    value = self._value(event, values, plan, dropped)
+                else:
+                    for i in plan.at:
+                        found = values[i]
+                        if found is not MISSING:
+                            value = text(found)
+                            break
+                    else:
+                        value = None
             except Mismatch as exc:
                 if plan.required or strict:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         TYPE_MISMATCH,
                         f"{plan.param} ({plan.paths[0].path}): {exc}",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 dropped.append((plan.param, str(exc)))
                 continue
             if value is None:
                 if plan.required:
-                    return outcome(
+                    return Outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
                         f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
                         "conversions",
                         plan.param,
                         event=name,
+                        message_id=message_id,
                     )
                 continue
             params.append((plan.param, value))
 
         if strict and dropped:
             param, why = dropped[0]
-            return outcome(DEAD_LETTER, TYPE_MISMATCH, f"{param}: {why}", param, event=name)
+            return Outcome(
+                DEAD_LETTER,
+                TYPE_MISMATCH,
+                f"{param}: {why}",
+                param,
+                event=name,
+                message_id=message_id,
+            )
 
         return Conversion(
             key=self._key(message_id, transaction_id, event_id, event, when),
@@ -476,71 +558,46 @@ class Mapper:
             currency=self.fixed_currency or _sent(params, CURRENCY),
         )
 
-    def _plans_for(self, event: SegmentEvent, platform: str) -> list[tuple[_Plan, tuple]]:
-        """The platform's plans for records of one shape, each with the paths such a record
-        can hold (``None`` for a rule's path it cannot). A shape is the record's key layout and
-        the layouts of the objects it holds at the top (a raw event's ``context`` and
-        ``properties``); the plans are compiled once per shape, so no record looks up a field
-        its keys cannot hold (a warehouse row's missing columns, a raw event's absent
-        properties)."""
-        layout = event.layout
-        hops = self._hops.get(layout)
-        if hops is None:
-            hops = self._hops[layout] = self._hop_keys(layout)
-        inside = child_layouts(event.record, hops) if hops else ()
-        shape = (layout, platform, inside)
-        compiled = self._by_shape.get(shape)
-        if compiled is None:
-            children = dict(zip(hops, inside))
-            compiled = []
-            for plan in self._plans[platform]:
-                held = [p if may_hold_in(layout, children, p) else None for p in plan.paths]
-                paths = tuple(held) if plan.rule is not None else tuple(p for p in held if p)
-                compiled.append((plan, paths))
-            if len(self._by_shape) >= 4096:  # bounded, as the layouts are
+    def _plans_for(self, event: SegmentEvent, platform: str) -> list[_Plan]:
+        """The platform's plans that a record of the event's shape can give a value (or must:
+        a required one, and a rule, which judges absence itself), compiled once per shape."""
+        key = (event.shape, platform)
+        plans = self._by_shape.get(key)
+        if plans is None:
+            held = event.held(_GROUP)
+            if len(self._by_shape) >= 4096:  # bounded, as the shapes are
                 self._by_shape.clear()
-                self._hops.clear()
-            self._by_shape[shape] = compiled
-        return compiled
-
-    def _hop_keys(self, layout: Layout) -> tuple[str, ...]:
-        """The keys of a layout that some plan's path goes through to a nested object."""
-        keys: dict[str, None] = {}
-        for plans in self._plans.values():
-            for plan in plans:
-                for path in plan.paths:
-                    n = len(path.segments)
-                    for key, end in layout.where(path.tails[0]):
-                        if end < n:
-                            keys[key] = None
-        return tuple(keys)
+            plans = self._by_shape[key] = [
+                plan
+                for plan in self._plans[platform]
+                if plan.required or plan.rule is not None or not held.isdisjoint(plan.at)
+            ]
+        return plans
 
     def _value(
-        self, event: SegmentObject, plan: _Plan, paths: tuple, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, values: tuple, plan: _Plan, dropped: list[tuple[str, str]]
     ) -> str | None:
         if plan.rule is not None:
-            values = [None if p is None else event.get(p) for p in paths]
-            result = plan.rule([None if v is MISSING else v for v in values])
+            result = plan.rule([None if (v := values[i]) is MISSING else v for i in plan.at])
             return None if result is None else render(result)
-        if not paths:
-            return None
-        if plan.items:
-            return self._line_items(event, plan, dropped)
-        found = event.get(paths[0]) if len(paths) == 1 else event.first(*paths)
+        found = MISSING
+        for i in plan.at:
+            found = values[i]
+            if found is not MISSING:
+                break
         if found is MISSING:
             return None
+        if plan.items:
+            return self._line_items(event, plan, found, dropped)
         if plan.convert is not None:
             return plan.convert(found)
         return render(coerce(found, plan.types))
 
-    @staticmethod
     def _line_items(
-        event: SegmentObject, plan: _Plan, dropped: list[tuple[str, str]]
+        self, event: SegmentObject, plan: _Plan, found: t.Any, dropped: list[tuple[str, str]]
     ) -> str | None:
-        """``order_line_items``: a JSON array of the item keys the table names."""
-        found = event.get(plan.paths[0])
-        if found is MISSING:
-            return None
+        """``order_line_items``: a JSON array of the item keys the table names, from the list
+        ``found`` at the plan's path."""
         if isinstance(found, str):
             try:
                 found = json_loads(found)
@@ -554,10 +611,17 @@ class Mapper:
                 dropped.append((f"{plan.param}[{i}]", "the product is not an object"))
                 continue
             layout = layout_of(product)
+            wheres = self._items.get(layout)
+            if wheres is None:  # where a product of this layout keeps each item key, once
+                if len(self._items) >= 4096:  # bounded, as the layouts are
+                    self._items.clear()
+                wheres = self._items[layout] = tuple(
+                    (key, layout.leaf_key(path), path, json_text)
+                    for key, path, _types, json_text in plan.items
+                )
             item: SegmentObject | None = None
             parts: list[str] = []
-            for key, path, types in plan.items:
-                where = layout.leaf_key(path)
+            for key, where, path, json_text in wheres:
                 if where is None:
                     continue
                 if where is NEEDS_LOOKUP:
@@ -571,11 +635,9 @@ class Mapper:
                     if value is None or value == "":
                         continue
                 try:
-                    coerced = coerce(value, types)
+                    parts.append(f'"{key}":{json_text(value)}')
                 except Mismatch as exc:
                     dropped.append((f"{plan.param}[{i}].{key}", str(exc)))
-                    continue
-                parts.append(f'"{key}":{render_json(coerced)}')
             if parts:
                 items.append("{" + ",".join(parts) + "}")
         if not items:
@@ -601,7 +663,7 @@ class Mapper:
                 return f"m:{message_id}"
             digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
             return "m#" + digest[:32]
-        order_id = event.get("properties.orderId")
+        order_id = event.get(ORDER_ID)
         basis = "\x1f".join((transaction_id, str(event_id), _key_part(order_id), str(when)))
         return "h:" + hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 

@@ -163,38 +163,7 @@ _MAX_LAYOUTS = 4096
 
 
 JSON_TEXT: t.Any = _Missing()
-"""In ``child_layouts``: the value is an object kept as JSON text (a lookup may parse it)."""
-
-
-def child_layouts(record: dict, keys: t.Iterable[str]) -> tuple:
-    """What the record holds at each of ``keys`` (keys of its layout), as ``may_hold_in``
-    reads it: the layout of an object, ``JSON_TEXT``, or None (nothing to look into)."""
-    found: list[t.Any] = []
-    for key in keys:
-        value = record[key]
-        if isinstance(value, dict):
-            found.append(layout_of(value))
-        elif _is_json_object_text(value):
-            found.append(JSON_TEXT)
-        else:
-            found.append(None)
-    return tuple(found)
-
-
-def may_hold_in(top: Layout, children: t.Mapping[str, t.Any], path: SegmentPath) -> bool:
-    """Whether a record of layout ``top`` whose objects at the top have the layouts
-    ``children`` (key -> ``child_layouts``' answer; a key not there: not looked into) can hold
-    a value at ``path``. False is certain: every lookup of ``path`` in it finds nothing."""
-    if path.unprefixed and (top.unprefixed_key(path) is not None or top.where(path.tails[1])):
-        return True
-    n = len(path.segments)
-    for key, end in top.where(path.tails[0]):
-        if end == n or key not in children:
-            return True
-        child = children[key]
-        if child is JSON_TEXT or (child is not None and child.where(path.tails[end])):
-            return True
-    return False
+"""In a record's shape (``Reader.shape``): an object kept as JSON text (a lookup may parse it)."""
 
 
 NEEDS_LOOKUP: t.Any = _Missing()
@@ -333,11 +302,255 @@ class SegmentObject:
         return MISSING
 
 
+class Shape:
+    """A record's shape (``Reader.shape``), one object per distinct shape (hashed by
+    identity): the group readers compiled for it hang on it."""
+
+    __slots__ = ("parts", "hops", "compiled")
+
+    def __init__(self, parts: tuple, hops: tuple[str, ...]) -> None:
+        self.parts = parts
+        """The layout, then for each hop of it: the object's shape part, ``JSON_TEXT`` or None."""
+        self.hops = hops
+        """The hops ``parts`` follows the layout with (the reader's when the shape was found)."""
+        self.compiled: dict[int, _Compiled] = {}
+        """Group number -> its reader for this shape."""
+
+
+class Reader:
+    """Reads groups of paths from records by straight-line code, generated once per record
+    shape: what ``SegmentObject.get`` finds, without its walk.
+
+    A record's *shape* (``shape``) is its key layout and, for each key some registered path
+    goes through (a "hop"), the shape of the object there, ``JSON_TEXT`` for an object kept as
+    JSON text, or None (nothing to look into). In records of one shape every path's spellings
+    lie at the same keys, so a group of paths (``group``) compiles, for that shape, into one
+    function of the record: for each path, its spellings in ``get``'s order, each a chain of
+    subscripts, the first that is neither null nor empty winning. A shape with JSON text on
+    the way is read by ``get`` itself (``values`` falls back to it). Groups are registered
+    when their modules are imported, before any record is read.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[SegmentPath, ...]] = []
+        self._flat: list[bool] = []
+        self._tails: tuple[_Tail, ...] = ()
+        self._hops: dict[Layout, tuple[str, ...]] = {}
+        self._shapes: dict[tuple, Shape] = {}
+        self._tops: dict[Layout, Shape] = {}
+        self._parts: dict[tuple, Layout | t.Callable[[dict], Shape]] = {}
+
+    def group(self, paths: t.Iterable[SegmentPath | str]) -> int:
+        """Register a group of paths; its number, for ``values``."""
+        compiled = tuple(compile_path(p) if isinstance(p, str) else p for p in paths)
+        self.groups.append(compiled)
+        self._flat.append(all(len(p.segments) == 1 and not p.unprefixed for p in compiled))
+        tails = {id(tail): tail for group in self.groups for p in group for tail in p.tails}
+        self._tails = tuple(tails.values())
+        self._hops.clear()
+        self._shapes.clear()
+        self._tops.clear()
+        self._parts.clear()
+        return len(self.groups) - 1
+
+    def hops(self, layout: Layout) -> tuple[str, ...]:
+        """The keys of a layout that a registered path goes through to a nested object."""
+        found = self._hops.get(layout)
+        if found is None:
+            keys: dict[str, None] = {}
+            for tail in self._tails:
+                for key, end in layout.where(tail):
+                    if end < tail.n:
+                        keys[key] = None
+            if len(self._hops) >= _MAX_LAYOUTS:
+                self._hops.clear()
+            found = self._hops[layout] = tuple(keys)
+        return found
+
+    def shape(self, record: dict) -> Shape:
+        """The shape of a record (see the class docstring)."""
+        part = self._part(record)
+        if isinstance(part, Shape):
+            return part
+        return self._interned((part,), ())
+
+    def top(self, layout: Layout) -> Shape:
+        """The shape that stands for every record of ``layout`` in reading a group of paths of
+        one segment each (``flat``): those are read at the top only."""
+        shape = self._tops.get(layout)
+        if shape is None:
+            if len(self._tops) >= _MAX_LAYOUTS:
+                self._tops.clear()
+            shape = self._tops[layout] = self._interned((layout,), ())
+        return shape
+
+    def flat(self, group: int) -> bool:
+        """Whether every path of the group has one segment (and is read at the top only)."""
+        return self._flat[group]
+
+    def _part(self, obj: dict) -> Layout | Shape:
+        """An object's shape: its layout alone when it has no hop."""
+        keys = tuple(obj)
+        part = self._parts.get(keys)
+        if part is None:
+            part = self._part_of(keys)
+        return part if isinstance(part, Layout) else part(obj)
+
+    def _part_of(self, keys: tuple) -> Layout | t.Callable[[dict], Shape]:
+        """What ``_part`` does for objects with these keys: their layout (no hop), or code
+        generated for them that reads each hop."""
+        layout = layout_of(dict.fromkeys(keys))
+        hops = self.hops(layout)
+        found: Layout | t.Callable[[dict], Shape] = layout
+        if hops:
+            lines = ["def part(obj):"]
+            for i, key in enumerate(hops):
+                lines += [
+                    f"    v{i} = obj[{key!r}]",
+                    f"    if isinstance(v{i}, dict):",
+                    f"        v{i} = PART(v{i})",
+                    f'    elif isinstance(v{i}, str) and v{i}[:1] == "{{":',
+                    f"        v{i} = JSON_TEXT",
+                    "    else:",
+                    f"        v{i} = None",
+                ]
+            parts = "".join(f", v{i}" for i in range(len(hops)))
+            lines.append(f"    return INTERNED((LAYOUT{parts}), HOPS)")
+            found = _generated(
+                lines,
+                "part",
+                PART=self._part,
+                INTERNED=self._interned,
+                JSON_TEXT=JSON_TEXT,
+                LAYOUT=layout,
+                HOPS=hops,
+            )
+        if len(self._parts) >= _MAX_LAYOUTS:
+            self._parts.clear()
+        self._parts[keys] = found
+        return found
+
+    def _interned(self, parts: tuple, hops: tuple[str, ...]) -> Shape:
+        shape = self._shapes.get(parts)
+        if shape is None:
+            if len(self._shapes) >= _MAX_LAYOUTS:
+                self._shapes.clear()
+            shape = self._shapes[parts] = Shape(parts, hops)
+        return shape
+
+    def values(self, event: SegmentObject, shape: Shape, group: int) -> tuple:
+        """The value at each path of ``group`` in the event's record (``MISSING`` where none)."""
+        found = shape.compiled.get(group)
+        if found is None:
+            found = self.compiled(shape, group)
+        if found.read is None:
+            return tuple([event.get(path) for path in self.groups[group]])
+        return found.read(event.record)
+
+    def compiled(self, shape: Shape, group: int) -> _Compiled:
+        """The group's reader for records of ``shape``, and the positions they can hold a
+        value at (every other one is ``MISSING`` in every such record)."""
+        found = shape.compiled.get(group)
+        if found is None:
+            found = shape.compiled[group] = self._compile(shape, self.groups[group])
+        return found
+
+    def _compile(self, shape: Shape, paths: tuple[SegmentPath, ...]) -> _Compiled:
+        """The reader of ``paths`` in records of ``shape``; its ``read`` is None when only
+        ``get`` can read it (JSON text on the way)."""
+        lines: list[str] = []
+        objects: dict[tuple[str, str], t.Any] = {}
+
+        def tree(part: Layout | Shape) -> tuple[Layout, dict[str, t.Any]]:
+            if isinstance(part, Layout):
+                return part, {}
+            return part.parts[0], dict(zip(part.hops, part.parts[1:]))
+
+        def spellings(node: tuple[Layout, dict], var: str, tail: _Tail) -> list[tuple[str, str]]:
+            """``_resolve``'s walk, on the shape: the (object, key) of each spelling in order."""
+            layout, children = node
+            found: list[tuple[str, str]] = []
+            for key, end in layout.where(tail):
+                if end == tail.n:
+                    found.append((var, key))
+                    continue
+                part = children.get(key, _UNKNOWN)
+                if part is JSON_TEXT or part is _UNKNOWN:
+                    # get() would parse it on a second pass; or the shape was found before a
+                    # group that goes through this key was registered
+                    raise _NotStatic
+                if part is None:  # null, or nothing to look into
+                    continue
+                inner = objects.get((var, key))
+                if inner is None:
+                    name = f"o{len(objects)}"
+                    lines.append(f"    {name} = {var}[{key!r}]")
+                    inner = objects[var, key] = (tree(part), name)
+                found += spellings(inner[0], inner[1], tail.path.tails[end])
+            return found
+
+        held: set[int] = set()
+        try:
+            top = tree(shape)
+            body: list[str] = []
+            for i, path in enumerate(paths):
+                found = spellings(top, "r", path.tails[0])
+                if path.unprefixed:
+                    key = top[0].unprefixed_key(path)
+                    if key is not None:
+                        found.append(("r", key))
+                if not found:
+                    body.append(f"    v{i} = MISSING")
+                    continue
+                held.add(i)
+                indent = "    "
+                for var, key in found:
+                    body.append(f"{indent}v{i} = {var}[{key!r}]")
+                    body.append(f'{indent}if v{i} is None or v{i} == "":')
+                    indent += "    "
+                body.append(f"{indent}v{i} = MISSING")
+        except _NotStatic:
+            return _Compiled(None, frozenset(range(len(paths))))
+        returned = ", ".join(f"v{i}" for i in range(len(paths)))
+        read = _generated(
+            ["def read(r):", *lines, *body, f"    return ({returned},)"], "read", MISSING=MISSING
+        )
+        return _Compiled(read, frozenset(held))
+
+
+def _generated(lines: list[str], name: str, **names: t.Any) -> t.Any:
+    """The function ``name`` defined by ``lines``, with ``names`` as its globals. The code is
+    generated from a shape's keys, each written as its ``repr()``: a literal, never code."""
+    namespace = dict(names)
+    exec(compile("\n".join(lines), f"<target_everflow.records.Reader.{name}>", "exec"), namespace)
+    return namespace[name]
+
+
+class _Compiled(t.NamedTuple):
+    """A group's reader for one shape (None: ``get`` reads it) and the positions it can hold."""
+
+    read: t.Callable[[dict], tuple] | None
+    held: frozenset[int]
+
+
+_UNKNOWN: t.Any = _Missing()
+"""What a shape says of a key it did not look at."""
+
+
+class _NotStatic(Exception):
+    """A shape with JSON text on the way: only ``SegmentObject.get`` reads it."""
+
+
+READER = Reader()
+"""The one reader of registered path groups (identity here, the field table's in mapping)."""
+
 _TYPE = compile_path("type")
 _EVENT_TEXT = compile_path("event_text")
 _EVENT = compile_path("event")
 
 MESSAGE_ID = (compile_path("messageId"), compile_path("id"))
+_IDENTITY = READER.group((_TYPE, _EVENT_TEXT, _EVENT, *MESSAGE_ID))
+assert READER.flat(_IDENTITY)  # read at the top: a record's shape is found only when needed
 
 
 def stream_event(stream: str) -> str:
@@ -366,18 +579,38 @@ class SegmentEvent(SegmentObject):
     - ``message_id``: ``messageId`` (or a warehouse row's ``id``) as text, or None.
     """
 
-    __slots__ = ("call", "name", "label", "message_id")
+    __slots__ = ("call", "name", "label", "message_id", "_shape")
 
     def __init__(self, record: dict, stream: str) -> None:
         super().__init__(record, stream)
-        call = self.get(_TYPE)
-        event_text = self.get(_EVENT_TEXT)
+        self._shape: Shape | None = None
+        call, event_text, event, message_id, row_id = READER.values(
+            self, READER.top(self._top), _IDENTITY
+        )
         if isinstance(call, str) and call.strip() and event_text is MISSING:
             self.call = call.strip().lower()
         else:
             self.call = "track"
-        name = event_text if event_text is not MISSING else self.get(_EVENT)
+        name = event_text if event_text is not MISSING else event
         self.name: str = name if isinstance(name, str) and name.strip() else stream_event(stream)
         self.label = self.name if self.call == "track" else f"({self.call[:40]})"
-        found = self.first(*MESSAGE_ID)
+        found = message_id if message_id is not MISSING else row_id
         self.message_id: str | None = None if found is MISSING else id_text(found)
+
+    @property
+    def shape(self) -> Shape:
+        """The record's shape (``Reader.shape``), found when first asked for."""
+        shape = self._shape
+        if shape is None:
+            shape = self._shape = READER.shape(self.record)
+        return shape
+
+    def values(self, group: int) -> tuple:
+        """The value at each path of a registered group (``READER.group``), ``MISSING`` where
+        there is none: what ``get`` would find for each."""
+        shape = READER.top(self._top) if READER.flat(group) else self.shape
+        return READER.values(self, shape, group)
+
+    def held(self, group: int) -> frozenset[int]:
+        """The positions in a registered group of the paths a record of this shape can hold."""
+        return READER.compiled(self.shape, group).held

@@ -20,6 +20,7 @@ from decimal import Decimal
 import pytest
 import simplejson
 
+from target_everflow import mapping as mapping_module
 from target_everflow.clock import Clock
 from target_everflow.fields import Mismatch
 from target_everflow.mapping import (
@@ -38,7 +39,7 @@ from target_everflow.outcomes import (
     UNMAPPED_EVENT,
     Outcome,
 )
-from target_everflow.records import MISSING, SegmentEvent
+from target_everflow.records import MISSING, Reader, SegmentEvent
 from target_everflow.settings import Settings
 
 TID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -435,6 +436,77 @@ def test_nested_objects_kept_as_json_strings() -> None:
         ("os", "Android"),
         ("os_version", "14"),
     ]
+
+
+READER_RECORDS: list[dict[str, t.Any]] = [
+    {  # raw, nested
+        "type": "track",
+        "messageId": "m1",
+        "context": {
+            "ip": "IP",
+            "userAgent": "",
+            "user_agent": "UA",
+            "referrer": {"type": "everflow", "id": None},
+            "app": {"namespace": "NS", "Name": "APP"},
+            "device": {"adTrackingEnabled": False},
+        },
+        "properties": {"orderId": 7, "products": [{"sku": "S"}], "total": None, "revenue": 5},
+    },
+    {  # a warehouse row: un-prefixed properties, snake_case context columns
+        "id": "m2",
+        "event_text": "Order Completed",
+        "context_ip": "IP2",
+        "context_referrer_type": "everflow",
+        "context_referrer_id": "T2",
+        "order_id": "O2",
+        "total": "",
+        "revenue": 9,
+        "products": '[{"sku": "S2"}]',
+    },
+    {  # tap-flattened, spellings in several places, a JSON-text object on the way
+        "messageId": "m3",
+        "CONTEXT__IP": "IP3",
+        "context": {"ip": "shadowed", "traits": '{"email": "E3"}', "os": {"name": None}},
+        "context_os_name": "iOS",
+        "properties__transaction_id": "T3",
+        "properties": '{"orderId": "O3", "coupon": "C3"}',
+    },
+    {"type": None, "event": "", "messageId": 0, "context": None, "properties": []},
+]
+
+
+@pytest.mark.parametrize("record", READER_RECORDS, ids=["raw", "warehouse", "flattened", "odd"])
+def test_generated_readers_find_what_get_finds(record: dict[str, t.Any]) -> None:
+    """The code generated per record shape (records.Reader) reads, for every path the mapping
+    reads, what SegmentObject.get finds; a record of the same shape read again, with other
+    values, too (the code is per shape, not per record)."""
+    paths = mapping_module._PATHS
+    for values in (record, _blank_strings(record)):
+        event = SegmentEvent(values, "s")
+        assert event.values(mapping_module._GROUP) == tuple(event.get(p) for p in paths)
+
+
+def test_a_group_registered_later_reads_shapes_found_before_it() -> None:
+    """A shape found before a group going through keys it did not look at was registered is
+    read by get(): no value is taken from the wrong key."""
+    reader = Reader()
+    reader.group(["type"])
+    record = copy.deepcopy(READER_RECORDS[0])
+    event = SegmentEvent(record, "s")
+    before = reader.shape(record)  # looked at no key inside the record
+    late = reader.group(["context.referrer.type", "context.app.Name", "properties.total"])
+    expected = ("everflow", "APP", MISSING)
+    assert reader.values(event, before, late) == expected
+    assert reader.values(event, reader.shape(record), late) == expected
+
+
+def _blank_strings(record: t.Any) -> t.Any:
+    """The same keys, every string value emptied (absent to a lookup) but JSON text."""
+    if isinstance(record, dict):
+        return {k: _blank_strings(v) for k, v in record.items()}
+    if isinstance(record, str) and not record.startswith(("{", "[")):
+        return ""
+    return record
 
 
 def test_lookup_of_json_string_objects_does_not_depend_on_order() -> None:

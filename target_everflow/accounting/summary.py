@@ -380,6 +380,9 @@ _TRACKED_OTHER_EVENTS = 1000
 """Unmapped (stream, event) names followed with their own counts; when twice as many are
 followed, the less frequent half is folded into OTHER_EVENTS (memory stays flat)."""
 
+_REMEMBERED_NAMES = 1000
+"""(stream, event) names whose labels and row ``RunSummary`` remembers (then it starts over)."""
+
 _Row = dict[tuple[str, str], int]
 """(kind, reason) -> records."""
 
@@ -409,6 +412,7 @@ class RunSummary:
         self.delivery: Counter[str] = Counter()
         """requests, retries, http_429, in_doubt, ... from the delivery engine."""
         self.records_read = 0
+        self._seen: dict[tuple[str, str], tuple[str, str | None, str]] = {}
 
     def count_read(self, count: int = 1) -> None:
         with self._lock:
@@ -422,18 +426,28 @@ class RunSummary:
             return None
         return None if row is None else label(row)
 
+    def _labels(self, stream: str, event: str) -> tuple[str, str | None, str]:
+        """The stream's label, the event's row (None: not mapped) and the event's label,
+        remembered for the names seen last (a few names repeat millions of times)."""
+        found = self._seen.get((stream, event))
+        if found is None:
+            if len(self._seen) >= _REMEMBERED_NAMES:
+                self._seen.clear()
+            found = self._seen[stream, event] = (label(stream), self._row(event), label(event))
+        return found
+
     def count(self, stream: str, event: str, kind: str, reason: str = "", n: int = 1) -> None:
-        stream, row = label(stream), self._row(event)
+        stream, row, event = self._labels(stream, event)
         with self._lock:
             self._totals[kind, reason] += n
             if row is not None:
                 self.outcomes[stream, row, kind, reason] += n
                 return
-            counts = self._others.get((stream, label(event)))
+            counts = self._others.get((stream, event))
             if counts is None:
                 if len(self._others) >= 2 * _TRACKED_OTHER_EVENTS:
                     self._fold_others(_TRACKED_OTHER_EVENTS)
-                counts = self._others[stream, label(event)] = Counter()
+                counts = self._others[stream, event] = Counter()
             counts[kind, reason] += n
 
     def _fold_others(self, keep: int) -> None:

@@ -33,5 +33,22 @@ PRIVATE_SDK_NAMES: dict[str, str] = {
         "overridden: SIGTERM/SIGINT stop reading and let the batch in flight settle; the SDK "
         "installs this method as the signal handler and has no hook for signals"
     ),
+    "_process_record_message": (
+        "overridden: the SDK's per-record steps cost more than the mapping's floor allows "
+        "(timestamp parsing that parses nothing walks every record's keys); the override keeps "
+        "every step that does something here, in the SDK's order; no hook per record"
+    ),
+    "_handle_max_record_age": (
+        "called after each record, as the SDK's own _process_record_message does: every sink "
+        "is drained at least every five minutes"
+    ),
+    "_get_context": (
+        "read in EverflowSink.take, as the SDK's _process_record_message does: the batch "
+        "context a record joins (BatchSink starts a batch there)"
+    ),
+    "_remove_sdc_metadata_from_record": (
+        "called in EverflowSink.take, as the SDK's _process_record_message does: _sdc_* "
+        "columns are removed before a record is mapped or dead-lettered"
+    ),
 }
 """Private singer-sdk names the adapter uses (overrides or reads), each with its reason."""

@@ -375,6 +375,11 @@ _KEY_LITERALS: dict[str, bytes] = {}
 """``"key"`` as UTF-8 bytes, for the few keys Singer messages have (bounded)."""
 
 
+_KEYS_WRITTEN: dict[tuple[str, ...], int] = {}
+"""The bytes a message's keys take as JSON string literals, for the few key lists Singer
+messages have (bounded)."""
+
+
 def _key_literal(key: str) -> bytes:
     literal = _KEY_LITERALS.get(key)
     if literal is None:
@@ -403,12 +408,18 @@ def _keys_once(line: str | bytes, message: dict) -> bool:
     if n != len(message) or n == 0:
         return False
     end = len(data) - (data.endswith(b"\n") + data.endswith(b"\r\n"))
-    literals = [_key_literal(key) for key in top]
-    compact = 1 + 2 * n + sum(map(len, literals)) + sum(map(len, top.values()))
+    keys = tuple(top)
+    written = _KEYS_WRITTEN.get(keys)
+    if written is None:
+        written = sum(len(_key_literal(key)) for key in keys)
+        if len(_KEYS_WRITTEN) < 256:
+            _KEYS_WRITTEN[keys] = written
+    compact = 1 + 2 * n + written + sum(map(len, top.values()))
     if end == compact:
         return True
     if end != compact + 2 * n - 1:
         return False
+    literals = [_key_literal(key) for key in keys]
     pairs = [literal + b": " + bytes(raw) for literal, raw in zip(literals, top.values())]
     return data[:end] == b"{" + b", ".join(pairs) + b"}"
 

@@ -113,6 +113,9 @@ class EverflowSink(BatchSink):
         self.target_everflow = t.cast("SinkHost", target)
         self.run: Run = self.target_everflow.run
         self.record_validator: t.Any = None
+        self.columns: frozenset[str] | None = None
+        """The columns the schema declares when it allows no others (None: it allows any)."""
+        self.warned_columns: set[str] = set()
         self.datelike_columns: dict[str, str] = {}
         self.holding = 0
         """Records taken since the last batch settled (they have no final outcome yet)."""
@@ -131,6 +134,8 @@ class EverflowSink(BatchSink):
         }
         """Columns the tap declares date, time or date-time (checked with validate_records)."""
         self.schema = without_datelike_formats(self.schema)
+        if not self.schema.get("additionalProperties", False):
+            self.columns = frozenset(self.schema.get("properties", {}))
         self.target_everflow.sinks.add(self)
 
     @property
@@ -179,7 +184,11 @@ class EverflowSink(BatchSink):
                     f"{problem}",
                     key,
                 )
-        missing = [k for k in self.key_properties if k not in record]
+        missing = (
+            [k for k in self.stream_key_properties if k not in record]
+            if self.stream_key_properties
+            else None
+        )
         if missing:
             return (
                 f"the record lacks key properties of stream {self.stream_name}: {', '.join(missing)}",
@@ -196,6 +205,30 @@ class EverflowSink(BatchSink):
             record,
         )
         self.run.flush_dead_letters()  # durable before any STATE that follows it
+
+    def take(self, record: dict) -> None:
+        """A record from the target (``TargetEverflow._process_record_message``): the SDK's
+        per-record steps that do something for this sink, in the SDK's order. Left out: record
+        validation and timestamp parsing (``get_validator`` is None and the schema declares no
+        date/time format: ``check_record`` validates), ``preprocess_record`` (not overridden:
+        the record as it is), the key-property check (the SDK is given none) and a debug line
+        per record."""
+        context = self._get_context(record)
+        self._remove_sdc_metadata_from_record(record)  # add_record_metadata is ignored
+        if self.columns is not None and not self.columns.issuperset(record):
+            self.warn_unknown_columns(record)
+        self.tally_record_read()
+        self.process_record(record, context)
+        self.record_counter_metric.increment()
+
+    def warn_unknown_columns(self, record: dict) -> None:
+        """The SDK's warning, once per column, for a value in a column the stream's schema does
+        not declare (when it allows no other columns)."""
+        assert self.columns is not None
+        for key, value in record.items():
+            if key not in self.columns and value is not None and key not in self.warned_columns:
+                self.logger.warning("No schema for record field '%s'", key)
+                self.warned_columns.add(key)
 
     def process_record(self, record: dict, context: dict) -> None:
         if self.pending_since is None:

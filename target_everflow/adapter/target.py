@@ -406,6 +406,36 @@ class TargetEverflow(Target):
         finally:
             self._shielded -= 1
 
+    def _process_record_message(self, message_dict: dict) -> None:
+        """A RECORD: the SDK's own steps, less those that do nothing for this target's sinks
+        (see ``EverflowSink.take``). The reader has checked the message's ``stream`` and
+        ``record``; every stream map still transforms (filter, alias, flattening)."""
+        stream_name = message_dict["stream"]
+        stream_maps = self.mapper.stream_maps.get(stream_name)
+        if stream_maps is None:
+            raise RecordsWithoutSchemaException(_before_schema(stream_name))
+        single = len(stream_maps) == 1
+        for stream_map in stream_maps:
+            # The SDK copies the record for each stream map; one map has no other to share it
+            # with (the message is not read again).
+            record = message_dict["record"]
+            record = stream_map.transform(record if single else copy.copy(record))
+            if record is None:  # filtered out by the stream map
+                continue
+            alias = stream_map.stream_alias
+            if not self.sink_exists(alias):
+                raise RecordsWithoutSchemaException(_before_schema(alias))
+            sink = t.cast("EverflowSink", self.get_sink(alias, record=record))
+            sink.take(record)
+            if sink.is_full:
+                self.logger.info(
+                    "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                    sink.stream_name,
+                    sink.current_size,
+                )
+                self.drain_one(sink)
+        self._handle_max_record_age()
+
     def _before_message(self, kind: str, message: dict) -> bool:
         """The reader's hook before the SDK handles a message; False when handled here."""
         if kind == "RECORD" and not isinstance(message["record"], dict):
@@ -465,10 +495,7 @@ class TargetEverflow(Target):
         """A RECORD whose ``record`` is not a JSON object: one bad record, dead-lettered."""
         stream = message_dict["stream"]
         if stream not in self.mapper.stream_maps:  # RECORD before SCHEMA: the input is broken
-            raise RecordsWithoutSchemaException(
-                f"A record for stream '{stream}' was encountered before a corresponding schema. "
-                "Check that the Tap correctly implements the Singer spec."
-            )
+            raise RecordsWithoutSchemaException(_before_schema(stream))
         stream_maps = self.mapper.stream_maps[stream]
         if not stream_maps:  # the stream is filtered out by stream_maps
             return
@@ -653,8 +680,19 @@ class TargetEverflow(Target):
         return exc.exit_code
 
 
-GC_THRESHOLDS = (10_000, 20, 20)
-"""The collector's thresholds in a target process (Python's: 700, 10, 10)."""
+def _before_schema(stream: str) -> str:
+    """The SDK's words for a RECORD of a stream whose SCHEMA has not come."""
+    return (
+        f"A record for stream '{stream}' was encountered before a corresponding schema. "
+        "Check that the Tap correctly implements the Singer spec."
+    )
+
+
+GC_THRESHOLDS = (100_000, 20, 20)
+"""The collector's thresholds in a target process (Python's: 700, 10, 10). A collection of the
+youngest objects every 100,000 of them: at 10,000, collections took about 5% of a dry run's
+CPU (100,000 mixed records: 0.21 s against 0.08 s), the objects being a batch's records and
+conversions, which no collection frees."""
 
 
 def tune_garbage_collection() -> None:

@@ -18,6 +18,7 @@ file are durable, which is what lets the SDK emit STATE after it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import queue
@@ -134,9 +135,10 @@ class DryRunWriter:
         self.path = path
         self._client = client
         path.parent.mkdir(parents=True, exist_ok=True)
-        # backslashreplace: a lone surrogate (from a "\ud800" JSON escape) is written as that
-        # same JSON escape, instead of failing the write.
-        self._file = path.open("w", encoding="utf-8", errors="backslashreplace")
+        # Bytes: msgspec's line as it encodes it. A line only ``dumps`` can write (a lone
+        # surrogate, from a "\ud800" JSON escape) is encoded with backslashreplace: the
+        # surrogate is written as that same JSON escape, instead of failing the write.
+        self._file = path.open("wb")
         self.count = 0
 
     def write(self, conversion: Conversion) -> None:
@@ -151,12 +153,14 @@ class DryRunWriter:
             "url": self._client.url(conversion, redact=True),
             "params": params,
         }
+        data = None
+        if _encode_line is not None:
+            with contextlib.suppress(TypeError, UnicodeEncodeError):
+                data = _encode_line(line) + b"\n"
+        if data is None:
+            data = (dumps(line) + "\n").encode("utf-8", "backslashreplace")
         try:
-            text = _encode_line(line).decode() if _encode_line is not None else dumps(line)
-        except (TypeError, UnicodeEncodeError):
-            text = dumps(line)
-        try:
-            self._file.write(text + "\n")
+            self._file.write(data)
         except OSError as exc:
             raise self._failed(exc) from None
         self.count += 1

@@ -92,10 +92,22 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 _QUOTED_MAX_LENGTH = 256
 
 
+_RESERVED = re.compile(r"[^A-Za-z0-9_.~-]", re.ASCII)
+_ESCAPES = {chr(c): f"%{c:02X}" for c in range(128)}
+"""An ASCII character as ``quote`` writes it when it must be quoted."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    return _ESCAPES[match.group()]
+
+
 @functools.lru_cache(maxsize=4096)
 def _quote_short(text: str) -> str:
     """Quoted values seen recently (user agents, emails repeat): at most 4,096 of <= 256
-    characters."""
+    characters. ASCII text has only its reserved characters replaced (what ``quote`` does to
+    it, without its loop over every byte)."""
+    if text.isascii():
+        return _RESERVED.sub(_escape, text)
     return quote(text, safe="")
 
 
@@ -107,10 +119,28 @@ def _quote(text: str) -> str:
     return _quote_short(text) if len(text) <= _QUOTED_MAX_LENGTH else quote(text, safe="")
 
 
+_NAMES: dict[str, str] = {}
+"""``name=`` of the parameter names seen (a postback's are a few dozen; bounded)."""
+
+
 def encode_query(params: t.Iterable[tuple[str, str]]) -> str:
     """``k=v&...`` with every reserved or non-ASCII byte percent-encoded as UTF-8: the one place
-    a postback is percent-encoded (the sender, and dry run's URL)."""
-    return "&".join([_quote(k) + "=" + _quote(v) for k, v in params])
+    a postback is percent-encoded (the sender, and dry run's URL). ``_quote`` inlined: a
+    postback has a dozen parameters or more."""
+    names, unreserved = _NAMES, _UNRESERVED.fullmatch
+    parts: list[str] = []
+    for name, value in params:
+        quoted_name = names.get(name)
+        if quoted_name is None:
+            quoted_name = _quote(name) + "="
+            if len(names) < 1024:
+                names[name] = quoted_name
+        if not ((value.isascii() and value.isalnum()) or unreserved(value)):
+            value = (
+                _quote_short(value) if len(value) <= _QUOTED_MAX_LENGTH else quote(value, safe="")
+            )
+        parts.append(quoted_name + value)
+    return "&".join(parts)
 
 
 class PostbackClient:
