@@ -49,7 +49,7 @@ if t.TYPE_CHECKING:
     from target_everflow.mapping import Conversion
 
 
-SETTLE_EVERY = 0.002
+SETTLE_EVERY = 0.005
 """The dispatcher's fence commits start at least this many seconds apart: a result that comes
 later than that after the last one is settled (and its slot fenced) at once; results that come
 sooner, or while a commit is in progress, gather and ride the next commit together."""
