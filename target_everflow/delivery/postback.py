@@ -12,6 +12,7 @@ Everflow's answers are not a clean verdict (see README, "What Everflow's answer 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -211,6 +212,11 @@ class PostbackClient:
             else None
         )
         self._token = verification_token
+        # ``verification_token=...``, the last parameter, encoded once (a token no URL can
+        # carry, a lone surrogate, fails each postback's encoding, as any such value does).
+        self._token_query = {True: encode_query([("verification_token", REDACTED)])}
+        with contextlib.suppress(UnicodeEncodeError):
+            self._token_query[False] = encode_query([("verification_token", self._token or "")])
         self._secrets = (verification_token,) if verification_token else ()
         self.timeout = timeout
         self._http = HttpClient(
@@ -229,10 +235,11 @@ class PostbackClient:
         return self._http.connection()
 
     def _query(self, conversion: Conversion, redact: bool) -> str:
-        params = conversion.params
-        if self._token:
-            params = [*params, ("verification_token", REDACTED if redact else self._token)]
-        return encode_query(params)
+        query = encode_query(conversion.params)
+        if not self._token:
+            return query
+        token = self._token_query.get(redact) or encode_query([("verification_token", self._token)])
+        return f"{query}&{token}" if query else token
 
     def url(self, conversion: Conversion, *, redact: bool = False) -> str:
         """The full postback URL; with ``redact`` the verification token shows as ``***``."""
