@@ -110,6 +110,17 @@ def test_query_is_percent_encoded_utf8():
     assert query == "email=j%C3%BCrgen%2Bvip%40ex%C3%A4mple.com&coupon_code=SPRING%2020%25%26x%3D1"
 
 
+def test_token_is_the_whole_query_of_a_postback_without_parameters():
+    client = PostbackClient("https://t.example/", verification_token="a&b", timeout=30)
+    assert client.url(_conversion([])) == "https://t.example/?verification_token=a%26b"
+    assert client.url(_conversion([("x", "=")]), redact=True) == (
+        "https://t.example/?x=%3D&verification_token=%2A%2A%2A"
+    )
+    assert PostbackClient("https://t.example/", timeout=30).url(_conversion([])) == (
+        "https://t.example/?"
+    )
+
+
 def test_url_appends_token_last_and_redacts():
     client = PostbackClient("https://t.example/path?x=1", verification_token="tok en", timeout=30)
     conversion = _conversion([("nid", "1"), ("transaction_id", "abc")])
