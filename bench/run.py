@@ -1,6 +1,6 @@
 """target-everflow benchmarks (issue 7): mapping cost, delivery throughput, memory.
 
-    make bench                                  # the defaults below: about 18 minutes on 2 cores
+    make bench                                  # the defaults below: about 33 minutes on 2 cores
     make bench BENCH_ARGS=--quick               # smoke: tiny sizes, one run each
     make bench BENCH_ARGS=--only-trickle        # only the latency behind a streaming tap
     .venv/bin/python bench/run.py --help

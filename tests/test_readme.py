@@ -58,7 +58,7 @@ COMMANDS: dict[str, str | tuple[str, str]] = {
     "target-everflow reconcile --config config.json": "tests/test_reconcile_e2e.py::test_reconcile_end_to_end_finds_exactly_the_rejected_and_missing",
     "target-everflow --config config.json --check": "tests/test_secrets.py::test_api_check_success_prints_no_secret",
     "make plugin-files": "tests/test_plugin_files.py::test_the_generated_files_are_current",
-    "make bench": (NOT_RUN, "18 minutes of benchmarks on a shared machine (bench/run.py)"),
+    "make bench": (NOT_RUN, "33 minutes of benchmarks on a shared machine (bench/run.py)"),
 }
 
 
