@@ -250,19 +250,10 @@ def in_doubt_keys(
         ["delivery_key", "status", _column(shape, "event"), _column(shape, "transaction_id")]
     )
 
-    def tx(cur: t.Any) -> tuple[list[tuple[t.Any, ...]], int]:
-        cur.execute(
-            ledger.sql(
-                f"SELECT {select}, updated_at FROM {{t}} WHERE {where}"
-                " ORDER BY updated_at DESC, delivery_key LIMIT ?"
-            ),
-            (*params, limit),
-        )
-        rows = [tuple(r) for r in cur.fetchall()]
-        cur.execute(ledger.sql(f"SELECT COUNT(*) FROM {{t}} WHERE {where}"), params)
-        return rows, int(cur.fetchone()[0])
-
-    rows, total = ledger.transaction(tx, "read the ledger's in-doubt keys")
+    rows, total = _first_and_count(
+        ledger, f"{select}, updated_at", where, params, "updated_at DESC, delivery_key", limit,
+        "read the ledger's in-doubt keys",
+    )  # fmt: skip
     return [
         InDoubtKey(
             str(key),
@@ -273,6 +264,30 @@ def in_doubt_keys(
         )
         for key, status, event, tx_id, at in rows
     ], total
+
+
+def _first_and_count(
+    ledger: SQLLedger,
+    select: str,
+    where: str,
+    params: t.Sequence[t.Any],
+    order: str,
+    limit: int,
+    what: str,
+) -> tuple[list[tuple[t.Any, ...]], int]:
+    """The first ``limit`` rows matching ``where`` in ``order``, and how many match, read in one
+    transaction (so that the count is that of the rows shown)."""
+
+    def tx(cur: t.Any) -> tuple[list[tuple[t.Any, ...]], int]:
+        cur.execute(
+            ledger.sql(f"SELECT {select} FROM {{t}} WHERE {where} ORDER BY {order} LIMIT ?"),
+            (*params, limit),
+        )
+        rows = [tuple(r) for r in cur.fetchall()]
+        cur.execute(ledger.sql(f"SELECT COUNT(*) FROM {{t}} WHERE {where}"), tuple(params))
+        return rows, int(cur.fetchone()[0])
+
+    return ledger.transaction(tx, what)
 
 
 @dataclass(frozen=True)
@@ -309,18 +324,10 @@ def rejected_conversions(
     where = "status = ? AND recon_status = ?"
     params = (DELIVERED_STATUS, state)
 
-    def tx(cur: t.Any) -> tuple[list[tuple[t.Any, ...]], int]:
-        cur.execute(
-            ledger.sql(
-                f"SELECT {select} FROM {{t}} WHERE {where} ORDER BY 6 DESC, delivery_key LIMIT ?"
-            ),
-            (*params, limit),
-        )
-        rows = [tuple(r) for r in cur.fetchall()]
-        cur.execute(ledger.sql(f"SELECT COUNT(*) FROM {{t}} WHERE {where}"), params)
-        return rows, int(cur.fetchone()[0])
-
-    rows, total = ledger.transaction(tx, "read the ledger's rejected conversions")
+    rows, total = _first_and_count(
+        ledger, select, where, params, "6 DESC, delivery_key", limit,
+        "read the ledger's rejected conversions",
+    )  # fmt: skip
     return [
         RejectedConversion(
             None if tx_id is None else str(tx_id),
