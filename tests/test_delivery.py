@@ -47,6 +47,41 @@ def test_thousand_conversions_one_request_each(base_config, tmp_path):
     assert summary["skipped"] == {} and summary["dead_lettered"] == {}
 
 
+@pytest.mark.parametrize("ledger_url", ["none", None])
+def test_fence_commits_are_spaced_only_where_a_fence_is_a_commit(
+    base_config, monkeypatch, ledger_url
+):
+    """A fence commit is worth gathering several freed slots into (SETTLE_EVERY apart); a fence
+    that commits nothing (``ledger_url: none``) is never waited for: a freed slot is filled at
+    once. The SQLite run is the control: its results, answered at once, do wait."""
+    from target_everflow.delivery import engine
+
+    waits: list[float] = []
+
+    class Clock:  # the engine's time, with its sleeps noted
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            waits.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(engine, "time", Clock())
+    config = live(base_config, "", max_concurrency=8, batch_size_rows=400)
+    if ledger_url is not None:
+        config["ledger_url"] = ledger_url
+    with Receiver() as rx:
+        config["postback_url"] = rx.url
+        code, _ = run_in_process(config, singer_lines("orders", [track(i) for i in range(400)]))
+        assert rx.count_by_transaction() == {f"tx-{i}": 1 for i in range(400)}
+    assert code == 0
+    spacing = [w for w in waits if 0 < w <= engine.SETTLE_EVERY]
+    if ledger_url == "none":
+        assert spacing == []
+    else:
+        assert spacing, "results answered at once gather for the next fence commit"
+
+
 def test_query_string_of_a_postback(base_config):
     record = track(7, coupon="SPRING 20%", adv1=True)
     record["context"]["traits"] = {"email": "jürgen+vip@example.com"}

@@ -52,7 +52,9 @@ if t.TYPE_CHECKING:
 SETTLE_EVERY = 0.005
 """The dispatcher's fence commits start at least this many seconds apart: a result that comes
 later than that after the last one is settled (and its slot fenced) at once; results that come
-sooner, or while a commit is in progress, gather and ride the next commit together."""
+sooner, or while a commit is in progress, gather and ride the next commit together. Only for a
+ledger whose fence is a commit (``Ledger.fences_commit``): without one (``ledger_url: none``) a
+freed slot is filled at once."""
 
 
 class _Raised:
@@ -436,6 +438,7 @@ class DeliveryEngine:
         lost: list[Conversion] = []
         delivered: list[tuple[str, int]] = []
         fenced_at = 0.0  # time.monotonic() when the last fence commit began
+        spacing = SETTLE_EVERY if self.ledger.fences_commit else 0.0
 
         def dispatch() -> None:
             """Fence and start what the free slots take (one commit, with the delivered marks
@@ -471,7 +474,7 @@ class DeliveryEngine:
                 except queue.Empty:
                     pass
                 else:
-                    early = fenced_at + SETTLE_EVERY - time.monotonic()
+                    early = fenced_at + spacing - time.monotonic()
                     if early > 0 and not self._stop.is_set():
                         time.sleep(early)  # (what else comes meanwhile rides the same commit)
                     while True:

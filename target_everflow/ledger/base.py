@@ -99,6 +99,10 @@ class Ledger(abc.ABC):
     keeps_metadata = True
     """Whether :meth:`claim` stores the ``metadata`` it is given (callers skip building it)."""
 
+    fences_commit = True
+    """Whether :meth:`fence` is a durable commit (worth gathering several marks into); a
+    :class:`NullLedger`'s fence costs nothing, so the delivery engine does not space them."""
+
     @abc.abstractmethod
     def claim(
         self, keys: Sequence[str], metadata: Mapping[str, Mapping[str, Any]] | None = None
@@ -196,6 +200,7 @@ class NullLedger(Ledger):
     """
 
     keeps_metadata = False
+    fences_commit = False
 
     def __init__(self, description: str = "none", *, memory_keys: int = MEMORY_KEYS) -> None:
         self.description = description
