@@ -2,9 +2,11 @@
 
 For one batch of conversions, ``DeliveryEngine.deliver``:
 
-1. claims the keys in the ledger (one transaction): keys already delivered are duplicates,
-   keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys pending under a
-   live run are waited for (what this run claimed is sent first);
+1. claims the keys in the ledger in chunks (one transaction each, :func:`claim_chunk` keys, the
+   next chunk claimed while the one before is being sent): keys already delivered are
+   duplicates, keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys
+   pending under a live run are waited for (what this run claimed is sent first). Chunks let
+   runs reading the same input share it: each claims the chunks the others have not taken yet;
 2. sends the claimed ones over one pooled session, ``max_concurrency`` at a time, each attempt
    through the global ``RateLimiter``, transient failures retried per the ``RetryPolicy``;
 3. accounts for each: accepted -> marked delivered in the ledger (group-committed); rejected or
@@ -55,6 +57,14 @@ later than that after the last one is settled (and its slot fenced) at once; res
 sooner, or while a commit is in progress, gather and ride the next commit together. Only for a
 ledger whose fence is a commit (``Ledger.fences_commit``): without one (``ledger_url: none``) a
 freed slot is filled at once."""
+MIN_CLAIM_CHUNK = 64
+"""The fewest keys claimed in one transaction (each claim is a durable commit)."""
+
+
+def claim_chunk(concurrency: int) -> int:
+    """Keys claimed per transaction: about two rounds of the senders, so a run holds few claims
+    it is not sending yet (another run reading the same input takes the rest of the batch)."""
+    return max(MIN_CLAIM_CHUNK, 2 * concurrency)
 
 
 class _Raised:
@@ -230,6 +240,7 @@ class DeliveryEngine:
         self.stop_grace = stop_grace
         self.metrics = metrics
         self.concurrency = concurrency
+        self.claim_chunk = claim_chunk(concurrency)
         self._pool = _Workers(concurrency, "postback")
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -301,15 +312,24 @@ class DeliveryEngine:
     ) -> tuple[list[Conversion], list[Conversion]]:
         """Claim and send (or, in a dry run, plan) ``todo``; return those another live run
         holds (to claim again later) and those whose claim was lost while sending."""
-        # The batch is claimed in one transaction. Claiming it in chunks of about
-        # max_concurrency keys lets runs reading the same input share it, but two runs then
-        # send at once against one receiver, and the fault soak's timeouts without a fault
-        # passed its bound: left for the scaling work (docs/scaling.md).
-        to_send, waiting = self._claim(todo, lost_keys)
-        if self.dry_run is not None:
-            self._plan(to_send)
-            return waiting, []
-        return waiting, self._send_all(to_send)
+        if self.dry_run is not None:  # (no other run shares a dry run's ledger: one claim)
+            to_plan, busy = self._claim(todo, lost_keys)
+            self._plan(to_plan)
+            return busy, []
+        waiting: list[Conversion] = []
+        starts = iter(range(0, len(todo), self.claim_chunk))
+
+        def feed() -> list[Conversion] | None:
+            """The next chunk's conversions to send (maybe none); None when all are claimed."""
+            start = next(starts, None)
+            if start is None:
+                return None
+            to_send, busy = self._claim(todo[start : start + self.claim_chunk], lost_keys)
+            waiting.extend(busy)
+            return to_send
+
+        lost = self._send_all(feed)
+        return waiting, lost
 
     def _plan(self, to_send: list[Conversion]) -> None:
         """Dry run: write the planned postbacks."""
@@ -415,9 +435,9 @@ class DeliveryEngine:
             self.ledger.mark_held(held)
         return to_send, busy
 
-    def _send_all(self, claimed: list[Conversion]) -> list[Conversion]:
-        """Send the ``claimed`` conversions; return those whose claim another run took over
-        (not sent, not counted).
+    def _send_all(self, feed: t.Callable[[], list[Conversion] | None]) -> list[Conversion]:
+        """Send what ``feed()`` claims, chunk by chunk (None: nothing left); return those whose
+        claim another run took over (not sent, not counted).
 
         The main thread dispatches: ``max_concurrency`` slots, and each tick (the results that
         arrived while the last commit was in progress, or within :data:`SETTLE_EVERY` of its
@@ -425,12 +445,16 @@ class DeliveryEngine:
         :meth:`Ledger.fence`, records the answers of the slots that freed up (delivered marks)
         and fences the conversions that take them (sending marks, before they leave). A slot's
         next postback is fenced in the commit that records its last one, so a killed run
-        leaves at most ``max_concurrency`` conversions in doubt."""
+        leaves at most ``max_concurrency`` conversions in doubt. The next chunk is claimed once
+        fewer than ``max_concurrency`` claimed conversions wait for a slot: the slots never run
+        dry, and the run holds few claims it is not sending (another run reading the same input
+        takes the rest)."""
         # Each call reports its result on a queue: settling one is O(1), and results that
         # arrived together are settled together (group commit): a freed slot waits for no
         # fixed tick, and the ledger commits once per tick, not once per postback.
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
-        ready: collections.deque[Conversion] = collections.deque(claimed)
+        ready: collections.deque[Conversion] = collections.deque()
+        fed_all = False
         free = self.concurrency
         pending = 0
         grace_deadline: float | None = None
@@ -441,10 +465,17 @@ class DeliveryEngine:
         spacing = SETTLE_EVERY if self.ledger.fences_commit else 0.0
 
         def dispatch() -> None:
-            """Fence and start what the free slots take (one commit, with the delivered marks
-            gathered since the last one); again while claims found lost leave slots free."""
-            nonlocal pending, free, delivered, fenced_at
+            """Claim ahead, then fence and start what the free slots take (one commit, with the
+            delivered marks gathered since the last one); again while claims found lost leave
+            slots free."""
+            nonlocal pending, free, delivered, fenced_at, fed_all
             while True:
+                while not fed_all and len(ready) < self.concurrency and not self._stop.is_set():
+                    chunk = feed()
+                    if chunk is None:
+                        fed_all = True
+                    else:
+                        ready.extend(chunk)
                 take = (
                     []
                     if self._stop.is_set()
