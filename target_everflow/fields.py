@@ -241,7 +241,24 @@ class NumberText(str):
     __slots__ = ()
 
 
+def plain_decimal(value: Decimal) -> str | None:
+    """A ``Decimal``'s text when it is ``_number_text``'s already (at once: most amounts are),
+    else None: plain (no exponent, finite), a JSON number, at most ``MAX_NUMBER_DIGITS``
+    characters, so within the digit bounds ``_written_out`` checks."""
+    text = str(value)
+    if len(text) <= MAX_NUMBER_DIGITS and _JSON_NUMBER.match(text):
+        return text
+    return None
+
+
 def _number_text(value: Decimal) -> NumberText:
+    plain = plain_decimal(value)
+    return NumberText(plain if plain is not None else _written_out(value))
+
+
+def _written_out(value: Decimal) -> str:
+    """A ``Decimal``'s plain-decimal text, checked: finite, within the digit bounds, its
+    exponent written out."""
     if not value.is_finite():
         raise Mismatch(f"{value} is not a finite number")
     exponent = value.as_tuple().exponent
@@ -254,7 +271,7 @@ def _number_text(value: Decimal) -> NumberText:
         text = format(value, "f")
     if len(text) > MAX_NUMBER_DIGITS + 2:
         raise Mismatch(f"the number has more than {MAX_NUMBER_DIGITS} digits")
-    return NumberText(text)
+    return text
 
 
 def as_number(value: t.Any) -> NumberText:
@@ -392,8 +409,8 @@ def render(value: str | bool) -> str:
 
 def text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
     """``render(coerce(value, types))`` for a field of ``types``, built once per field: a plain
-    ASCII string that a String field takes as it is, or an integer a Number field takes, comes
-    back at once."""
+    ASCII string that a String field takes as it is, or a number a Number field takes that is
+    plain already (an integer, a float or ``Decimal`` without exponent), comes back at once."""
     strings, numbers = S in types, N in types
 
     def text(value: t.Any) -> str:
@@ -407,6 +424,10 @@ def text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
             text = repr(value)  # as_number's text of a float that is plain already
             if _JSON_NUMBER.match(text):
                 return text
+        elif kind is Decimal and numbers:
+            plain = plain_decimal(value)
+            if plain is not None:
+                return plain
         return render(coerce(value, types))
 
     return text
@@ -428,6 +449,10 @@ def json_text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
             text = repr(value)
             if _JSON_NUMBER.match(text):
                 return text
+        elif kind is Decimal and numbers:
+            plain = plain_decimal(value)
+            if plain is not None:
+                return plain
         return render_json(coerce(value, types))
 
     return json_text

@@ -288,8 +288,10 @@ class Mapper:
             self.logger.info("%s", line)
         self._by_shape: dict[tuple[Shape, str], list[_Plan]] = {}
         self._items: dict[
-            Layout, tuple[tuple[str, t.Any, t.Any, t.Callable[[t.Any], str]], ...]
+            Layout, tuple[tuple[str, str, t.Any, t.Any, t.Callable[[t.Any], str]], ...]
         ] = {}
+        """A product layout -> for each item key a product of it can hold: the key, its JSON
+        member's start (``"key":``), where (``Layout.leaf_key``), its path, its JSON text."""
         self._events = dict(settings.event_mapping)
         self._event_slugs = {slug(name): eid for name, eid in settings.event_mapping.items()}
         self._slug_names: dict[str, str] = {}
@@ -616,14 +618,13 @@ class Mapper:
                 if len(self._items) >= 4096:  # bounded, as the layouts are
                     self._items.clear()
                 wheres = self._items[layout] = tuple(
-                    (key, layout.leaf_key(path), path, json_text)
+                    (key, f'"{key}":', where, path, json_text)
                     for key, path, _types, json_text in plan.items
+                    if (where := layout.leaf_key(path)) is not None  # (None: no key can hold it)
                 )
             item: SegmentObject | None = None
             parts: list[str] = []
-            for key, where, path, json_text in wheres:
-                if where is None:
-                    continue
+            for key, member, where, path, json_text in wheres:
                 if where is NEEDS_LOOKUP:
                     if item is None:
                         item = SegmentObject(product, event.stream)
@@ -635,7 +636,7 @@ class Mapper:
                     if value is None or value == "":
                         continue
                 try:
-                    parts.append(f'"{key}":{json_text(value)}')
+                    parts.append(member + json_text(value))
                 except Mismatch as exc:
                     dropped.append((f"{plan.param}[{i}].{key}", str(exc)))
             if parts:

@@ -107,7 +107,7 @@ class Layout:
     plan of each (stream, layout) is compiled once, lazily, path by path.
     """
 
-    __slots__ = ("index", "_where", "unprefixed", "_leaf")
+    __slots__ = ("index", "_where", "unprefixed", "_leaf", "identity")
 
     def __init__(self, keys: tuple) -> None:
         index: dict[str, str] = {}
@@ -118,6 +118,8 @@ class Layout:
         self._where: dict[_Tail, tuple[tuple[str, int], ...]] = {}
         self.unprefixed: dict[SegmentPath, str | None] = {}
         self._leaf: dict[SegmentPath, t.Any] = {}
+        self.identity: t.Callable[[dict], tuple] | None = None
+        """The reader of an event's identity in records of this layout (``SegmentEvent``)."""
 
     def where(self, tail: _Tail) -> tuple[tuple[str, int], ...]:
         found = self._where.get(tail)
@@ -553,6 +555,14 @@ _IDENTITY = READER.group((_TYPE, _EVENT_TEXT, _EVENT, *MESSAGE_ID))
 assert READER.flat(_IDENTITY)  # read at the top: a record's shape is found only when needed
 
 
+def _identity_reader(layout: Layout) -> t.Callable[[dict], tuple]:
+    """``READER.values`` of the identity group for records of ``layout``: the group is flat,
+    so read at the top by generated code, never by ``get``."""
+    read = READER.compiled(READER.top(layout), _IDENTITY).read
+    assert read is not None  # no hop, so no JSON text on the way
+    return read
+
+
 def stream_event(stream: str) -> str:
     """A database tap's stream ``schema-table`` stands for the event ``table``."""
     return stream.rsplit("-", 1)[-1]
@@ -584,9 +594,10 @@ class SegmentEvent(SegmentObject):
     def __init__(self, record: dict, stream: str) -> None:
         super().__init__(record, stream)
         self._shape: Shape | None = None
-        call, event_text, event, message_id, row_id = READER.values(
-            self, READER.top(self._top), _IDENTITY
-        )
+        read = self._top.identity  # the layout's reader: one attribute, not three calls
+        if read is None:
+            read = self._top.identity = _identity_reader(self._top)
+        call, event_text, event, message_id, row_id = read(record)
         if isinstance(call, str) and call.strip() and event_text is MISSING:
             self.call = call.strip().lower()
         else:

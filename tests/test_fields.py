@@ -518,3 +518,41 @@ def test_as_currency(value: object, expected: str) -> None:
 def test_as_currency_rejects(value: object) -> None:
     with pytest.raises(Mismatch, match="currency"):
         fields.as_currency(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Decimal("31.9"),
+        Decimal("-0"),
+        Decimal("0E-7"),
+        Decimal("76.0"),
+        Decimal("1E+2"),  # an exponent: the full check writes it out
+        Decimal("1" + "0" * 99),  # 100 digits: the most a shortcut takes
+        Decimal("1" + "0" * 100),  # 101 digits: refused, shortcut or not
+        Decimal("0." + "0" * 97 + "1"),  # 100 characters, 98 decimals
+        Decimal("0." + "0" * 98 + "1"),  # one more
+        Decimal("-" + "9" * 99),
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+        Decimal("1E-1000"),
+    ],
+)
+def test_a_decimal_plain_already_is_read_at_once_as_the_full_check_reads_it(value: Decimal) -> None:
+    """``plain_decimal`` (the shortcut most amounts take) gives what the full check gives: the
+    same text, or nothing where the full check writes an exponent out or refuses the number;
+    and a Number field's text (``text_of``, ``json_text_of``) is ``as_number``'s either way."""
+    plain = fields.plain_decimal(value)
+    try:
+        full = fields._written_out(value)
+    except Mismatch:
+        assert plain is None
+        for text in (as_number, fields.text_of((N,)), fields.json_text_of((N,))):
+            with pytest.raises(Mismatch):
+                text(value)
+        return
+    assert plain is None or plain == full
+    if plain is None:
+        assert str(value) != full or len(full) > fields.MAX_NUMBER_DIGITS
+    assert as_number(value) == fields.text_of((N,))(value) == full
+    assert fields.json_text_of((N,))(value) == full

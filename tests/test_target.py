@@ -607,3 +607,51 @@ def test_config_error_cli(
         assert secret not in result.stdout, case
     _assert_nothing_written(config)
     assert result.states == []
+
+
+def test_stream_maps_still_transform_records(base_config: dict) -> None:
+    """The target skips the transform of a map that hands every record on as it is (the SDK's
+    own map, no flattening); a map that filters, renames or flattens still transforms each
+    record, and the planned postback is the same as the record's unflattened one."""
+    from singer_sdk.mapper import SameRecordTransform
+
+    from target_everflow.adapter.target import hands_on_as_is
+
+    records = [raw_event(message_id="kept", tid="t1"), raw_event(message_id="dropped", tid="t2")]
+    bad = raw_event(properties={"total": "forty"}, message_id="bad")  # strict_types: dead letter
+    lines = stream_lines(RAW, [*records, bad])
+    code, target = run_in_process(dry_config(base_config, strict_types=True), lines)
+    assert code == 0
+    (as_is,) = target.mapper.stream_maps[RAW]
+    assert isinstance(as_is, SameRecordTransform) and hands_on_as_is(as_is)
+    plain = {line["message_id"]: line for line in read_jsonl(Path(base_config["dry_run_output"]))}
+    assert set(plain) == {"kept", "dropped"}
+    (letter,) = read_jsonl(Path(base_config["dead_letter_path"]))[1:]
+    assert letter["record"] == loads(dumps(bad))  # as received
+
+    maps = {RAW: {"__alias__": "renamed", "__filter__": "messageId != 'dropped'"}}
+    code, target = run_in_process(
+        dry_config(base_config, strict_types=True, stream_maps=maps), lines
+    )
+    assert code == 0
+    assert not any(hands_on_as_is(m) for m in target.mapper.stream_maps[RAW])
+    (line,) = read_jsonl(Path(base_config["dry_run_output"]))
+    assert (line["message_id"], line["stream"]) == ("kept", "renamed")
+    assert line["params"] == plain["kept"]["params"]
+
+    Path(base_config["dead_letter_path"]).unlink(missing_ok=True)
+    code, target = run_in_process(
+        dry_config(base_config, strict_types=True, flattening_enabled=True, flattening_max_depth=3),
+        lines,
+    )
+    assert code == 0
+    (letter,) = read_jsonl(Path(base_config["dead_letter_path"]))[1:]
+    assert "properties" not in letter["record"]  # flattened
+    assert letter["record"]["properties__total"] == "forty"
+    assert not any(hands_on_as_is(m) for m in target.mapper.stream_maps[RAW])
+    flattened = {
+        line["message_id"]: line for line in read_jsonl(Path(base_config["dry_run_output"]))
+    }
+    assert {k: v["params"] for k, v in flattened.items()} == {
+        k: v["params"] for k, v in plain.items()
+    }

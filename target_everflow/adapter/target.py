@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import click
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
+from singer_sdk.mapper import SameRecordTransform, StreamMap
 from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
@@ -298,6 +299,8 @@ class TargetEverflow(Target):
         """Every sink that may still hold records (a sink registers itself in ``setup``)."""
         self.latest_state: dict | None = None
         """The value of the latest STATE message read."""
+        self._maps_as_is: dict[StreamMap, bool] = {}
+        """Stream map -> whether it hands every record on as it is (``hands_on_as_is``)."""
         reader = self.reader
         reader.due = self.drain_by_age  # asked before each wait for input
         reader.before, reader.after = self._before_message, self._after_message
@@ -419,9 +422,15 @@ class TargetEverflow(Target):
             # The SDK copies the record for each stream map; one map has no other to share it
             # with (the message is not read again).
             record = message_dict["record"]
-            record = stream_map.transform(record if single else copy.copy(record))
-            if record is None:  # filtered out by the stream map
-                continue
+            as_is = self._maps_as_is.get(stream_map)
+            if as_is is None:
+                if len(self._maps_as_is) >= 256:  # (a new SCHEMA makes new maps: bounded)
+                    self._maps_as_is.clear()
+                as_is = self._maps_as_is[stream_map] = hands_on_as_is(stream_map)
+            if not as_is:  # (a map that hands every record on as it is need not be asked)
+                record = stream_map.transform(record if single else copy.copy(record))
+                if record is None:  # filtered out by the stream map
+                    continue
             alias = stream_map.stream_alias
             if not self.sink_exists(alias):
                 raise RecordsWithoutSchemaException(_before_schema(alias))
@@ -678,6 +687,13 @@ class TargetEverflow(Target):
             return Terminated(self._terminating).exit_code
         self.logger.error("%s", exc)  # the message is the whole story
         return exc.exit_code
+
+
+def hands_on_as_is(stream_map: StreamMap) -> bool:
+    """Whether a stream map hands every record on as it is: the SDK's own map of a stream that
+    ``stream_maps`` does not name (``SameRecordTransform``), without flattening. Its
+    ``transform`` returns the record it is given; for such a map the target does not call it."""
+    return type(stream_map) is SameRecordTransform and not stream_map.flattening_enabled
 
 
 def _before_schema(stream: str) -> str:
