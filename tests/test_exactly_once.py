@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from target_everflow.ledger import LedgerError, SQLLedger
 from tests.conftest import (
     DEAD_LETTERS_ON_PURPOSE,
     dead_letter_records,
     postgres_url,
+    run_in_process,
     run_target,
     singer_lines,
     track,
@@ -120,6 +122,42 @@ def test_postgres_ledger_down_fails_before_any_request_without_the_password(base
     assert result.code == 4
     assert "hunter2secret" not in result.stderr + result.stdout
     assert "postgresql://everflow:***@127.0.0.1:1/db" in result.stderr
+
+
+def test_a_claim_that_fails_mid_batch_settles_what_is_in_flight(base_config, tmp_path, monkeypatch):
+    """A batch is claimed a chunk at a time while the chunk before is being sent. When a later
+    chunk's claim fails, nothing more is sent, and the postbacks in flight are settled: their
+    answers are recorded (none is left in doubt), the run exits 4, and the next run sends
+    exactly the rest."""
+    claim = SQLLedger.claim
+    calls = []
+
+    def failing_second(self, keys, metadata=None):
+        calls.append(len(keys))
+        if len(calls) == 2:
+            raise LedgerError("ledger test: could not claim keys: disk I/O error")
+        return claim(self, keys, metadata)
+
+    config = live(base_config, "", max_concurrency=8, batch_size_rows=1000)
+    lines = numbered(0, 300, every=300)
+    with Receiver(latency=0.05) as rx:
+        config["postback_url"] = rx.url
+        monkeypatch.setattr(SQLLedger, "claim", failing_second)
+        code, _ = run_in_process(config, lines)
+        first = Counter(r.query["transaction_id"] for r in rx.requests)
+        monkeypatch.setattr(SQLLedger, "claim", claim)
+        db = Path(config["dead_letter_path"]).parent / "ledger.sqlite3"
+        conn = sqlite3.connect(db)
+        statuses = dict(conn.execute("SELECT delivery_key, status FROM everflow_ledger"))
+        conn.close()
+        again = run_target(config, lines, tmp_path)
+        everything = Counter(r.query["transaction_id"] for r in rx.requests)
+    assert code == 4
+    assert len(calls) == 2 and 0 < len(first) <= calls[0]  # the first chunk only, in part
+    assert set(statuses.values()) == {"delivered"} and len(statuses) == len(first)
+    assert again.code == 0, again.stderr[-2000:]
+    assert summary(config)["in_doubt"] == 0 and summary(config)["delivered"] == 300 - len(first)
+    assert everything == Counter({f"tx-{i}": 1 for i in range(300)})
 
 
 def _pending_row(db: Path, key: str, owner: str, status: str = "sending") -> None:

@@ -33,7 +33,7 @@ from target_everflow.accounting.metrics import conversion_fields
 from target_everflow.accounting.summary import DeadLetters, RunSummary, dumps
 from target_everflow.delivery.postback import REDACTED, Answer, PostbackClient, Verdict
 from target_everflow.errors import DeliveryAborted, OutputError
-from target_everflow.ledger import ClaimStatus, Ledger
+from target_everflow.ledger import ClaimStatus, Ledger, LedgerError
 from target_everflow.outcomes import (
     CLAIMED_ELSEWHERE,
     DEAD_LETTER,
@@ -456,6 +456,7 @@ class DeliveryEngine:
         finished: queue.SimpleQueue[_Result | _Raised] = queue.SimpleQueue()
         ready: collections.deque[Conversion] = collections.deque()
         fed_all = False
+        claim_failed: LedgerError | None = None
         free = self.concurrency
         pending = 0
         grace_deadline: float | None = None
@@ -469,10 +470,17 @@ class DeliveryEngine:
             """Claim ahead, then fence and start what the free slots take (one commit, with the
             delivered marks gathered since the last one); again while claims found lost leave
             slots free."""
-            nonlocal pending, free, delivered, fenced_at, fed_all
+            nonlocal pending, free, delivered, fenced_at, fed_all, claim_failed
             while True:
                 while not fed_all and len(ready) < self.concurrency and not self._stop.is_set():
-                    chunk = feed()
+                    try:
+                        chunk = feed()
+                    except LedgerError as exc:
+                        # Nothing more is claimed or sent; what is in flight is settled (its
+                        # answers recorded, not left in doubt), then the error ends the batch.
+                        claim_failed = exc
+                        self.request_stop(str(exc))
+                        chunk = None
                     if chunk is None:
                         fed_all = True
                     else:
@@ -537,6 +545,8 @@ class DeliveryEngine:
                             self.stop_grace,
                         )
                         pending = 0
+            if claim_failed is not None:
+                raise claim_failed
         finally:
             if delivered:  # (queued: the writer commits them; flush() waits for that)
                 self.ledger.fence((), delivered)
