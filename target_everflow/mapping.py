@@ -221,89 +221,57 @@ def _add_item(plans: dict[str, _Plan], row: Field) -> None:
     plan.text = None  # a list: read by _line_items
 
 
-_Build = t.Callable[
-    [SegmentEvent, tuple, list[tuple[str, str]], list[tuple[str, str]]],
-    tuple[_Plan, Mismatch | None] | None,
-]
+_Build = t.Callable[[SegmentEvent, tuple, list[tuple[str, str]], list[tuple[str, str]]], bool]
 """A generated parameter builder (``_generate``): ``(event, values, params, dropped)``; appends
-the parameters, returns the plan that fails the record (with its ``Mismatch``, or None when a
-required one is absent), else None."""
+the parameters and returns True, or returns False (its appends to be undone) when the record
+needs the table-driven walk: a value that does not fit, a required one absent."""
 
 
 def _generate(
     plans: list[_Plan],
     held: frozenset[int],
     *,
-    strict: bool,
     value: t.Callable[[SegmentObject, tuple, _Plan, list[tuple[str, str]]], str | None],
     items: t.Callable[[SegmentObject, _Plan, t.Any, list[tuple[str, str]]], str | None],
 ) -> _Build:
     """The parameters of records of one shape on one platform, as straight-line code made
-    from ``plans`` (the table's, compiled): for each plan in order, its paths that records of
-    the shape can hold (``held``; every other one is ``MISSING`` in all of them), the first
-    one found turned into text by the plan's own function (a list by ``items``); a rule, which
-    judges absence itself, by ``value``.
-    What ``Mapper.params_by_table`` does by walking the plans, without the walk."""
+    from ``plans`` (the table's, compiled), for records whose values all fit: for each plan
+    in order, its paths that records of the shape can hold (``held``; every other one is
+    ``MISSING`` in all of them), the first one found turned into text by the plan's own
+    function (a list by ``items``); a rule, which judges absence itself, by ``value``. What
+    ``Mapper.params_by_table`` does by walking the plans, without the walk; a record it does
+    not fit (a ``Mismatch``, a required value absent) is left to that walk. A line per
+    parameter: compiling the code is most of what a new shape costs."""
     lines = ["def build(event, values, params, dropped):", "    append = params.append"]
-    names: dict[str, t.Any] = {
-        "MISSING": MISSING,
-        "Mismatch": Mismatch,
-        "VALUE": value,
-        "ITEMS": items,
-    }
+    names: dict[str, t.Any] = {"MISSING": MISSING, "VALUE": value, "ITEMS": items}
     for k, plan in enumerate(plans):
-        names[f"P{k}"] = plan
-        fail = (
-            f"return P{k}, exc"
-            if plan.required or strict
-            else f"dropped.append(({plan.param!r}, str(exc)))"
-        )
-        absent = [f"        return P{k}, None"] if plan.required else []
-        if plan.rule is not None:  # it judges absence itself
+        if plan.rule is not None:
+            names[f"P{k}"] = plan
             lines += [
-                "    try:",
-                f"        v = VALUE(event, values, P{k}, dropped)",
-                "    except Mismatch as exc:",
-                f"        {fail}",
-                "    else:",
-                "        if v is not None:",
-                f"            append(({plan.param!r}, v))",
+                f"    if (v := VALUE(event, values, P{k}, dropped)) is not None:",
+                f"        append(({plan.param!r}, v))",
             ]
             if plan.required:
-                lines += ["        else:", f"            return P{k}, None"]
+                lines.append("    else:\n        return False")
             continue
         at = [i for i in plan.at if i in held]
         if not at:
             if plan.required:
-                lines.append(f"    return P{k}, None")
+                lines.append("    return False")
             continue
-        lines.append(f"    v = values[{at[0]}]")
-        for i in at[1:]:
-            lines += ["    if v is MISSING:", f"        v = values[{i}]"]
-        lines.append("    if v is not MISSING:")
+        found = " or ".join(f"(v := values[{i}]) is not MISSING" for i in at)
         if plan.text is None:  # a list: its items' JSON, None when no item has a value
+            names[f"P{k}"] = plan
             lines += [
-                "        try:",
-                f"            v = ITEMS(event, P{k}, v, dropped)",
-                "        except Mismatch as exc:",
-                f"            {fail}",
-                "        else:",
-                "            if v is not None:",
-                f"                append(({plan.param!r}, v))",
+                f"    if ({found}) and (v := ITEMS(event, P{k}, v, dropped)) is not None:",
+                f"        append(({plan.param!r}, v))",
             ]
-            if plan.required:
-                lines += ["            else:", f"                return P{k}, None"]
         else:
             names[f"T{k}"] = plan.text
-            lines += [
-                "        try:",
-                f"            append(({plan.param!r}, T{k}(v)))",
-                "        except Mismatch as exc:",
-                f"            {fail}",
-            ]
-        if absent:
-            lines += ["    else:", *absent]
-    lines.append("    return None")
+            lines.append(f"    if {found}:\n        append(({plan.param!r}, T{k}(v)))")
+        if plan.required:
+            lines.append("    else:\n        return False")
+    lines.append("    return True")
     build: _Build = generated(lines, "build", **names)
     return build
 
@@ -390,6 +358,12 @@ class Mapper:
         self._head: list[tuple[str, str]] = []
         if settings.network_id is not None:
             self._head.append(("nid", str(settings.network_id)))
+        aid = () if settings.advertiser_id is None else (("aid", str(settings.advertiser_id)),)
+        self._tail = {
+            event_id: (*aid, *((("adv_event_id", str(event_id)),) if event_id else ()))
+            for event_id in settings.event_mapping.values()
+        }
+        """An event id -> the parameters after ``transaction_id``: ``aid``, ``adv_event_id``."""
 
     def start_lines(self) -> list[str]:
         """What the mapping does that a person should know at start-up (logged once a run)."""
@@ -538,11 +512,7 @@ class Mapper:
 
         platform = self._platform(values)
         strict = self.settings.strict_types
-        params = [*self._head, ("transaction_id", transaction_id)]
-        if self.settings.advertiser_id is not None:
-            params.append(("aid", str(self.settings.advertiser_id)))
-        if event_id:
-            params.append(("adv_event_id", str(event_id)))
+        params = [*self._head, ("transaction_id", transaction_id), *self._tail[event_id]]
         dropped: list[tuple[str, str]] = []
 
         when: int | None = None
@@ -583,26 +553,34 @@ class Mapper:
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        failed = self._builder(event, platform)(event, values, params, dropped)
-        if failed is not None:
-            plan, mismatch = failed
-            if mismatch is None:
+        start, dropped_start = len(params), len(dropped)
+        try:
+            built = self._builder(event, platform)(event, values, params, dropped)
+        except Mismatch:
+            built = False
+        if not built:  # a value that does not fit, a required one absent: walk the table
+            del params[start:], dropped[dropped_start:]
+            failed = self.params_by_table(event, values, platform, params, dropped)
+            if failed is not None:
+                plan, mismatch = failed
+                if mismatch is None:
+                    return Outcome(
+                        DEAD_LETTER,
+                        MISSING_REQUIRED_FIELD,
+                        f"{plan.param} ({plan.paths[0].path}) is required for {platform} "
+                        "conversions",
+                        plan.param,
+                        event=name,
+                        message_id=message_id,
+                    )
                 return Outcome(
                     DEAD_LETTER,
-                    MISSING_REQUIRED_FIELD,
-                    f"{plan.param} ({plan.paths[0].path}) is required for {platform} conversions",
+                    TYPE_MISMATCH,
+                    f"{plan.param} ({plan.paths[0].path}): {mismatch}",
                     plan.param,
                     event=name,
                     message_id=message_id,
                 )
-            return Outcome(
-                DEAD_LETTER,
-                TYPE_MISMATCH,
-                f"{plan.param} ({plan.paths[0].path}): {mismatch}",
-                plan.param,
-                event=name,
-                message_id=message_id,
-            )
 
         if strict and dropped:
             param, why = dropped[0]
@@ -651,7 +629,6 @@ class Mapper:
             build = self._by_shape[key] = _generate(
                 self._plans_for(event, platform),
                 event.held(_GROUP),
-                strict=self.settings.strict_types,
                 value=self._value,
                 items=self._line_items,
             )
