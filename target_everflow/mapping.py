@@ -645,7 +645,8 @@ class Mapper:
         """What the generated builder does (``_generate``), by walking the plans: appends each
         parameter found to ``params`` and each optional one left out to ``dropped``; returns
         the plan that fails the record (with its ``Mismatch``, or None when a required one is
-        absent), else None. The reference the builders are tested against."""
+        absent), else None. It maps the records a builder leaves (a value that does not fit, a
+        required one absent), and is the reference the builders are tested against."""
         strict = self.settings.strict_types
         for plan in self._plans_for(event, platform):
             try:
