@@ -55,6 +55,7 @@ from target_everflow.records import (
     Shape,
     compile_path,
     fold,
+    generated,
     id_text,
     json_loads,
     layout_of,
@@ -220,6 +221,61 @@ def _add_item(plans: dict[str, _Plan], row: Field) -> None:
     plan.text = None  # a list: read by _line_items
 
 
+_Build = t.Callable[[SegmentEvent, tuple, list[tuple[str, str]], list[tuple[str, str]]], bool]
+"""A generated parameter builder (``_generate``): ``(event, values, params, dropped)``; appends
+the parameters and returns True, or returns False (its appends to be undone) when the record
+needs the table-driven walk: a value that does not fit, a required one absent."""
+
+
+def _generate(
+    plans: list[_Plan],
+    held: frozenset[int],
+    *,
+    value: t.Callable[[SegmentObject, tuple, _Plan, list[tuple[str, str]]], str | None],
+    items: t.Callable[[SegmentObject, _Plan, t.Any, list[tuple[str, str]]], str | None],
+) -> _Build:
+    """The parameters of records of one shape on one platform, as straight-line code made
+    from ``plans`` (the table's, compiled), for records whose values all fit: for each plan
+    in order, its paths that records of the shape can hold (``held``; every other one is
+    ``MISSING`` in all of them), the first one found turned into text by the plan's own
+    function (a list by ``items``); a rule, which judges absence itself, by ``value``. What
+    ``Mapper.params_by_table`` does by walking the plans, without the walk; a record it does
+    not fit (a ``Mismatch``, a required value absent) is left to that walk. A line per
+    parameter: compiling the code is most of what a new shape costs."""
+    lines = ["def build(event, values, params, dropped):", "    append = params.append"]
+    names: dict[str, t.Any] = {"MISSING": MISSING, "VALUE": value, "ITEMS": items}
+    for k, plan in enumerate(plans):
+        if plan.rule is not None:
+            names[f"P{k}"] = plan
+            lines += [
+                f"    if (v := VALUE(event, values, P{k}, dropped)) is not None:",
+                f"        append(({plan.param!r}, v))",
+            ]
+            if plan.required:
+                lines.append("    else:\n        return False")
+            continue
+        at = [i for i in plan.at if i in held]
+        if not at:
+            if plan.required:
+                lines.append("    return False")
+            continue
+        found = " or ".join(f"(v := values[{i}]) is not MISSING" for i in at)
+        if plan.text is None:  # a list: its items' JSON, None when no item has a value
+            names[f"P{k}"] = plan
+            lines += [
+                f"    if ({found}) and (v := ITEMS(event, P{k}, v, dropped)) is not None:",
+                f"        append(({plan.param!r}, v))",
+            ]
+        else:
+            names[f"T{k}"] = plan.text
+            lines.append(f"    if {found}:\n        append(({plan.param!r}, T{k}(v)))")
+        if plan.required:
+            lines.append("    else:\n        return False")
+    lines.append("    return True")
+    build: _Build = generated(lines, "build", **names)
+    return build
+
+
 def event_time(value: t.Any) -> int:
     """Unix seconds of a Segment timestamp (ISO-8601 text, datetime, or epoch number)."""
     if isinstance(value, datetime):
@@ -286,7 +342,7 @@ class Mapper:
         self._max_age = settings.max_conversion_age_days * DAY
         for line in self.start_lines():
             self.logger.info("%s", line)
-        self._by_shape: dict[tuple[Shape, str], list[_Plan]] = {}
+        self._by_shape: dict[tuple[Shape, str], _Build] = {}
         self._items: dict[
             Layout, tuple[tuple[str, str, t.Any, t.Any, t.Callable[[t.Any], str]], ...]
         ] = {}
@@ -302,6 +358,12 @@ class Mapper:
         self._head: list[tuple[str, str]] = []
         if settings.network_id is not None:
             self._head.append(("nid", str(settings.network_id)))
+        aid = () if settings.advertiser_id is None else (("aid", str(settings.advertiser_id)),)
+        self._tail = {
+            event_id: (*aid, *((("adv_event_id", str(event_id)),) if event_id else ()))
+            for event_id in settings.event_mapping.values()
+        }
+        """An event id -> the parameters after ``transaction_id``: ``aid``, ``adv_event_id``."""
 
     def start_lines(self) -> list[str]:
         """What the mapping does that a person should know at start-up (logged once a run)."""
@@ -450,11 +512,7 @@ class Mapper:
 
         platform = self._platform(values)
         strict = self.settings.strict_types
-        params = [*self._head, ("transaction_id", transaction_id)]
-        if self.settings.advertiser_id is not None:
-            params.append(("aid", str(self.settings.advertiser_id)))
-        if event_id:
-            params.append(("adv_event_id", str(event_id)))
+        params = [*self._head, ("transaction_id", transaction_id), *self._tail[event_id]]
         dropped: list[tuple[str, str]] = []
 
         when: int | None = None
@@ -495,33 +553,17 @@ class Mapper:
         if when is not None and self.settings.send_timestamp:
             params.append(("timestamp", str(when)))
 
-        for plan in self._plans_for(event, platform):
-            try:
-                text = plan.text
-                if text is None:
-                    value = self._value(event, values, plan, dropped)
-                else:
-                    for i in plan.at:
-                        found = values[i]
-                        if found is not MISSING:
-                            value = text(found)
-                            break
-                    else:
-                        value = None
-            except Mismatch as exc:
-                if plan.required or strict:
-                    return Outcome(
-                        DEAD_LETTER,
-                        TYPE_MISMATCH,
-                        f"{plan.param} ({plan.paths[0].path}): {exc}",
-                        plan.param,
-                        event=name,
-                        message_id=message_id,
-                    )
-                dropped.append((plan.param, str(exc)))
-                continue
-            if value is None:
-                if plan.required:
+        start, dropped_start = len(params), len(dropped)
+        try:
+            built = self._builder(event, platform)(event, values, params, dropped)
+        except Mismatch:
+            built = False
+        if not built:  # a value that does not fit, a required one absent: walk the table
+            del params[start:], dropped[dropped_start:]
+            failed = self.params_by_table(event, values, platform, params, dropped)
+            if failed is not None:
+                plan, mismatch = failed
+                if mismatch is None:
                     return Outcome(
                         DEAD_LETTER,
                         MISSING_REQUIRED_FIELD,
@@ -531,8 +573,14 @@ class Mapper:
                         event=name,
                         message_id=message_id,
                     )
-                continue
-            params.append((plan.param, value))
+                return Outcome(
+                    DEAD_LETTER,
+                    TYPE_MISMATCH,
+                    f"{plan.param} ({plan.paths[0].path}): {mismatch}",
+                    plan.param,
+                    event=name,
+                    message_id=message_id,
+                )
 
         if strict and dropped:
             param, why = dropped[0]
@@ -562,19 +610,68 @@ class Mapper:
 
     def _plans_for(self, event: SegmentEvent, platform: str) -> list[_Plan]:
         """The platform's plans that a record of the event's shape can give a value (or must:
-        a required one, and a rule, which judges absence itself), compiled once per shape."""
+        a required one, and a rule, which judges absence itself)."""
+        held = event.held(_GROUP)
+        return [
+            plan
+            for plan in self._plans[platform]
+            if plan.required or plan.rule is not None or not held.isdisjoint(plan.at)
+        ]
+
+    def _builder(self, event: SegmentEvent, platform: str) -> _Build:
+        """The parameter builder of records of the event's shape on ``platform``, generated
+        from the table's plans once per (shape, platform) (``_generate``)."""
         key = (event.shape, platform)
-        plans = self._by_shape.get(key)
-        if plans is None:
-            held = event.held(_GROUP)
+        build = self._by_shape.get(key)
+        if build is None:
             if len(self._by_shape) >= 4096:  # bounded, as the shapes are
                 self._by_shape.clear()
-            plans = self._by_shape[key] = [
-                plan
-                for plan in self._plans[platform]
-                if plan.required or plan.rule is not None or not held.isdisjoint(plan.at)
-            ]
-        return plans
+            build = self._by_shape[key] = _generate(
+                self._plans_for(event, platform),
+                event.held(_GROUP),
+                value=self._value,
+                items=self._line_items,
+            )
+        return build
+
+    def params_by_table(
+        self,
+        event: SegmentEvent,
+        values: tuple,
+        platform: str,
+        params: list[tuple[str, str]],
+        dropped: list[tuple[str, str]],
+    ) -> tuple[_Plan, Mismatch | None] | None:
+        """What the generated builder does (``_generate``), by walking the plans: appends each
+        parameter found to ``params`` and each optional one left out to ``dropped``; returns
+        the plan that fails the record (with its ``Mismatch``, or None when a required one is
+        absent), else None. It maps the records a builder leaves (a value that does not fit, a
+        required one absent), and is the reference the builders are tested against."""
+        strict = self.settings.strict_types
+        for plan in self._plans_for(event, platform):
+            try:
+                text = plan.text
+                if text is None:
+                    value = self._value(event, values, plan, dropped)
+                else:
+                    for i in plan.at:
+                        found = values[i]
+                        if found is not MISSING:
+                            value = text(found)
+                            break
+                    else:
+                        value = None
+            except Mismatch as exc:
+                if plan.required or strict:
+                    return plan, exc
+                dropped.append((plan.param, str(exc)))
+                continue
+            if value is None:
+                if plan.required:
+                    return plan, None
+                continue
+            params.append((plan.param, value))
+        return None
 
     def _value(
         self, event: SegmentObject, values: tuple, plan: _Plan, dropped: list[tuple[str, str]]

@@ -418,7 +418,7 @@ class Reader:
                 ]
             parts = "".join(f", v{i}" for i in range(len(hops)))
             lines.append(f"    return INTERNED((LAYOUT{parts}), HOPS)")
-            found = _generated(
+            found = generated(
                 lines,
                 "part",
                 PART=self._part,
@@ -514,17 +514,18 @@ class Reader:
         except _NotStatic:
             return _Compiled(None, frozenset(range(len(paths))))
         returned = ", ".join(f"v{i}" for i in range(len(paths)))
-        read = _generated(
+        read = generated(
             ["def read(r):", *lines, *body, f"    return ({returned},)"], "read", MISSING=MISSING
         )
         return _Compiled(read, frozenset(held))
 
 
-def _generated(lines: list[str], name: str, **names: t.Any) -> t.Any:
+def generated(lines: list[str], name: str, **names: t.Any) -> t.Any:
     """The function ``name`` defined by ``lines``, with ``names`` as its globals. The code is
-    generated from a shape's keys, each written as its ``repr()``: a literal, never code."""
+    generated from a shape's keys or the field table's parameter names, each written as its
+    ``repr()``: a literal, never code."""
     namespace = dict(names)
-    exec(compile("\n".join(lines), f"<target_everflow.records.Reader.{name}>", "exec"), namespace)
+    exec(compile("\n".join(lines), f"<target_everflow generated {name}>", "exec"), namespace)
     return namespace[name]
 
 

@@ -60,7 +60,14 @@ from tests.conftest import (
     track,
 )
 from tests.receiver import Receiver
-from tests.test_mapping import ALLOWED_PARAMS, ORDER, set_path, to_flat, to_warehouse
+from tests.test_mapping import (
+    ALLOWED_PARAMS,
+    ORDER,
+    assert_builder_matches_table,
+    set_path,
+    to_flat,
+    to_warehouse,
+)
 
 EXPLORE = os.environ.get("TARGET_EVERFLOW_HYPOTHESIS") == "explore"
 PROPERTIES = settings(
@@ -344,6 +351,17 @@ def test_mapper_never_raises_on_segment_like_records(
     assert_well_formed(result, data)
     if before is not None:
         assert _same(data, before), "the mapper changed the record"
+
+
+@SEGMENT_LIKE
+@given(record=segment_like(), changes=SETTINGS)
+def test_generated_parameter_builders_match_the_table_on_segment_like_records(
+    record: tuple[dict, str], changes: dict
+) -> None:
+    """The builder generated per (record shape, platform) from the field table gives what the
+    table-driven walk gives: the same parameters, dropped fields and failure."""
+    data, stream = record
+    assert_builder_matches_table(mapper_with(changes), data, stream)
 
 
 def _deepcopyable(value: t.Any) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 import typing as t
 from datetime import datetime, timedelta, timezone
@@ -39,7 +40,7 @@ from target_everflow.outcomes import (
     UNMAPPED_EVENT,
     Outcome,
 )
-from target_everflow.records import MISSING, Reader, SegmentEvent
+from target_everflow.records import MISSING, Reader, SegmentEvent, json_loads
 from target_everflow.settings import Settings
 
 TID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -498,6 +499,80 @@ def test_a_group_registered_later_reads_shapes_found_before_it() -> None:
     expected = ("everflow", "APP", MISSING)
     assert reader.values(event, before, late) == expected
     assert reader.values(event, reader.shape(record), late) == expected
+
+
+def assert_builder_matches_table(mapper: Mapper, record: dict, stream: str) -> None:
+    """The parameter builder generated for the record's shape (one per platform) gives what
+    walking the table's plans gives (the same parameters in order, the same fields dropped),
+    and leaves a record to that walk only when the walk drops a field or fails the record."""
+    event = mapper.view(record, stream)
+    values = event.values(mapping_module._GROUP)
+    for platform in ("web", "mobile"):
+        built: tuple[list, list] = ([], [])
+        by_table: tuple[list, list] = ([], [])
+        failed = mapper.params_by_table(event, values, platform, *by_table)
+        try:
+            fits = mapper._builder(event, platform)(event, values, *built)
+        except Mismatch:
+            fits = False
+        if fits:
+            assert failed is None, platform
+            assert built == by_table, platform
+        else:
+            assert failed is not None or by_table[1], platform
+
+
+HOSTILE_VALUES: list[t.Any] = [
+    None, "", " ", "true", "FALSE", "007", "1e3", "1.", "ORD-42", "eur", "x" * 3000, "\ud800",
+    "jürgen@exämple.com", 0, -1, 10**150, True, False, 12.5, 1e300, math.inf, Decimal("1E+400"),
+    Decimal("NaN"), Decimal("-0.00"), [1, "a"], {"a": 1}, '{"a": 1}', "[{",
+]  # fmt: skip
+
+
+def _with_leaves(record: t.Any, value: t.Any) -> t.Any:
+    """The same keys, every value that is not an object replaced by ``value``."""
+    if isinstance(record, dict):
+        return {k: _with_leaves(v, value) for k, v in record.items()}
+    return value
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"strict_types": True}, {"send_currency": False}, {"platform": "mobile"}],
+    ids=["default", "strict", "no-currency", "mobile"],
+)
+def test_generated_parameter_builders_match_the_table(overrides: dict[str, t.Any]) -> None:
+    """Each builder generated per (record shape, platform) from the field table builds what
+    the table-driven walk builds: for the bench's mixed records (every shape it writes, each
+    shape seen again with other values), for the reader's test records, and for each of them
+    with every value replaced by a hostile one (absent, too long, not a number, not Unicode,
+    an object where a value is expected...): the same keys, so mostly the same shapes, read by
+    builders made for other values."""
+    from bench import generate
+
+    checked = mapper(**overrides)
+    records = [
+        (json_loads(line)["record"], json_loads(line)["stream"])
+        for line in generate.lines(600)
+        if line.startswith('{"type":"RECORD"')
+    ]
+    records += [(record, "s") for record in READER_RECORDS]
+    for record, stream in records:
+        assert_builder_matches_table(checked, record, stream)
+    for value in HOSTILE_VALUES:
+        for record, stream in records[::7] + records[-len(READER_RECORDS) :]:
+            assert_builder_matches_table(checked, _with_leaves(record, value), stream)
+            assert_builder_matches_table(checked, _blank_strings(record), stream)
+
+
+def test_a_generated_builder_is_made_once_per_shape_and_platform() -> None:
+    """Records of one shape share their builder; another shape or platform has its own."""
+    m = mapper()
+    first, second = (SegmentEvent(copy.deepcopy(READER_RECORDS[0]), "s") for _ in range(2))
+    assert m._builder(first, "web") is m._builder(second, "web")
+    assert m._builder(first, "web") is not m._builder(first, "mobile")
+    other = SegmentEvent(READER_RECORDS[1], "s")
+    assert m._builder(other, "web") is not m._builder(first, "web")
 
 
 def _blank_strings(record: t.Any) -> t.Any:
