@@ -411,13 +411,29 @@ def text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
     """``render(coerce(value, types))`` for a field of ``types``, built once per field: a plain
     ASCII string that a String field takes as it is, or a number a Number field takes that is
     plain already (an integer, a float or ``Decimal`` without exponent), comes back at once."""
+    return _text_function(types, None, render)
+
+
+def json_text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
+    """``render_json(coerce(value, types))`` for a field of ``types``, built once per field,
+    with the same shortcuts as ``text_of``."""
+    return _text_function(types, _json_string, render_json)
+
+
+def _text_function(
+    types: tuple[FieldType, ...],
+    quoted: t.Callable[[str], str] | None,
+    rendered: t.Callable[[str | bool], str],
+) -> t.Callable[[t.Any], str]:
+    """``rendered(coerce(value, types))``, with the shortcuts of ``text_of``: a plain ASCII
+    string as it is (through ``quoted`` if given), a plain number as its digits."""
     strings, numbers = S in types, N in types
 
     def text(value: t.Any) -> str:
         kind = type(value)
         if kind is str:
             if strings and value.isascii() and len(value) <= MAX_VALUE_LENGTH:
-                return value
+                return value if quoted is None else quoted(value)
         elif kind is int and numbers and -_PLAIN_INT < value < _PLAIN_INT:
             return str(value)
         elif kind is float and numbers:
@@ -428,34 +444,9 @@ def text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
             plain = plain_decimal(value)
             if plain is not None:
                 return plain
-        return render(coerce(value, types))
+        return rendered(coerce(value, types))
 
     return text
-
-
-def json_text_of(types: tuple[FieldType, ...]) -> t.Callable[[t.Any], str]:
-    """``render_json(coerce(value, types))`` for a field of ``types``, built once per field,
-    with the same shortcuts as ``text_of``."""
-    strings, numbers = S in types, N in types
-
-    def json_text(value: t.Any) -> str:
-        kind = type(value)
-        if kind is str:
-            if strings and value.isascii() and len(value) <= MAX_VALUE_LENGTH:
-                return _json_string(value)
-        elif kind is int and numbers and -_PLAIN_INT < value < _PLAIN_INT:
-            return str(value)
-        elif kind is float and numbers:
-            text = repr(value)
-            if _JSON_NUMBER.match(text):
-                return text
-        elif kind is Decimal and numbers:
-            plain = plain_decimal(value)
-            if plain is not None:
-                return plain
-        return render_json(coerce(value, types))
-
-    return json_text
 
 
 _json_string: t.Callable[[str], str] = json.encoder.encode_basestring
