@@ -383,6 +383,35 @@ def test_marks_are_group_committed_within_milliseconds(backend: Backend) -> None
     assert ledger.writer_commits - commits_before < 200  # batched, not one commit per mark
 
 
+def test_marks_beyond_one_commit_and_marks_queued_around_a_fence_are_all_committed(
+    backend: Backend,
+) -> None:
+    """The writer is woken only when marks wait that no caller commits: marks queued while a
+    fence commits, and marks beyond what one commit takes, still reach the ledger without a
+    flush."""
+    ledger = backend.open()
+    assert isinstance(ledger, (SQLiteLedger, PostgresLedger))
+    ledger._marks._max_batch = 10  # (at most 10 marks per commit)
+    keys = [f"b{i}" for i in range(120)]
+    assert set(ledger.claim(keys).values()) == {C}
+
+    def deliver_meanwhile() -> None:
+        for k in keys[60:]:
+            ledger.mark_delivered(k, 200)
+
+    thread = threading.Thread(target=deliver_meanwhile)
+    thread.start()
+    for i in range(0, 60, 6):  # fences with delivered marks riding along, as the engine's ticks
+        fenced = ledger.fence(keys[i : i + 3], [(k, 200) for k in keys[i + 3 : i + 6]])
+        assert fenced == set(keys[i : i + 3])
+    thread.join()
+    assert _wait_for(  # no flush
+        lambda: backend.sql("SELECT count(*) FROM {t} WHERE status = 'delivered'") == [(90,)],
+        timeout=5.0,
+    ), backend.sql("SELECT status, count(*) FROM {t} GROUP BY status")
+    assert backend.sql("SELECT count(*) FROM {t} WHERE status = 'sending'") == [(30,)]
+
+
 def test_a_failed_commit_makes_flush_and_later_calls_raise(backend: Backend) -> None:
     ledger = backend.open()
     ledger.claim(["f1", "f2"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -15,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from target_everflow.delivery.engine import MIN_CLAIM_CHUNK, claim_chunk
+from target_everflow.delivery.engine import (
+    FIRST_BUSY_WAIT,
+    MIN_CLAIM_CHUNK,
+    DeliveryEngine,
+    claim_chunk,
+)
 from target_everflow.ledger import ClaimStatus, SQLLedger
 from tests.conftest import postgres_url, run_in_process, singer_lines, track
 from tests.receiver import Receiver, ReceiverProcess, accepted_by_transaction
@@ -135,3 +141,50 @@ def test_answers_and_fences_share_commits(base_config, monkeypatch) -> None:
     # that fences the postback taking its slot, and slots freed together share one, so the
     # 2,000 marks take at most a commit per postback (how many share one depends on timing).
     assert commits and commits[0] <= 1000, commits
+
+
+def test_keys_another_run_is_sending_are_claimed_again_soon_then_less_often(
+    base_config, monkeypatch
+) -> None:
+    """A key another live run is sending (BUSY) is usually settled within one request: the
+    batch claims it again after FIRST_BUSY_WAIT, then after twice as long each time, up to
+    busy_wait, and sends it once the other run lets it go."""
+    busy_claims = 6
+    claims: list[list[str]] = []
+    claim = SQLLedger.claim
+
+    def busy_at_first(
+        self: SQLLedger, keys: Sequence[str], metadata: Any = None
+    ) -> dict[str, ClaimStatus]:
+        claims.append(list(keys))
+        if len(claims) == 1:  # the second key is held by another live run
+            statuses = claim(self, [k for k in keys if k != keys[1]], metadata)
+            return {**statuses, keys[1]: ClaimStatus.BUSY}
+        if len(claims) <= busy_claims:
+            return {k: ClaimStatus.BUSY for k in keys}
+        return claim(self, keys, metadata)
+
+    pauses: list[float | None] = []
+
+    class Paused(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            pauses.append(timeout)  # (recorded, not slept: the test does not wait)
+            return self.is_set()
+
+    engine_init = DeliveryEngine.__init__
+
+    def recording(self: DeliveryEngine, *args: Any, **kwargs: Any) -> None:
+        engine_init(self, *args, **kwargs)
+        self._stop = Paused()
+
+    monkeypatch.setattr(SQLLedger, "claim", busy_at_first)
+    monkeypatch.setattr(DeliveryEngine, "__init__", recording)
+    records = [track(i) for i in range(3)]
+    with Receiver() as rx:
+        config = {**base_config, "postback_url": rx.url}
+        code, _ = run_in_process(config, singer_lines("orders", records))
+        counts = rx.count_by_transaction()
+    assert code == 0
+    assert counts == {f"tx-{i}": 1 for i in range(3)}
+    assert [len(keys) for keys in claims] == [3] + [1] * busy_claims
+    assert pauses == [FIRST_BUSY_WAIT * 2**n for n in range(5)] + [0.5], pauses

@@ -5,7 +5,8 @@ For one batch of conversions, ``DeliveryEngine.deliver``:
 1. claims the keys in the ledger in chunks (one transaction each, :func:`claim_chunk` keys, the
    next chunk claimed while the one before is being sent): keys already delivered are
    duplicates, keys left pending by a dead run are *in doubt* (``in_doubt`` decides), keys
-   pending under a live run are waited for (what this run claimed is sent first). Chunks let
+   pending under a live run are waited for (what this run claimed is sent first; they are
+   claimed again after :data:`FIRST_BUSY_WAIT`, then twice as long each time). Chunks let
    runs reading the same input share it: each claims the chunks the others have not taken yet;
 2. sends the claimed ones over one pooled session, ``max_concurrency`` at a time, each attempt
    through the global ``RateLimiter``, transient failures retried per the ``RetryPolicy``;
@@ -58,6 +59,9 @@ ledger whose fence is a commit (``Ledger.fences_commit``): without one (``ledger
 freed slot is filled at once."""
 MIN_CLAIM_CHUNK = 64
 """The fewest keys claimed in one transaction (each claim is a durable commit)."""
+FIRST_BUSY_WAIT = 0.02
+"""Seconds before a batch first claims again the keys another live run was sending; each
+wait after it is twice the last, up to ``busy_wait``."""
 
 
 def claim_chunk(concurrency: int) -> int:
@@ -278,6 +282,7 @@ class DeliveryEngine:
         todo = conversions
         lost_keys: set[str] = set()
         deadline: float | None = None
+        pause = FIRST_BUSY_WAIT
         try:
             while True:
                 waiting, lost = self._claim_and_send(todo, lost_keys)
@@ -296,13 +301,17 @@ class DeliveryEngine:
                         "%d conversions are being sent by another run right now; waiting for it.",
                         len(waiting),
                     )
-                if now > deadline or self._stop.wait(self.busy_wait):
+                # Another run is sending them now, so they are usually settled within one
+                # request: look again soon, then less often (this run's slots are idle).
+                pause = min(self.busy_wait, pause)
+                if now > deadline or self._stop.wait(pause):
                     self.request_stop(
                         self._stop_reason
                         or f"{len(waiting)} conversions stayed claimed by another live run"
                     )
                     raise DeliveryAborted(self._stop_reason)
                 todo = waiting
+                pause *= 2
         finally:  # (the batch's dead letters are flushed once, by the run, after this)
             self.ledger.flush()
         if self._stop.is_set():

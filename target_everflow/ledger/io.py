@@ -33,7 +33,10 @@ class _Job:
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
-        self.done = threading.Event()
+        # Held until the job has run: the I/O thread releases it, the caller acquires it with
+        # a timeout (one lock in C, where an Event is a Condition and a lock per wait).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
         self.started = False
@@ -94,7 +97,7 @@ class LedgerIO:
                 job.result = job.fn()
             except BaseException as e:  # handed to the waiting caller
                 job.error = e
-            job.done.set()
+            job.done.release()
 
     def call(self, fn: Callable[[], _T], what: str) -> _T:
         """Run ``fn()`` on the I/O thread; wait for it at most ``timeout`` + ANSWER_MARGIN
@@ -111,8 +114,9 @@ class LedgerIO:
         limit = self.timeout + ANSWER_MARGIN
         started = time.monotonic()
         deadline = started + limit
+        done = False
         try:
-            while not job.done.is_set():
+            while not done:
                 give_up_at = self._give_up_at
                 # Stopping: wait until the grace is over, and a healthy ledger's few milliseconds
                 # even after that (the last delivered marks are worth recording).
@@ -124,14 +128,16 @@ class LedgerIO:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
-                job.done.wait(min(remaining, 0.2))
+                done = job.done.acquire(timeout=min(remaining, 0.2))
         except BaseException:  # a signal handler's exception: the job is not ours any more
             self._cancel(job)
             raise
         with self._waited_lock:
             self.waited += time.monotonic() - started
             self.calls += 1
-        if not job.done.is_set():
+        if not done:
+            done = job.done.acquire(blocking=False)  # (it may have ended just now)
+        if not done:
             self._cancel(job)
             raise self._hang(what, limit, stopping=time.monotonic() < deadline)
         if job.error is not None:

@@ -61,8 +61,12 @@ class MarkQueue:
         self._log = logger
         self._commit_delay = commit_delay
         self._max_batch = max_batch
-        # All guarded by _cond.
-        self._cond = threading.Condition()
+        # All guarded by _cond. The writer waits on _wake (the same lock): it is woken when
+        # marks wait that no caller is committing (or the queue stops or fails), not by every
+        # commit, which made each commit one more thread switch.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._wake = threading.Condition(lock)
         self._queue: list[Mark] = []
         self._enqueued = 0
         self._committed = 0
@@ -82,6 +86,7 @@ class MarkQueue:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._wake.notify_all()
         if self._thread is not None:  # the writer only waits for the I/O thread, with a deadline
             self._thread.join()
         with self._cond:
@@ -93,6 +98,7 @@ class MarkQueue:
             if self.failed is None:
                 self.failed = err
             self._cond.notify_all()
+            self._wake.notify_all()
 
     def sending(self, key: str) -> bool:
         """Queue a sending mark and wait for its commit; whether the claim was still ours."""
@@ -117,7 +123,7 @@ class MarkQueue:
             target = self._enqueued
             if not keys:
                 if delivered:
-                    self._cond.notify_all()  # the writer commits them within a few ms
+                    self._wake.notify()  # the writer commits them within a few ms
                 return set()
         self._commit_up_to(target)
         with self._cond:
@@ -129,7 +135,7 @@ class MarkQueue:
             self._queue.append((key, int(http_status)))
             self._enqueued += 1
             if len(self._queue) == 1 or len(self._queue) >= self._max_batch:
-                self._cond.notify_all()
+                self._wake.notify()
 
     def flush(self) -> bool:
         """Wait until every mark queued so far is committed; False if there was none."""
@@ -197,13 +203,15 @@ class MarkQueue:
             self._committed += len(batch)
             self.commits += 1
             self._cond.notify_all()
+            if self._queue:  # (more than one commit's worth): the writer sees to the rest
+                self._wake.notify()
 
     def _gathered(self) -> bool:
         """Wait for marks and gather them for a few milliseconds; False: stopping, all
         committed."""
         with self._cond:
             while not self._queue and not self._stopping and self.failed is None:
-                self._cond.wait()
+                self._wake.wait()
             if self.failed is not None or not self._queue:
                 return False
             deadline = time.monotonic() + self._commit_delay
@@ -211,7 +219,7 @@ class MarkQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._wake.wait(remaining)
             return bool(self._queue)
 
     def _loop(self) -> None:
